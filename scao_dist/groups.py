@@ -1,0 +1,679 @@
+"""Stacked state and batched per-step math for groups of same-shaped blocks.
+
+Blocks with equal :attr:`BlockSpec.key` (same param group, shape, side modes, dtype) are
+stacked along a leading batch dim, so a transformer with L identical layers runs each kind of
+weight as one batched product instead of L small ones. A group's state is a flat dict of
+tensors (``self.t``), each with the batch as its first dim; a step on a subset of the blocks
+(some params without grads, gradient release) gathers those rows, runs the same code, and
+scatters them back.
+
+Per block of a :class:`KronGroup` (G is the m x n gradient block, ``Q_L``/``Q_R`` the bases of
+its sides, a ``"none"`` side being the identity):
+
+    M   <- b1 M + (1-b1) G                 (original coordinates, int8 companded)
+    G'  = Q_L^T G Q_R,   M' = Q_L^T M Q_R    (k_L x k_R)
+    V'  <- b2 V' + (1-b2) G'^2               (rotated, uint8 sqrt-companded)
+    U   = Q_L [ (M'/bc1) / (sqrt(V'/bc2) + eps) ] Q_R^T
+        + (R_M/bc1) / (sqrt(Vres/bc2) + eps)       only if a basis is truncated
+    W   <- W (1 - lr wd) - lr U           (bf16 + correction bits, or fp32)
+    L   <- bs L + (1-bs) G G^T ,  R <- bs R + (1-bs) G^T G   (after the update, as SOAP)
+
+Keeping M in original coordinates is SOAP's rotated momentum exactly when the bases are
+complete (rotating M' into a new basis is ``Q_new^T M Q_new``), and loses nothing when they are
+truncated. The complement ``R_M = M - Q_L M' Q_R^T`` of a truncated basis gets Adam with an
+Adafactor-style factored second moment of the residual gradient ``R_G = G - Q_L G' Q_R^T``:
+``Vres_ij = r_i c_j / mean(r)`` with ``r``/``c`` EMAs of the row/column mean squares of ``R_G``
+(O(m + n) memory). Those directions keep training at an Adam-like scale, and since every
+coordinate of ``U`` is an Adam ratio (|U| ~ 1), AdamW's learning rate transfers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from . import kernels, precond, quant
+from .blocks import BlockSpec, matrix_view
+from .config import Config, Hyper
+
+CATEGORIES = ("moments", "scales", "factors", "bases", "error_bits", "other")
+
+
+def _category(name: str) -> str:
+    if name == "ebits":
+        return "error_bits"
+    if name.endswith(".scales") or name.endswith(".amax"):
+        return "scales"
+    if name.endswith(".q") or name.endswith(".qh"):
+        return "bases"
+    if ".fac" in name or name.endswith(".sketch") or name.endswith(".trace"):
+        return "factors"
+    if name.startswith(("m", "v", "res_", "g_")):
+        return "moments"
+    return "other"
+
+
+def _pad_last(x: Tensor, size: int) -> Tensor:
+    return torch.nn.functional.pad(x, (0, size - x.shape[-1])) if x.shape[-1] < size else x
+
+
+def _round32(n: int) -> int:
+    return quant.n_groups(n) * quant.GROUP
+
+
+class Packed:
+    """Read/write helpers for one moment stored in ``t`` as ``name.codes/.scales`` or fp32 ``name``.
+
+    Quantisation groups run along the last dim only, so slicing rows or padding columns (in
+    whole groups) never re-quantises anything: block states move between groups and ranks
+    bit-exactly.
+    """
+
+    def __init__(self, name: str, kind: str, quantize: bool) -> None:
+        self.name, self.kind, self.quantize = name, kind, quantize
+
+    def alloc(self, t: dict[str, Tensor], shape: tuple[int, ...], device: torch.device) -> None:
+        if self.quantize:
+            *lead, n = shape
+            code_dtype = torch.int8 if self.kind == "signed" else torch.uint8
+            t[f"{self.name}.codes"] = torch.zeros(*lead, _round32(n), dtype=code_dtype, device=device)
+            t[f"{self.name}.scales"] = torch.zeros(*lead, quant.n_groups(n), dtype=torch.bfloat16, device=device)
+        else:
+            t[self.name] = torch.zeros(shape, dtype=torch.float32, device=device)
+
+    def read(self, t: dict[str, Tensor], n: int, floor_zero: bool = False) -> Tensor:
+        if not self.quantize:
+            return t[self.name]
+        c, s = t[f"{self.name}.codes"], t[f"{self.name}.scales"]
+        if self.kind == "signed":
+            return quant.decode_signed(c, s, n)
+        return quant.decode_sqrt(c, s, n, floor_zero=floor_zero)
+
+    def write(self, t: dict[str, Tensor], x: Tensor) -> None:
+        if not self.quantize:
+            t[self.name].copy_(x)
+            return
+        enc = quant.encode_signed if self.kind == "signed" else quant.encode_sqrt
+        c, s = enc(x)
+        t[f"{self.name}.codes"].copy_(c)
+        t[f"{self.name}.scales"].copy_(s)
+
+    def keys(self) -> tuple[str, ...]:
+        return (f"{self.name}.codes", f"{self.name}.scales") if self.quantize else (self.name,)
+
+    def pad(self, t: dict[str, Tensor], inner: tuple[int, int]) -> None:
+        """Zero-pad a ``(B, r, c)`` moment to ``(B, *inner)`` without touching any stored code."""
+        rows, cols = inner
+        if not self.quantize:
+            x = t[self.name]
+            t[self.name] = torch.nn.functional.pad(x, (0, cols - x.shape[-1], 0, rows - x.shape[-2]))
+            return
+        c, s = t[f"{self.name}.codes"], t[f"{self.name}.scales"]
+        t[f"{self.name}.codes"] = torch.nn.functional.pad(c, (0, _round32(cols) - c.shape[-1], 0, rows - c.shape[-2]))
+        t[f"{self.name}.scales"] = torch.nn.functional.pad(
+            s, (0, quant.n_groups(cols) - s.shape[-1], 0, rows - s.shape[-2])
+        )
+
+
+class Side:
+    """Layout of one side (rows ``"L"`` or columns ``"R"``) of a group; tensors live in the group."""
+
+    def __init__(self, name: str, mode: str, d: int, batch: int, cfg: Config) -> None:
+        self.name, self.mode, self.d = name, mode, d
+        self.p = cfg.oversample if mode == "stream" else 0
+        self.K = d if mode == "none" else 0  # allocated basis width (max rank over the blocks)
+        self.ranks = [self.K] * batch  # valid basis columns per block
+
+    @property
+    def rotated(self) -> bool:
+        return self.mode != "none"
+
+    def rank_cap(self, rank_max: int) -> int:
+        return min(rank_max, self.d - self.p)
+
+
+class _Group:
+    """What both group kinds share: specs, params, stacked tensors, gather/scatter, bytes."""
+
+    def __init__(self, specs: Sequence[BlockSpec], params: Sequence[Tensor], cfg: Config, device: torch.device):
+        self.specs = list(specs)
+        self.params = params
+        self.cfg = cfg
+        self.device = device
+        self.B = len(self.specs)
+        self.steps = [0] * self.B  # Adam steps applied, per block
+        self.t: dict[str, Tensor] = {}
+        self.bf16 = self.specs[0].dtype == torch.bfloat16
+
+    # -- params -------------------------------------------------------------------------
+    def block_view(self, i: int, tensor: Tensor) -> Tensor:
+        s = self.specs[i]
+        return matrix_view(tensor)[s.r0 : s.r1, s.c0 : s.c1]
+
+    def gather(self, idx: Sequence[int], grads: bool) -> Tensor:
+        """Stack the blocks ``idx`` of the params (or of their grads) into ``(b, m, n)``."""
+        src = [self.params[self.specs[i].param] for i in idx]
+        return torch.stack([self.block_view(i, p.grad if grads else p) for i, p in zip(idx, src)])
+
+    def scatter_params(self, idx: Sequence[int], w: Tensor) -> None:
+        for j, i in enumerate(idx):
+            self.block_view(i, self.params[self.specs[i].param]).copy_(w[j])
+
+    # -- state rows ---------------------------------------------------------------------
+    def select(self, idx: Sequence[int]) -> tuple[dict[str, Tensor], bool]:
+        """State rows of ``idx``: the tensors themselves when ``idx`` is every block, else copies."""
+        if list(idx) == list(range(self.B)):
+            return self.t, True
+        ix = torch.tensor(list(idx), device=self.device)
+        return {k: v.index_select(0, ix) for k, v in self.t.items()}, False
+
+    def put_back(self, idx: Sequence[int], sub: dict[str, Tensor], whole: bool) -> None:
+        if whole:
+            return
+        ix = torch.tensor(list(idx), device=self.device)
+        for k, v in sub.items():
+            self.t[k].index_copy_(0, ix, v)
+
+    def bias(self, idx: Sequence[int], hp: Hyper, ndim: int) -> tuple[Tensor | float, Tensor | float]:
+        """Adam bias corrections ``1 - beta^t`` (floats when all blocks are at the same step)."""
+        ts = [self.steps[i] for i in idx]
+        if all(t == ts[0] for t in ts):
+            return 1.0 - hp.beta1 ** ts[0], 1.0 - hp.beta2 ** ts[0]
+        t = torch.tensor(ts, dtype=torch.float64)
+        shape = (-1,) + (1,) * (ndim - 1)
+        bc1 = (1.0 - hp.beta1**t).float().reshape(shape).to(self.device)
+        bc2 = (1.0 - hp.beta2**t).float().reshape(shape).to(self.device)
+        return bc1, bc2
+
+    def nbytes(self) -> dict[str, int]:
+        out = dict.fromkeys(CATEGORIES, 0)
+        for k, v in self.t.items():
+            out[_category(k)] += v.numel() * v.element_size()
+        return out
+
+    def numel(self) -> int:
+        return sum(s.numel for s in self.specs)
+
+
+class AdamGroup(_Group):
+    """1-D and tiny parameters: AdamW with the same int8 moments and correction bits."""
+
+    def __init__(self, specs, params, cfg, device):
+        super().__init__(specs, params, cfg, device)
+        n = self.specs[0].numel
+        self.n = n
+        self.m = Packed("m", "signed", cfg.quantize)
+        self.v = Packed("v", "sqrt", cfg.quantize)
+        self.m.alloc(self.t, (self.B, n), device)
+        self.v.alloc(self.t, (self.B, n), device)
+        if self.bf16:
+            bits = torch.int8 if cfg.correction_bits == 8 else torch.int16
+            self.t["ebits"] = torch.zeros(self.B, n, dtype=bits, device=device)
+
+    def step(self, idx: Sequence[int], hp: Hyper) -> list[int]:
+        g = self.gather(idx, grads=True).reshape(len(idx), self.n).float()
+        w = self.gather(idx, grads=False).reshape(len(idx), self.n)
+        s, whole = self.select(idx)
+        for i in idx:
+            self.steps[i] += 1
+        bc1, bc2 = self.bias(idx, hp, 2)
+        rho = s.get("ebits")
+        if self.cfg.quantize:
+            kernels.adamw_(
+                w, rho, g, s["m.codes"], s["m.scales"], s["v.codes"], s["v.scales"],
+                lr=hp.lr, beta1=hp.beta1, beta2=hp.beta2, bc1=bc1, bc2=bc2, eps=hp.eps, wd=hp.weight_decay,
+            )  # fmt: skip
+        else:
+            m = s["m"].mul_(hp.beta1).add_(g, alpha=1 - hp.beta1)
+            v = s["v"].mul_(hp.beta2).addcmul_(g, g, value=1 - hp.beta2)
+            u = (m / bc1) / ((v / bc2).sqrt() + hp.eps)
+            kernels.apply_update_(w, rho, u, hp.lr, hp.weight_decay)
+        self.put_back(idx, s, whole)
+        self.scatter_params(idx, w.reshape(len(idx), *self.specs[0].shape))
+        return []
+
+    def block_state(self, i: int) -> dict[str, Tensor]:
+        out = {k: v[i].clone() for k, v in self.t.items()}
+        out["step"] = torch.tensor(self.steps[i])
+        return out
+
+    def load_block_state(self, i: int, st: dict[str, Tensor]) -> None:
+        for k, v in self.t.items():
+            v[i].copy_(st[k])
+        self.steps[i] = int(st["step"])
+
+
+class KronGroup(_Group):
+    """Blocks preconditioned SOAP-style in the eigenbases of their Kronecker factors."""
+
+    def __init__(self, specs, params, cfg, device):
+        super().__init__(specs, params, cfg, device)
+        self.m_dim, self.n_dim = self.specs[0].shape
+        self.sides = (
+            Side("L", self.specs[0].left, self.m_dim, self.B, cfg),
+            Side("R", self.specs[0].right, self.n_dim, self.B, cfg),
+        )
+        self.ready = [False] * self.B  # first basis built (SOAP's step 1 done)
+        self.failures = 0  # bases that could not be computed (old or identity basis kept)
+        self.phase = [0] * self.B  # refresh phase: refresh when (t + phase) % freq == 0
+        self.bdt = torch.bfloat16 if cfg.quantize else torch.float32  # bases and sketches
+        self.mom = Packed("m", "signed", cfg.quantize)
+        self.vp = Packed("v", "sqrt", cfg.quantize)
+        self.mom.alloc(self.t, (self.B, self.m_dim, self.n_dim), device)
+        self.t["res_row"] = torch.zeros(self.B, self.m_dim, device=device)
+        self.t["res_col"] = torch.zeros(self.B, self.n_dim, device=device)
+        self.t["g_row"] = torch.zeros(self.B, self.m_dim, device=device)
+        self.t["g_col"] = torch.zeros(self.B, self.n_dim, device=device)
+        if self.bf16:
+            bits = torch.int8 if cfg.correction_bits == 8 else torch.int16
+            self.t["ebits"] = torch.zeros(self.B, self.m_dim, self.n_dim, dtype=bits, device=device)
+        for side in self.sides:
+            n = side.name
+            if side.mode == "dense":
+                if cfg.quantize:
+                    self.t[f"{n}.fac.codes"] = torch.zeros(self.B, side.d, side.d, dtype=torch.int8, device=device)
+                    self.t[f"{n}.fac.amax"] = torch.zeros(self.B, side.d, device=device)
+                else:
+                    self.t[f"{n}.fac"] = torch.zeros(self.B, side.d, side.d, device=device)
+                self.t[f"{n}.q"] = torch.zeros(self.B, side.d, 0, dtype=self.bdt, device=device)
+            elif side.mode == "stream":
+                self.t[f"{n}.qh"] = torch.zeros(self.B, side.d, side.p, dtype=self.bdt, device=device)
+                self.t[f"{n}.sketch"] = torch.zeros(self.B, side.d, side.p, dtype=self.bdt, device=device)
+                self.t[f"{n}.trace"] = torch.zeros(self.B, device=device)
+            if side.rotated:
+                self.t[f"{n}.eig"] = torch.zeros(self.B, 0, device=device)
+        kl, kr = (s.K for s in self.sides)
+        self.vp.alloc(self.t, (self.B, kl, kr), device)
+
+    # -- bases ----------------------------------------------------------------------------
+    def basis(self, s: dict[str, Tensor], side: Side) -> Tensor | None:
+        """fp32 ``(b, d, K)`` basis of a side (``None`` for an un-rotated side)."""
+        if side.mode == "dense":
+            return s[f"{side.name}.q"].float()
+        if side.mode == "stream":
+            return s[f"{side.name}.qh"][..., : side.K].float()
+        return None
+
+    def rotate(self, x: Tensor, ql: Tensor | None, qr: Tensor | None) -> Tensor:
+        """``Q_L^T x Q_R``."""
+        if ql is not None:
+            x = ql.mT @ x
+        if qr is not None:
+            x = x @ qr
+        return x
+
+    def unrotate(self, x: Tensor, ql: Tensor | None, qr: Tensor | None) -> Tensor:
+        """``Q_L x Q_R^T`` (x may carry extra leading dims)."""
+        if ql is not None:
+            x = ql @ x
+        if qr is not None:
+            x = x @ qr.mT
+        return x
+
+    def truncated(self, idx: Sequence[int]) -> bool:
+        return any(side.rotated and side.ranks[i] < side.d for side in self.sides for i in idx)
+
+    # -- the step -------------------------------------------------------------------------
+    def step(self, idx: Sequence[int], hp: Hyper) -> list[int]:
+        """Update blocks ``idx`` from their grads; returns the blocks whose refresh is now due."""
+        fresh = [i for i in idx if not self.ready[i]]
+        warm = [i for i in idx if self.ready[i]]
+        due: list[int] = []
+        if warm:
+            due += self._adam_step(warm, hp)
+        if fresh:
+            self._first_step(fresh, hp)
+        return due
+
+    def _adam_step(self, idx: Sequence[int], hp: Hyper) -> list[int]:
+        g = self.gather(idx, grads=True).float()
+        w = self.gather(idx, grads=False)
+        s, whole = self.select(idx)
+        for i in idx:
+            self.steps[i] += 1
+        bc1, bc2 = self.bias(idx, hp, 3)
+        ql, qr = (self.basis(s, side) for side in self.sides)
+
+        if self.cfg.quantize:
+            m = kernels.ema_signed_(s["m.codes"], s["m.scales"], g, hp.beta1)
+        else:
+            m = s["m"].mul_(hp.beta1).add_(g, alpha=1 - hp.beta1)
+        g_rot, m_rot = self.rotate(g, ql, qr), self.rotate(m, ql, qr)
+        if self.cfg.quantize:
+            u_rot = kernels.rotated_adam_(s["v.codes"], s["v.scales"], g_rot, m_rot, hp.beta2, bc1, bc2, hp.eps)
+        else:
+            v = s["v"].mul_(hp.beta2).addcmul_(g_rot, g_rot, value=1 - hp.beta2)
+            u_rot = (m_rot / bc1) / ((v / bc2).sqrt() + hp.eps)
+
+        b2 = hp.beta2
+        gsq = g.square()
+        s["g_row"].mul_(b2).add_(gsq.mean(-1), alpha=1 - b2)
+        s["g_col"].mul_(b2).add_(gsq.mean(-2), alpha=1 - b2)
+        del gsq
+        u = self.unrotate(u_rot, ql, qr)
+        if self.truncated(idx):
+            u = u + self._complement(s, g, m, g_rot, m_rot, ql, qr, hp, bc1, bc2)
+        u = self._graft(s, u, m, hp, bc1, bc2)
+        kernels.apply_update_(w, s.get("ebits"), u, hp.lr, hp.weight_decay)
+        self.scatter_params(idx, w)
+        self._update_factors(s, idx, g, hp, self.sides)
+        self.put_back(idx, s, whole)
+        return [i for i in idx if (self.steps[i] + self.phase[i]) % hp.precond_freq == 0]
+
+    def _complement(
+        self,
+        s: dict[str, Tensor],
+        g: Tensor,
+        m: Tensor,
+        g_rot: Tensor,
+        m_rot: Tensor,
+        ql: Tensor | None,
+        qr: Tensor | None,
+        hp: Hyper,
+        bc1: Tensor | float,
+        bc2: Tensor | float,
+    ) -> Tensor:
+        """Adam on what a truncated basis misses, with a factored second moment.
+
+        The residual uses the exact projector ``Q (Q^T Q)^-1 Q^T``: bases are stored in bf16, so
+        ``Q^T Q = I + E`` with ``|E| ~ 2^-9``, and ``G - Q Q^T G Q_R Q_R^T`` would leave a
+        residual of that size that the Adam normalisation blows up to a full-size step.
+        ``(I + E)^-1 ~ I - E + E^2`` costs two k x k products. The residual second moment is
+        floored at ``(1e-3)^2`` of the block's mean squared gradient, so arithmetic noise in an
+        empty complement (a rank-deficient gradient whose range the basis holds) stays noise.
+        """
+        core = torch.stack([g_rot, m_rot])
+        if ql is not None:
+            core = _gram_inverse(ql) @ core
+        if qr is not None:
+            core = core @ _gram_inverse(qr)
+        back = self.unrotate(core, ql, qr)
+        res_g, res_m = g - back[0], m - back[1]
+        b2 = hp.beta2
+        row = s["res_row"].mul_(b2).add_(res_g.square().mean(-1), alpha=1 - b2)
+        col = s["res_col"].mul_(b2).add_(res_g.square().mean(-2), alpha=1 - b2)
+        vres = torch.maximum(_factored(row, col), (_RES_FLOOR**2) * s["g_row"].mean(-1)[:, None, None])
+        return (res_m / bc1) / ((vres / bc2).sqrt() + hp.eps)
+
+    def _graft(
+        self, s: dict[str, Tensor], u: Tensor, m: Tensor, hp: Hyper, bc1: Tensor | float, bc2: Tensor | float
+    ) -> Tensor:
+        """Per-block step size from a simpler optimizer, direction from SOAP.
+
+        In the eigenbasis a low-rank gradient lands on few coordinates, so the raw SOAP update has
+        a far smaller RMS than AdamW's (up to ``sqrt(min(m, n))`` times, as for Muon's
+        orthogonalised update) and AdamW's learning rate would not transfer.
+
+        * ``"adafactor"``: scale ``U`` to the Frobenius norm of an Adafactor-style Adam update
+          ``(M/bc1) / (sqrt(r c^T / mean(r) / bc2) + eps)`` on the same first moment (``r``, ``c``:
+          EMAs of the gradient's row/column mean squares; O(m + n) memory);
+        * ``"rms"``: scale ``U`` to a fixed RMS ``graft_rms`` (Muon's ``match_rms_adamw`` uses 0.2);
+        * ``"none"``: plain SOAP.
+        """
+        mode = self.cfg.graft
+        if mode == "none":
+            return u
+        unorm = u.square().sum((-2, -1)).sqrt().clamp_min(1e-30)
+        if mode == "rms":
+            target = self.cfg.graft_rms * (self.m_dim * self.n_dim) ** 0.5
+        else:
+            vf = _factored(s["g_row"], s["g_col"])
+            target = ((m / bc1) / ((vf / bc2).sqrt() + hp.eps)).square().sum((-2, -1)).sqrt()
+        return u * (target / unorm)[:, None, None]
+
+    def _update_factors(
+        self, s: dict[str, Tensor], idx: Sequence[int], g: Tensor, hp: Hyper, sides: Sequence[Side]
+    ) -> None:
+        """``L <- bs L + (1-bs) G G^T`` (dense) or ``P <- bs P + (1-bs) L_t Qh`` (stream)."""
+        beta = hp.shampoo_beta
+        for side in sides:
+            n = side.name
+            a = g if n == "L" else g.mT  # L = A A^T
+            if side.mode == "dense":
+                outer = a @ a.mT
+                if self.cfg.quantize:
+                    seeds = torch.tensor(
+                        [_seed(self.specs[i].index, n, self.steps[i]) for i in idx], dtype=torch.int64, device=g.device
+                    )
+                    kernels.factor_ema_(s[f"{n}.fac.codes"], s[f"{n}.fac.amax"], outer, beta, seeds)
+                else:
+                    s[f"{n}.fac"].mul_(beta).add_(outer, alpha=1 - beta)
+            elif side.mode == "stream":
+                qh = s[f"{n}.qh"].float()
+                sk = s[f"{n}.sketch"].float().mul_(beta).add_(a @ (a.mT @ qh), alpha=1 - beta)
+                s[f"{n}.sketch"].copy_(sk)
+                s[f"{n}.trace"].mul_(beta).add_(a.square().sum((-2, -1)), alpha=1 - beta)
+
+    def _first_step(self, idx: Sequence[int], hp: Hyper) -> None:
+        """SOAP's step 1: accumulate the factors and build the first bases; no parameter update."""
+        g = self.gather(idx, grads=True).float()
+        s, whole = self.select(idx)
+        # stream sides: the first sketch is P = L Qh0 for a random orthonormal Qh0
+        probes = {}
+        for side in self.sides:
+            if side.mode == "stream":
+                width = side.rank_cap(hp.rank_max) + side.p
+                qh0 = torch.stack(
+                    [
+                        precond.first_probe_stream(side.d, width, _seed(self.specs[i].index, side.name, 0), g.device)
+                        for i in idx
+                    ]
+                )
+                a = g if side.name == "L" else g.mT
+                probes[side.name] = (qh0, (1 - hp.shampoo_beta) * (a @ (a.mT @ qh0)))
+                s[f"{side.name}.trace"].mul_(hp.shampoo_beta).add_(a.square().sum((-2, -1)), alpha=1 - hp.shampoo_beta)
+        self._update_factors(s, idx, g, hp, [side for side in self.sides if side.mode == "dense"])
+        self.put_back(idx, s, whole)
+        for j, i in enumerate(idx):
+            results = []
+            for side in self.sides:
+                if side.mode == "dense":
+                    fac = self.dense_factor(i, side)
+                    basis = precond.first_basis_dense(fac, hp.spectral_mass, hp.rank_min, side.rank_cap(hp.rank_max))
+                elif side.mode == "stream":
+                    qh0, p0 = probes[side.name]
+                    basis = precond.refresh_stream(
+                        qh0[j], p0[j], float(self.t[f"{side.name}.trace"][i]), 0, hp.spectral_mass, hp.rank_min,
+                        side.rank_cap(hp.rank_max), side.p, _seed(self.specs[i].index, side.name, 1),
+                    )  # fmt: skip
+                else:
+                    basis = None
+                if side.rotated and basis is None:
+                    basis = self.identity_basis(side, hp, i)
+                    self.failures += 1
+                results.append(basis)
+            self.apply_bases(i, results)
+            self.ready[i] = True
+
+    # -- refresh --------------------------------------------------------------------------
+    def dense_factor(self, i: int, side: Side) -> Tensor:
+        n = side.name
+        if self.cfg.quantize:
+            return quant.decode_rows(self.t[f"{n}.fac.codes"][i], self.t[f"{n}.fac.amax"][i])
+        return self.t[f"{n}.fac"][i].clone()
+
+    def identity_basis(self, side: Side, hp: Hyper, i: int) -> precond.Basis:
+        """Fallback when no basis can be computed yet: the first k axes (counted as a failure)."""
+        k = side.rank_cap(hp.rank_max) if side.mode == "stream" else min(side.d, hp.rank_max)
+        if side.mode == "dense" and hp.spectral_mass >= 1.0:
+            k = side.d
+        q = torch.eye(side.d, k, device=self.device)
+        basis = precond.Basis(q=q, eig=torch.zeros(k, device=self.device))
+        if side.mode == "stream":
+            basis.probes = precond.complement_probes(q, side.p, _seed(self.specs[i].index, side.name, -1))
+            basis.sketch = torch.zeros(side.d, k + side.p, device=self.device)
+        return basis
+
+    def refresh_inputs(self, i: int) -> list[dict | None]:
+        """Snapshot (fp32 copies) of what block ``i``'s refresh needs, one entry per side."""
+        out: list[dict | None] = []
+        for side in self.sides:
+            k = side.ranks[i]
+            if side.mode == "dense":
+                out.append(dict(fac=self.dense_factor(i, side), q=self.t[f"{side.name}.q"][i, :, :k].float()))
+            elif side.mode == "stream":
+                cols = list(range(k)) + list(range(side.K, side.K + side.p))
+                ix = torch.tensor(cols, device=self.device)
+                qh = self.t[f"{side.name}.qh"][i].index_select(1, ix).float()
+                sk = self.t[f"{side.name}.sketch"][i].index_select(1, ix).float()
+                out.append(dict(qh=qh, sketch=sk, trace=float(self.t[f"{side.name}.trace"][i]), k=k))
+            else:
+                out.append(None)
+        return out
+
+    def compute_refresh(self, i: int, inputs: list[dict | None], hp: Hyper) -> list[precond.Basis | None]:
+        """New bases from a snapshot (pure; may run on a worker thread or side stream)."""
+        out: list[precond.Basis | None] = []
+        for side, inp in zip(self.sides, inputs):
+            if inp is None:
+                out.append(None)
+                continue
+            seed = _seed(self.specs[i].index, side.name, self.steps[i] + 2)
+            cap = side.rank_cap(hp.rank_max)
+            if side.mode == "dense":
+                out.append(
+                    precond.refresh_dense(
+                        inp["fac"], inp["q"], hp.spectral_mass, hp.rank_min, cap, self.cfg.oversample, seed
+                    )
+                )
+            else:
+                out.append(
+                    precond.refresh_stream(
+                        inp["qh"],
+                        inp["sketch"],
+                        inp["trace"],
+                        inp["k"],
+                        hp.spectral_mass,
+                        hp.rank_min,
+                        cap,
+                        side.p,
+                        seed,
+                    )
+                )
+        return out
+
+    def apply_bases(self, i: int, bases: Sequence[precond.Basis | None]) -> None:
+        """Swap new bases into block ``i``, carrying its rotated second moment across."""
+        for axis, (side, basis) in enumerate(zip(self.sides, bases)):
+            if basis is None:
+                continue
+            k = basis.q.shape[1]
+            if k > side.K:
+                self._grow(side, k)
+            self._transport_v(i, axis, basis)
+            n = side.name
+            q = _pad_last(basis.q, side.K).to(self.bdt)
+            if side.mode == "dense":
+                self.t[f"{n}.q"][i].copy_(q)
+            else:
+                self.t[f"{n}.qh"][i].copy_(torch.cat([q, basis.probes.to(self.bdt)], dim=1))
+                sk = torch.cat([_pad_last(basis.sketch[:, :k], side.K), basis.sketch[:, k:]], dim=1)
+                self.t[f"{n}.sketch"][i].copy_(sk.to(self.bdt))
+            self.t[f"{n}.eig"][i].copy_(_pad_last(basis.eig, side.K))
+            side.ranks[i] = k
+
+    def _transport_v(self, i: int, axis: int, basis: precond.Basis) -> None:
+        kl, kr = (s.K for s in self.sides)
+        rl, rr = (s.ranks[i] for s in self.sides)
+        v = self._read_v_block(i, kl, kr)[:rl, :rr]
+        fill = float(self.t["res_row"][i].mean()) or float(self.t["g_row"][i].mean())
+        v = precond.transport_second_moment(v, basis, axis, basis.q.shape[1], fill)
+        full = torch.zeros(kl, kr, device=self.device)
+        full[: v.shape[0], : v.shape[1]] = v
+        self._write_v_block(i, full)
+
+    def _read_v_block(self, i: int, kl: int, kr: int) -> Tensor:
+        sub = {k: v[i : i + 1] for k, v in self.t.items() if k.startswith("v")}
+        return self.vp.read(sub, kr)[0]
+
+    def _write_v_block(self, i: int, x: Tensor) -> None:
+        sub = {k: v[i : i + 1] for k, v in self.t.items() if k.startswith("v")}
+        self.vp.write(sub, x.unsqueeze(0))
+
+    def _grow(self, side: Side, k: int) -> None:
+        """Widen a side's allocated basis to ``k`` columns (zero columns: no effect on any block)."""
+        n, old = side.name, side.K
+        if side.mode == "dense":
+            self.t[f"{n}.q"] = _pad_last(self.t[f"{n}.q"], k)
+        else:
+            for key in (f"{n}.qh", f"{n}.sketch"):
+                t = self.t[key]
+                self.t[key] = torch.cat([_pad_last(t[..., :old], k), t[..., old:]], dim=-1)
+        self.t[f"{n}.eig"] = _pad_last(self.t[f"{n}.eig"], k)
+        kl, kr = (s.K for s in self.sides)
+        self.vp.pad(self.t, (k, kr) if n == "L" else (kl, k))
+        side.K = k
+
+    # -- state_dict ----------------------------------------------------------------------
+    def block_state(self, i: int) -> dict[str, Tensor]:
+        """Block ``i``'s state, trimmed to its own ranks, as fresh tensors (exact, no re-quantising)."""
+        out: dict[str, Tensor] = {"step": torch.tensor(self.steps[i]), "ready": torch.tensor(self.ready[i])}
+        rl, rr = (s.ranks[i] for s in self.sides)
+        for k, v in self.t.items():
+            x = v[i]
+            if k.startswith("v."):
+                x = x[:rl, : _round32(rr)] if k == "v.codes" else x[:rl, : quant.n_groups(rr)]
+            elif k == "v":
+                x = x[:rl, :rr]
+            elif k.endswith((".q", ".eig")):
+                side = self.sides[0 if k[0] == "L" else 1]
+                x = x[..., : side.ranks[i]]
+            elif k.endswith((".qh", ".sketch")):
+                side = self.sides[0 if k[0] == "L" else 1]
+                x = torch.cat([x[..., : side.ranks[i]], x[..., side.K :]], dim=-1)
+            out[k] = x.clone()
+        for side in self.sides:
+            out[f"{side.name}.rank"] = torch.tensor(side.ranks[i])
+        return out
+
+    def load_block_state(self, i: int, st: dict[str, Tensor]) -> None:
+        for side in self.sides:
+            k = int(st[f"{side.name}.rank"])
+            if k > side.K:
+                self._grow(side, k)
+        for key, v in self.t.items():
+            x = st[key].to(v.device)
+            tgt = v[i]
+            if key.startswith("v") or key.endswith((".q", ".eig")):
+                tgt.zero_()
+                tgt[tuple(slice(0, s) for s in x.shape)].copy_(x)
+            elif key.endswith((".qh", ".sketch")):
+                side = self.sides[0 if key[0] == "L" else 1]
+                k = int(st[f"{side.name}.rank"])
+                tgt.zero_()
+                tgt[..., :k].copy_(x[..., :k])
+                tgt[..., side.K :].copy_(x[..., k:])
+            else:
+                tgt.copy_(x)
+        for side in self.sides:
+            side.ranks[i] = int(st[f"{side.name}.rank"])
+        self.steps[i] = int(st["step"])
+        self.ready[i] = bool(st["ready"])
+
+
+_RES_FLOOR = 1e-3  # complement second moment >= (this * RMS gradient)^2
+
+
+def _factored(row: Tensor, col: Tensor) -> Tensor:
+    """Adafactor's rank-1 second moment ``r_i c_j / mean(r)`` from row/column mean squares."""
+    return row.unsqueeze(-1) * col.unsqueeze(-2) / row.mean(-1).clamp_min(1e-30)[:, None, None]
+
+
+def _gram_inverse(q: Tensor) -> Tensor:
+    """``(Q^T Q)^-1`` for a nearly orthonormal ``Q`` (zero columns allowed): ``I - E + E^2``."""
+    gram = q.mT @ q
+    eye = torch.diag_embed((gram.diagonal(dim1=-2, dim2=-1) > 0.5).to(gram.dtype))
+    e = gram - eye
+    return eye - e + e @ e
+
+
+def _seed(block: int, side: str, step: int) -> int:
+    """Deterministic seed for (block, side, step): dither and random probes replay on resume."""
+    return (block * 2 + (side == "R")) * 1_000_003 + step * 7919 + 12345
+
+
+def make_group(specs, params, cfg, device):
+    cls = KronGroup if specs[0].kind == "kron" else AdamGroup
+    return cls(specs, params, cfg, device)

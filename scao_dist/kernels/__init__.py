@@ -1,0 +1,61 @@
+"""One dispatch point for the fused elementwise steps.
+
+CUDA tensors go to the Triton kernels (when Triton is importable); everything else, and every
+call while ``SCAO_REFERENCE_KERNELS=1`` is set or :func:`use_reference` is active, goes to the
+plain-torch twins in :mod:`scao_dist.kernels.reference`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from torch import Tensor
+
+from . import reference
+
+_FORCE_REFERENCE = os.environ.get("SCAO_REFERENCE_KERNELS", "0") == "1"
+
+try:  # Triton is optional (Linux only); the reference path always works
+    from . import triton_ops as _triton
+except Exception:
+    _triton = None
+
+
+@contextlib.contextmanager
+def use_reference(flag: bool = True) -> Iterator[None]:
+    """Force (or stop forcing) the plain-torch path inside the block, for debugging."""
+    global _FORCE_REFERENCE
+    old, _FORCE_REFERENCE = _FORCE_REFERENCE, flag
+    try:
+        yield
+    finally:
+        _FORCE_REFERENCE = old
+
+
+def backend(t: Tensor) -> object:
+    """The module that implements the steps for tensors like ``t``."""
+    if _triton is not None and not _FORCE_REFERENCE and (t.is_cuda or _triton.INTERPRET):
+        return _triton
+    return reference
+
+
+def ema_signed_(codes, scales, x, beta):
+    return backend(x).ema_signed_(codes, scales, x, beta)
+
+
+def rotated_adam_(codes, scales, g, m, beta2, bc1, bc2, eps):
+    return backend(g).rotated_adam_(codes, scales, g, m, beta2, bc1, bc2, eps)
+
+
+def apply_update_(w, rho, u, lr, wd):
+    return backend(u).apply_update_(w, rho, u, lr, wd)
+
+
+def factor_ema_(codes, amax, outer, beta, seed):
+    return backend(outer).factor_ema_(codes, amax, outer, beta, seed)
+
+
+def adamw_(w, rho, g, m_codes, m_scales, v_codes, v_scales, **hp):
+    return backend(g).adamw_(w, rho, g, m_codes, m_scales, v_codes, v_scales, **hp)

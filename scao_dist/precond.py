@@ -1,0 +1,240 @@
+"""Eigenbases of the Kronecker factors: first basis, periodic refresh, adaptive rank.
+
+Everything here works on ONE side of ONE block, in fp32, and is pure: it takes tensors and
+returns a :class:`Basis` (or ``None`` when the numbers cannot be trusted, in which case the
+caller keeps the old basis and counts the failure). The batched per-step math lives in
+``groups.py``; the owner/async machinery in ``shard/refresh.py``.
+
+Notation: ``L`` is the EMA factor of one side (``G G^T`` for rows, ``G^T G`` for columns),
+``Q`` (d x k) its tracked orthonormal eigenvectors, sorted by decreasing eigenvalue.
+
+* **Dense sides** (d <= ``full_factor_dim``) hold ``L`` itself. The first basis is
+  ``torch.linalg.eigh(L)``. At full rank a refresh is SOAP's: sort the columns of ``Q`` by the
+  Rayleigh quotients ``diag(Q^T L Q)``, one power step ``L Q`` and a QR (the second moment is
+  permuted with the sort, not rotated). At truncated rank the power step also acts on ``p``
+  random probe directions from the complement (so the subspace can grow or turn towards new
+  directions), followed by Rayleigh-Ritz on the (k+p)-dim result.
+* **Stream sides** (d > ``full_factor_dim``) never hold ``L``. Between refreshes they keep
+  ``P = EMA(L Qh)`` for the fixed tracked basis ``Qh = [Q, Omega]`` (k basis columns plus p
+  probes), one extra thin matmul per step, O(d (k+p)) memory. A refresh recovers the top
+  eigenpairs of ``L`` from ``(Qh, P)`` with the stabilised single-pass Nystrom approximation
+  (Tropp, Yurtsever, Udell, Cevher 2017, alg. 3): ``L ~ P (Qh^T P)^+ P^T``. Like Frequent
+  Directions (Sketchy, Feinberg et al. 2023) it costs O(d k) memory; unlike FD it needs no SVD
+  per step. The part of ``L`` outside ``span(Qh)`` at a refresh is carried as an isotropic
+  model ``rho (I - Q Q^T)`` with ``rho`` the untracked trace per dimension.
+* **Adaptive rank**: keep the fewest leading eigenvectors whose eigenvalues hold at least
+  ``spectral_mass`` of ``trace(L)``, clamped to ``[rank_min, rank_max]``. 0.95 is too little
+  (DESIGN.md section 5: SOAP cut at 95% lost most of its edge over AdamW; 99% matched full
+  rank), so the default is 0.99.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Basis:
+    """A new basis for one side: columns sorted by decreasing eigenvalue estimate."""
+
+    q: Tensor  # (d, k) orthonormal columns
+    eig: Tensor  # (k,) eigenvalue estimates
+    perm: Tensor | None = None  # SOAP path: new column i continues old column perm[i]
+    overlap: Tensor | None = None  # other paths: (k_new, k_old) = Q_new^T Q_old
+    probes: Tensor | None = None  # stream sides: (d, p) probe directions for the next period
+    sketch: Tensor | None = None  # stream sides: (d, k+p) initial P = L_model [Q, probes]
+
+
+def seeded_normal(shape: tuple[int, ...], seed: int, device: torch.device) -> Tensor:
+    """Gaussian matrix drawn from a generator seeded by ``seed`` (reproducible on resume)."""
+    gen = torch.Generator(device="cpu").manual_seed(seed & 0x7FFFFFFFFFFFFFFF)
+    return torch.randn(shape, generator=gen, dtype=torch.float32).to(device)
+
+
+def select_rank(eig: Tensor, total: float, spectral_mass: float, rank_min: int, rank_max: int) -> int:
+    """Fewest leading eigenvalues holding ``spectral_mass`` of ``total``, clamped.
+
+    ``eig`` is sorted descending; if even all of them fall short of the target, all are kept
+    (the next refresh's probes can grow the basis).
+    """
+    n = eig.numel()
+    hi = max(1, min(rank_max, n))
+    if spectral_mass >= 1.0 or total <= 0.0:
+        k = n
+    else:
+        cum = torch.cumsum(eig.clamp_min(0.0).double(), 0)
+        k = int(torch.searchsorted(cum, torch.tensor([spectral_mass * total], dtype=cum.dtype)).item()) + 1
+    return max(min(rank_min, hi), min(k, hi))
+
+
+def _finite(*ts: Tensor) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in ts)
+
+
+def safe_eigh(a: Tensor) -> tuple[Tensor, Tensor] | None:
+    """Eigenpairs of symmetric ``a`` sorted descending; retries in float64; ``None`` on failure."""
+    if not _finite(a):
+        return None
+    for dtype in (torch.float32, torch.float64):
+        try:
+            vals, vecs = torch.linalg.eigh(a.to(dtype))
+        except RuntimeError:  # torch._C._LinAlgError subclasses RuntimeError
+            continue
+        if _finite(vals, vecs):
+            return vals.flip(0).float(), vecs.flip(1).float()
+    return None
+
+
+def safe_qr(a: Tensor) -> Tensor | None:
+    try:
+        q = torch.linalg.qr(a).Q
+    except RuntimeError:
+        return None
+    return q if _finite(q) else None
+
+
+def complement_probes(q: Tensor, p: int, seed: int) -> Tensor:
+    """``p`` orthonormal random directions orthogonal to the columns of ``q`` (d x k)."""
+    d, k = q.shape
+    p = min(p, d - k)
+    if p <= 0:
+        return q.new_zeros(d, 0)
+    w = seeded_normal((d, p), seed, q.device)
+    for _ in range(2):  # twice is enough (Kahan)
+        w = w - q @ (q.T @ w)
+    out = safe_qr(w)
+    return out if out is not None else q.new_zeros(d, 0)
+
+
+# --------------------------------------------------------------------------------- dense
+def first_basis_dense(fac: Tensor, spectral_mass: float, rank_min: int, rank_max: int) -> Basis | None:
+    """``eigh`` of the dense factor, truncated by spectral mass. ``None`` if ill-posed."""
+    total = float(torch.diagonal(fac).sum())
+    if not total > 0.0:
+        return None  # all-zero gradient (e.g. LoRA B at init): nothing to learn a basis from
+    out = safe_eigh(fac)
+    if out is None:
+        return None
+    vals, vecs = out
+    k = select_rank(vals, total, spectral_mass, rank_min, rank_max)
+    return Basis(q=vecs[:, :k].contiguous(), eig=vals[:k].clone())
+
+
+def refresh_dense(
+    fac: Tensor, q: Tensor, spectral_mass: float, rank_min: int, rank_max: int, oversample: int, seed: int
+) -> Basis | None:
+    """One refresh of a dense side from the previous basis ``q`` (d x k)."""
+    d, k = q.shape
+    if not _finite(fac, q):
+        return None
+    lq = fac @ q
+    est = (q * lq).sum(0)
+    if k == d:  # SOAP: sort by Rayleigh quotient, one power step, QR
+        perm = torch.argsort(est, descending=True)
+        qn = safe_qr(lq[:, perm])
+        if qn is None:
+            return None
+        return Basis(q=qn, eig=est[perm], perm=perm)
+    total = float(torch.diagonal(fac).sum())
+    if not total > 0.0:
+        return None
+    probes = complement_probes(q, oversample, seed)
+    z = safe_qr(torch.cat([lq, fac @ probes], dim=1))
+    if z is None:
+        return None
+    out = safe_eigh(z.T @ fac @ z)  # Rayleigh-Ritz in the power-iterated subspace
+    if out is None:
+        return None
+    vals, w = out
+    qn = z @ w
+    kn = select_rank(vals, total, spectral_mass, rank_min, rank_max)
+    qn = qn[:, :kn].contiguous()
+    return Basis(q=qn, eig=vals[:kn].clone(), overlap=qn.T @ q)
+
+
+# -------------------------------------------------------------------------------- stream
+def nystrom(qh: Tensor, p: Tensor) -> tuple[Tensor, Tensor] | None:
+    """Top eigenpairs of psd ``L`` from ``P = L Qh`` (Qh orthonormal d x s). Descending."""
+    if not _finite(qh, p):
+        return None
+    nu = float(torch.finfo(torch.float32).eps * qh.shape[0] ** 0.5 * torch.linalg.matrix_norm(p, ord=2))
+    if not nu > 0.0:
+        return None
+    y = p + nu * qh
+    b = qh.T @ y
+    b = 0.5 * (b + b.T)
+    c, info = torch.linalg.cholesky_ex(b.double())
+    if int(info) != 0:
+        return None
+    f = torch.linalg.solve_triangular(c, y.double().T, upper=False).T  # y C^{-T}
+    try:
+        u, s, _ = torch.linalg.svd(f, full_matrices=False)
+    except RuntimeError:
+        return None
+    vals = (s * s - nu).clamp_min(0.0).float()
+    u = u.float()
+    return (vals, u) if _finite(vals, u) else None
+
+
+def refresh_stream(
+    qh: Tensor,
+    p: Tensor,
+    trace: float,
+    k_old: int,
+    spectral_mass: float,
+    rank_min: int,
+    rank_max: int,
+    oversample: int,
+    seed: int,
+) -> Basis | None:
+    """Refresh of a stream side from its tracked basis ``qh`` (d x s) and ``P ~ L qh``.
+
+    ``k_old`` is how many leading columns of ``qh`` are the previous basis (0 at the first
+    refresh, when ``qh`` holds random probes only).
+    """
+    if not trace > 0.0:
+        return None
+    out = nystrom(qh, p)
+    if out is None:
+        return None
+    vals, u = out
+    k = select_rank(vals, trace, spectral_mass, rank_min, rank_max)
+    qn, lam = u[:, :k].contiguous(), vals[:k].clone()
+    probes = complement_probes(qn, oversample, seed)
+    d = qn.shape[0]
+    rho = max(trace - float(lam.sum()), 0.0) / max(d - k, 1)
+    sketch = torch.cat([qn * lam, rho * probes], dim=1)
+    overlap = qn.T @ qh[:, :k_old] if k_old else None
+    return Basis(q=qn, eig=lam, overlap=overlap, probes=probes, sketch=sketch)
+
+
+def first_probe_stream(d: int, s: int, seed: int, device: torch.device) -> Tensor:
+    """Random orthonormal ``(d, s)`` probe used to sketch the first factor of a stream side."""
+    q = safe_qr(seeded_normal((d, min(s, d)), seed, device))
+    assert q is not None  # a Gaussian matrix is full rank with probability one
+    return q
+
+
+# ----------------------------------------------------------------------- second moment
+def transport_second_moment(v: Tensor, basis: Basis, axis: int, k_new: int, fill: float) -> Tensor:
+    """Carry the rotated second moment ``v`` across a basis change along ``axis``.
+
+    SOAP path (``basis.perm``): permute. Otherwise each new direction inherits the old entries
+    weighted by its squared overlaps with the old directions (a permutation when the bases only
+    reorder), and the rest of its weight (the part that came from the complement) is ``fill``.
+    """
+    vt = v.movedim(axis, 0)
+    if basis.perm is not None:
+        out = vt.index_select(0, basis.perm)
+    elif basis.overlap is not None and basis.overlap.numel():
+        w = basis.overlap.square()  # (k_new, k_old)
+        k_old = w.shape[1]
+        flat = vt[:k_old].reshape(k_old, -1)
+        out = (w @ flat).reshape(k_new, *vt.shape[1:])
+        out = out + (1.0 - w.sum(1)).clamp_min(0.0).reshape(-1, *([1] * (vt.ndim - 1))) * fill
+    else:
+        out = torch.full((k_new, *vt.shape[1:]), fill, dtype=v.dtype, device=v.device)
+    return out.movedim(0, axis).contiguous()

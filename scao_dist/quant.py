@@ -1,0 +1,175 @@
+"""Small int8 codecs for optimizer state (plain torch; the Triton kernels match these bit for bit).
+
+Four codecs, each a pair of pure functions ``encode``/``decode``:
+
+* :func:`encode_signed` / :func:`decode_signed` — first moments. Groups of :data:`GROUP` values
+  share one bf16 scale ``s = max|x|`` (rounded *up* to bf16, so ``|x|/s <= 1``). The normalised
+  value ``y = x/s`` is companded with a softsign, ``phi = 2y / (1 + |y|)``, and stored as
+  ``q = round(127 phi)`` in int8. The softsign doubles the resolution near zero, where most
+  momentum entries live. Bound: ``|x - x_hat| <= s/127`` (and ``<= s/508`` for ``|y| -> 0``).
+* :func:`encode_sqrt` / :func:`decode_sqrt` — second moments (non-negative). Stored as
+  ``q = round(255 sqrt(v)/s)`` in uint8 with ``s = max sqrt(v)`` per group. The square root is
+  what keeps an 8-bit second moment from diverging (a linear 4/8-bit ``v`` flushes small entries).
+  Bound: ``|sqrt(v) - sqrt(v_hat)| <= s/510``. ``floor_zero=True`` decodes a zero code to half a
+  step instead of 0: a coordinate whose ``v`` rounded to zero then cannot divide by ``eps`` alone.
+* :func:`encode_rows` / :func:`decode_rows` — symmetric Kronecker factors ``L`` (d x d). One fp32
+  scale per *row* (``max_j |L_ij|``). Per-row rather than per-tensor because the rows of a
+  gradient covariance differ by orders of magnitude (a rarely-active input row would be flushed
+  to zero under one tensor-wide scale); per-row rather than per-32 because the factor is only
+  read as a whole (``L @ Q``) and d scales are already < 4% of d^2 int8 entries for d >= 128.
+  Rounding is *stochastic* with a counter-based hash (:func:`hash_uniform`) so the EMA
+  ``L <- b L + (1-b) G G^T`` is unbiased: with round-to-nearest an entry smaller than
+  ``0.5/(1-b)`` steps can never leave zero. The hash makes the dither deterministic (resume is
+  bit-exact and no RNG state is saved). Bound: ``|L - L_hat| < max_j|L_ij| / 127`` per row.
+* :func:`split_master` / :func:`join_master` — bf16 weights with error-correction bits. The fp32
+  value ``x`` is stored as ``w = bf16(x)`` plus ``rho = round(R * e / (ulp(w)/2))`` with
+  ``e = x - w`` and ``R = 127`` (int8) or ``32767`` (int16). ``x_hat = w + rho ulp(w) / (2R)``,
+  so ``|x - x_hat| <= ulp(w) / (4R)``: 1/508 ulp with int8 bits, about 24 significant bits.
+
+All functions take ``(..., N)`` tensors and work per trailing row; the leading dims are batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+GROUP = 32
+"""Values per scale for the moment codecs."""
+
+_M32 = 0xFFFFFFFF
+
+
+def n_groups(n: int, group: int = GROUP) -> int:
+    """Number of scale groups for ``n`` values."""
+    return (n + group - 1) // group
+
+
+def _grouped(x: Tensor, group: int) -> Tensor:
+    """View ``(..., N)`` as ``(..., G, group)``, zero-padding the tail group."""
+    n = x.shape[-1]
+    pad = n_groups(n, group) * group - n
+    if pad:
+        x = torch.nn.functional.pad(x, (0, pad))
+    return x.reshape(*x.shape[:-1], x.shape[-1] // group, group)
+
+
+def bf16_scale_up(s: Tensor) -> Tensor:
+    """Round fp32 scales to bf16 *upwards*, so ``|x| / scale <= 1`` after rounding.
+
+    fp16 scales (the FlashOptim paper's choice) underflow below ~6e-5 and flush small-gradient
+    groups to zero; bf16 has fp32's exponent range.
+    """
+    sb = s.to(torch.bfloat16)
+    low = sb.float() < s
+    if bool(low.any()):
+        sb = torch.where(low, torch.nextafter(sb, torch.full_like(sb, float("inf"))), sb)
+    return sb
+
+
+# ----------------------------------------------------------------------------- first moment
+def encode_signed(x: Tensor, group: int = GROUP) -> tuple[Tensor, Tensor]:
+    """fp32 ``(..., N)`` -> (int8 codes ``(..., G*group)``, bf16 scales ``(..., G)``)."""
+    xg = _grouped(x.float(), group)
+    scale = bf16_scale_up(xg.abs().amax(dim=-1))
+    s = scale.float().unsqueeze(-1)
+    y = torch.where(s > 0, xg / torch.where(s > 0, s, 1.0), 0.0).clamp_(-1.0, 1.0)
+    phi = 2.0 * y / (1.0 + y.abs())
+    q = torch.round(phi * 127.0).to(torch.int8)
+    return q.reshape(*x.shape[:-1], -1), scale
+
+
+def decode_signed(q: Tensor, scale: Tensor, n: int, group: int = GROUP) -> Tensor:
+    """Inverse of :func:`encode_signed`; returns fp32 ``(..., n)``."""
+    phi = q.float().reshape(*q.shape[:-1], q.shape[-1] // group, group) / 127.0
+    y = phi / (2.0 - phi.abs())
+    x = y * scale.float().unsqueeze(-1)
+    return x.reshape(*q.shape)[..., :n]
+
+
+# ---------------------------------------------------------------------------- second moment
+def encode_sqrt(v: Tensor, group: int = GROUP) -> tuple[Tensor, Tensor]:
+    """Non-negative fp32 ``(..., N)`` -> (uint8 codes of ``sqrt(v)``, bf16 scales ``(..., G)``)."""
+    ug = _grouped(v.float().clamp(0.0, torch.finfo(torch.float32).max).sqrt(), group)
+    scale = bf16_scale_up(ug.amax(dim=-1))
+    s = scale.float().unsqueeze(-1)
+    r = torch.where(s > 0, ug / torch.where(s > 0, s, 1.0), 0.0).clamp_(0.0, 1.0)
+    q = torch.round(r * 255.0).to(torch.uint8)
+    return q.reshape(*v.shape[:-1], -1), scale
+
+
+def decode_sqrt(q: Tensor, scale: Tensor, n: int, group: int = GROUP, floor_zero: bool = False) -> Tensor:
+    """Inverse of :func:`encode_sqrt`; returns fp32 ``v`` of shape ``(..., n)``."""
+    c = q.float()
+    if floor_zero:
+        c = c.clamp_min(0.5)
+    u = c.reshape(*q.shape[:-1], q.shape[-1] // group, group) / 255.0 * scale.float().unsqueeze(-1)
+    return (u * u).clamp_max_(torch.finfo(torch.float32).max).reshape(*q.shape)[..., :n]
+
+
+# ---------------------------------------------------------------------------------- factors
+def hash_uniform(index: Tensor, seed: Tensor | int) -> Tensor:
+    """Counter-based uniform numbers in [0, 1): a 32-bit integer hash of ``(index, seed)``.
+
+    Pure integer arithmetic modulo 2^32 (multipliers < 2^31 so int64 products never overflow),
+    so the torch and Triton versions agree bit for bit on every device.
+    """
+    seed_t = torch.as_tensor(seed, dtype=torch.int64, device=index.device) & _M32
+    x = (index.to(torch.int64) * 0x2C1B3C6D + seed_t * 0x297A2D39 + 0x68E31DA4) & _M32
+    x = x ^ (x >> 16)
+    x = (x * 0x5BD1E995) & _M32
+    x = x ^ (x >> 15)
+    x = (x * 0x27D4EB2F) & _M32
+    x = x ^ (x >> 16)
+    return (x >> 8).to(torch.float32) * (1.0 / 16777216.0)
+
+
+def encode_rows(a: Tensor, seed: Tensor | int) -> tuple[Tensor, Tensor]:
+    """fp32 ``(..., d, d)`` -> (int8 codes, fp32 per-row absmax ``(..., d)``), stochastic rounding.
+
+    ``seed`` is an int or an int64 tensor broadcastable to ``a.shape[:-2]`` (one per batch entry).
+    The dither for element (i, j) of batch entry b is ``hash_uniform(i*d + j, seed_b)``.
+    """
+    d_rows, d_cols = a.shape[-2], a.shape[-1]
+    amax = a.abs().amax(dim=-1)
+    step = torch.where(amax > 0, amax, 1.0).unsqueeze(-1) / 127.0
+    idx = torch.arange(d_rows * d_cols, device=a.device, dtype=torch.int64).reshape(d_rows, d_cols)
+    seed_t = torch.as_tensor(seed, dtype=torch.int64, device=a.device)
+    seed_t = seed_t.reshape(*seed_t.shape, 1, 1) if seed_t.ndim else seed_t
+    u = hash_uniform(idx, seed_t)
+    q = torch.floor(a / step + u).clamp_(-127, 127).to(torch.int8)
+    return q, amax
+
+
+def decode_rows(q: Tensor, amax: Tensor) -> Tensor:
+    """Inverse of :func:`encode_rows`; returns fp32."""
+    return q.float() * (amax.unsqueeze(-1) / 127.0)
+
+
+# ---------------------------------------------------------------------------- master weights
+def correction_range(bits: int) -> int:
+    """Largest code ``R`` of the error-correction bits (127 for int8, 32767 for int16)."""
+    if bits not in (8, 16):
+        raise ValueError(f"correction_bits must be 8 or 16, got {bits}")
+    return 127 if bits == 8 else 32767
+
+
+def bf16_ulp(w: Tensor) -> Tensor:
+    """Spacing of bf16 numbers at ``w`` (fp32): ``2^(E - 7)`` for biased exponent E (E=0 -> 1)."""
+    e = (w.float().view(torch.int32) >> 23) & 0xFF
+    return torch.ldexp(torch.ones_like(w, dtype=torch.float32), e.clamp_min(1) - 134)
+
+
+def split_master(x: Tensor, bits: int = 8) -> tuple[Tensor, Tensor]:
+    """fp32 value -> (bf16 weight, int8/int16 correction ``rho``)."""
+    r = correction_range(bits)
+    w = x.to(torch.bfloat16)
+    err = x - w.float()
+    rho = torch.round(err * (2.0 * r) / bf16_ulp(w)).clamp_(-r, r)
+    return w, rho.to(torch.int8 if bits == 8 else torch.int16)
+
+
+def join_master(w: Tensor, rho: Tensor) -> Tensor:
+    """(bf16 weight, correction) -> fp32 value."""
+    r = 127 if rho.dtype == torch.int8 else 32767
+    return w.float() + rho.float() * (bf16_ulp(w) / (2.0 * r))

@@ -1,0 +1,1 @@
+"""Sharded runtime: block ownership, collectives, async refresh, sharded checkpoints."""

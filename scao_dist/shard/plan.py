@@ -1,0 +1,123 @@
+"""Who owns which block: a deterministic, cost-balanced assignment of blocks to ranks.
+
+Every rank computes the same plan from the same parameter shapes (no communication), so the
+plan itself is part of the contract between ranks; :func:`plan_fingerprint` lets the runtime
+check that all ranks agree.
+
+Assignment is LPT (longest processing time first): blocks sorted by decreasing cost, each
+placed on the currently least-loaded rank (ties to the lowest rank), as Meta's
+distributed_shampoo does. Cost of a block = per-step work + amortised refresh work:
+
+    step     ~ m n (k_L + k_R)            rotations and back-rotations
+    refresh  ~ (d_L^3 + d_R^3) / freq      for dense sides (eigh / power step)
+             ~ d k^2 / freq                for stream sides (Nystrom)
+
+with k estimated by ``rank_max``. State bytes are reported next to the cost.
+Refresh *phases* (which step of the ``precond_freq`` cycle a block refreshes on) are spread the
+same way within each rank, so no step pays for all of a rank's refreshes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ..blocks import BlockSpec
+
+
+@dataclass
+class Plan:
+    world_size: int
+    owner: list[int]  # block index -> rank
+    phase: list[int]  # block index -> refresh phase in [0, precond_freq)
+    cost: list[float] = field(default_factory=list)
+    nbytes: list[int] = field(default_factory=list)
+
+    def owned(self, rank: int) -> list[int]:
+        return [b for b, r in enumerate(self.owner) if r == rank]
+
+    def table(self) -> str:
+        """Rank -> number of blocks, state bytes, relative cost; one line per rank."""
+        lines = ["rank  blocks  state_MiB  cost_share"]
+        total = sum(self.cost) or 1.0
+        for r in range(self.world_size):
+            mine = self.owned(r)
+            mib = sum(self.nbytes[b] for b in mine) / 2**20
+            share = sum(self.cost[b] for b in mine) / total
+            lines.append(f"{r:>4}  {len(mine):>6}  {mib:>9.2f}  {share:>10.3f}")
+        return "\n".join(lines)
+
+
+def _side_k(d: int, mode: str, rank_max: int) -> int:
+    return d if mode == "none" else min(d, rank_max)
+
+
+def block_cost(spec: BlockSpec, rank_max: int, precond_freq: int) -> float:
+    m, n = spec.shape
+    if spec.kind == "adam":
+        return float(spec.numel)
+    kl, kr = _side_k(m, spec.left, rank_max), _side_k(n, spec.right, rank_max)
+    step = m * n * (kl + kr)
+    refresh = 0.0
+    for d, mode, k in ((m, spec.left, kl), (n, spec.right, kr)):
+        if mode == "dense":
+            refresh += d**3
+        elif mode == "stream":
+            refresh += d * k * k
+    return float(step + refresh / max(precond_freq, 1))
+
+
+def block_bytes(spec: BlockSpec, rank_max: int, quantize: bool) -> int:
+    """Rough state bytes of a block (for the plan table; memory_report counts exactly)."""
+    m, n = spec.shape
+    per = 2 if quantize else 8
+    total = spec.numel * per + (spec.numel if spec.dtype.itemsize == 2 else 0)
+    for d, mode in ((m, spec.left), (n, spec.right)):
+        if mode == "dense":
+            total += d * d * (1 if quantize else 4)
+        elif mode == "stream":
+            total += d * min(d, rank_max) * 4
+    return total
+
+
+def make_plan(
+    specs: Sequence[BlockSpec],
+    world_size: int,
+    *,
+    rank_max: Sequence[int],
+    precond_freq: Sequence[int],
+    quantize: bool,
+    stagger: bool,
+) -> Plan:
+    """Assign every block an owner and a refresh phase (``rank_max``/``precond_freq`` per block)."""
+    cost = [block_cost(s, rank_max[i], precond_freq[i]) for i, s in enumerate(specs)]
+    nbytes = [block_bytes(s, rank_max[i], quantize) for i, s in enumerate(specs)]
+    owner = [0] * len(specs)
+    load = [0.0] * world_size
+    for b in sorted(range(len(specs)), key=lambda b: (-cost[b], b)):
+        r = min(range(world_size), key=lambda r: (load[r], r))
+        owner[b] = r
+        load[r] += cost[b]
+    phase = [0] * len(specs)
+    if stagger:
+        for r in range(world_size):
+            per_phase: dict[int, list[float]] = {}
+            mine = [b for b in range(len(specs)) if owner[b] == r and specs[b].kind == "kron"]
+            for b in sorted(mine, key=lambda b: (-cost[b], b)):
+                f = max(precond_freq[b], 1)
+                loads = per_phase.setdefault(f, [0.0] * f)
+                ph = min(range(f), key=lambda p: (loads[p], p))
+                phase[b] = ph
+                loads[ph] += cost[b]
+    return Plan(world_size, owner, phase, cost, nbytes)
+
+
+def plan_fingerprint(specs: Sequence[BlockSpec]) -> int:
+    """A 63-bit hash of the block layout (shapes, kinds, dtypes) to compare across ranks."""
+    h = hashlib.sha256()
+    for s in specs:
+        h.update(
+            repr((s.index, s.param, s.group, s.r0, s.r1, s.c0, s.c1, s.kind, s.left, s.right, str(s.dtype))).encode()
+        )
+    return int.from_bytes(h.digest()[:8], "little") & 0x7FFFFFFFFFFFFFFF
