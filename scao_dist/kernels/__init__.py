@@ -2,7 +2,9 @@
 
 CUDA tensors go to the Triton kernels (when Triton is importable); everything else, and every
 call while ``SCAO_REFERENCE_KERNELS=1`` is set or :func:`use_reference` is active, goes to the
-plain-torch twins in :mod:`scao_dist.kernels.reference`.
+plain-torch twins in :mod:`scao_dist.kernels.reference`. ``SCAO_TRITON_ON_CPU=1`` (with
+``TRITON_INTERPRET=1``) sends CPU tensors to the kernels too, to run a whole optimizer through
+the Triton interpreter.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import Tensor
 from . import reference
 
 _FORCE_REFERENCE = os.environ.get("SCAO_REFERENCE_KERNELS", "0") == "1"
+_TRITON_ON_CPU = os.environ.get("SCAO_TRITON_ON_CPU", "0") == "1"
 
 try:  # Triton is optional (Linux only); the reference path always works
     from . import triton_ops as _triton
@@ -36,7 +39,7 @@ def use_reference(flag: bool = True) -> Iterator[None]:
 
 def backend(t: Tensor) -> object:
     """The module that implements the steps for tensors like ``t``."""
-    if _triton is not None and not _FORCE_REFERENCE and (t.is_cuda or _triton.INTERPRET):
+    if _triton is not None and not _FORCE_REFERENCE and (t.is_cuda or _TRITON_ON_CPU):
         return _triton
     return reference
 
