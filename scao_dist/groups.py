@@ -312,8 +312,9 @@ class KronGroup(_Group):
             x = x @ qr.mT
         return x
 
-    def truncated(self, idx: Sequence[int]) -> bool:
-        return any(side.rotated and side.ranks[i] < side.d for side in self.sides for i in idx)
+    def truncated(self, idx: Sequence[int]) -> list[bool]:
+        """Per block: does some rotated side keep fewer basis vectors than its dimension?"""
+        return [any(side.rotated and side.ranks[i] < side.d for side in self.sides) for i in idx]
 
     # -- the step -------------------------------------------------------------------------
     def step(self, idx: Sequence[int], hp: Hyper) -> list[int]:
@@ -353,8 +354,10 @@ class KronGroup(_Group):
         s["g_col"].mul_(b2).add_(gsq.mean(-2), alpha=1 - b2)
         del gsq
         u = self.unrotate(u_rot, ql, qr)
-        if self.truncated(idx):
-            u = u + self._complement(s, g, m, g_rot, m_rot, ql, qr, hp, bc1, bc2)
+        trunc = self.truncated(idx)
+        if any(trunc):
+            mask = torch.tensor(trunc, device=g.device)
+            u = u + self._complement(s, g, m, g_rot, m_rot, ql, qr, hp, bc1, bc2, mask)
         u = self._graft(s, u, m, hp, bc1, bc2)
         kernels.apply_update_(w, s.get("ebits"), u, hp.lr, hp.weight_decay)
         self.scatter_params(idx, w)
@@ -374,8 +377,12 @@ class KronGroup(_Group):
         hp: Hyper,
         bc1: Tensor | float,
         bc2: Tensor | float,
+        mask: Tensor,
     ) -> Tensor:
         """Adam on what a truncated basis misses, with a factored second moment.
+
+        ``mask`` (b,) selects the truncated blocks: the others' complement is empty and their
+        state and update stay untouched (so a block's math never depends on its group).
 
         The residual uses the exact projector ``Q (Q^T Q)^-1 Q^T``: bases are stored in bf16, so
         ``Q^T Q = I + E`` with ``|E| ~ 2^-9``, and ``G - Q Q^T G Q_R Q_R^T`` would leave a
@@ -392,10 +399,12 @@ class KronGroup(_Group):
         back = self.unrotate(core, ql, qr)
         res_g, res_m = g - back[0], m - back[1]
         b2 = hp.beta2
-        row = s["res_row"].mul_(b2).add_(res_g.square().mean(-1), alpha=1 - b2)
-        col = s["res_col"].mul_(b2).add_(res_g.square().mean(-2), alpha=1 - b2)
+        row = torch.where(mask[:, None], s["res_row"] * b2 + res_g.square().mean(-1) * (1 - b2), s["res_row"])
+        col = torch.where(mask[:, None], s["res_col"] * b2 + res_g.square().mean(-2) * (1 - b2), s["res_col"])
+        s["res_row"].copy_(row)
+        s["res_col"].copy_(col)
         vres = torch.maximum(_factored(row, col), (_RES_FLOOR**2) * s["g_row"].mean(-1)[:, None, None])
-        return (res_m / bc1) / ((vres / bc2).sqrt() + hp.eps)
+        return torch.where(mask[:, None, None], (res_m / bc1) / ((vres / bc2).sqrt() + hp.eps), 0.0)
 
     def _graft(
         self, s: dict[str, Tensor], u: Tensor, m: Tensor, hp: Hyper, bc1: Tensor | float, bc2: Tensor | float
@@ -512,13 +521,18 @@ class KronGroup(_Group):
         for side in self.sides:
             k = side.ranks[i]
             if side.mode == "dense":
-                out.append(dict(fac=self.dense_factor(i, side), q=self.t[f"{side.name}.q"][i, :, :k].float()))
+                out.append(
+                    dict(
+                        fac=self.dense_factor(i, side), q=self.t[f"{side.name}.q"][i, :, :k].float(), step=self.steps[i]
+                    )
+                )
             elif side.mode == "stream":
                 cols = list(range(k)) + list(range(side.K, side.K + side.p))
                 ix = torch.tensor(cols, device=self.device)
                 qh = self.t[f"{side.name}.qh"][i].index_select(1, ix).float()
                 sk = self.t[f"{side.name}.sketch"][i].index_select(1, ix).float()
-                out.append(dict(qh=qh, sketch=sk, trace=float(self.t[f"{side.name}.trace"][i]), k=k))
+                trace = float(self.t[f"{side.name}.trace"][i])
+                out.append(dict(qh=qh, sketch=sk, trace=trace, k=k, step=self.steps[i]))
             else:
                 out.append(None)
         return out
@@ -530,7 +544,7 @@ class KronGroup(_Group):
             if inp is None:
                 out.append(None)
                 continue
-            seed = _seed(self.specs[i].index, side.name, self.steps[i] + 2)
+            seed = _seed(self.specs[i].index, side.name, inp["step"] + 2)
             cap = side.rank_cap(hp.rank_max)
             if side.mode == "dense":
                 out.append(

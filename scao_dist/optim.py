@@ -25,7 +25,7 @@ from torch import Tensor
 from .blocks import BlockSpec, split_param
 from .config import GROUP_DEFAULTS, Config, Hyper, validate_group
 from .groups import AdamGroup, KronGroup, make_group
-from .shard.comm import Comm
+from .shard.comm import Comm, build_buckets
 from .shard.plan import Plan, make_plan, plan_fingerprint
 from .shard.refresh import RefreshScheduler
 
@@ -57,10 +57,22 @@ class SCAO(torch.optim.Optimizer):
         graft: per-block step size — ``"adafactor"`` (default: the norm of a factored-Adam update
             on the same momentum, so AdamW's lr transfers), ``"rms"`` (fixed RMS ``graft_rms``,
             as Muon's ``match_rms_adamw``) or ``"none"`` (plain SOAP).
-        refresh_lag: 0 refreshes synchronously (exactly SOAP); ``n >= 1`` computes refreshes
-            off the critical path and swaps them in ``n`` steps later.
+        refresh_lag: when a refresh computed at the end of step ``t`` is swapped in: 0 inside
+            step ``t`` (synchronous); 1 (default) at the start of step ``t + 1`` — the same math
+            as 0, computed on a worker thread / side stream while the next forward/backward runs;
+            ``k`` lets ``k - 1`` steps use the old basis.
+        async_refresh: compute lagged refreshes on a worker (``False``: same results, computed
+            in line; for debugging and tests).
         process_group: shard blocks over this group (default: the default group when
             ``torch.distributed`` is initialised with more than one rank, else no sharding).
+        grad_sync: with several ranks, ``"scao"`` (default) averages the gradients itself by a
+            bucketed reduce-scatter to each block's owner (use a plain model, no DDP wrapper);
+            ``"external"`` means DDP or DeepSpeed already averaged them (no gradient traffic).
+        bucket_mb: size of one communication bucket.
+        check_sync_every: with several ranks, compare a weight checksum across ranks every this
+            many steps and raise on a mismatch (0: never).
+        max_consecutive_skips: raise after this many steps in a row were skipped for non-finite
+            gradients, naming the ranks that produced them (None: never).
     """
 
     def __init__(
@@ -85,10 +97,15 @@ class SCAO(torch.optim.Optimizer):
         correction_bits: int = 8,
         grad_release: bool = False,
         stagger_refresh: bool = True,
-        refresh_lag: int = 0,
+        refresh_lag: int = 1,
+        async_refresh: bool = True,
         graft: str = "adafactor",
         graft_rms: float = 0.2,
         process_group: Any = None,
+        grad_sync: str = "scao",
+        bucket_mb: float = 64.0,
+        check_sync_every: int = 200,
+        max_consecutive_skips: int | None = 50,
     ) -> None:
         if rank not in ("adaptive", "full"):
             raise ValueError(f"rank must be 'adaptive' or 'full', got {rank!r}")
@@ -125,8 +142,14 @@ class SCAO(torch.optim.Optimizer):
             rank_max=rank_max,
         )
         self._built = False
+        self._async_refresh = bool(async_refresh)
+        self._bucket_numel = max(1, int(bucket_mb * 2**20 / 4))
+        self._check_sync_every = int(check_sync_every)
+        self._max_skips = max_consecutive_skips
+        self._consecutive_skips = 0
+        self._t = 0  # optimizer steps taken (skipped ones excluded)
         super().__init__(params, defaults)
-        self.comm = Comm(process_group)
+        self.comm = Comm(process_group, grad_sync=grad_sync)
         if self.config.grad_release and self.comm.world_size > 1:
             raise ValueError(
                 "grad_release=True runs each update from the parameter's backward hook, before any "
@@ -163,6 +186,7 @@ class SCAO(torch.optim.Optimizer):
         cfg = self.config
         params = self._all_params()
         old = self._export_blocks() if self._built else {}
+        self._blocks_of_param: dict[int, list[int]] = defaultdict(list)
         specs: list[BlockSpec] = []
         param_group: dict[int, int] = {}
         for gi, g in enumerate(self.param_groups):
@@ -191,6 +215,7 @@ class SCAO(torch.optim.Optimizer):
             stagger=cfg.stagger_refresh,
         )
         self.comm.check_same_plan(plan_fingerprint(specs))
+        self.comm.buckets = build_buckets(specs, self.plan.owner, params, self.comm.world_size, self._bucket_numel)
         by_key: dict[tuple, list[BlockSpec]] = defaultdict(list)
         for b in self.plan.owned(self.comm.rank):
             s = specs[b]
@@ -204,14 +229,12 @@ class SCAO(torch.optim.Optimizer):
             for i, s in enumerate(members):
                 self._where[s.index] = (grp, i)
             self.groups.append(grp)
-        self._blocks_of_param: dict[int, list[int]] = defaultdict(list)
         for s in specs:
             self._blocks_of_param[s.param].append(s.index)
-        self.refresher = RefreshScheduler(self, cfg.refresh_lag)
-        for key, st in old.items():
-            if key in self._where:
-                grp, i = self._where[key]
-                grp.load_block_state(i, st)
+        if getattr(self, "refresher", None) is not None:
+            self.refresher.close()
+        self.refresher = RefreshScheduler(self, cfg.refresh_lag, self._async_refresh)
+        self._import_blocks(old)
         if cfg.grad_release:
             self._install_release_hooks(params)
         self._built = True
@@ -229,24 +252,31 @@ class SCAO(torch.optim.Optimizer):
                 loss = closure()
         if self.config.grad_release:
             self._released.clear()
-            self.refresher.step_boundary()
+            self._t += 1
+            self.refresher.step_boundary(self._t + 1)
             return loss
         params = self._all_params()
-        self.refresher.step_boundary()
+        self.refresher.step_boundary(self._t + 1)
+        self.comm.bytes_sent = 0
         with_grad = {s.param for s in self.specs if params[s.param].grad is not None}
         for pid in with_grad:
             if params[pid].grad.is_sparse:
                 raise TypeError("SCAO does not support sparse gradients")
-        if not self.comm.all_finite([params[pid].grad for pid in sorted(with_grad)]):
-            self._skip_nonfinite()
+        bad = self.comm.nonfinite_ranks([params[pid].grad for pid in sorted(with_grad)])
+        if bad:
+            self._skip_nonfinite(bad)
             return loss
+        self._consecutive_skips = 0
         self.comm.reduce_grads(self, with_grad)
         for grp in self.groups:
             idx = [i for i, s in enumerate(grp.specs) if s.param in with_grad]
             if idx:
                 self._run_group(grp, idx)
-        self.comm.gather_params(self, with_grad)
+        self.comm.gather_params(self)
+        self._t += 1
         self.counters["steps"] += 1
+        if self._check_sync_every and self._t % self._check_sync_every == 0:
+            self.comm.check_in_sync([params[s.param] for s in self.specs])
         return loss
 
     def _run_group(self, grp: KronGroup | AdamGroup, idx: list[int]) -> None:
@@ -255,10 +285,18 @@ class SCAO(torch.optim.Optimizer):
         due = grp.step(idx, hp)
         self.counters["basis_failures"] += getattr(grp, "failures", 0) - failures
         for i in due:
-            self.refresher.submit(grp, i, hp)
+            self.refresher.submit(grp, i, hp, self._t + 1)
 
-    def _skip_nonfinite(self) -> None:
+    def _skip_nonfinite(self, ranks: list[int] | None = None) -> None:
         self.counters["skipped_steps"] += 1
+        self._consecutive_skips += 1
+        if self._max_skips is not None and self._consecutive_skips > self._max_skips:
+            where = f" on rank(s) {ranks}" if ranks and self.comm.sharded else ""
+            raise FloatingPointError(
+                f"SCAO: {self._consecutive_skips} steps in a row had non-finite gradients{where}; the "
+                "run has diverged. Lower the learning rate, check the data on those ranks, or raise "
+                "max_consecutive_skips."
+            )
         if not self._warned_nonfinite:
             self._warned_nonfinite = True
             warnings.warn(
@@ -307,26 +345,86 @@ class SCAO(torch.optim.Optimizer):
         p.grad = None
 
     # -------------------------------------------------------------------------- state
-    def _export_blocks(self) -> dict[int, dict[str, Tensor]]:
-        self.refresher.drain()
-        return {s.index: grp.block_state(i) for grp in self.groups for i, s in enumerate(grp.specs)}
+    def _block_key(self, b: int) -> tuple[int, str]:
+        """(param id, ``b<k>``): block ``b`` is the k-th block of its parameter."""
+        s = self.specs[b]
+        first = self._blocks_of_param[s.param][0]
+        return s.param, f"b{b - first}"
+
+    def _export_blocks(self) -> dict[int, dict[str, Any]]:
+        """This rank's blocks: state tensors, plus a refresh computed but not yet swapped in."""
+        pending = self.refresher.export()
+        out = {}
+        for grp in self.groups:
+            for i, s in enumerate(grp.specs):
+                st = grp.block_state(i)
+                if s.index in pending:
+                    st["pending"] = pending[s.index]
+                out[s.index] = st
+        return out
+
+    def _import_blocks(self, blocks: dict[int, dict[str, Any]]) -> None:
+        self.refresher.pending.clear()
+        for b, st in blocks.items():
+            if b not in self._where:
+                continue  # owned by another rank
+            grp, i = self._where[b]
+            grp.load_block_state(i, st)
+            if "pending" in st:
+                self.refresher.restore(grp, i, st["pending"])
+
+    def global_counters(self) -> dict[str, int]:
+        """Counters summed over ranks (a collective when sharded: call it on every rank)."""
+        keys = sorted(set().union(*self.comm.gather_objects(sorted(self.counters))))
+        return dict(zip(keys, (int(v) for v in self.comm.all_sum([self.counters.get(k, 0) for k in keys]))))
+
+    def owned_blocks(self) -> set[int]:
+        return set(self._where)
+
+    def _meta(self) -> dict[str, Any]:
+        """Replicated, JSON-able part of the state: param groups, settings, counters, step."""
+        return {
+            "param_groups": super().state_dict()["param_groups"],
+            "config": self.config.as_dict(),
+            "counters": self.global_counters(),
+            "step": self._t,
+            "version": 1,
+        }
 
     def state_dict(self) -> dict[str, Any]:
-        """Tensors-only state (int8 stays int8): ``state[param_id]['b<k>']`` per block ``k``."""
-        sd = super().state_dict()
+        """Tensors-only state (int8 stays int8): ``state[param_id]['b<k>']`` for its k-th block.
+
+        With several ranks this gathers every rank's blocks (a collective: call it on every
+        rank), so any one rank's result resumes any world size; for sharded files use
+        :mod:`scao_dist.shard.checkpoint`.
+        """
+        blocks: dict[int, dict[str, Any]] = {}
+        for part in self.comm.gather_objects(self._export_blocks()):
+            blocks.update(part)
         state: dict[int, dict[str, Any]] = {}
-        first = {}
-        for s in self.specs:
-            first.setdefault(s.param, s.index)
-        for b, st in self._export_blocks().items():
-            s = self.specs[b]
-            state.setdefault(s.param, {})[f"b{b - first[s.param]}"] = st
-        sd["state"] = state
-        sd["scao"] = {"config": self.config.as_dict(), "counters": dict(self.counters), "version": 1}
-        return sd
+        for b in sorted(blocks):
+            pid, key = self._block_key(b)
+            state.setdefault(pid, {})[key] = blocks[b]
+        meta = self._meta()
+        return {"state": state, "param_groups": meta.pop("param_groups"), "scao": meta}
+
+    def state_dict_parts(self) -> tuple[dict[int, dict[str, Any]], dict[str, Any]]:
+        """(this rank's blocks by global id, replicated metadata): what a sharded checkpoint writes."""
+        return self._export_blocks(), self._meta()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved_cfg = state_dict.get("scao", {}).get("config")
+        """Load a state from :meth:`state_dict` (written at any world size)."""
+        blocks = {}
+        for b in range(len(self.specs)):
+            pid, key = self._block_key(b)
+            entry = state_dict["state"].get(pid, {}).get(key)
+            if entry is not None:
+                blocks[b] = entry
+        self.load_state_dict_parts(blocks, {"param_groups": state_dict["param_groups"], **state_dict.get("scao", {})})
+
+    def load_state_dict_parts(self, blocks: dict[int, dict[str, Any]], meta: dict[str, Any]) -> None:
+        """Load blocks (any superset of this rank's) and the metadata of :meth:`state_dict_parts`."""
+        saved_cfg = meta.get("config")
         if saved_cfg is not None:
             mine = self.config.as_dict()
             diff = {
@@ -339,14 +437,8 @@ class SCAO(torch.optim.Optimizer):
                     f"checkpoint was written by an SCAO with different structure settings {diff} "
                     "(saved, current); construct the optimizer with the saved settings to resume."
                 )
-        super().load_state_dict({"state": {}, "param_groups": state_dict["param_groups"]})
+        super().load_state_dict({"state": {}, "param_groups": meta["param_groups"]})
         self.state.clear()
-        first = {}
-        for s in self.specs:
-            first.setdefault(s.param, s.index)
-        for grp in self.groups:
-            for i, s in enumerate(grp.specs):
-                entry = state_dict["state"].get(s.param, {}).get(f"b{s.index - first[s.param]}")
-                if entry is not None:
-                    grp.load_block_state(i, entry)
-        self.counters = defaultdict(int, state_dict.get("scao", {}).get("counters", {}))
+        self._import_blocks(blocks)
+        self._t = int(meta.get("step", 0))
+        self.counters = defaultdict(int, meta.get("counters", {}) if self.comm.rank == 0 else {})

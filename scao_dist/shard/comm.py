@@ -1,43 +1,222 @@
-"""Collectives between ranks. With no process group (or a group of one) every call is a no-op.
+"""Collectives between ranks: gradients to their owners, updated weights back to everyone.
 
-Placeholder contract for the sharded runtime: ``reduce_grads`` brings each block's averaged
-gradient to its owner, ``gather_params`` brings every owner's updated blocks to all ranks.
+Per step, with N ranks and ``P`` parameter bytes (ZeRO-1's volume, never more):
+
+* ``reduce_grads`` — each block's gradient, summed over ranks and divided by N, lands on its
+  owner: a bucketed ``reduce_scatter`` of the gradients (``(N-1)/N * P`` bytes sent per rank).
+  Skipped when ``grad_sync="external"`` (DDP or DeepSpeed averaged them already).
+* ``gather_params`` — every owner's updated blocks reach all ranks: a bucketed ``all_gather``
+  (``(N-1)/N * P`` bytes). bf16 weights travel as bf16; their error-correction bits never
+  leave the owner.
+
+Buckets: each bucket holds, for every rank, a contiguous chunk of that rank's owned blocks
+(padded to the bucket's largest chunk), so one ``reduce_scatter_tensor`` /
+``all_gather_into_tensor`` moves a whole bucket. gloo has no reduce-scatter: there the
+gradient bucket is all-reduced and each rank keeps its chunk (CPU tests only; twice the bytes).
+
+With no process group, or a group of one, every call returns at once: one rank is the N=1 case.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ..blocks import BlockSpec, matrix_view
+
+
+@dataclass
+class Bucket:
+    """One collective's worth of blocks: ``slots[r]`` = [(block, offset, numel)] in rank r's chunk."""
+
+    dtype: torch.dtype
+    device: torch.device
+    chunk: int = 0
+    slots: list[list[tuple[int, int, int]]] = field(default_factory=list)
+
+
+def build_buckets(
+    specs: Sequence[BlockSpec],
+    owner: Sequence[int],
+    params: Sequence[Tensor],
+    world_size: int,
+    bucket_numel: int,
+) -> list[Bucket]:
+    """Group blocks (by dtype and device) into buckets of about ``bucket_numel`` elements."""
+    by_kind: dict[tuple[torch.dtype, torch.device], list[list[int]]] = {}
+    for s in specs:
+        p = params[s.param]
+        queues = by_kind.setdefault((p.dtype, p.device), [[] for _ in range(world_size)])
+        queues[owner[s.index]].append(s.index)
+    buckets: list[Bucket] = []
+    per_rank = max(1, bucket_numel // world_size)
+    for (dtype, device), queues in by_kind.items():
+        heads = [0] * world_size
+        while any(heads[r] < len(queues[r]) for r in range(world_size)):
+            b = Bucket(dtype, device, slots=[[] for _ in range(world_size)])
+            for r in range(world_size):
+                used = 0
+                while heads[r] < len(queues[r]) and (used == 0 or used + specs[queues[r][heads[r]]].numel <= per_rank):
+                    blk = queues[r][heads[r]]
+                    b.slots[r].append((blk, used, specs[blk].numel))
+                    used += specs[blk].numel
+                    heads[r] += 1
+                b.chunk = max(b.chunk, used)
+            buckets.append(b)
+    return buckets
+
 
 class Comm:
-    """The optimizer's view of the process group."""
+    """The optimizer's view of the process group (a no-op at world size 1)."""
 
-    def __init__(self, process_group: Any = None) -> None:
+    def __init__(self, process_group: Any = None, grad_sync: str = "scao", timeout_s: float | None = None) -> None:
+        if grad_sync not in ("scao", "external"):
+            raise ValueError(
+                f"grad_sync must be 'scao' (SCAO averages gradients itself: plain model, no DDP wrapper) "
+                f"or 'external' (DDP/DeepSpeed already averaged them), got {grad_sync!r}"
+            )
         if process_group is None and dist.is_available() and dist.is_initialized():
             process_group = dist.group.WORLD
         self.group = process_group
         self.world_size = dist.get_world_size(process_group) if process_group is not None else 1
         self.rank = dist.get_rank(process_group) if process_group is not None else 0
+        self.grad_sync = grad_sync
+        self.timeout = timedelta(seconds=timeout_s) if timeout_s else None
+        self.backend = dist.get_backend(process_group) if process_group is not None else None
+        self.buckets: list[Bucket] = []
+        self.bytes_sent = 0  # bytes this rank sent in the last step (reported, not used)
+
+    @property
+    def sharded(self) -> bool:
+        return self.world_size > 1
+
+    # ------------------------------------------------------------------- agreement checks
+    def _device(self) -> torch.device:
+        return torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else torch.device("cpu")
+
+    def all_max(self, values: Sequence[float], dtype: torch.dtype = torch.float64) -> list[float]:
+        """Element-wise max of a few numbers over ranks (one small all-reduce)."""
+        t = torch.tensor(list(values), dtype=dtype, device=self._device())
+        if self.sharded:
+            dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
+        return t.tolist()
+
+    def all_sum(self, values: Sequence[float]) -> list[float]:
+        t = torch.tensor(list(values), dtype=torch.float64, device=self._device())
+        if self.sharded:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
+        return t.tolist()
 
     def check_same_plan(self, fingerprint: int) -> None:
-        if self.world_size == 1:
+        """Every rank must split the same parameters the same way; else a clear error now."""
+        if not self.sharded:
             return
-        raise NotImplementedError("multi-rank sharding lands with the sharded runtime")
+        lo, hi = self.all_max([fingerprint, -fingerprint], dtype=torch.int64)
+        if lo != fingerprint or -hi != fingerprint:
+            raise RuntimeError(
+                f"SCAO: rank {self.rank} built a different block plan than another rank (parameter "
+                "shapes, order, dtypes or requires_grad differ). Every rank must construct the same "
+                "model and pass its parameters to SCAO in the same order."
+            )
 
-    def all_finite(self, grads: Sequence[Tensor]) -> bool:
-        """True when every gradient is finite (on every rank)."""
-        if not grads:
-            return True
-        worst = torch.stack([n.float() for n in torch._foreach_norm(list(grads), ord=float("inf"))])
-        return bool(torch.isfinite(worst).all())
+    def check_in_sync(self, params: Sequence[Tensor]) -> None:
+        """Raise if the ranks' weights have drifted apart (a silent desync made loud)."""
+        if not self.sharded or not params:
+            return
+        local = float(sum(float(p.detach().float().sum()) for p in params))
+        hi, neg_lo = self.all_max([local, -local])
+        if hi != -neg_lo:
+            raise RuntimeError(
+                f"SCAO: the weights differ between ranks (checksum on rank {self.rank}: {local!r}, "
+                f"max over ranks {hi!r}, min {-neg_lo!r}). Something updated parameters outside "
+                "optimizer.step() on some ranks, or ranks ran different steps."
+            )
 
+    def nonfinite_ranks(self, grads: Sequence[Tensor]) -> list[int]:
+        """Ranks holding a NaN/inf gradient (one tiny all-reduce when sharded); [] when all finite."""
+        bad = 0.0
+        if grads:
+            worst = torch.stack([n.float() for n in torch._foreach_norm(list(grads), ord=float("inf"))])
+            bad = 0.0 if bool(torch.isfinite(worst).all()) else 1.0
+        flags = [0.0] * self.world_size
+        flags[self.rank] = bad
+        return [r for r, f in enumerate(self.all_sum(flags)) if f > 0]
+
+    # --------------------------------------------------------------------------- traffic
     def reduce_grads(self, opt: Any, with_grad: set[int]) -> None:
-        return None
+        """Average each owned block's gradient over ranks, in place in ``p.grad`` on the owner."""
+        if not self.sharded or self.grad_sync == "external":
+            return
+        params = opt._all_params()
+        works = []
+        for b in self.buckets:
+            flat = torch.zeros(b.chunk * self.world_size, dtype=b.dtype, device=b.device)
+            for r, slots in enumerate(b.slots):
+                base = r * b.chunk
+                for blk, off, n in slots:
+                    s = opt.specs[blk]
+                    g = params[s.param].grad
+                    if g is not None:
+                        flat[base + off : base + off + n].view(s.shape).copy_(_block(g, s))
+            flat.div_(self.world_size)
+            out = flat[self.rank * b.chunk : (self.rank + 1) * b.chunk]
+            if self.backend == "gloo":
+                works.append((b, flat, out, dist.all_reduce(flat, group=self.group, async_op=True)))
+            else:
+                out = torch.empty(b.chunk, dtype=b.dtype, device=b.device)
+                works.append((b, flat, out, dist.reduce_scatter_tensor(out, flat, group=self.group, async_op=True)))
+            self.bytes_sent += flat.numel() * flat.element_size() * (self.world_size - 1) // self.world_size
+        for b, _flat, out, work in works:
+            work.wait()
+            for blk, off, n in b.slots[self.rank]:
+                s = opt.specs[blk]
+                p = params[s.param]
+                if s.param in with_grad:
+                    _block(p.grad, s).copy_(out[off : off + n].view(s.shape))
 
-    def gather_params(self, opt: Any, with_grad: set[int]) -> None:
-        return None
+    def gather_params(self, opt: Any) -> None:
+        """Send every owner's blocks to all ranks (the weights themselves, not updates)."""
+        if not self.sharded:
+            return
+        params = opt._all_params()
+        works = []
+        for b in self.buckets:
+            mine = torch.zeros(b.chunk, dtype=b.dtype, device=b.device)
+            for blk, off, n in b.slots[self.rank]:
+                s = opt.specs[blk]
+                mine[off : off + n].view(s.shape).copy_(_block(params[s.param], s))
+            flat = torch.empty(b.chunk * self.world_size, dtype=b.dtype, device=b.device)
+            if self.backend == "gloo":
+                parts = list(flat.chunk(self.world_size))
+                works.append((b, flat, dist.all_gather(parts, mine, group=self.group, async_op=True)))
+            else:
+                works.append((b, flat, dist.all_gather_into_tensor(flat, mine, group=self.group, async_op=True)))
+            self.bytes_sent += mine.numel() * mine.element_size() * (self.world_size - 1)
+        with torch.no_grad():
+            for b, flat, work in works:
+                work.wait()
+                for r, slots in enumerate(b.slots):
+                    if r == self.rank:
+                        continue
+                    for blk, off, n in slots:
+                        s = opt.specs[blk]
+                        base = r * b.chunk + off
+                        _block(params[s.param], s).copy_(flat[base : base + n].view(s.shape))
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """``all_gather_object``: every rank gets every rank's ``obj``."""
+        if not self.sharded:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj, group=self.group)
+        return out
+
+
+def _block(t: Tensor, s: BlockSpec) -> Tensor:
+    return matrix_view(t)[s.r0 : s.r1, s.c0 : s.c1]

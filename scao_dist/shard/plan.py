@@ -14,7 +14,8 @@ distributed_shampoo does. Cost of a block = per-step work + amortised refresh wo
 
 with k estimated by ``rank_max``. State bytes are reported next to the cost.
 Refresh *phases* (which step of the ``precond_freq`` cycle a block refreshes on) are spread the
-same way within each rank, so no step pays for all of a rank's refreshes.
+same way over all blocks, independently of the world size (so a run resumed at another world
+size refreshes on the same steps); no step pays for all refreshes.
 """
 
 from __future__ import annotations
@@ -100,16 +101,14 @@ def make_plan(
         owner[b] = r
         load[r] += cost[b]
     phase = [0] * len(specs)
-    if stagger:
-        for r in range(world_size):
-            per_phase: dict[int, list[float]] = {}
-            mine = [b for b in range(len(specs)) if owner[b] == r and specs[b].kind == "kron"]
-            for b in sorted(mine, key=lambda b: (-cost[b], b)):
-                f = max(precond_freq[b], 1)
-                loads = per_phase.setdefault(f, [0.0] * f)
-                ph = min(range(f), key=lambda p: (loads[p], p))
-                phase[b] = ph
-                loads[ph] += cost[b]
+    if stagger:  # over all blocks, not per rank: the schedule must not depend on the world size
+        per_phase: dict[int, list[float]] = {}
+        for b in sorted((b for b in range(len(specs)) if specs[b].kind == "kron"), key=lambda b: (-cost[b], b)):
+            f = max(precond_freq[b], 1)
+            loads = per_phase.setdefault(f, [0.0] * f)
+            ph = min(range(f), key=lambda p: (loads[p], p))
+            phase[b] = ph
+            loads[ph] += cost[b]
     return Plan(world_size, owner, phase, cost, nbytes)
 
 

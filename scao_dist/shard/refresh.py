@@ -1,34 +1,172 @@
-"""Eigenbasis refreshes: computed by the block's owner, swapped in at a step boundary."""
+"""Eigenbasis refreshes: computed by the block's owner off the critical path, swapped in at a step boundary.
+
+A block reports a refresh due at the end of its step ``t`` (after its factors took ``G_t``).
+The scheduler snapshots what the refresh needs right then and
+
+* ``lag == 0``: computes and swaps the new basis in immediately (synchronous; exactly SOAP);
+* ``lag >= 1``: computes it on a worker (a thread; on CUDA it runs on a side stream) and swaps
+  it in at the start of step ``t + lag``. With ``lag == 1`` the swap happens before the first
+  use of the basis, so the math is *identical* to the synchronous refresh while the work
+  overlaps the next forward/backward. ``lag = k`` lets ``k - 1`` steps run on the old basis.
+
+Staleness is bounded: a refresh not finished at its swap step is waited for, and the wait is
+counted (``counters['refresh_waits']``). Because blocks refresh on staggered phases (see
+``shard/plan.py``), each step submits only a share of a rank's refreshes.
+
+``async_refresh=False`` keeps the lag semantics but computes on the calling thread: the result
+is the same as the async one (used by the tests to prove it).
+"""
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+from dataclasses import dataclass, fields
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from ..config import Hyper
+from ..precond import Basis
+
+
+@dataclass
+class Pending:
+    due: int  # optimizer step at whose start the result is swapped in
+    group: Any
+    index: int  # block position inside its group
+    future: cf.Future | None = None
+    result: list[Basis | None] | None = None
+    ready_event: Any = None  # CUDA: the snapshot is written (main stream)
+    done_event: Any = None  # CUDA: the result is written (side stream)
 
 
 class RefreshScheduler:
-    """Runs the refreshes that the groups report due (synchronously when ``lag == 0``)."""
+    """Runs the refreshes that the groups report due, synchronously or on a worker."""
 
-    def __init__(self, opt: Any, lag: int) -> None:
+    def __init__(self, opt: Any, lag: int, async_refresh: bool = True) -> None:
         self.opt = opt
         self.lag = lag
+        self.async_refresh = async_refresh and lag > 0
+        self.pending: list[Pending] = []
+        self._pool: cf.ThreadPoolExecutor | None = None
+        self._stream: Any = None
 
-    def submit(self, grp: Any, i: int, hp: Hyper) -> None:
+    # ---------------------------------------------------------------------------- submit
+    def submit(self, grp: Any, i: int, hp: Hyper, step: int) -> None:
         inputs = grp.refresh_inputs(i)
-        bases = grp.compute_refresh(i, inputs, hp)
-        self._apply(grp, i, inputs, bases)
+        if self.lag == 0:
+            self._apply(grp, i, inputs, grp.compute_refresh(i, inputs, hp))
+            return
+        item = Pending(due=step + self.lag, group=grp, index=i)
+        if not self.async_refresh:
+            item.result = grp.compute_refresh(i, inputs, hp)
+        else:
+            if grp.device.type == "cuda":
+                item.ready_event = torch.cuda.Event()
+                item.ready_event.record(torch.cuda.current_stream(grp.device))
+            item.future = self._executor().submit(self._compute, grp, i, inputs, hp, item)
+        self.pending.append(item)
 
-    def _apply(self, grp: Any, i: int, inputs: list, bases: list) -> None:
+    def _executor(self) -> cf.ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="scao-refresh")
+        return self._pool
+
+    def _compute(self, grp: Any, i: int, inputs: list, hp: Hyper, item: Pending) -> list[Basis | None]:
+        device = grp.device
+        if device.type != "cuda":
+            return grp.compute_refresh(i, inputs, hp)
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device=device)
+        with torch.cuda.device(device), torch.cuda.stream(self._stream):
+            self._stream.wait_event(item.ready_event)
+            for t in _tensors(inputs):
+                t.record_stream(self._stream)
+            out = grp.compute_refresh(i, inputs, hp)
+            item.done_event = torch.cuda.Event()
+            item.done_event.record(self._stream)
+        return out
+
+    # ------------------------------------------------------------------------------ swap
+    def step_boundary(self, step: int) -> None:
+        """Swap in every refresh whose step has come (waiting, and counting, if unfinished)."""
+        if not self.pending:
+            return
+        keep = []
+        for item in self.pending:
+            if item.due <= step:
+                self._finish(item)
+            else:
+                keep.append(item)
+        self.pending = keep
+
+    def _result(self, item: Pending) -> list[Basis | None]:
+        if item.result is None:
+            assert item.future is not None
+            if not item.future.done():
+                self.opt.counters["refresh_waits"] += 1
+            item.result = item.future.result()
+            item.future = None
+            if item.done_event is not None and item.group.device.type == "cuda":
+                torch.cuda.current_stream(item.group.device).wait_event(item.done_event)
+                for t in _tensors(item.result):
+                    t.record_stream(torch.cuda.current_stream(item.group.device))
+        return item.result
+
+    def _finish(self, item: Pending) -> None:
+        self._apply(item.group, item.index, None, self._result(item))
+
+    def _apply(self, grp: Any, i: int, inputs: list | None, bases: list[Basis | None]) -> None:
         counters = self.opt.counters
-        for inp, basis in zip(inputs, bases):
-            if inp is not None and basis is None:
+        for side, basis in zip(grp.sides, bases):
+            if side.rotated and basis is None:
                 counters["basis_failures"] += 1
         counters["refreshes"] += 1
         grp.apply_bases(i, bases)
 
-    def step_boundary(self) -> None:
-        return None
-
     def drain(self) -> None:
-        return None
+        """Finish the computations in flight (results stay pending until their step)."""
+        for item in self.pending:
+            self._result(item)
+
+    # ------------------------------------------------------------------------- state
+    def export(self) -> dict[int, dict[str, Any]]:
+        """Pending results by global block index, as tensors (so a checkpoint resumes exactly)."""
+        self.drain()
+        out: dict[int, dict[str, Any]] = {}
+        for item in self.pending:
+            entry: dict[str, Any] = {"due": torch.tensor(item.due)}
+            for side, basis in zip(item.group.sides, self._result(item)):
+                if basis is not None:
+                    entry[side.name] = {
+                        f.name: getattr(basis, f.name) for f in fields(Basis) if getattr(basis, f.name) is not None
+                    }
+            out[item.group.specs[item.index].index] = entry
+        return out
+
+    def restore(self, grp: Any, i: int, entry: dict[str, Any]) -> None:
+        bases = [Basis(**entry[side.name]) if side.name in entry else None for side in grp.sides]
+        self.pending.append(Pending(due=int(entry["due"]), group=grp, index=i, result=bases))
+
+    def pending_bytes(self) -> dict[str, int]:
+        total = sum(t.numel() * t.element_size() for item in self.pending if item.result for t in _tensors(item.result))
+        return {"bases": total}
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
+def _tensors(obj: Any) -> list[Tensor]:
+    """Every tensor inside a (nested) list/dict/Basis."""
+    if isinstance(obj, Tensor):
+        return [obj]
+    if isinstance(obj, Basis):
+        return [t for f in fields(Basis) if isinstance(t := getattr(obj, f.name), Tensor)]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, list | tuple):
+        return [t for v in obj for t in _tensors(v)]
+    return []
