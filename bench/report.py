@@ -479,7 +479,8 @@ def _plots(size: str, steps: int, rows: dict, names: list[str], out_dir: Path, s
         if ys:
             lo = min(ys)
             ax.set_ylim(max(lo - 0.1, 0), min(max(ys), lo + 3.0) + 0.1)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
         fig.tight_layout()
         fname = f"loss_vs_{kind}_{stem}.png"
         try:

@@ -1,0 +1,151 @@
+"""CPU smoke run of the benchmark harness (bench/): tiny model, a few steps, every output checked.
+
+Nothing here is timed or compared: the harness's own timings are only checked to be finite numbers.
+Anchors (flashoptim, heavyball, scao 0.2.4) run when importable; otherwise they must be reported as
+"not_installed" while the suite goes on.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import compare, report
+from bench import optimizers as O
+
+ANCHORS = {"flash": "flashoptim", "soap": "heavyball", "scao024": "scao"}
+CORE = ["adamw", "muon", "scao", "scao_soap"]
+TINY = ["--size", "tiny", "--device", "cpu", "--batch-size", "4", "--seq-len", "64", "--max-corpus-bytes", "400000",
+        "--warmup", "3", "--eval-every", "4", "--eval-batches", "2", "--timing-skip", "2"]  # fmt: skip
+
+
+def _finite(x) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x)
+
+
+def _runs(out: Path) -> dict[str, dict]:
+    return {r["name"]: r for r in (json.loads(p.read_text()) for p in out.glob("tiny_*.json"))}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench_smoke")
+    opts = CORE + list(ANCHORS)
+    rc = compare.main([*TINY, "--steps", "8", "--optimizers", ",".join(opts), "--profile-phases", "3",
+                       "--scao-variant", 'scao_b95={"betas": [0.9, 0.95]}', "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    return out
+
+
+def test_every_optimizer_reports_finite_numbers(smoke: Path) -> None:
+    runs = _runs(smoke)
+    assert set(runs) == set(CORE) | set(ANCHORS) | {"scao_b95"}
+    for name, r in runs.items():
+        if name in ANCHORS and importlib.util.find_spec(ANCHORS[name]) is None:
+            assert r["status"] == "not_installed", (name, r["status"], r.get("message"))
+            continue
+        assert r["status"] == "ok", (name, r["status"], r.get("message"), r.get("traceback"))
+        assert r["steps_done"] == 8 and len(r["train_loss"]) == 8
+        assert all(_finite(x) for x in r["train_loss"])
+        assert [v[0] for v in r["val"]] == [0, 4, 8]
+        assert all(_finite(v[1]) and _finite(v[2]) for v in r["val"])
+        assert r["val"][-1][1] < r["val"][0][1]  # it learned something
+        for key in ("ms_step", "ms_opt_step"):
+            assert all(_finite(r[key][k]) for k in ("median", "p99", "mean"))
+        assert _finite(r["state_bytes_per_param"]) and r["state_bytes_per_param"] > 0
+        assert r["nan_count"] == 0
+        assert r["model"]["params"] > 0
+
+
+def test_state_bytes_match_what_the_optimizers_hold(smoke: Path) -> None:
+    runs = _runs(smoke)
+    assert runs["adamw"]["state_bytes_per_param"] == pytest.approx(8.0, abs=0.01)  # fp32 m and v (+ step)
+    assert runs["muon"]["state_bytes_per_param"] < 8.0  # momentum only on the hidden matrices
+    for name in ("scao", "scao_soap", "scao_b95"):
+        st = runs[name]["state"]
+        assert st["source"] == "scao_dist.memory_report"
+        assert st["total"] == sum(st["pieces"].values())
+        assert st["walk_total"] == st["total"]  # the generic walk finds the same bytes
+    assert runs["scao"]["weights"] == "bf16" and runs["scao"]["weight_bytes_per_param"] == 2
+    assert runs["scao"]["state"]["pieces"]["error_bits"] > 0
+
+
+def test_phase_breakdown_of_scao_dist(smoke: Path) -> None:
+    ph = _runs(smoke)["scao"]["phases"]
+    assert ph["steps"] == 3
+    phases = ph["phases"]
+    for name in ("factors", "rotation", "apply", "unattributed"):
+        assert name in phases, (name, ph["notes"])
+        assert _finite(phases[name]["host_ms"])
+    assert phases["factors"]["calls_per_step"] > 0
+    assert sum(p["host_ms"] for p in phases.values()) == pytest.approx(ph["step_host_ms"], rel=0.05, abs=0.5)
+    assert "phases" not in _runs(smoke)["adamw"]
+
+
+def test_report_outputs(smoke: Path) -> None:
+    md = (smoke / "results.md").read_text()
+    for name in CORE:
+        assert f"`{name}`" in md
+    assert "### Headline" in md and "### Ratios" in md and "Where scao_dist's step goes" in md
+    pngs = sorted(smoke.glob("*.png"))
+    assert {p.name.split("_tiny")[0] for p in pngs} == {"loss_vs_step", "loss_vs_seconds"}
+    for p in pngs:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    best = json.loads((smoke / "best_lrs.json").read_text())["best_lrs"]["tiny"]
+    assert set(CORE) <= set(best)
+
+
+def test_report_merges_archives_without_double_counting(smoke: Path, tmp_path: Path) -> None:
+    tgz = tmp_path / "runs.tgz"
+    with tarfile.open(tgz, "w:gz") as tf:
+        for p in smoke.glob("tiny_*.json"):
+            tf.add(p, arcname=f"x/{p.name}")
+    direct = report.load_runs([smoke])
+    both = report.load_runs([smoke, tgz])
+    assert len(both) == len(direct) == len(list(smoke.glob("tiny_*.json")))
+    md = report.render_dir([tgz], tmp_path / "merged", plots=False, brief=True)
+    assert "### Headline" in md and "![" not in md
+
+
+def test_oom_and_budget_are_reported_and_the_suite_goes_on(tmp_path: Path, monkeypatch) -> None:
+    real_build = O.build
+
+    def build(spec, *a, **kw):
+        if spec.name == "muon":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 GiB (simulated)")
+        return real_build(spec, *a, **kw)
+
+    monkeypatch.setattr(O, "build", build)
+    out = tmp_path / "oom"
+    assert compare.main([*TINY, "--steps", "2", "--optimizers", "muon,adamw", "--out", str(out)]) == 0
+    runs = _runs(out)
+    assert runs["muon"]["status"] == "oom" and "out of memory" in runs["muon"]["message"]
+    assert runs["adamw"]["status"] == "ok"
+
+    out = tmp_path / "budget"  # a budget already spent: every run is skipped, and still reported
+    assert compare.main([*TINY, "--steps", "2", "--optimizers", "adamw,scao", "--time-budget-s", "0.001",
+                         "--out", str(out)]) == 0  # fmt: skip
+    runs = _runs(out)
+    assert {r["status"] for r in runs.values()} == {"skipped_budget"}
+    assert "skipped_budget" in (out / "results.md").read_text()
+
+
+def test_lr_plans() -> None:
+    assert compare.parse_lrs("adamw=5e-4;scao=1e-3,2e-3") == {"adamw": [5e-4], "scao": [1e-3, 2e-3]}
+    assert compare.parse_lrs('{"muon": 0.002}') == {"muon": [2e-3]}
+    assert compare.parse_lrs('{"best_lrs": {"small": {"adamw": 0.0005}}}') == {"adamw": [5e-4]}
+    args = compare.parse_args(["--sweep", "--optimizers", "adamw,scao", "--lrs", "scao=1e-3", "--seeds", "0,1"])
+    specs = {n: O.make_spec(n) for n in ("adamw", "scao")}
+    runs = compare.plan_runs(args, specs)
+    assert sorted(r.lr for r in runs if r.name == "adamw" and r.seed == 0) == O.DEFAULT_SWEEP_LRS["adamw"]
+    assert [r.lr for r in runs if r.name == "scao"] == [1e-3, 1e-3]
+    assert runs[0].name == "adamw" and runs[0].lr == O.DEFAULT_BEST_LR["adamw"]  # nearest the known best first
+    assert compare.lr_factor(0, 50, 1500, 0.1) == pytest.approx(1 / 50)
+    assert compare.lr_factor(49, 50, 1500, 0.1) == pytest.approx(1.0)
+    assert compare.lr_factor(1500, 50, 1500, 0.1) == pytest.approx(0.1)
