@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import hashlib
 import json
 import math
 import os
@@ -213,7 +214,12 @@ def env_info(device: torch.device) -> dict[str, Any]:
         import scao_dist
 
         info["scao_dist"] = scao_dist.__version__
-        root = Path(scao_dist.__file__).resolve().parent.parent
+        pkg = Path(scao_dist.__file__).resolve().parent
+        root = pkg.parent
+        digest = hashlib.sha1()  # identifies the code where there is no .git (the GPU copy of the tree)
+        for f in sorted(pkg.rglob("*.py")):
+            digest.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+        info["scao_dist_src"] = digest.hexdigest()[:10]
         rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, timeout=5)  # fmt: skip
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
@@ -413,9 +419,11 @@ def _train(ctx: Context, run: Run, model: torch.nn.Module, opt: Any, rec: dict[s
         vl = _evaluate(ctx, model)
         rec["val"].append([done, round(vl, 5) if math.isfinite(vl) else None, round(train_s, 3)])
     rec["status"] = status
-    rec["ms_step"] = _stats(rec["step_ms"][args.timing_skip :])
-    _retime(rec, args.timing_skip)
-    rec["ms_opt_step"] = _stats(rec["opt_ms"][args.timing_skip :])
+    skip = min(args.timing_skip, done // 2)  # a run shorter than the warm-up still gets numbers (flagged)
+    rec["timing_skip"] = skip
+    rec["ms_step"] = _stats(rec["step_ms"][skip:])
+    rec["ms_opt_step"] = _stats(rec["opt_ms"][skip:])
+    _retime(rec, skip)
     if cuda:
         rec["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 4)
     sb = O.state_bytes(opt, model)

@@ -227,7 +227,8 @@ def render(runs: list[dict[str, Any]], out_dir: Path | None, target_loss: float 
     for e in map(json.loads, sorted(envs)):
         env_rows.append([e.get("gpu") or e.get("device", "?"), e.get("date_utc", "?"), e.get("torch", "?"),
                          e.get("triton") or "—", e.get("flashoptim") or "—", e.get("heavyball") or "—",
-                         e.get("scao") or "—", f"{e.get('scao_dist', '?')} {e.get('git', '')}".strip(),
+                         e.get("scao") or "—",
+                         f"{e.get('scao_dist', '?')} {e.get('git', '')} src {e.get('scao_dist_src', '?')}".strip(),
                          e.get("python", "?")])  # fmt: skip
     md += [table(["device", "date", "torch", "triton", "flashoptim", "heavyball", "scao", "scao_dist", "python"],
                  env_rows[:6]), ""]  # fmt: skip
