@@ -27,6 +27,11 @@ Four codecs, each a pair of pure functions ``encode``/``decode``:
   so ``|x - x_hat| <= ulp(w) / (4R)``: 1/508 ulp with int8 bits, about 24 significant bits.
 
 All functions take ``(..., N)`` tensors and work per trailing row; the leading dims are batch.
+
+Divisions by constants are written as multiplications by the reciprocal (``q * (1/127)``): CUDA
+torch turns a division by a Python scalar into exactly that while CPU torch divides, so this
+spelling makes CPU torch, CUDA torch and the Triton kernels (:mod:`scao_dist.kernels`) agree bit
+for bit. Divisions by tensors stay true (IEEE) divisions everywhere.
 """
 
 from __future__ import annotations
@@ -52,6 +57,16 @@ def _grouped(x: Tensor, group: int) -> Tensor:
     if pad:
         x = torch.nn.functional.pad(x, (0, pad))
     return x.reshape(*x.shape[:-1], x.shape[-1] // group, group)
+
+
+def sqrt_rn(x: Tensor) -> Tensor:
+    """Correctly rounded fp32 square root (IEEE, as CUDA's ``sqrtf`` and Triton's ``sqrt_rn``).
+
+    Taken in float64 and rounded once to fp32, which is exact for sqrt. Plain ``torch.sqrt`` on
+    CPU goes through MKL's vector math and is up to 1 ulp off for ~17% of inputs, which would
+    make CPU results differ from the GPU and from the kernels.
+    """
+    return x.double().sqrt().float()
 
 
 def bf16_scale_up(s: Tensor) -> Tensor:
@@ -81,7 +96,7 @@ def encode_signed(x: Tensor, group: int = GROUP) -> tuple[Tensor, Tensor]:
 
 def decode_signed(q: Tensor, scale: Tensor, n: int, group: int = GROUP) -> Tensor:
     """Inverse of :func:`encode_signed`; returns fp32 ``(..., n)``."""
-    phi = q.float().reshape(*q.shape[:-1], q.shape[-1] // group, group) / 127.0
+    phi = q.float().reshape(*q.shape[:-1], q.shape[-1] // group, group) * (1.0 / 127.0)
     y = phi / (2.0 - phi.abs())
     x = y * scale.float().unsqueeze(-1)
     return x.reshape(*q.shape)[..., :n]
@@ -90,7 +105,7 @@ def decode_signed(q: Tensor, scale: Tensor, n: int, group: int = GROUP) -> Tenso
 # ---------------------------------------------------------------------------- second moment
 def encode_sqrt(v: Tensor, group: int = GROUP) -> tuple[Tensor, Tensor]:
     """Non-negative fp32 ``(..., N)`` -> (uint8 codes of ``sqrt(v)``, bf16 scales ``(..., G)``)."""
-    ug = _grouped(v.float().clamp(0.0, torch.finfo(torch.float32).max).sqrt(), group)
+    ug = _grouped(sqrt_rn(v.float().clamp(0.0, torch.finfo(torch.float32).max)), group)
     scale = bf16_scale_up(ug.amax(dim=-1))
     s = scale.float().unsqueeze(-1)
     r = torch.where(s > 0, ug / torch.where(s > 0, s, 1.0), 0.0).clamp_(0.0, 1.0)
@@ -103,7 +118,7 @@ def decode_sqrt(q: Tensor, scale: Tensor, n: int, group: int = GROUP, floor_zero
     c = q.float()
     if floor_zero:
         c = c.clamp_min(0.5)
-    u = c.reshape(*q.shape[:-1], q.shape[-1] // group, group) / 255.0 * scale.float().unsqueeze(-1)
+    u = c.reshape(*q.shape[:-1], q.shape[-1] // group, group) * (1.0 / 255.0) * scale.float().unsqueeze(-1)
     return (u * u).clamp_max_(torch.finfo(torch.float32).max).reshape(*q.shape)[..., :n]
 
 
@@ -132,7 +147,7 @@ def encode_rows(a: Tensor, seed: Tensor | int) -> tuple[Tensor, Tensor]:
     """
     d_rows, d_cols = a.shape[-2], a.shape[-1]
     amax = a.abs().amax(dim=-1)
-    step = torch.where(amax > 0, amax, 1.0).unsqueeze(-1) / 127.0
+    step = torch.where(amax > 0, amax, 1.0).unsqueeze(-1) * (1.0 / 127.0)
     idx = torch.arange(d_rows * d_cols, device=a.device, dtype=torch.int64).reshape(d_rows, d_cols)
     seed_t = torch.as_tensor(seed, dtype=torch.int64, device=a.device)
     seed_t = seed_t.reshape(*seed_t.shape, 1, 1) if seed_t.ndim else seed_t
@@ -143,7 +158,7 @@ def encode_rows(a: Tensor, seed: Tensor | int) -> tuple[Tensor, Tensor]:
 
 def decode_rows(q: Tensor, amax: Tensor) -> Tensor:
     """Inverse of :func:`encode_rows`; returns fp32."""
-    return q.float() * (amax.unsqueeze(-1) / 127.0)
+    return q.float() * (amax.unsqueeze(-1) * (1.0 / 127.0))
 
 
 # ---------------------------------------------------------------------------- master weights
@@ -172,4 +187,4 @@ def split_master(x: Tensor, bits: int = 8) -> tuple[Tensor, Tensor]:
 def join_master(w: Tensor, rho: Tensor) -> Tensor:
     """(bf16 weight, correction) -> fp32 value."""
     r = 127 if rho.dtype == torch.int8 else 32767
-    return w.float() + rho.float() * (bf16_ulp(w) / (2.0 * r))
+    return w.float() + rho.float() * (bf16_ulp(w) * (1.0 / (2.0 * r)))

@@ -2,8 +2,11 @@
 
 Each function updates its quantized state *in place* and returns what the next stage needs.
 The Triton kernels in this package compute the same expressions in the same order; the tests
-compare them on fresh random inputs. Shapes: leading dims are the stacked blocks of a group,
-the codecs group the flattened trailing values in groups of ``quant.GROUP``.
+compare them on fresh random inputs. Scalar divisions are spelled as products with the reciprocal
+(``m * (1/bc1)``) and square roots go through :func:`quant.sqrt_rn`, so CPU torch, CUDA torch and
+the kernels agree bit for bit (see :mod:`scao_dist.quant`). Shapes: leading dims are the
+stacked blocks of a group, the codecs group the flattened trailing values in groups of
+``quant.GROUP``.
 
 The math, per element (``t`` = Adam step, ``bc1 = 1 - b1^t``, ``bc2 = 1 - b2^t``):
 
@@ -54,13 +57,13 @@ def rotated_adam_(
     codes.copy_(c)
     scales.copy_(s)
     vq = quant.decode_sqrt(c, s, n, floor_zero=True)  # the denominator sees the stored value
-    return (m / bc1) / (torch.sqrt(vq / bc2) + eps)
+    return (m * (1.0 / bc1)) / (quant.sqrt_rn(vq * (1.0 / bc2)) + eps)
 
 
 def apply_update_(w: Tensor, rho: Tensor | None, u: Tensor, lr: float, wd: float) -> None:
     """In-place decoupled-weight-decay step on ``w`` (fp32, or bf16 with correction ``rho``)."""
     if rho is None:
-        w.mul_(1.0 - lr * wd).add_(u, alpha=-lr)
+        w.mul_(1.0 - lr * wd).sub_(u * lr)
         return
     x = quant.join_master(w, rho) * (1.0 - lr * wd) - u * lr
     bits = 8 if rho.dtype == torch.int8 else 16
