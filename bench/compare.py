@@ -110,8 +110,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def parse_lrs(text: str | None) -> dict[str, list[float]]:
-    """``'a=1e-3;b=1e-3,2e-3'``, a JSON object or a JSON file -> {name: [lr, ...]}."""
+def parse_lrs(text: str | None, size: str | None = None) -> dict[str, list[float]]:
+    """``'a=1e-3;b=1e-3,2e-3'``, a JSON object or a JSON file -> {name: [lr, ...]}.
+
+    A ``best_lrs.json`` written by :mod:`bench.report` holds ``{"best_lrs": {size: {name: lr}}}``: the entry of
+    ``size`` is used (or the only one).
+    """
     if not text:
         return {}
     raw: Any
@@ -125,8 +129,14 @@ def parse_lrs(text: str | None) -> dict[str, list[float]]:
             if part:
                 name, _, vals = part.partition("=")
                 raw[name] = [float(v) for v in vals.split(",") if v]
-    if "best_lrs" in raw:  # best_lrs.json: {"best_lrs": {size: {name: lr}}, ...}
-        raw = next(iter(raw["best_lrs"].values())) if len(raw["best_lrs"]) == 1 else raw["best_lrs"]
+    if "best_lrs" in raw:
+        by_size = raw["best_lrs"]
+        if size in by_size:
+            raw = by_size[size]
+        elif len(by_size) == 1:
+            raw = next(iter(by_size.values()))
+        else:
+            raise SystemExit(f"--lrs: best_lrs has sizes {sorted(by_size)}, none of them {size!r}")
     return {k: [float(x) for x in (v if isinstance(v, list) else [v])] for k, v in raw.items()}
 
 
@@ -150,7 +160,7 @@ class Run:
 
 
 def plan_runs(args: argparse.Namespace, specs: dict[str, O.Spec]) -> list[Run]:
-    named = parse_lrs(args.lrs)
+    named = parse_lrs(args.lrs, args.size)
     seeds = [int(s) for s in str(args.seeds).split(",") if s != ""]
     lrs: dict[str, list[float]] = {}
     for name, spec in specs.items():
@@ -431,6 +441,8 @@ def _train(ctx: Context, run: Run, model: torch.nn.Module, opt: Any, rec: dict[s
     rec["state_bytes"] = sb["total"]
     rec["state_bytes_per_param"] = round(sb["total"] / max(params, 1), 4)
     rec["weight_bytes_per_param"] = next(model.parameters()).element_size()
+    if O.is_scao_dist(opt):
+        rec["scao_dist"] = O.scao_dist_extras(opt)
     if args.profile_phases > 0 and status in ("ok", "truncated") and time.perf_counter() < deadline:
         _profile(ctx, run, model, opt, data, base, rec, deadline)
 

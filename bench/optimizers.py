@@ -259,6 +259,20 @@ def is_scao_dist(opt: Any) -> bool:
     return isinstance(opt, scao_dist.SCAO)
 
 
+def scao_dist_extras(opt: Any) -> dict[str, Any]:
+    """scao_dist's counters and the ranks its bases keep (read defensively: internals may change)."""
+    out: dict[str, Any] = {"counters": {k: int(v) for k, v in dict(getattr(opt, "counters", {})).items()}}
+    ranks = []
+    for grp in getattr(opt, "groups", []):
+        for side in getattr(grp, "sides", ()):
+            if getattr(side, "rotated", False) and getattr(side, "ranks", None):
+                ranks.append({"side": getattr(side, "name", "?"), "mode": getattr(side, "mode", "?"),
+                              "d": int(side.d), "blocks": len(side.ranks),
+                              "mean_rank": round(sum(side.ranks) / len(side.ranks), 1)})  # fmt: skip
+    out["ranks"] = ranks
+    return out
+
+
 def close(opt: Any) -> None:
     """Stop worker threads an optimizer may own (scao_dist's refresh worker)."""
     refresher = getattr(opt, "refresher", None)

@@ -443,8 +443,18 @@ def _memory(rows: dict, names: list[str]) -> list[str]:
                     _f(walk.get("attributes", 0) / params, 3),
                     *[_f(pieces[k] / params, 3) if k in pieces else "" for k in pieces_seen],
                     _f(r["transient"], 1)])  # fmt: skip
+    notes = []
+    for n, r, *_ in body:
+        extra = r["best_runs"][0].get("scao_dist") or {}
+        if extra.get("ranks"):
+            kept = ", ".join(f"{x['side']}{x['d']} ({x['mode']}, {x['blocks']} blocks): {x['mean_rank']:g}"
+                             for x in extra["ranks"])  # fmt: skip
+            notes.append(f"- {label(n)} mean basis rank kept per side: {kept}")
+        if extra.get("counters"):
+            counters = ", ".join(f"{k} {v}" for k, v in sorted(extra["counters"].items()))
+            notes.append(f"- {label(n)} counters: {counters}")
     return ["### Optimizer state, bytes per parameter, by where it was found (and by piece for scao_dist)", "",
-            table(hdr, out), ""]  # fmt: skip
+            table(hdr, out), "", *notes, ""]  # fmt: skip
 
 
 def _plots(size: str, steps: int, rows: dict, names: list[str], out_dir: Path, stem: str) -> list[str]:
