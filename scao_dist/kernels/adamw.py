@@ -1,0 +1,137 @@
+"""The whole 1-D/small-parameter AdamW step ``adamw_`` in one kernel.
+
+Per [BG, 32] tile of scale groups: read g, the int8 m (codes + scales), the uint8 sqrt-v
+(codes + scales) and the weights (+ correction bits) once; compute
+
+    m = b1 m + (1-b1) g                      -> re-encode m
+    v = b2 v + (1-b2) g²                     -> re-encode v, v̂ = decode(v) with the zero floor
+    u = (m/bc1) / (sqrt(v̂/bc2) + eps)
+    x = x (1 - lr wd) - lr u                 -> fp32 w, or bf16 w + rho
+
+and write every state once. Many small params of one shape are the rows of one (B, n) group: one
+launch. Twin: :func:`.reference.adamw_` (= ema_signed_ + rotated_adam_ + apply_update_).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import reference
+from .apply import correction_r, master_update, weights_ok
+from .common import (
+    LAUNCH,
+    bf16_bits,
+    bf16_to_f32,
+    bias_rows,
+    decode_signed,
+    decode_sqrt,
+    encode_signed,
+    encode_sqrt,
+    group_tile,
+    packed_ok,
+    writable,
+    write_back,
+)
+
+BG = 32
+"""Scale groups per program (32 x 32 = 1024 values; this kernel holds more live state)."""
+
+
+@triton.jit
+def _adamw_kernel(
+    w_ptr, rho_ptr, g_ptr, mc_ptr, ms_ptr, vc_ptr, vs_ptr, ib1_ptr, ib2_ptr,
+    n, G, total, beta1, omb1, beta2, omb2, ib1, ib2, eps, c, lr,
+    BG: tl.constexpr, ALIGNED: tl.constexpr, BC1_ROWS: tl.constexpr, BC2_ROWS: tl.constexpr, R: tl.constexpr,
+):  # fmt: skip
+    gid, row, gmask, coff, xoff, valid = group_tile(n, G, total, BG, ALIGNED)
+    g = tl.load(g_ptr + xoff, mask=valid, other=0.0)
+    # first moment (ema_signed_)
+    qm = tl.load(mc_ptr + coff, mask=gmask[:, None], other=0)
+    sm = bf16_to_f32(tl.load(ms_ptr + gid, mask=gmask, other=0))
+    m = tl.where(valid, decode_signed(qm, sm[:, None]) * beta1 + g * omb1, 0.0)
+    qm, smb, _ = encode_signed(m)
+    tl.store(mc_ptr + coff, qm, mask=gmask[:, None])
+    tl.store(ms_ptr + gid, smb, mask=gmask)
+    # second moment and direction (rotated_adam_)
+    qv = tl.load(vc_ptr + coff, mask=gmask[:, None], other=0)
+    sv = bf16_to_f32(tl.load(vs_ptr + gid, mask=gmask, other=0))
+    v = tl.where(valid, decode_sqrt(qv, sv[:, None], False) * beta2 + (g * g) * omb2, 0.0)
+    qv, svb, sv = encode_sqrt(v)
+    tl.store(vc_ptr + coff, qv, mask=gmask[:, None])
+    tl.store(vs_ptr + gid, svb, mask=gmask)
+    vq = decode_sqrt(qv, sv[:, None], True)
+    if BC1_ROWS:
+        ib1 = tl.load(ib1_ptr + row, mask=gmask, other=1.0)[:, None]
+    if BC2_ROWS:
+        ib2 = tl.load(ib2_ptr + row, mask=gmask, other=1.0)[:, None]
+    u = tl.math.div_rn(m * ib1, tl.sqrt_rn(vq * ib2) + eps)
+    # apply (apply_update_)
+    if R == 0:
+        w = tl.load(w_ptr + xoff, mask=valid, other=0.0)
+        tl.store(w_ptr + xoff, w * c - u * lr, mask=valid)
+    else:
+        wb = tl.load(w_ptr + xoff, mask=valid, other=0)
+        rf = tl.load(rho_ptr + xoff, mask=valid, other=0).to(tl.float32)
+        nb, nr = master_update(wb, rf, u, c, lr, R)
+        tl.store(w_ptr + xoff, nb, mask=valid)
+        tl.store(rho_ptr + xoff, nr.to(rho_ptr.dtype.element_ty), mask=valid)
+
+
+def adamw_(
+    w: torch.Tensor,
+    rho: torch.Tensor | None,
+    g: torch.Tensor,
+    m_codes: torch.Tensor,
+    m_scales: torch.Tensor,
+    v_codes: torch.Tensor,
+    v_scales: torch.Tensor,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    bc1: float,
+    bc2: float,
+    eps: float,
+    wd: float,
+) -> None:
+    """Triton twin of :func:`.reference.adamw_` (same signature, everything in place)."""
+    lead = tuple(g.shape[:-1])
+    ib1, ib2 = bias_rows(bc1, lead, g.device), bias_rows(bc2, lead, g.device)
+    ok = (
+        packed_ok(m_codes, m_scales, g, torch.int8)
+        and packed_ok(v_codes, v_scales, g, torch.uint8)
+        and weights_ok(w, rho, g)
+        and ib1 is not None
+        and ib2 is not None
+        and all(isinstance(h, float | int) for h in (lr, beta1, beta2, eps, wd))
+    )
+    if not ok:
+        return reference.adamw_(
+            w, rho, g, m_codes, m_scales, v_codes, v_scales,
+            lr=lr, beta1=beta1, beta2=beta2, bc1=bc1, bc2=bc2, eps=eps, wd=wd,
+        )  # fmt: skip
+    n = g.shape[-1]
+    G = (n + 31) // 32
+    total = (g.numel() // n if n else 0) * G
+    if total == 0:
+        return None
+    R = correction_r(rho)
+    bufs = [writable(t) for t in (w, m_codes, m_scales, v_codes, v_scales)]
+    wb, mc, ms, vc, vs = bufs
+    rb = writable(rho) if rho is not None else None
+    rows1, rows2 = isinstance(ib1, torch.Tensor), isinstance(ib2, torch.Tensor)
+    grid = (triton.cdiv(total, BG),)
+    _adamw_kernel[grid](
+        bf16_bits(wb) if R else wb, rb if R else wb, g.contiguous(), mc, bf16_bits(ms), vc, bf16_bits(vs),
+        ib1 if rows1 else g, ib2 if rows2 else g,
+        n, G, total, float(beta1), 1.0 - beta1, float(beta2), 1.0 - beta2,
+        1.0 if rows1 else ib1, 1.0 if rows2 else ib2, float(eps), 1.0 - lr * wd, float(lr),
+        BG=BG, ALIGNED=n % 32 == 0, BC1_ROWS=rows1, BC2_ROWS=rows2, R=R, **LAUNCH,
+    )  # fmt: skip
+    for dst, buf in zip((w, m_codes, m_scales, v_codes, v_scales), bufs):
+        write_back(dst, buf)
+    if rho is not None:
+        write_back(rho, rb)
+    return None

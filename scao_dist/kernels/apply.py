@@ -1,0 +1,88 @@
+"""Fused parameter update ``apply_update_``: ``x <- x (1 - lr wd) - lr u`` in one pass.
+
+fp32 weights are updated in place. bf16 weights carry correction bits ``rho`` (int8, R = 127, or
+int16, R = 32767; see ``quant.split_master``): the kernel reads ``w``, ``rho`` and ``u`` once,
+rebuilds ``x = w + rho·ulp(w)/2R``, updates it, and writes back ``w' = bf16(x')`` and
+``rho' = round(2R (x' - w') / ulp(w'))``. Elementwise over every leading dim: one launch.
+Twin: :func:`.reference.apply_update_`.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import reference
+from .common import LAUNCH, bf16_bits, bf16_to_f32, bf16_ulp, f32_to_bf16, rint, writable, write_back
+
+BLOCK = 2048
+"""Elements per program."""
+
+
+@triton.jit
+def master_update(wb, rf, u, c, lr, R: tl.constexpr):
+    """(bf16 bits, fp32 rho, update) -> (new bf16 bits, new fp32 rho): join, step, split.
+
+    x = (w + rho·(ulp(w)·(1/2R)))·c - u·lr ; w' = bf16(x) ; rho' = clamp(round((x - w')·2R / ulp(w')), ±R)
+    """
+    w = bf16_to_f32(wb)
+    x = (w + rf * (bf16_ulp(w) * (1.0 / (2.0 * R)))) * c - u * lr
+    nb = f32_to_bf16(x)
+    nw = bf16_to_f32(nb)
+    r = rint(tl.math.div_rn((x - nw) * (2.0 * R), bf16_ulp(nw)))
+    return nb, tl.minimum(tl.maximum(r, -R), R)
+
+
+@triton.jit
+def _apply_kernel(w_ptr, rho_ptr, u_ptr, N, c, lr, R: tl.constexpr, BLOCK: tl.constexpr):
+    """R == 0: fp32 weights, w <- w·c - u·lr.  R > 0: bf16 bits + correction of range R."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    u = tl.load(u_ptr + offs, mask=mask, other=0.0)
+    if R == 0:
+        w = tl.load(w_ptr + offs, mask=mask, other=0.0)
+        tl.store(w_ptr + offs, w * c - u * lr, mask=mask)
+    else:
+        wb = tl.load(w_ptr + offs, mask=mask, other=0)
+        rf = tl.load(rho_ptr + offs, mask=mask, other=0).to(tl.float32)
+        nb, nr = master_update(wb, rf, u, c, lr, R)
+        tl.store(w_ptr + offs, nb, mask=mask)
+        tl.store(rho_ptr + offs, nr.to(rho_ptr.dtype.element_ty), mask=mask)
+
+
+def correction_r(rho: torch.Tensor | None) -> int | None:
+    """Code range R of the correction bits (0 for none), or None for a dtype the kernels lack."""
+    if rho is None:
+        return 0
+    return {torch.int8: 127, torch.int16: 32767}.get(rho.dtype)
+
+
+def weights_ok(w: torch.Tensor, rho: torch.Tensor | None, like: torch.Tensor) -> bool:
+    """fp32 weights without bits, or bf16 weights with int8/int16 bits, all shaped and placed like ``like``."""
+    if w.shape != like.shape or w.device != like.device or correction_r(rho) is None:
+        return False
+    if rho is None:
+        return w.dtype == torch.float32
+    return w.dtype == torch.bfloat16 and rho.shape == w.shape and rho.device == w.device
+
+
+def apply_update_(w: torch.Tensor, rho: torch.Tensor | None, u: torch.Tensor, lr: float, wd: float) -> None:
+    """Triton twin of :func:`.reference.apply_update_` (same signature, in place)."""
+    if not weights_ok(w, rho, u) or u.dtype != torch.float32 or not isinstance(lr, float | int):
+        return reference.apply_update_(w, rho, u, lr, wd)
+    N = w.numel()
+    if N == 0:
+        return None
+    R = correction_r(rho)
+    wbuf = writable(w)
+    rbuf = writable(rho) if rho is not None else None
+    grid = (triton.cdiv(N, BLOCK),)
+    _apply_kernel[grid](
+        bf16_bits(wbuf) if R else wbuf, rbuf if R else wbuf, u.contiguous(), N, 1.0 - lr * wd, float(lr),
+        R=R, BLOCK=BLOCK, **LAUNCH,
+    )  # fmt: skip
+    write_back(w, wbuf)
+    if rho is not None:
+        write_back(rho, rbuf)
+    return None

@@ -1,0 +1,207 @@
+"""Shared pieces of the Triton kernels: bit-level bf16 helpers, the group codecs, launch plumbing.
+
+Every helper restates one expression of :mod:`scao_dist.quant` in the same order of fp32
+operations, so the kernels match the torch twins bit for bit:
+
+* no FMA contraction (kernels are launched with ``enable_fp_fusion=False``);
+* divisions by tensors use ``tl.math.div_rn`` and square roots ``tl.sqrt_rn`` (IEEE, like torch;
+  Triton's plain ``/`` and ``tl.sqrt`` are approximate on NVIDIA GPUs);
+* bf16 values travel as their int16 bit patterns (the wrappers pass ``t.view(torch.int16)``), and
+  every bf16 rounding is done on the bits, so no conversion mode of the backend matters;
+* ``round`` (half to even, as ``torch.round``) is the magic-number trick ``(v + 1.5·2^23) - 1.5·2^23``,
+  exact for ``|v| <= 2^22`` (every value rounded here is below 2^16).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+GROUP: tl.constexpr = tl.constexpr(32)
+"""Values per scale of the moment codecs (``quant.GROUP``)."""
+
+INV127: tl.constexpr = tl.constexpr(1.0 / 127.0)
+INV255: tl.constexpr = tl.constexpr(1.0 / 255.0)
+FMAX: tl.constexpr = tl.constexpr(torch.finfo(torch.float32).max)
+RINT_MAGIC: tl.constexpr = tl.constexpr(12582912.0)  # 1.5 * 2^23
+
+LAUNCH = dict(num_warps=4, enable_fp_fusion=False)
+"""Options of every launch. No FMA contraction: the torch twins round every product."""
+
+POISON_OUTPUTS = os.environ.get("SCAO_POISON_OUTPUTS", "0") == "1"
+"""Debug/test switch: returned tensors start as NaN instead of uninitialised memory, so an
+element a kernel forgets to write shows up as NaN."""
+
+
+def new_output(shape: torch.Size | tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """fp32 tensor for a kernel to fill (NaN-poisoned when :data:`POISON_OUTPUTS` is set)."""
+    if POISON_OUTPUTS:
+        return torch.full(shape, float("nan"), dtype=torch.float32, device=device)
+    return torch.empty(shape, dtype=torch.float32, device=device)
+
+
+def writable(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when a kernel can write it in place, else a contiguous copy (copy it back after)."""
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def write_back(dst: torch.Tensor, buf: torch.Tensor) -> None:
+    if buf is not dst:
+        dst.copy_(buf)
+
+
+def bf16_bits(t: torch.Tensor) -> torch.Tensor:
+    """The int16 bit patterns of a bf16 tensor (a view: writes go through)."""
+    return t.view(torch.int16)
+
+
+# ------------------------------------------------------------------------------ bit helpers
+@triton.jit
+def bf16_to_f32(b):
+    """int16 bf16 bit pattern -> fp32 (exact)."""
+    return (b.to(tl.int32) << 16).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def f32_to_bf16(x):
+    """fp32 -> int16 bf16 bit pattern, round to nearest even (NaN -> 0x7FC0, as torch)."""
+    u = x.to(tl.uint32, bitcast=True)
+    r = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    r = tl.where(x != x, 0x7FC0, r)
+    return r.to(tl.int32).to(tl.int16)
+
+
+@triton.jit
+def bf16_ceil(s):
+    """Non-negative fp32 ``s`` -> smallest bf16 ``>= s``: (int16 bits, fp32 value).
+
+    Same as ``quant.bf16_scale_up`` (round to nearest, step up one bf16 ulp if that fell below).
+    """
+    r = (s.to(tl.uint32, bitcast=True) + 0xFFFF) >> 16
+    return r.to(tl.int32).to(tl.int16), (r << 16).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def rint(v):
+    """Round half to even (``torch.round``) for ``|v| <= 2^22``."""
+    return (v + RINT_MAGIC) - RINT_MAGIC
+
+
+@triton.jit
+def bf16_ulp(w):
+    """``quant.bf16_ulp``: spacing of bf16 at fp32 ``w`` (a bf16 value): ``2^(E-134)``, E = max(exp, 1).
+
+    Built from bits: a normal fp32 for E > 7, a subnormal ``2^(E+15) * 2^-149`` for E <= 7.
+    """
+    e = (w.to(tl.int32, bitcast=True) >> 23) & 0xFF
+    normal = ((e - 7) << 23).to(tl.float32, bitcast=True)
+    sub = (1 << (tl.maximum(e, 1) + 15)).to(tl.float32, bitcast=True)
+    return tl.where(e > 7, normal, sub)
+
+
+# ---------------------------------------------------------------------------- group codecs
+@triton.jit
+def decode_signed(q, s):
+    """``quant.decode_signed``: phi = q/127, y = phi/(2-|phi|), x = y·s."""
+    phi = q.to(tl.float32) * INV127
+    y = tl.math.div_rn(phi, 2.0 - tl.abs(phi))
+    return y * s
+
+
+@triton.jit
+def encode_signed(x):
+    """``quant.encode_signed`` of a [groups, 32] tile (invalid lanes hold 0).
+
+    s = bf16 round-up of max|x|; y = clamp(x/s, -1, 1); q = round(127 · 2y/(1+|y|)).
+    Returns (int8 codes, int16 scale bits [groups], fp32 scales [groups]).
+    """
+    sbits, s = bf16_ceil(tl.max(tl.abs(x), axis=1))
+    s2 = s[:, None]
+    y = tl.where(s2 > 0, tl.math.div_rn(x, tl.where(s2 > 0, s2, 1.0)), 0.0)
+    y = tl.minimum(tl.maximum(y, -1.0), 1.0)
+    phi = tl.math.div_rn(2.0 * y, 1.0 + tl.abs(y))
+    return rint(phi * 127.0).to(tl.int8), sbits, s
+
+
+@triton.jit
+def decode_sqrt(q, s, FLOOR_ZERO: tl.constexpr):
+    """``quant.decode_sqrt``: u = (c/255)·s, v = min(u², FMAX); c = max(q, 1/2) with FLOOR_ZERO."""
+    c = q.to(tl.float32)
+    if FLOOR_ZERO:
+        c = tl.maximum(c, 0.5)
+    u = c * INV255 * s
+    return tl.minimum(u * u, FMAX)
+
+
+@triton.jit
+def encode_sqrt(v):
+    """``quant.encode_sqrt`` of a [groups, 32] tile (invalid lanes hold 0).
+
+    u = sqrt(clamp(v, 0, FMAX)), s = bf16 round-up of max u, q = round(255 · clamp(u/s, 0, 1)).
+    Returns (uint8 codes, int16 scale bits [groups], fp32 scales [groups]).
+    """
+    u = tl.sqrt_rn(tl.minimum(tl.maximum(v, 0.0), FMAX))
+    sbits, s = bf16_ceil(tl.max(u, axis=1))
+    s2 = s[:, None]
+    r = tl.where(s2 > 0, tl.math.div_rn(u, tl.where(s2 > 0, s2, 1.0)), 0.0)
+    r = tl.minimum(tl.maximum(r, 0.0), 1.0)
+    return rint(r * 255.0).to(tl.uint8), sbits, s
+
+
+@triton.jit
+def group_tile(n, G, total, BG: tl.constexpr, ALIGNED: tl.constexpr):
+    """Offsets of this program's [BG, 32] tile of scale groups.
+
+    The operands are (R, n) rows (all leading dims flattened), the codes (R, G·32) and the
+    scales (R, G). Group ``gid`` is group ``gid % G`` of row ``gid // G``; its codes sit at
+    ``gid·32 + lane`` and its values at ``row·n + (gid % G)·32 + lane`` (== the codes offset when
+    ``n % 32 == 0``: ALIGNED). Returns (gid [BG], row [BG], group mask [BG], codes offsets,
+    value offsets, value mask [BG, 32]).
+    """
+    g32 = tl.program_id(0) * BG + tl.arange(0, BG)
+    gmask = g32 < total
+    row32 = g32 // G
+    gid = g32.to(tl.int64)
+    row = row32.to(tl.int64)
+    lane = tl.arange(0, GROUP)
+    coff = gid[:, None] * GROUP + lane[None, :]
+    if ALIGNED:
+        xoff = coff
+        valid = gmask[:, None] & (lane[None, :] < GROUP)
+    else:
+        col = (g32 - row32 * G) * GROUP
+        xoff = (row * n + col)[:, None] + lane[None, :]
+        valid = gmask[:, None] & ((col[:, None] + lane[None, :]) < n)
+    return gid, row, gmask, coff, xoff, valid
+
+
+# -------------------------------------------------------------------------- host-side helpers
+def packed_ok(codes: torch.Tensor, scales: torch.Tensor, x: torch.Tensor, code_dtype: torch.dtype) -> bool:
+    """Whether (codes, scales) is the packed layout of an fp32 ``x`` that the group kernels handle."""
+    if x.dim() == 0 or x.dtype != torch.float32 or codes.dtype != code_dtype or scales.dtype != torch.bfloat16:
+        return False
+    n = x.shape[-1]
+    G = (n + 31) // 32
+    lead = tuple(x.shape[:-1])
+    same_dev = codes.device == x.device and scales.device == x.device
+    return same_dev and tuple(codes.shape) == (*lead, G * 32) and tuple(scales.shape) == (*lead, G)
+
+
+def bias_rows(bc: torch.Tensor | float, lead: tuple[int, ...], device: torch.device) -> torch.Tensor | float | None:
+    """``1/bc`` as the kernels take it: a Python float, or one fp32 value per row of ``lead``.
+
+    Computed exactly as the twin does (``1.0 / bc``). ``None`` when ``bc`` does not broadcast to
+    ``(*lead, 1)`` as an fp32 tensor (the caller then uses the reference).
+    """
+    if not isinstance(bc, torch.Tensor):
+        return 1.0 / float(bc)
+    if bc.dtype != torch.float32 or bc.device != device:
+        return None
+    try:
+        inv = torch.broadcast_to(1.0 / bc, (*lead, 1))
+    except RuntimeError:
+        return None
+    return inv.reshape(-1).contiguous()

@@ -1,0 +1,139 @@
+"""Fused moment steps: ``ema_signed_`` (first moment) and ``rotated_adam_`` (second moment + direction).
+
+One program owns ``BG`` whole scale groups (a [BG, 32] tile), so the per-group absmax, the bf16
+round-up of the scale and the re-encode happen in registers: each kernel reads its codes, scales
+and fp32 operands once and writes codes, scales and the fp32 result once. All leading dims are
+flattened into rows, so a group of stacked blocks is one launch. Twins: :mod:`.reference`.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import reference
+from .common import (
+    LAUNCH,
+    bf16_bits,
+    bf16_to_f32,
+    bias_rows,
+    decode_signed,
+    decode_sqrt,
+    encode_signed,
+    encode_sqrt,
+    group_tile,
+    new_output,
+    packed_ok,
+    writable,
+    write_back,
+)
+
+BG = 64
+"""Scale groups per program (64 x 32 = 2048 values)."""
+
+
+@triton.jit
+def _ema_signed_kernel(
+    codes_ptr, scales_ptr, x_ptr, out_ptr, n, G, total, beta, omb, BG: tl.constexpr, ALIGNED: tl.constexpr
+):
+    """m = decode(codes, scales)·beta + x·(1-beta); (codes, scales) <- encode(m); out <- m."""
+    gid, _row, gmask, coff, xoff, valid = group_tile(n, G, total, BG, ALIGNED)
+    q = tl.load(codes_ptr + coff, mask=gmask[:, None], other=0)
+    s = bf16_to_f32(tl.load(scales_ptr + gid, mask=gmask, other=0))
+    x = tl.load(x_ptr + xoff, mask=valid, other=0.0)
+    m = decode_signed(q, s[:, None]) * beta + x * omb
+    m = tl.where(valid, m, 0.0)  # the padding of the last group encodes as 0
+    qn, sbits, _ = encode_signed(m)
+    tl.store(codes_ptr + coff, qn, mask=gmask[:, None])
+    tl.store(scales_ptr + gid, sbits, mask=gmask)
+    tl.store(out_ptr + xoff, m, mask=valid)
+
+
+@triton.jit
+def _rotated_adam_kernel(
+    codes_ptr, scales_ptr, g_ptr, m_ptr, out_ptr, ib1_ptr, ib2_ptr,
+    n, G, total, beta2, omb2, ib1, ib2, eps,
+    BG: tl.constexpr, ALIGNED: tl.constexpr, BC1_ROWS: tl.constexpr, BC2_ROWS: tl.constexpr,
+):  # fmt: skip
+    """v = decode(codes)·b2 + g²·(1-b2); codes <- encode(v); u = (m/bc1) / (sqrt(v̂/bc2) + eps).
+
+    ``v̂`` is the stored value, decoded with the zero-code floor. ``ib1``/``ib2`` are ``1/bc`` as
+    scalars, or per row (``BC*_ROWS``: loaded from ``ib*_ptr[row]``).
+    """
+    gid, row, gmask, coff, xoff, valid = group_tile(n, G, total, BG, ALIGNED)
+    q = tl.load(codes_ptr + coff, mask=gmask[:, None], other=0)
+    s = bf16_to_f32(tl.load(scales_ptr + gid, mask=gmask, other=0))
+    g = tl.load(g_ptr + xoff, mask=valid, other=0.0)
+    v = decode_sqrt(q, s[:, None], False) * beta2 + (g * g) * omb2
+    v = tl.where(valid, v, 0.0)
+    qn, sbits, sn = encode_sqrt(v)
+    tl.store(codes_ptr + coff, qn, mask=gmask[:, None])
+    tl.store(scales_ptr + gid, sbits, mask=gmask)
+    vq = decode_sqrt(qn, sn[:, None], True)
+    if BC1_ROWS:
+        ib1 = tl.load(ib1_ptr + row, mask=gmask, other=1.0)[:, None]
+    if BC2_ROWS:
+        ib2 = tl.load(ib2_ptr + row, mask=gmask, other=1.0)[:, None]
+    m = tl.load(m_ptr + xoff, mask=valid, other=0.0)
+    u = tl.math.div_rn(m * ib1, tl.sqrt_rn(vq * ib2) + eps)
+    tl.store(out_ptr + xoff, u, mask=valid)
+
+
+def _layout(x: torch.Tensor) -> tuple[int, int, int]:
+    """(n, G, total groups) of an (..., n) operand."""
+    n = x.shape[-1]
+    G = (n + 31) // 32
+    return n, G, (x.numel() // n if n else 0) * G
+
+
+def ema_signed_(codes: torch.Tensor, scales: torch.Tensor, x: torch.Tensor, beta: float) -> torch.Tensor:
+    """Triton twin of :func:`.reference.ema_signed_` (same signature, in place, returns fp32 m)."""
+    if not packed_ok(codes, scales, x, torch.int8) or not isinstance(beta, float | int):
+        return reference.ema_signed_(codes, scales, x, beta)
+    n, G, total = _layout(x)
+    out = new_output(x.shape, x.device)
+    if total == 0:
+        return out
+    c, s = writable(codes), writable(scales)
+    grid = (triton.cdiv(total, BG),)
+    _ema_signed_kernel[grid](
+        c, bf16_bits(s), x.contiguous(), out, n, G, total, float(beta), 1.0 - beta, BG=BG, ALIGNED=n % 32 == 0, **LAUNCH
+    )
+    write_back(codes, c)
+    write_back(scales, s)
+    return out
+
+
+def rotated_adam_(
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    g: torch.Tensor,
+    m: torch.Tensor,
+    beta2: float,
+    bc1: torch.Tensor | float,
+    bc2: torch.Tensor | float,
+    eps: float,
+) -> torch.Tensor:
+    """Triton twin of :func:`.reference.rotated_adam_` (same signature, in place, returns fp32 u)."""
+    lead = tuple(g.shape[:-1])
+    ib1, ib2 = bias_rows(bc1, lead, g.device), bias_rows(bc2, lead, g.device)
+    ok = packed_ok(codes, scales, g, torch.uint8) and m.shape == g.shape and m.dtype == torch.float32
+    if not ok or ib1 is None or ib2 is None or m.device != g.device:
+        return reference.rotated_adam_(codes, scales, g, m, beta2, bc1, bc2, eps)
+    n, G, total = _layout(g)
+    out = new_output(g.shape, g.device)
+    if total == 0:
+        return out
+    c, s = writable(codes), writable(scales)
+    rows1, rows2 = isinstance(ib1, torch.Tensor), isinstance(ib2, torch.Tensor)
+    grid = (triton.cdiv(total, BG),)
+    _rotated_adam_kernel[grid](
+        c, bf16_bits(s), g.contiguous(), m.contiguous(), out,
+        ib1 if rows1 else out, ib2 if rows2 else out,
+        n, G, total, float(beta2), 1.0 - beta2, 1.0 if rows1 else ib1, 1.0 if rows2 else ib2, float(eps),
+        BG=BG, ALIGNED=n % 32 == 0, BC1_ROWS=rows1, BC2_ROWS=rows2, **LAUNCH,
+    )  # fmt: skip
+    write_back(codes, c)
+    write_back(scales, s)
+    return out
