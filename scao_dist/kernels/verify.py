@@ -1,0 +1,274 @@
+"""Kernel-vs-twin comparisons, shared by ``tests/test_kernels.py`` (Triton interpreter) and ``bench/kernels.py`` (GPU).
+
+Each case builds fresh random operands (wide magnitudes, some exact-zero groups/rows), runs the
+Triton kernel and its plain-torch twin on separate copies, and compares every in-place tensor
+and the returned tensor:
+
+* integer outputs (codes, correction bits) and bf16 outputs (scales, weights) bit for bit;
+* fp32 outputs within ``FP32_RTOL`` relative (4 fp32 ulps, atol 0). The kernels restate the twin's
+  fp32 operations in the same order with IEEE division and square root and no FMA, so on the
+  interpreter they agree bit for bit; the margin only covers a backend that would contract or
+  reorder an operation. A NaN where the twin has a number (an unwritten poisoned output) fails.
+
+Two modes per case. ``"state"``: random valid old state (the decode path), its padding lanes
+poisoned. ``"overwrite"``: beta = 0 (and ``lr·wd = 1`` for the apply) so the new state does not
+depend on the old one, and every in-place tensor starts poisoned (int8 codes/bits -128 and int16
+bits -32768, which the encoders never produce; uint8 codes 77; scales, amax and weights 1e30): an
+element a kernel fails to write keeps its poison and mismatches. Returned tensors are NaN-filled
+by the kernels (``common.POISON_OUTPUTS``). The one blind spot is a uint8 code that should be 77.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import quant
+from . import common, reference
+
+FP32_RTOL = 2.0**-22
+"""Relative tolerance of fp32 outputs (4 ulp of fp32's 2^-24 unit roundoff)."""
+
+KERNELS = ("ema_signed_", "rotated_adam_", "apply_update_", "factor_ema_", "adamw_")
+
+POISON = {torch.int8: -128, torch.uint8: 77, torch.int16: -32768, torch.bfloat16: 1e30, torch.float32: 1e30}
+
+
+@dataclass
+class Case:
+    """One call: keyword arguments, which of them are updated in place, and a label."""
+
+    kernel: str
+    label: str
+    kwargs: dict[str, Any]
+    inplace: Sequence[str]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------ random data
+def wide(shape: Sequence[int], gen: torch.Generator, device: torch.device, decades: float = 12.0) -> Tensor:
+    """fp32 normals times 10^U(-decades, decades) per scale group of 32, plus 1-decade jitter per value."""
+    n = shape[-1] if len(shape) else 1
+    groups = max(1, math.ceil(n / 32))
+    lead = tuple(shape[:-1])
+    g_mag = (torch.rand(*lead, groups, generator=gen) * 2 - 1) * decades
+    mag = g_mag.repeat_interleave(32, dim=-1)[..., :n] + torch.rand(*shape, generator=gen) - 0.5
+    x = torch.randn(*shape, generator=gen) * torch.pow(10.0, mag)
+    return x.to(device)
+
+
+def zero_groups(*ts: Tensor, gen: torch.Generator, frac: float = 0.2, group: int = 32) -> None:
+    """Zero the same random whole groups of 32 (along the last dim) in every tensor (same shape)."""
+    shape = ts[0].shape
+    n = shape[-1]
+    g = quant.n_groups(n, group)
+    pick = torch.rand(*shape[:-1], g, generator=gen) < frac
+    mask = pick.repeat_interleave(group, dim=-1)[..., :n].to(ts[0].device)
+    for t in ts:
+        t.masked_fill_(mask[..., : t.shape[-1]], 0)
+
+
+def _codes_state(kind: str, shape: Sequence[int], gen: torch.Generator, device: torch.device) -> tuple[Tensor, Tensor]:
+    """A random valid packed state: codes in range, positive bf16 scales of wide range, some zero groups."""
+    n = shape[-1]
+    G = quant.n_groups(n)
+    lead = tuple(shape[:-1])
+    if kind == "signed":
+        codes = torch.randint(-127, 128, (*lead, G * 32), generator=gen, dtype=torch.int64).to(torch.int8)
+    else:
+        codes = torch.randint(0, 256, (*lead, G * 32), generator=gen, dtype=torch.int64).to(torch.uint8)
+    scales = torch.pow(10.0, (torch.rand(*lead, G, generator=gen) * 2 - 1) * 10).to(torch.bfloat16)
+    dead = torch.rand(*lead, G, generator=gen) < 0.2
+    scales = scales.masked_fill(dead, 0)
+    codes = codes.masked_fill(dead.repeat_interleave(32, dim=-1), 0)
+    codes[..., n:] = POISON[codes.dtype]  # padding lanes are never read; the kernels must write 0 there
+    return codes.to(device), scales.to(device)
+
+
+def _poisoned(t: Tensor) -> Tensor:
+    return torch.full_like(t, POISON[t.dtype])
+
+
+def _bias(kind: str, shape: Sequence[int], gen: torch.Generator, device: torch.device) -> Tensor | float:
+    """Bias correction as the optimizer passes it: a float, or one fp32 value per stacked block."""
+    if kind == "float":
+        return 0.1 + 0.9 * float(torch.rand((), generator=gen))
+    return (0.05 + 0.95 * torch.rand(shape[0], *([1] * (len(shape) - 1)), generator=gen)).to(device)
+
+
+# ------------------------------------------------------------------------------ case builders
+def case_ema(shape, mode, gen, device) -> Case:
+    x = wide(shape, gen, device)
+    if mode == "state":
+        codes, scales = _codes_state("signed", shape, gen, device)
+        zero_groups(x, gen=gen)
+        beta = 0.9
+    else:
+        codes, scales = _codes_state("signed", shape, gen, device)
+        codes, scales, beta = _poisoned(codes), _poisoned(scales), 0.0
+        zero_groups(x, gen=gen)
+    return Case("ema_signed_", f"{mode} {tuple(shape)}", dict(codes=codes, scales=scales, x=x, beta=beta),
+                ("codes", "scales"))  # fmt: skip
+
+
+def case_rotated_adam(shape, mode, gen, device, bc=("float", "tensor")) -> Case:
+    g = wide(shape, gen, device, decades=10.0)
+    m = wide(shape, gen, device)
+    codes, scales = _codes_state("sqrt", shape, gen, device)
+    zero_groups(g, gen=gen)
+    beta2 = 0.999
+    if mode == "overwrite":
+        codes, scales, beta2 = _poisoned(codes), _poisoned(scales), 0.0
+    kw = dict(codes=codes, scales=scales, g=g, m=m, beta2=beta2,
+              bc1=_bias(bc[0], shape, gen, device), bc2=_bias(bc[1], shape, gen, device), eps=1e-8)  # fmt: skip
+    return Case("rotated_adam_", f"{mode} {tuple(shape)} bc={bc}", kw, ("codes", "scales"))
+
+
+def _weights(wdtype, bits, shape, gen, device, mode) -> tuple[Tensor, Tensor | None]:
+    x = wide(shape, gen, device, decades=15.0)
+    zero_groups(x, gen=gen, frac=0.1)
+    if mode == "state" and x.numel():
+        x.view(-1)[:: max(1, x.numel() // 7)] = 3e-39  # bf16 subnormals: the ulp's subnormal branch
+    if wdtype == torch.float32:
+        w, rho = x, None
+    else:
+        w, rho = quant.split_master(x, bits)
+    if mode == "overwrite":
+        w = _poisoned(w)
+        rho = _poisoned(rho) if rho is not None else None
+    return w, rho
+
+
+def case_apply(shape, mode, gen, device, wdtype=torch.bfloat16, bits=8) -> Case:
+    w, rho = _weights(wdtype, bits, shape, gen, device, mode)
+    ref_mag = w.float().abs() if mode == "state" else torch.ones(shape, device=device)
+    decade = float(torch.randint(-6, 2, (), generator=gen))
+    u = torch.randn(*shape, generator=gen).to(device) * (1.0 + ref_mag) * 10.0**decade
+    lr, wd = (1e-2, 0.1) if mode == "state" else (1.0, 1.0)  # overwrite: x' = -u, the old w is multiplied by 0
+    label = f"{mode} {tuple(shape)} {str(wdtype)[6:]}" + (f"+int{bits}" if rho is not None else "")
+    return Case("apply_update_", label, dict(w=w, rho=rho, u=u, lr=lr, wd=wd), ("w", "rho"))
+
+
+def case_factor(batch, d, mode, gen, device, seed_kind="tensor") -> Case:
+    a = wide((batch, d, 3), gen, device, decades=6.0)
+    a[:, :: max(2, d // 3)] = 0  # exact-zero rows (and columns) of the outer product
+    outer = a @ a.mT
+    if mode == "state":
+        codes = torch.randint(-127, 128, (batch, d, d), generator=gen, dtype=torch.int64).to(torch.int8).to(device)
+        amax = torch.pow(10.0, (torch.rand(batch, d, generator=gen) * 2 - 1) * 8).to(device)
+        dead = (torch.rand(batch, d, generator=gen) < 0.2).to(device)
+        amax.masked_fill_(dead, 0)
+        codes.masked_fill_(dead[..., None], 0)
+        beta = 0.95
+    else:
+        codes = torch.full((batch, d, d), POISON[torch.int8], dtype=torch.int8, device=device)
+        amax = torch.full((batch, d), POISON[torch.float32], device=device)
+        beta = 0.0
+    if seed_kind == "tensor":
+        seed = torch.randint(-(2**40), 2**40, (batch,), generator=gen, dtype=torch.int64).to(device)
+    else:
+        seed = int(torch.randint(0, 2**31, (), generator=gen))
+    return Case("factor_ema_", f"{mode} B={batch} d={d} seed={seed_kind}",
+                dict(codes=codes, amax=amax, outer=outer, beta=beta, seed=seed), ("codes", "amax"))  # fmt: skip
+
+
+def case_adamw(shape, mode, gen, device, wdtype=torch.bfloat16, bits=8, bc=("float", "float")) -> Case:
+    w, rho = _weights(wdtype, bits, shape, gen, device, mode)
+    g = wide(shape, gen, device, decades=10.0)
+    zero_groups(g, gen=gen)
+    mc, ms = _codes_state("signed", shape, gen, device)
+    vc, vs = _codes_state("sqrt", shape, gen, device)
+    hp = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, wd=0.1)
+    if mode == "overwrite":
+        mc, ms, vc, vs = (_poisoned(t) for t in (mc, ms, vc, vs))
+        hp.update(lr=1.0, wd=1.0, beta1=0.0, beta2=0.0)
+    kw = dict(w=w, rho=rho, g=g, m_codes=mc, m_scales=ms, v_codes=vc, v_scales=vs,
+              bc1=_bias(bc[0], shape, gen, device), bc2=_bias(bc[1], shape, gen, device), **hp)  # fmt: skip
+    label = f"{mode} {tuple(shape)} {str(wdtype)[6:]}" + (f"+int{bits}" if rho is not None else "") + f" bc={bc}"
+    return Case("adamw_", label, kw, ("w", "rho", "m_codes", "m_scales", "v_codes", "v_scales"))
+
+
+# ------------------------------------------------------------------------------ comparison
+def compare(name: str, got: Tensor | None, want: Tensor | None) -> list[str]:
+    """Mismatch descriptions (empty when equal under the rules in the module docstring)."""
+    if got is None or want is None:
+        return [] if got is None and want is None else [f"{name}: one side is None"]
+    if got.shape != want.shape or got.dtype != want.dtype:
+        return [f"{name}: shape/dtype {tuple(got.shape)} {got.dtype} vs {tuple(want.shape)} {want.dtype}"]
+    if got.dtype == torch.float32:
+        diff = (got - want).abs()
+        bad = ~(diff <= FP32_RTOL * want.abs()) & ~(got.isnan() & want.isnan()) & (got != want)
+        if bool(bad.any()):
+            k = int(bad.sum())
+            return [f"{name}: {k}/{got.numel()} fp32 values off (max |diff| {float(diff[bad].max()):.3e}, "
+                    f"nan in kernel output: {int(got.isnan().sum())})"]  # fmt: skip
+        return []
+    g = got.view(torch.int16) if got.dtype == torch.bfloat16 else got
+    w = want.view(torch.int16) if want.dtype == torch.bfloat16 else want
+    bad = g != w
+    if bool(bad.any()):
+        return [f"{name}: {int(bad.sum())}/{got.numel()} {str(got.dtype)[6:]} values differ"]
+    return []
+
+
+def run_case(case: Case, ops: Any) -> list[str]:
+    """Run ``ops.<kernel>`` and the twin on copies of the case; list the mismatches."""
+    kw_k = {k: v.clone() if isinstance(v, Tensor) else v for k, v in case.kwargs.items()}
+    kw_r = {k: v.clone() if isinstance(v, Tensor) else v for k, v in case.kwargs.items()}
+    old = common.POISON_OUTPUTS
+    common.POISON_OUTPUTS = True
+    try:
+        out_k = getattr(ops, case.kernel)(**kw_k)
+    finally:
+        common.POISON_OUTPUTS = old
+    out_r = getattr(reference, case.kernel)(**kw_r)
+    errs = compare("returned", out_k, out_r)
+    for name in case.inplace:
+        errs += compare(name, kw_k[name], kw_r[name])
+    return [f"{case.kernel} [{case.label}] {e}" for e in errs]
+
+
+# ------------------------------------------------------------------------------ suites
+SMALL_ROWS = [(1, 1), (1, 31), (3, 33), (2, 5, 95), (7, 64), (3, 2, 700), (5, 1024)]
+"""Odd shapes (sizes not divisible by 32 or by the block sizes; batch 1 and more; 2 and 3 dims)."""
+SMALL_FACTORS = [(1, 1), (1, 17), (3, 40), (2, 100)]
+
+
+def small_cases(gen: torch.Generator, device: torch.device) -> dict[str, list[Case]]:
+    """The interpreter suite: every kernel and variant at small odd shapes, both modes."""
+    out: dict[str, list[Case]] = {k: [] for k in KERNELS}
+    for i, shape in enumerate(SMALL_ROWS):
+        bc = (("float", "float"), ("tensor", "float"), ("float", "tensor"), ("tensor", "tensor"))[i % 4]
+        for mode in ("state", "overwrite"):
+            out["ema_signed_"].append(case_ema(shape, mode, gen, device))
+            out["rotated_adam_"].append(case_rotated_adam(shape, mode, gen, device, bc=bc))
+            for wdtype, bits in ((torch.bfloat16, 8), (torch.bfloat16, 16), (torch.float32, 0)):
+                out["apply_update_"].append(case_apply(shape, mode, gen, device, wdtype, bits))
+            wdtype, bits = ((torch.bfloat16, 8), (torch.bfloat16, 16), (torch.float32, 0))[i % 3]
+            out["adamw_"].append(case_adamw(shape, mode, gen, device, wdtype, bits, bc=bc))
+    for i, (batch, d) in enumerate(SMALL_FACTORS):
+        for mode in ("state", "overwrite"):
+            out["factor_ema_"].append(case_factor(batch, d, mode, gen, device, ("tensor", "int")[i % 2]))
+    out["apply_update_"].append(case_apply((4099,), "state", gen, device))  # 1-D, 2 programs + tail
+    return out
+
+
+def run_cases(cases: dict[str, list[Case]], ops: Any, log: Callable[[str], None] | None = None) -> dict[str, list[str]]:
+    """Run every case; ``{kernel: [mismatch, ...]}`` (empty lists when all match)."""
+    res: dict[str, list[str]] = {}
+    for kernel, cs in cases.items():
+        errs: list[str] = []
+        for c in cs:
+            try:
+                errs += run_case(c, ops)
+            except Exception as e:  # a crash is a failure of that case, not of the whole suite
+                errs.append(f"{c.kernel} [{c.label}] raised {type(e).__name__}: {e}")
+        res[kernel] = errs
+        if log is not None:
+            log(f"{kernel}: {len(cs)} cases, {'ok' if not errs else f'{len(errs)} mismatches'}")
+    return res

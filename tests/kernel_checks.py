@@ -1,0 +1,167 @@
+"""Kernel checks under the Triton interpreter, run as a script by ``tests/test_kernels.py``.
+
+Triton reads ``TRITON_INTERPRET`` when the kernels are decorated, and the rest of the suite imports
+``scao_dist`` without it, so these checks live in their own process:
+
+    TRITON_INTERPRET=1 SCAO_TRITON_ON_CPU=1 python tests/kernel_checks.py --out results.json
+
+The JSON maps each check name to a list of failure messages (empty = passed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+import traceback
+import warnings
+
+import torch
+
+from scao_dist import SCAO, kernels
+from scao_dist.kernels import adamw, apply, factor, moments, reference, triton_ops, verify
+
+CPU = torch.device("cpu")
+# the interpreter runs the kernels in numpy, which warns where fp32 overflows on purpose (poisoned
+# 1e30 scales squared); the GPU and torch saturate the same way silently
+warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)
+
+
+def check_kernels() -> dict[str, list[str]]:
+    """Every kernel vs its twin at small odd shapes; then again with tiny blocks (many programs, ragged tails)."""
+    gen = torch.Generator().manual_seed(1234)
+    res = verify.run_cases(verify.small_cases(gen, CPU), triton_ops, log=print)
+    saved = moments.BG, adamw.BG, apply.BLOCK, factor.MAX_BD, factor.TILE
+    moments.BG, adamw.BG, apply.BLOCK, factor.MAX_BD, factor.TILE = 2, 4, 64, 32, 64  # factor: 2-sweep rows
+    try:
+        tiny = {
+            "ema_signed_": [verify.case_ema((3, 2, 100), m, gen, CPU) for m in ("state", "overwrite")],
+            "rotated_adam_": [verify.case_rotated_adam((3, 2, 100), m, gen, CPU) for m in ("state", "overwrite")],
+            "apply_update_": [verify.case_apply((5, 77), m, gen, CPU) for m in ("state", "overwrite")],
+            "factor_ema_": [verify.case_factor(2, 45, m, gen, CPU) for m in ("state", "overwrite")]
+            + [verify.case_factor(3, 64, "state", gen, CPU)],
+            "adamw_": [
+                verify.case_adamw((3, 130), m, gen, CPU, bc=("tensor", "tensor")) for m in ("state", "overwrite")
+            ],
+        }
+        for k, errs in verify.run_cases(tiny, triton_ops, log=print).items():
+            res[k] += [f"(tiny blocks) {e}" for e in errs]
+    finally:
+        moments.BG, adamw.BG, apply.BLOCK, factor.MAX_BD, factor.TILE = saved
+    return res
+
+
+def check_fallbacks() -> list[str]:
+    """Operands the kernels do not cover go to the twin (still drop-in): bf16 update, per-element bc."""
+    gen = torch.Generator().manual_seed(7)
+    errs = []
+    c = verify.case_apply((3, 40), "state", gen, CPU)
+    c.kwargs["u"] = c.kwargs["u"].bfloat16()
+    errs += verify.run_case(c, triton_ops)
+    c = verify.case_rotated_adam((3, 40), "state", gen, CPU)
+    c.kwargs["bc1"] = 0.5 + torch.rand(3, 40, generator=gen)  # not constant along the rows
+    errs += verify.run_case(c, triton_ops)
+    return errs
+
+
+class Counter:
+    """Counts calls into the Triton ops and into the twins, to prove the end-to-end run used the kernels."""
+
+    def __init__(self) -> None:
+        self.calls = {("triton", k): 0 for k in verify.KERNELS} | {("reference", k): 0 for k in verify.KERNELS}
+        for mod_name, mod in (("triton", triton_ops), ("reference", reference)):
+            for k in verify.KERNELS:
+                setattr(mod, k, self._wrap(mod_name, k, getattr(mod, k)))
+
+    def _wrap(self, mod_name, k, fn):
+        def wrapped(*a, **kw):
+            self.calls[(mod_name, k)] += 1
+            return fn(*a, **kw)
+
+        return wrapped
+
+    def reset(self) -> None:
+        for key in self.calls:
+            self.calls[key] = 0
+
+
+def _mlp(d: int, dtype: torch.dtype) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(d, d), torch.nn.Tanh(), torch.nn.Linear(d, d)).to(dtype)
+
+
+def check_end_to_end(counter: Counter) -> list[str]:
+    """SCAO steps through the kernels (interpreter) == SCAO steps through the twins, bit for bit."""
+    errs = []
+    variants = [
+        ("fp32", torch.float32, {}),
+        ("bf16+int8", torch.bfloat16, {}),
+        ("bf16+int16 truncated", torch.bfloat16, {"correction_bits": 16, "rank_max": 4, "rank_min": 2}),
+    ]
+    d = 20
+    g = torch.Generator().manual_seed(3)
+    wt = torch.randn(d, d, generator=g)
+    data = [(x, torch.tanh(x @ wt)) for x in (torch.randn(32, d, generator=g) for _ in range(8))]
+    for name, dtype, kw in variants:
+        m_k, m_r = _mlp(d, dtype), _mlp(d, dtype)
+        o_k = SCAO(m_k.parameters(), lr=1e-2, min_precond_dim=2, precond_freq=3, **kw)
+        o_r = SCAO(m_r.parameters(), lr=1e-2, min_precond_dim=2, precond_freq=3, **kw)
+        start = copy.deepcopy(list(m_k.parameters()))
+        used: dict[str, int] = dict.fromkeys(verify.KERNELS, 0)
+        for x, y in data:
+            counter.reset()
+            o_k.zero_grad()
+            (m_k(x.to(dtype)) - y.to(dtype)).float().square().mean().backward()
+            o_k.step()
+            for k in verify.KERNELS:
+                used[k] += counter.calls[("triton", k)]
+                if counter.calls[("reference", k)]:
+                    errs.append(f"{name}: kernel path fell back to the twin for {k}")
+            with kernels.use_reference():
+                o_r.zero_grad()
+                (m_r(x.to(dtype)) - y.to(dtype)).float().square().mean().backward()
+                o_r.step()
+        for (pn, a), b, s in zip(m_k.named_parameters(), m_r.parameters(), start):
+            if not torch.equal(a, b):
+                diff = (a.float() - b.float()).abs().max().item()
+                errs.append(f"{name}: param {pn} differs from the reference run (max |diff| {diff:.3e})")
+            if torch.equal(a, s):
+                errs.append(f"{name}: param {pn} never moved (vacuous comparison)")
+        missing = [k for k, n in used.items() if n == 0]
+        if missing:
+            errs.append(f"{name}: kernels never called: {missing}")
+        print(f"end-to-end {name}: kernel calls {used}")
+    return errs
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    if os.environ.get("TRITON_INTERPRET") != "1" or os.environ.get("SCAO_TRITON_ON_CPU") != "1":
+        print("needs TRITON_INTERPRET=1 and SCAO_TRITON_ON_CPU=1", file=sys.stderr)
+        return 2
+    results: dict[str, list[str]] = {}
+    t0 = time.perf_counter()
+    for name, fn in (("kernels", check_kernels), ("fallbacks", check_fallbacks)):
+        try:
+            out = fn()
+            results.update(out if isinstance(out, dict) else {name: out})
+        except Exception:
+            results[name] = [traceback.format_exc()]
+    counter = Counter()
+    try:
+        results["end_to_end"] = check_end_to_end(counter)
+    except Exception:
+        results["end_to_end"] = [traceback.format_exc()]
+    print(f"kernel checks took {time.perf_counter() - t0:.1f}s")
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
