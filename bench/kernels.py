@@ -1,0 +1,354 @@
+"""Achieved memory bandwidth of the fused step kernels (scao_dist/kernels) on one GPU.
+
+    python -m bench.kernels --out $OUT/kernels.json                 # CUDA (H100/H200)
+    TRITON_INTERPRET=1 python -m bench.kernels --dry-run --out x.json  # CPU smoke test, tiny sizes
+
+1. Correctness first, on the device: every kernel against its plain-torch twin on fresh random
+   operands (odd small shapes and a few large ones), outputs poisoned before the run
+   (:mod:`scao_dist.kernels.verify`; integer and bf16 outputs bit for bit, fp32 within 4 ulp).
+2. The device-to-device copy bandwidth of this GPU in this run (``dst.copy_(src)``, 2 bytes moved per
+   byte copied), the reference the kernels are measured against.
+3. Each memory-bound kernel at a few hundred MB per call, inputs rotated between two sets:
+   ``triton.testing.do_bench`` median time, bytes = every operand read once + every output written
+   once (what a perfect fused kernel must move), achieved GB/s and its fraction of the copy
+   bandwidth (goal: >= 70%), and the median time of the torch twin on the same operands.
+
+Prints a Markdown table and writes everything (device, versions, verification, timings) as JSON to
+``--out``. Exit status 1 when verification found a mismatch (the JSON is written first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+# what each kernel reads and writes (keyword names); "returned" = its fp32 result, written once
+READS = {
+    "ema_signed_": ("codes", "scales", "x"),
+    "rotated_adam_": ("codes", "scales", "g", "m"),
+    "apply_update_": ("w", "rho", "u"),
+    "factor_ema_": ("codes", "amax", "outer", "seed"),
+    "adamw_": ("w", "rho", "g", "m_codes", "m_scales", "v_codes", "v_scales"),
+}
+WRITES = {
+    "ema_signed_": ("codes", "scales", "returned"),
+    "rotated_adam_": ("codes", "scales", "returned"),
+    "apply_update_": ("w", "rho"),
+    "factor_ema_": ("codes", "amax"),
+    "adamw_": ("w", "rho", "m_codes", "m_scales", "v_codes", "v_scales"),
+}
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="path of the JSON results")
+    ap.add_argument("--mb", type=float, default=400.0, help="bytes moved per kernel call, in MB (default 400)")
+    ap.add_argument("--sets", type=int, default=2, help="input sets rotated between calls (default 2)")
+    ap.add_argument("--warmup", type=int, default=25, help="do_bench warmup, ms")
+    ap.add_argument("--rep", type=int, default=200, help="do_bench repetition time, ms")
+    ap.add_argument("--sweep", action="store_true", help="also time other block sizes / num_warps per kernel")
+    ap.add_argument("--dry-run", action="store_true", help="CPU + Triton interpreter, tiny sizes, wall-clock timer")
+    return ap.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------ operands
+def shapes(dry: bool, mb: float) -> list[tuple[str, str, dict[str, Any]]]:
+    """(kernel, variant, spec) of each timed case; a spec fixes the stacked-block shape.
+
+    The batch of stacked blocks is chosen so one call moves about ``mb`` MB (bytes per element in
+    brackets): moments on (B, 768, 3072) blocks [10.1 / 14.1], apply on the same [10 / 12 / 12],
+    factors (B, 1024, 1024) [6], the 1-D AdamW path as B rows of 768 (many small params) [14.3].
+    """
+    if dry:
+        return [
+            ("ema_signed_", "3-D", dict(shape=(2, 5, 70))),
+            ("rotated_adam_", "bc per block", dict(shape=(2, 5, 70), bc="tensor")),
+            ("apply_update_", "bf16+int8", dict(shape=(2, 5, 70), wdtype="bf16", bits=8)),
+            ("apply_update_", "fp32", dict(shape=(2, 5, 70), wdtype="fp32", bits=0)),
+            ("factor_ema_", "d=24", dict(batch=2, d=24)),
+            ("adamw_", "bf16+int8", dict(shape=(9, 40), wdtype="bf16", bits=8)),
+        ]
+    blk = 768 * 3072
+    per = mb * 1e6
+
+    def b(bytes_per_elem: float, elems: int) -> int:
+        return max(1, round(per / bytes_per_elem / elems))
+
+    return [
+        ("ema_signed_", "(B,768,3072)", dict(shape=(b(10.125, blk), 768, 3072))),
+        ("ema_signed_", "(B,767,3071) odd", dict(shape=(b(10.125, blk), 767, 3071))),
+        ("rotated_adam_", "(B,768,3072) bc per block", dict(shape=(b(14.125, blk), 768, 3072), bc="tensor")),
+        ("apply_update_", "bf16+int8", dict(shape=(b(10, blk), 768, 3072), wdtype="bf16", bits=8)),
+        ("apply_update_", "bf16+int16", dict(shape=(b(12, blk), 768, 3072), wdtype="bf16", bits=16)),
+        ("apply_update_", "fp32", dict(shape=(b(12, blk), 768, 3072), wdtype="fp32", bits=0)),
+        ("factor_ema_", "(B,1024,1024)", dict(batch=b(6, 1024 * 1024), d=1024)),
+        ("factor_ema_", "(B,4096,4096)", dict(batch=b(6, 4096 * 4096), d=4096)),
+        ("adamw_", "bf16+int8 (B,768)", dict(shape=(b(14.25, 768), 768), wdtype="bf16", bits=8)),
+        ("adamw_", "fp32 (B,768)", dict(shape=(b(16.25, 768), 768), wdtype="fp32", bits=0)),
+    ]
+
+
+def make_operands(kernel: str, spec: dict[str, Any], device: Any) -> dict[str, Any]:
+    """Realistic random operands generated on the device (valid packed states, finite values)."""
+    import torch
+
+    from scao_dist import quant
+
+    def rnd(*s: int) -> torch.Tensor:
+        return torch.randn(*s, device=device) * 1e-3
+
+    if kernel == "factor_ema_":
+        B, d = spec["batch"], spec["d"]
+        a = torch.randn(B, d, 8, device=device)
+        codes, amax = quant.encode_rows(a @ a.mT, 1)
+        outer = a @ a.mT
+        seed = torch.arange(B, device=device, dtype=torch.int64)
+        return dict(codes=codes, amax=amax, outer=outer, beta=0.95, seed=seed)
+    shape = spec["shape"]
+    if kernel == "ema_signed_":
+        codes, scales = quant.encode_signed(rnd(*shape))
+        return dict(codes=codes, scales=scales, x=rnd(*shape), beta=0.9)
+    if kernel == "rotated_adam_":
+        codes, scales = quant.encode_sqrt(rnd(*shape).square())
+        bc: Any = 0.7
+        if spec.get("bc") == "tensor":  # one bias correction per stacked block, as groups.py passes them
+            bc = 0.5 + torch.rand(shape[0], *([1] * (len(shape) - 1)), device=device)
+        return dict(codes=codes, scales=scales, g=rnd(*shape), m=rnd(*shape), beta2=0.999, bc1=bc, bc2=bc, eps=1e-8)
+    x = torch.randn(*shape, device=device)
+    if spec["wdtype"] == "fp32":
+        w, rho = x, None
+    else:
+        w, rho = quant.split_master(x, spec["bits"])
+    if kernel == "apply_update_":
+        return dict(w=w, rho=rho, u=rnd(*shape), lr=1e-3, wd=0.01)
+    mc, ms = quant.encode_signed(rnd(*shape))
+    vc, vs = quant.encode_sqrt(rnd(*shape).square())
+    return dict(w=w, rho=rho, g=rnd(*shape), m_codes=mc, m_scales=ms, v_codes=vc, v_scales=vs,
+                lr=1e-3, beta1=0.9, beta2=0.999, bc1=0.5, bc2=0.3, eps=1e-8, wd=0.01)  # fmt: skip
+
+
+def moved_bytes(kernel: str, ops: dict[str, Any]) -> int:
+    """Bytes a perfect fused kernel moves: each operand read once, each output written once."""
+    import torch
+
+    def nb(name: str) -> int:
+        if name == "returned":
+            src = ops["x"] if kernel == "ema_signed_" else ops["g"]
+            return src.numel() * 4
+        t = ops.get(name)
+        return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
+
+    return sum(nb(k) for k in READS[kernel]) + sum(nb(k) for k in WRITES[kernel])
+
+
+# ------------------------------------------------------------------------------ timing
+def make_timer(dry: bool, warmup: int, rep: int) -> Callable[[Callable[[], Any]], float]:
+    """Median ms of ``fn``: ``triton.testing.do_bench`` on CUDA, a wall clock in the dry run."""
+    if dry:
+
+        def timer(fn: Callable[[], Any]) -> float:
+            ts = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                fn()
+                ts.append((time.perf_counter() - t0) * 1e3)
+            return statistics.median(ts)
+
+        return timer
+    import triton
+
+    def timer(fn: Callable[[], Any]) -> float:
+        return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+    return timer
+
+
+def rotating(fn: Callable[..., Any], sets: list[dict[str, Any]]) -> Callable[[], Any]:
+    """A closure calling ``fn(**set)`` on the next input set each time (defeats L2 reuse across calls)."""
+    it = itertools.cycle(sets)
+    return lambda: fn(**next(it))
+
+
+def copy_bandwidth(nbytes: int, device: Any, timer: Callable[[Callable[[], Any]], float]) -> dict[str, float]:
+    import torch
+
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_(0, 255)
+    dst = torch.empty_like(src)
+    ms = timer(lambda: dst.copy_(src))
+    return {"bytes": nbytes, "ms": ms, "gbps": 2 * nbytes / ms / 1e6}
+
+
+def sweep_configs(kernel: str) -> list[dict[str, Any]]:
+    """Block-size / warp variants tried by ``--sweep`` (module attribute overrides + num_warps)."""
+    if kernel in ("ema_signed_", "rotated_adam_"):
+        return [{"moments.BG": bg, "num_warps": w} for bg in (16, 32, 64, 128) for w in (2, 4, 8)]
+    if kernel == "adamw_":
+        return [{"adamw.BG": bg, "num_warps": w} for bg in (16, 32, 64) for w in (2, 4, 8)]
+    if kernel == "apply_update_":
+        return [{"apply.BLOCK": bl, "num_warps": w} for bl in (1024, 2048, 4096) for w in (4, 8)]
+    return [{"factor.TILE": t, "num_warps": w} for t in (2048, 4096, 8192) for w in (4, 8)]
+
+
+def with_config(cfg: dict[str, Any], fn: Callable[[], float]) -> float:
+    from scao_dist.kernels import adamw, apply, common, factor, moments
+
+    mods = {"moments": moments, "adamw": adamw, "apply": apply, "factor": factor}
+    saved = {k: getattr(mods[k.split(".")[0]], k.split(".")[1]) for k in cfg if "." in k}
+    warps = common.LAUNCH["num_warps"]
+    try:
+        for k, v in cfg.items():
+            if "." in k:
+                setattr(mods[k.split(".")[0]], k.split(".")[1], v)
+        common.LAUNCH["num_warps"] = cfg.get("num_warps", warps)
+        return fn()
+    finally:
+        for k, v in saved.items():
+            setattr(mods[k.split(".")[0]], k.split(".")[1], v)
+        common.LAUNCH["num_warps"] = warps
+
+
+# ------------------------------------------------------------------------------ main
+def verify_on(device: Any, dry: bool) -> dict[str, Any]:
+    """Kernel == twin on the device: odd small shapes (all variants), plus a few large operands."""
+    import torch
+
+    from scao_dist.kernels import triton_ops, verify
+
+    gen = torch.Generator().manual_seed(0)
+    if dry:  # the interpreter is slow: one case per kernel and mode
+        cases = {
+            "ema_signed_": [verify.case_ema((3, 33), m, gen, device) for m in ("state", "overwrite")],
+            "rotated_adam_": [verify.case_rotated_adam((3, 33), m, gen, device) for m in ("state", "overwrite")],
+            "apply_update_": [verify.case_apply((3, 33), m, gen, device) for m in ("state", "overwrite")],
+            "factor_ema_": [verify.case_factor(2, 19, m, gen, device) for m in ("state", "overwrite")],
+            "adamw_": [verify.case_adamw((3, 33), m, gen, device) for m in ("state", "overwrite")],
+        }
+    else:
+        cases = verify.small_cases(gen, device)
+        for mode in ("state", "overwrite"):
+            cases["ema_signed_"].append(verify.case_ema((6, 301, 1001), mode, gen, device))
+            cases["rotated_adam_"].append(verify.case_rotated_adam((6, 301, 1001), mode, gen, device))
+            cases["apply_update_"].append(verify.case_apply((6, 301, 1001), mode, gen, device))
+            cases["apply_update_"].append(verify.case_apply((6, 301, 1001), mode, gen, device, torch.bfloat16, 16))
+            cases["factor_ema_"].append(verify.case_factor(3, 1024, mode, gen, device))
+            cases["factor_ema_"].append(verify.case_factor(1, 4500, mode, gen, device))  # two-sweep rows
+            cases["adamw_"].append(verify.case_adamw((3001, 767), mode, gen, device, bc=("tensor", "tensor")))
+    t0 = time.perf_counter()
+    res = verify.run_cases(cases, triton_ops, log=lambda s: print(f"  verify {s}", flush=True))
+    fails = [e for errs in res.values() for e in errs]
+    return {
+        "ok": not fails,
+        "cases": {k: len(v) for k, v in cases.items()},
+        "failures": fails[:200],
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def table(rows: list[dict[str, Any]], copy: dict[str, float]) -> str:
+    head = (
+        f"copy bandwidth (device-to-device, read+write): {copy['gbps']:.0f} GB/s\n\n"
+        "| kernel | variant | shape | MB moved | Triton ms | GB/s | % of copy | twin ms | speedup |\n"
+        "|---|---|---|---:|---:|---:|---:|---:|---:|\n"
+    )
+    body = "".join(
+        f"| `{r['kernel']}` | {r['variant']} | {r['shape']} | {r['bytes'] / 1e6:.4g} | {r['ms']:.3f} | "
+        f"{r['gbps']:.0f} | {100 * r['frac_of_copy']:.0f}% | {r['twin_ms']:.3f} | {r['twin_ms'] / r['ms']:.1f}x |\n"
+        for r in rows
+    )
+    return head + body
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.dry_run:
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the kernels' import
+        if os.environ["TRITON_INTERPRET"] != "1":
+            print("--dry-run needs TRITON_INTERPRET=1", file=sys.stderr)
+            return 2
+        # numpy (the interpreter) warns where fp32 saturates on purpose; the GPU does it silently
+        warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)
+    import torch
+    import triton
+
+    from scao_dist.kernels import reference, triton_ops
+
+    if args.dry_run:
+        device = torch.device("cpu")
+        name = f"CPU ({platform.processor() or platform.machine()}), Triton interpreter"
+    else:
+        if not torch.cuda.is_available():
+            print("no CUDA device (use --dry-run for the CPU smoke test)", file=sys.stderr)
+            return 2
+        device = torch.device("cuda")
+        name = torch.cuda.get_device_name()
+    print(f"# bench.kernels on {name} (torch {torch.__version__}, triton {triton.__version__})", flush=True)
+
+    print("verifying kernels against their twins ...", flush=True)
+    ver = verify_on(device, args.dry_run)
+    print(f"verification: {'ok' if ver['ok'] else 'FAILED'} ({ver['seconds']:.1f}s)", flush=True)
+    for e in ver["failures"][:20]:
+        print("  ", e)
+
+    timer = make_timer(args.dry_run, args.warmup, args.rep)
+    copy_bytes = 4096 if args.dry_run else int(args.mb * 1e6 / 2)
+    copy = copy_bandwidth(copy_bytes, device, timer)
+    rows = []
+    for kernel, variant, spec in shapes(args.dry_run, args.mb):
+        sets = [make_operands(kernel, spec, device) for _ in range(max(1, args.sets))]
+        nbytes = moved_bytes(kernel, sets[0])
+        shp = spec.get("shape", (spec.get("batch"), spec.get("d"), spec.get("d")))
+        k_fn = rotating(getattr(triton_ops, kernel), sets)
+        ms = timer(k_fn)
+        twin_ms = timer(rotating(getattr(reference, kernel), sets))
+        row = {
+            "kernel": kernel,
+            "variant": variant,
+            "shape": "x".join(str(s) for s in shp),
+            "bytes": nbytes,
+            "ms": ms,
+            "gbps": nbytes / ms / 1e6,
+            "frac_of_copy": nbytes / ms / 1e6 / copy["gbps"],
+            "twin_ms": twin_ms,
+        }
+        if args.sweep:
+            row["sweep"] = [dict(cfg, ms=with_config(cfg, lambda f=k_fn: timer(f))) for cfg in sweep_configs(kernel)]
+        print(f"  {kernel:14s} {variant:28s} {row['gbps']:8.0f} GB/s ({100 * row['frac_of_copy']:.0f}% of copy), "
+              f"twin {twin_ms:.3f} ms", flush=True)  # fmt: skip
+        rows.append(row)
+        del sets
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    md = table(rows, copy)
+    print()
+    print(md)
+    out = {
+        "device": name,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "dry_run": args.dry_run,
+        "copy": copy,
+        "verify": ver,
+        "kernels": rows,
+        "markdown": md,
+        "min_frac_of_copy": min((r["frac_of_copy"] for r in rows), default=math.nan),
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=1)
+    print(f"wrote {args.out}")
+    return 0 if ver["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
