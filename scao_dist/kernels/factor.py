@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from . import reference
-from .common import INV127, LAUNCH, writable, write_back
+from .common import INV127, LAUNCH, rint, writable, write_back
 
 MAX_BD = 4096
 """Longest row held in one tile."""
@@ -44,8 +44,9 @@ def _row_values(codes_ptr, outer_ptr, base, cols, mask, st, beta, omb):
 @triton.jit
 def _encode_store(codes_ptr, base, cols, mask, f, step, i, j, d, seed):
     """q = clamp(floor(f/step + u), ±127), u = hash(i·d + j, seed): the unbiased dithered rounding."""
-    u = hash_uniform(i * d + j, seed)
-    q = tl.floor(tl.math.div_rn(f, step) + u)
+    t = tl.math.div_rn(f, step) + hash_uniform(i * d + j, seed)
+    r = rint(t)  # floor(t) = rint(t) - [rint(t) > t]; tl.floor is cvt.rmi.ftz on NVIDIA (-2^-130 -> 0, not -1)
+    q = r - tl.where(r > t, 1.0, 0.0)
     q = tl.minimum(tl.maximum(q, -127.0), 127.0)
     tl.store(codes_ptr + base + cols, q.to(tl.int8), mask=mask)
 
