@@ -529,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     steps = args.steps
     budget = args.time_budget_s
-    reserve = 0.0 if budget is None else min(30.0, 0.05 * budget)  # final report and plots
+    reserve = 0.0 if budget is None else (5.0 if args.no_report else min(30.0, 0.05 * budget))  # report, plots
     runs = plan_runs(args, specs)
 
     def total_estimate(n_steps: int) -> float:

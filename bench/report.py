@@ -482,7 +482,8 @@ def _plots(size: str, steps: int, rows: dict, names: list[str], out_dir: Path, s
                 if kind == "step" and j == 0 and r.get("train_loss"):
                     tl = _ema([x for x in r["train_loss"]])
                     ax.plot(range(1, len(tl) + 1), tl, color=c, alpha=0.25, lw=0.8)
-        ax.set_xlabel("step" if kind == "step" else "train seconds (device-synchronised step time)")
+        xlabel = "train seconds (synchronised step times; warm-up steps at the median)"
+        ax.set_xlabel("step" if kind == "step" else xlabel)
         ax.set_ylabel("held-out loss (faint: train loss, EMA)" if kind == "step" else "held-out loss")
         ax.set_title(f"{size} model, {steps} steps — each optimizer at its best lr")
         ax.grid(alpha=0.3)
