@@ -3,10 +3,11 @@
 Triton reads ``TRITON_INTERPRET`` when kernels are decorated, and the rest of the suite imports
 ``scao_dist`` without it, so the comparisons run in child processes (started together, once per
 module): ``tests/kernel_checks.py`` (every kernel on small odd shapes with poisoned outputs, the
-fallbacks, and SCAO end to end through the kernels vs through the twins) and
-``python -m bench.kernels --dry-run`` (the benchmark's CPU-side logic). Tolerances: integer and
-bf16 outputs bit for bit, fp32 outputs within 4 ulp (see ``scao_dist/kernels/verify.py``), the
-end-to-end parameters bit for bit.
+fallbacks, and SCAO end to end through the kernels vs through the twins),
+``python -m bench.kernels --dry-run`` (the benchmark's CPU-side logic), and, without the
+interpreter, ``tests/kernel_compile.py`` (every launched variant compiled for sm_90, PTX checked
+for IEEE arithmetic). Tolerances: integer and bf16 outputs bit for bit, fp32 outputs within 4 ulp
+(see ``scao_dist/kernels/verify.py``), the end-to-end parameters bit for bit.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("kernels")
     env = {**os.environ, "TRITON_INTERPRET": "1", "SCAO_TRITON_ON_CPU": "1", "OMP_NUM_THREADS": "1"}
     env.pop("SCAO_REFERENCE_KERNELS", None)
-    checks_out, bench_out = tmp / "checks.json", tmp / "bench.json"
+    checks_out, bench_out, compile_out = tmp / "checks.json", tmp / "bench.json", tmp / "compile.json"
+    env_gpu = {k: v for k, v in env.items() if k not in ("TRITON_INTERPRET", "SCAO_TRITON_ON_CPU")}
     procs = {
         "checks": subprocess.Popen(
             [sys.executable, str(ROOT / "tests" / "kernel_checks.py"), "--out", str(checks_out)],
@@ -37,6 +39,10 @@ def runs(tmp_path_factory):
         "bench": subprocess.Popen(
             [sys.executable, "-m", "bench.kernels", "--dry-run", "--out", str(bench_out)],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        ),
+        "compile": subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "kernel_compile.py"), "--out", str(compile_out)],
+            cwd=ROOT, env=env_gpu, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         ),
     }  # fmt: skip
     logs = {}
@@ -48,7 +54,9 @@ def runs(tmp_path_factory):
             logs[name] = p.communicate()[0] + f"\n(timed out after {TIMEOUT}s)"
     checks = json.loads(checks_out.read_text()) if checks_out.exists() else None
     bench = json.loads(bench_out.read_text()) if bench_out.exists() else None
-    return {"checks": checks, "bench": bench, "logs": logs, "rc": {k: p.returncode for k, p in procs.items()}}
+    comp = json.loads(compile_out.read_text()) if compile_out.exists() else None
+    rc = {k: p.returncode for k, p in procs.items()}
+    return {"checks": checks, "bench": bench, "compile": comp, "logs": logs, "rc": rc}
 
 
 def _results(runs) -> dict[str, list[str]]:
@@ -92,3 +100,13 @@ def test_bench_dry_run(runs):
     for r in out["kernels"]:
         assert r["bytes"] > 0 and r["ms"] > 0 and r["twin_ms"] > 0 and r["gbps"] > 0
     assert out["copy"]["gbps"] > 0 and "| kernel |" in out["markdown"]
+
+
+def test_kernels_compile_for_sm90_with_ieee_arithmetic(runs):
+    """Every variant the tests launch compiles for an H100 without approximate div/sqrt, FTZ or FMA."""
+    out = runs["compile"]
+    assert runs["rc"]["compile"] == 0 and out is not None, runs["logs"]["compile"][-4000:]
+    if "skipped" in out:
+        pytest.skip(out["skipped"][0])
+    assert not out["compile"], "\n".join(out["compile"][:10])
+    assert int(out["variants"][0]) >= 10
