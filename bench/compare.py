@@ -339,7 +339,7 @@ def run_one(ctx: Context, run: Run, deadline: float) -> dict[str, Any]:
         rec["status"], rec["message"] = "not_installed", str(e)
     except Exception as e:
         if _is_oom(e):
-            rec["status"], rec["message"] = "oom", str(e).splitlines()[0][:300]
+            rec["status"], rec["message"] = "oom", (str(e).splitlines() or [type(e).__name__])[0][:300]
         else:
             rec["status"], rec["message"] = "error", f"{type(e).__name__}: {e}"[:500]
             rec["traceback"] = traceback.format_exc()[-3000:]

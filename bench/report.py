@@ -444,6 +444,11 @@ def _memory(rows: dict, names: list[str]) -> list[str]:
                     *[_f(pieces[k] / params, 3) if k in pieces else "" for k in pieces_seen],
                     _f(r["transient"], 1)])  # fmt: skip
     notes = []
+    for n, _r, st, params, *_ in body:
+        walk_total, total = st.get("walk_total"), st.get("total")
+        if walk_total is not None and total and abs(walk_total - total) > 0.01 * total:
+            notes.append(f"- {label(n)}: the walk over the optimizer's objects finds {walk_total / params:.3f} "
+                         f"B/param, memory_report {total / params:.3f}: one of them misses or double-counts")
     for n, r, *_ in body:
         extra = r["best_runs"][0].get("scao_dist") or {}
         if extra.get("ranks"):
