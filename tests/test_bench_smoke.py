@@ -10,14 +10,19 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from bench import compare, report
-from bench import optimizers as O
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # bench/ is not an installed package: also work under a bare `pytest`
+    sys.path.insert(0, str(ROOT))
+
+from bench import compare, report  # noqa: E402
+from bench import optimizers as O  # noqa: E402
 
 ANCHORS = {"flash": "flashoptim", "soap": "heavyball", "scao024": "scao"}
 CORE = ["adamw", "muon", "scao", "scao_soap"]
