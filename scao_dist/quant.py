@@ -171,8 +171,12 @@ def correction_range(bits: int) -> int:
 
 def bf16_ulp(w: Tensor) -> Tensor:
     """Spacing of bf16 numbers at ``w`` (fp32): ``2^(E - 7)`` for biased exponent E (E=0 -> 1)."""
-    e = (w.float().view(torch.int32) >> 23) & 0xFF
-    return torch.ldexp(torch.ones_like(w, dtype=torch.float32), e.clamp_min(1) - 134)
+    e = ((w.float().view(torch.int32) >> 23) & 0xFF).clamp_min(1)
+    # 2^(E-134) built from its bits (exact on every device, no pow): a normal fp32 with biased
+    # exponent E-7 for E > 7, else the subnormal 2^(E+15) * 2^-149
+    normal = ((e - 7) << 23).view(torch.float32)
+    sub = (torch.ones_like(e) << (e + 15).clamp_max(30)).view(torch.float32)
+    return torch.where(e > 7, normal, sub)
 
 
 def split_master(x: Tensor, bits: int = 8) -> tuple[Tensor, Tensor]:
