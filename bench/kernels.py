@@ -5,7 +5,7 @@
 
 1. Correctness first, on the device: every kernel against its plain-torch twin on fresh random
    operands (odd small shapes and a few large ones), outputs poisoned before the run
-   (:mod:`scao_dist.kernels.verify`; integer and bf16 outputs bit for bit, fp32 within 4 ulp).
+   (:mod:`scao_dist.kernels.verify`; integer and bf16 outputs bit for bit, fp32 within 2-4 ulp).
 2. The device-to-device copy bandwidth of this GPU in this run (``dst.copy_(src)``, 2 bytes moved per
    byte copied), the reference the kernels are measured against.
 3. Each memory-bound kernel at a few hundred MB per call, inputs rotated between two sets:

@@ -6,8 +6,8 @@ module): ``tests/kernel_checks.py`` (every kernel on small odd shapes with poiso
 fallbacks, and SCAO end to end through the kernels vs through the twins),
 ``python -m bench.kernels --dry-run`` (the benchmark's CPU-side logic), and, without the
 interpreter, ``tests/kernel_compile.py`` (every launched variant compiled for sm_90, PTX checked
-for IEEE arithmetic). Tolerances: integer and bf16 outputs bit for bit, fp32 outputs within 4 ulp
-(see ``scao_dist/kernels/verify.py``), the end-to-end parameters bit for bit.
+for IEEE arithmetic). Tolerances: integer and bf16 outputs bit for bit, fp32 outputs within 2^-22
+relative, 2-4 ulp (see ``scao_dist/kernels/verify.py``), the end-to-end parameters bit for bit.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def _assert_clean(runs, key: str) -> None:
 
 @pytest.mark.parametrize("kernel", ["ema_signed_", "rotated_adam_", "apply_update_", "factor_ema_", "adamw_"])
 def test_kernel_matches_twin(runs, kernel):
-    """Bit-exact codes/bits/scales/weights, fp32 within 4 ulp, nothing left unwritten."""
+    """Bit-exact codes/bits/scales/weights, fp32 within 2-4 ulp, nothing left unwritten."""
     _assert_clean(runs, kernel)
 
 

@@ -98,7 +98,7 @@ def bf16_ulp(w):
     """
     e = (w.to(tl.int32, bitcast=True) >> 23) & 0xFF
     normal = ((e - 7) << 23).to(tl.float32, bitcast=True)
-    sub = (1 << (tl.maximum(e, 1) + 15)).to(tl.float32, bitcast=True)
+    sub = (1 << (tl.minimum(tl.maximum(e, 1), 7) + 15)).to(tl.float32, bitcast=True)  # shift < 32
     return tl.where(e > 7, normal, sub)
 
 

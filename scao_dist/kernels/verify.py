@@ -5,10 +5,11 @@ Triton kernel and its plain-torch twin on separate copies, and compares every in
 and the returned tensor:
 
 * integer outputs (codes, correction bits) and bf16 outputs (scales, weights) bit for bit;
-* fp32 outputs within ``FP32_RTOL`` relative (4 fp32 ulps, atol 0). The kernels restate the twin's
-  fp32 operations in the same order with IEEE division and square root and no FMA, so on the
-  interpreter they agree bit for bit; the margin only covers a backend that would contract or
-  reorder an operation. A NaN where the twin has a number (an unwritten poisoned output) fails.
+* fp32 outputs within ``FP32_RTOL`` = 2^-22 relative (4 unit roundoffs, i.e. 2-4 ulp; atol 0).
+  The kernels restate the twin's fp32 operations in the same order with IEEE division and square
+  root and no FMA, so on the interpreter they agree bit for bit; the margin only covers a backend
+  that would contract or reorder an operation. A NaN where the twin has a number (an unwritten
+  poisoned output) fails.
 
 Two modes per case. ``"state"``: random valid old state (the decode path), its padding lanes
 poisoned. ``"overwrite"``: beta = 0 (and ``lr·wd = 1`` for the apply) so the new state does not
@@ -32,7 +33,7 @@ from .. import quant
 from . import common, reference
 
 FP32_RTOL = 2.0**-22
-"""Relative tolerance of fp32 outputs (4 ulp of fp32's 2^-24 unit roundoff)."""
+"""Relative tolerance of fp32 outputs: 4 x fp32's unit roundoff 2^-24 (2-4 ulp)."""
 
 KERNELS = ("ema_signed_", "rotated_adam_", "apply_update_", "factor_ema_", "adamw_")
 
