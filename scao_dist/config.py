@@ -56,7 +56,7 @@ class Hyper:
 class Config:
     """Optimizer-wide knobs that fix the shape of the state (same on every rank)."""
 
-    quantize: bool = True
+    quantize: tuple[str, ...] = ("m", "v", "factors", "bases")
     max_precond_dim: int = 4096
     min_precond_dim: int = 8
     full_factor_dim: float = 1024
@@ -68,8 +68,30 @@ class Config:
     graft: str = "adafactor"
     graft_rms: float = 0.2
 
+    def q(self, piece: str) -> bool:
+        """Is ``piece`` (``"m"``, ``"v"``, ``"factors"`` or ``"bases"``) stored compressed?"""
+        return piece in self.quantize
+
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["quantize"] = list(self.quantize)
+        return d
+
+
+QUANTIZABLE = ("m", "v", "factors", "bases")
+
+
+def quantize_pieces(quantize: bool | str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """``True`` -> every piece, ``False`` -> none, or a subset of :data:`QUANTIZABLE`."""
+    if quantize is True:
+        return QUANTIZABLE
+    if quantize is False:
+        return ()
+    pieces = (quantize,) if isinstance(quantize, str) else tuple(quantize)
+    bad = [p for p in pieces if p not in QUANTIZABLE]
+    if bad:
+        raise ValueError(f"quantize must be True, False or a subset of {QUANTIZABLE}; unknown {bad}")
+    return tuple(p for p in QUANTIZABLE if p in pieces)
 
 
 def validate_group(g: dict[str, Any]) -> None:

@@ -103,6 +103,21 @@ class Packed:
     def keys(self) -> tuple[str, ...]:
         return (f"{self.name}.codes", f"{self.name}.scales") if self.quantize else (self.name,)
 
+    def ema(self, t: dict[str, Tensor], x: Tensor, beta: float) -> Tensor:
+        """First moment: ``m <- beta m + (1 - beta) x``; returns fp32 ``m``."""
+        if self.quantize:
+            return kernels.ema_signed_(t[f"{self.name}.codes"], t[f"{self.name}.scales"], x, beta)
+        return t[self.name].mul_(beta).add_(x, alpha=1 - beta)
+
+    def adam(
+        self, t: dict[str, Tensor], g: Tensor, m: Tensor, beta2: float, bc1: Tensor | float, bc2: Tensor | float, eps: float
+    ) -> Tensor:
+        """Second moment ``v <- beta2 v + (1 - beta2) g^2``; returns ``(m/bc1) / (sqrt(v/bc2) + eps)``."""
+        if self.quantize:
+            return kernels.rotated_adam_(t[f"{self.name}.codes"], t[f"{self.name}.scales"], g, m, beta2, bc1, bc2, eps)
+        v = t[self.name].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        return (m / bc1) / ((v / bc2).sqrt() + eps)
+
     def pad(self, t: dict[str, Tensor], inner: tuple[int, int]) -> None:
         """Zero-pad a ``(B, r, c)`` moment to ``(B, *inner)`` without touching any stored code."""
         rows, cols = inner
@@ -204,8 +219,8 @@ class AdamGroup(_Group):
         super().__init__(specs, params, cfg, device)
         n = self.specs[0].numel
         self.n = n
-        self.m = Packed("m", "signed", cfg.quantize)
-        self.v = Packed("v", "sqrt", cfg.quantize)
+        self.m = Packed("m", "signed", cfg.q("m"))
+        self.v = Packed("v", "sqrt", cfg.q("v"))
         self.m.alloc(self.t, (self.B, n), device)
         self.v.alloc(self.t, (self.B, n), device)
         if self.bf16:
@@ -220,15 +235,14 @@ class AdamGroup(_Group):
             self.steps[i] += 1
         bc1, bc2 = self.bias(idx, hp, 2)
         rho = s.get("ebits")
-        if self.cfg.quantize:
+        if self.m.quantize and self.v.quantize:
             kernels.adamw_(
                 w, rho, g, s["m.codes"], s["m.scales"], s["v.codes"], s["v.scales"],
                 lr=hp.lr, beta1=hp.beta1, beta2=hp.beta2, bc1=bc1, bc2=bc2, eps=hp.eps, wd=hp.weight_decay,
             )  # fmt: skip
         else:
-            m = s["m"].mul_(hp.beta1).add_(g, alpha=1 - hp.beta1)
-            v = s["v"].mul_(hp.beta2).addcmul_(g, g, value=1 - hp.beta2)
-            u = (m / bc1) / ((v / bc2).sqrt() + hp.eps)
+            m = self.m.ema(s, g, hp.beta1)
+            u = self.v.adam(s, g, m, hp.beta2, bc1, bc2, hp.eps)
             kernels.apply_update_(w, rho, u, hp.lr, hp.weight_decay)
         self.put_back(idx, s, whole)
         self.scatter_params(idx, w.reshape(len(idx), *self.specs[0].shape))
@@ -258,9 +272,9 @@ class KronGroup(_Group):
         self.ready = [False] * self.B  # first basis built (SOAP's step 1 done)
         self.failures = 0  # bases that could not be computed (old or identity basis kept)
         self.phase = [0] * self.B  # refresh phase: refresh when (t + phase) % freq == 0
-        self.bdt = torch.bfloat16 if cfg.quantize else torch.float32  # bases and sketches
-        self.mom = Packed("m", "signed", cfg.quantize)
-        self.vp = Packed("v", "sqrt", cfg.quantize)
+        self.bdt = torch.bfloat16 if cfg.q("bases") else torch.float32  # bases and sketches
+        self.mom = Packed("m", "signed", cfg.q("m"))
+        self.vp = Packed("v", "sqrt", cfg.q("v"))
         self.mom.alloc(self.t, (self.B, self.m_dim, self.n_dim), device)
         self.t["res_row"] = torch.zeros(self.B, self.m_dim, device=device)
         self.t["res_col"] = torch.zeros(self.B, self.n_dim, device=device)
@@ -272,7 +286,7 @@ class KronGroup(_Group):
         for side in self.sides:
             n = side.name
             if side.mode == "dense":
-                if cfg.quantize:
+                if cfg.q("factors"):
                     self.t[f"{n}.fac.codes"] = torch.zeros(self.B, side.d, side.d, dtype=torch.int8, device=device)
                     self.t[f"{n}.fac.amax"] = torch.zeros(self.B, side.d, device=device)
                 else:
@@ -337,16 +351,9 @@ class KronGroup(_Group):
         bc1, bc2 = self.bias(idx, hp, 3)
         ql, qr = (self.basis(s, side) for side in self.sides)
 
-        if self.cfg.quantize:
-            m = kernels.ema_signed_(s["m.codes"], s["m.scales"], g, hp.beta1)
-        else:
-            m = s["m"].mul_(hp.beta1).add_(g, alpha=1 - hp.beta1)
+        m = self.mom.ema(s, g, hp.beta1)
         g_rot, m_rot = self.rotate(g, ql, qr), self.rotate(m, ql, qr)
-        if self.cfg.quantize:
-            u_rot = kernels.rotated_adam_(s["v.codes"], s["v.scales"], g_rot, m_rot, hp.beta2, bc1, bc2, hp.eps)
-        else:
-            v = s["v"].mul_(hp.beta2).addcmul_(g_rot, g_rot, value=1 - hp.beta2)
-            u_rot = (m_rot / bc1) / ((v / bc2).sqrt() + hp.eps)
+        u_rot = self.vp.adam(s, g_rot, m_rot, hp.beta2, bc1, bc2, hp.eps)
 
         b2 = hp.beta2
         gsq = g.square()
@@ -442,7 +449,7 @@ class KronGroup(_Group):
             a = g if n == "L" else g.mT  # L = A A^T
             if side.mode == "dense":
                 outer = a @ a.mT
-                if self.cfg.quantize:
+                if self.cfg.q("factors"):
                     seeds = torch.tensor(
                         [_seed(self.specs[i].index, n, self.steps[i]) for i in idx], dtype=torch.int64, device=g.device
                     )
@@ -499,7 +506,7 @@ class KronGroup(_Group):
     # -- refresh --------------------------------------------------------------------------
     def dense_factor(self, i: int, side: Side) -> Tensor:
         n = side.name
-        if self.cfg.quantize:
+        if self.cfg.q("factors"):
             return quant.decode_rows(self.t[f"{n}.fac.codes"][i], self.t[f"{n}.fac.amax"][i])
         return self.t[f"{n}.fac"][i].clone()
 

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .blocks import BlockSpec, split_param
-from .config import GROUP_DEFAULTS, Config, Hyper, validate_group
+from .config import GROUP_DEFAULTS, Config, Hyper, quantize_pieces, validate_group
 from .groups import AdamGroup, KronGroup, make_group
 from .shard.comm import Comm, build_buckets
 from .shard.plan import Plan, make_plan, plan_fingerprint
@@ -45,7 +45,8 @@ class SCAO(torch.optim.Optimizer):
         rank_min, rank_max: clamp for the adaptive rank (``rank_max=None``: no cap).
         rank: ``"adaptive"`` (default) or ``"full"`` — full rank, dense factors on every
             rotated side (with ``quantize=False`` this is plain fp32 SOAP).
-        quantize: int8/uint8 moments and factors, bf16 bases (``False``: fp32 everything).
+        quantize: int8/uint8 moments and factors, bf16 bases (``False``: fp32 everything), or the
+            subset of ``("m", "v", "factors", "bases")`` to store compressed.
         max_precond_dim: sides longer than this are split into blocks.
         min_precond_dim: sides shorter than this are not rotated.
         full_factor_dim: sides longer than this keep a streamed O(d k) sketch, not d x d.
@@ -89,7 +90,7 @@ class SCAO(torch.optim.Optimizer):
         rank_min: int = GROUP_DEFAULTS["rank_min"],
         rank_max: int | None = GROUP_DEFAULTS["rank_max"],
         rank: str = "adaptive",
-        quantize: bool = True,
+        quantize: bool | tuple[str, ...] = True,
         max_precond_dim: int = 4096,
         min_precond_dim: int = 8,
         full_factor_dim: int = 1024,
@@ -118,7 +119,7 @@ class SCAO(torch.optim.Optimizer):
         if max_precond_dim < 1 or min_precond_dim < 1 or oversample < 1:
             raise ValueError("max_precond_dim, min_precond_dim and oversample must be >= 1")
         self.config = Config(
-            quantize=bool(quantize),
+            quantize=quantize_pieces(quantize),
             max_precond_dim=int(max_precond_dim),
             min_precond_dim=int(min_precond_dim),
             full_factor_dim=float(full_factor_dim),
@@ -211,7 +212,7 @@ class SCAO(torch.optim.Optimizer):
             self.comm.world_size,
             rank_max=[h.rank_max for h in hps],
             precond_freq=[h.precond_freq for h in hps],
-            quantize=cfg.quantize,
+            quantize=bool(cfg.quantize),
             stagger=cfg.stagger_refresh,
         )
         self.comm.check_same_plan(plan_fingerprint(specs))
