@@ -55,7 +55,8 @@ def check_kernels() -> dict[str, list[str]]:
 
 
 def check_fallbacks() -> list[str]:
-    """Operands the kernels do not cover go to the twin (still drop-in): bf16 update, per-element bc."""
+    """Operands the kernels do not cover go to the twin (still drop-in): bf16 update, per-element bc;
+    strided in-place operands go through the kernels via contiguous copies."""
     gen = torch.Generator().manual_seed(7)
     errs = []
     c = verify.case_apply((3, 40), "state", gen, CPU)
@@ -64,6 +65,20 @@ def check_fallbacks() -> list[str]:
     c = verify.case_rotated_adam((3, 40), "state", gen, CPU)
     c.kwargs["bc1"] = 0.5 + torch.rand(3, 40, generator=gen)  # not constant along the rows
     errs += verify.run_case(c, triton_ops)
+    # in-place operands that are strided views: written through a contiguous copy and back
+    c = verify.case_adamw((4, 50), "state", gen, CPU)
+    ref = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in c.kwargs.items()}
+    reference.adamw_(**ref)
+    kw = dict(c.kwargs)
+    for k in c.inplace:
+        t = c.kwargs[k]
+        holder = torch.zeros(*t.shape, 2, dtype=t.dtype)
+        holder[..., 1] = t
+        kw[k] = holder[..., 1]  # non-contiguous view with the same values
+        assert not kw[k].is_contiguous()
+    triton_ops.adamw_(**kw)
+    for k in c.inplace:
+        errs += [f"strided adamw_ {e}" for e in verify.compare(k, kw[k], ref[k])]
     return errs
 
 

@@ -77,7 +77,8 @@ def test_kernel_matches_twin(runs, kernel):
     _assert_clean(runs, kernel)
 
 
-def test_uncovered_operands_fall_back_to_twin(runs):
+def test_uncovered_operands_fall_back_and_strided_operands_work(runs):
+    """bf16 updates / per-element bias corrections go to the twin; strided in-place tensors are written back."""
     _assert_clean(runs, "fallbacks")
 
 
