@@ -1,5 +1,6 @@
 """scao_dist.presets: the memory-budget mode's plan bounds what SCAO really holds and allocates (CPU)."""
 
+import json
 import weakref
 
 import pytest
@@ -158,3 +159,61 @@ def test_budget_too_small_is_a_clear_error():
         opt = for_memory_budget(model, budget_gb=0.001, reserve_gb=0, strict=False)
     assert opt.config.grad_release and opt.memory_plan.settings["rank_max"] == LADDER[-1]["rank_max"]
     assert not opt.memory_plan.fits
+
+
+# ------------------------------------------------------- bench/llama16gb.py, the GPU demonstration
+def _bench():
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from bench import llama16gb
+
+    return llama16gb
+
+
+def test_int4_linear_packs_four_bits_and_reconstructs():
+    bench = _bench()
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(128, 48, bias=False).to(torch.bfloat16)
+    q = bench.Int4Linear.from_linear(lin)
+    assert q.weight.dtype == torch.uint8 and q.weight.numel() == 128 * 48 // 2 and not q.weight.requires_grad
+    err = (q.dequantize().float() - lin.weight.float()).abs()
+    step = (q.scale.float() / 2).repeat_interleave(64, dim=1)  # half a code step per element, plus bf16 rounding
+    assert bool((err <= 1.05 * step + 1e-3).all())
+    x = torch.randn(4, 128, dtype=torch.bfloat16)
+    rel = (q(x).float() - lin(x).float()).norm() / lin(x).float().norm()
+    assert rel < 0.1
+
+
+def test_bench_records_an_oom_and_goes_on():
+    bench = _bench()
+
+    def setup():
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+
+    row = bench.run_case("adamw_fp32", setup, lambda step: None, 3, torch.device("cpu"))
+    assert row["status"] == "OOM" and row["steps_done"] == 0 and "out of memory" in row["error"]
+
+
+@pytest.mark.timeout(180)
+def test_llama16gb_tiny_cpu(tmp_path, capsys):
+    """``python -m bench.llama16gb --tiny --cpu``: every case runs, SCAO preconditions, LoRA over int4 stays finite."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    bench = _bench()
+    rows = bench.main(["--tiny", "--cpu", "--steps", "6", "--out", str(tmp_path)])
+    by = {r["case"]: r for r in rows}
+    assert set(by) == set(bench.CASES)
+    assert all(r["status"] == "ok" and r["finite"] and r["steps_done"] == 6 for r in rows), rows
+    for case in ("scao_16gb", "scao_lean", "adamw_bf16"):
+        assert by[case]["loss_last"] < by[case]["loss_first"], case
+    assert by["scao_16gb"]["settings"]["grad_release"] is True
+    assert 0 < by["scao_16gb"]["kron_blocks"] <= by["scao_16gb"]["blocks"]
+    assert by["lora_int4"]["quantized_linears"] == 14 and by["lora_int4"]["kron_blocks"] > 0
+    saved = json.loads((tmp_path / "llama16gb.json").read_text())
+    assert [r["case"] for r in saved["cases"]] == list(bench.CASES)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("| lora_int4 | ok |")  # the Markdown table comes last
