@@ -14,7 +14,7 @@ GROUP_DEFAULTS: dict[str, Any] = dict(
     precond_freq=10,
     spectral_mass=0.99,
     rank_min=8,
-    rank_max=256,
+    rank_max=128,
 )
 """Hyperparameters that may differ between param groups (and that schedulers may change)."""
 

@@ -110,7 +110,14 @@ class Packed:
         return t[self.name].mul_(beta).add_(x, alpha=1 - beta)
 
     def adam(
-        self, t: dict[str, Tensor], g: Tensor, m: Tensor, beta2: float, bc1: Tensor | float, bc2: Tensor | float, eps: float
+        self,
+        t: dict[str, Tensor],
+        g: Tensor,
+        m: Tensor,
+        beta2: float,
+        bc1: Tensor | float,
+        bc2: Tensor | float,
+        eps: float,
     ) -> Tensor:
         """Second moment ``v <- beta2 v + (1 - beta2) g^2``; returns ``(m/bc1) / (sqrt(v/bc2) + eps)``."""
         if self.quantize:
@@ -288,7 +295,7 @@ class KronGroup(_Group):
             if side.mode == "dense":
                 if cfg.q("factors"):
                     self.t[f"{n}.fac.codes"] = torch.zeros(self.B, side.d, side.d, dtype=torch.int8, device=device)
-                    self.t[f"{n}.fac.amax"] = torch.zeros(self.B, side.d, device=device)
+                    self.t[f"{n}.fac.diag"] = torch.zeros(self.B, side.d, device=device)
                 else:
                     self.t[f"{n}.fac"] = torch.zeros(self.B, side.d, side.d, device=device)
                 self.t[f"{n}.q"] = torch.zeros(self.B, side.d, 0, dtype=self.bdt, device=device)
@@ -368,7 +375,7 @@ class KronGroup(_Group):
         u = self._graft(s, u, m, hp, bc1, bc2)
         kernels.apply_update_(w, s.get("ebits"), u, hp.lr, hp.weight_decay)
         self.scatter_params(idx, w)
-        self._update_factors(s, idx, g, hp, self.sides)
+        self._update_factors(s, idx, g, hp, self.sides, ql, qr)
         self.put_back(idx, s, whole)
         return [i for i in idx if (self.steps[i] + self.phase[i]) % hp.precond_freq == 0]
 
@@ -440,20 +447,31 @@ class KronGroup(_Group):
         return u * (target / unorm)[:, None, None]
 
     def _update_factors(
-        self, s: dict[str, Tensor], idx: Sequence[int], g: Tensor, hp: Hyper, sides: Sequence[Side]
+        self,
+        s: dict[str, Tensor],
+        idx: Sequence[int],
+        g: Tensor,
+        hp: Hyper,
+        sides: Sequence[Side],
+        ql: Tensor | None = None,
+        qr: Tensor | None = None,
     ) -> None:
-        """``L <- bs L + (1-bs) G G^T`` (dense) or ``P <- bs P + (1-bs) L_t Qh`` (stream)."""
+        """Dense: ``Q^T L Q <- bs Q^T L Q + (1-bs) (Q^T G)(Q^T G)^T`` in the basis frame (identity
+        before the first basis); stream: ``P <- bs P + (1-bs) L_t Qh``."""
         beta = hp.shampoo_beta
         for side in sides:
             n = side.name
             a = g if n == "L" else g.mT  # L = A A^T
             if side.mode == "dense":
+                q = ql if n == "L" else qr
+                if q is not None:
+                    a = q.mT @ a  # the gradient in the frame the factor is stored in
                 outer = a @ a.mT
                 if self.cfg.q("factors"):
                     seeds = torch.tensor(
                         [_seed(self.specs[i].index, n, self.steps[i]) for i in idx], dtype=torch.int64, device=g.device
                     )
-                    kernels.factor_ema_(s[f"{n}.fac.codes"], s[f"{n}.fac.amax"], outer, beta, seeds)
+                    kernels.factor_ema_corr_(s[f"{n}.fac.codes"], s[f"{n}.fac.diag"], outer, beta, seeds)
                 else:
                     s[f"{n}.fac"].mul_(beta).add_(outer, alpha=1 - beta)
             elif side.mode == "stream":
@@ -486,8 +504,7 @@ class KronGroup(_Group):
             results = []
             for side in self.sides:
                 if side.mode == "dense":
-                    fac = self.dense_factor(i, side)
-                    basis = precond.first_basis_dense(fac, hp.spectral_mass, hp.rank_min, side.rank_cap(hp.rank_max))
+                    basis = precond.first_basis_dense(self.dense_factor(i, side))
                 elif side.mode == "stream":
                     qh0, p0 = probes[side.name]
                     basis = precond.refresh_stream(
@@ -507,15 +524,22 @@ class KronGroup(_Group):
     def dense_factor(self, i: int, side: Side) -> Tensor:
         n = side.name
         if self.cfg.q("factors"):
-            return quant.decode_rows(self.t[f"{n}.fac.codes"][i], self.t[f"{n}.fac.amax"][i])
+            return quant.decode_corr(self.t[f"{n}.fac.codes"][i], self.t[f"{n}.fac.diag"][i])
         return self.t[f"{n}.fac"][i].clone()
+
+    def _store_dense_factor(self, i: int, side: Side, fac: Tensor) -> None:
+        n = side.name
+        if self.cfg.q("factors"):
+            codes, diag = quant.encode_corr(fac, _seed(self.specs[i].index, n, self.steps[i] + 3))
+            self.t[f"{n}.fac.codes"][i].copy_(codes)
+            self.t[f"{n}.fac.diag"][i].copy_(diag)
+        else:
+            self.t[f"{n}.fac"][i].copy_(fac)
 
     def identity_basis(self, side: Side, hp: Hyper, i: int) -> precond.Basis:
         """Fallback when no basis can be computed yet: the first k axes (counted as a failure)."""
-        k = side.rank_cap(hp.rank_max) if side.mode == "stream" else min(side.d, hp.rank_max)
-        if side.mode == "dense" and hp.spectral_mass >= 1.0:
-            k = side.d
-        q = torch.eye(side.d, k, device=self.device)
+        k = side.rank_cap(hp.rank_max) if side.mode == "stream" else side.d
+        q = torch.eye(side.d, k, device=self.device)  # dense: the identity frame the factor is in already
         basis = precond.Basis(q=q, eig=torch.zeros(k, device=self.device))
         if side.mode == "stream":
             basis.probes = precond.complement_probes(q, side.p, _seed(self.specs[i].index, side.name, -1))
@@ -554,11 +578,7 @@ class KronGroup(_Group):
             seed = _seed(self.specs[i].index, side.name, inp["step"] + 2)
             cap = side.rank_cap(hp.rank_max)
             if side.mode == "dense":
-                out.append(
-                    precond.refresh_dense(
-                        inp["fac"], inp["q"], hp.spectral_mass, hp.rank_min, cap, self.cfg.oversample, seed
-                    )
-                )
+                out.append(precond.refresh_dense(inp["fac"], inp["q"]))
             else:
                 out.append(
                     precond.refresh_stream(
@@ -588,6 +608,9 @@ class KronGroup(_Group):
             q = _pad_last(basis.q, side.K).to(self.bdt)
             if side.mode == "dense":
                 self.t[f"{n}.q"][i].copy_(q)
+                if basis.rotation is not None:  # move the stored factor into the new frame
+                    z = basis.rotation
+                    self._store_dense_factor(i, side, z.mT @ self.dense_factor(i, side) @ z)
             else:
                 self.t[f"{n}.qh"][i].copy_(torch.cat([q, basis.probes.to(self.bdt)], dim=1))
                 sk = torch.cat([_pad_last(basis.sketch[:, :k], side.K), basis.sketch[:, k:]], dim=1)

@@ -8,12 +8,14 @@ caller keeps the old basis and counts the failure). The batched per-step math li
 Notation: ``L`` is the EMA factor of one side (``G G^T`` for rows, ``G^T G`` for columns),
 ``Q`` (d x k) its tracked orthonormal eigenvectors, sorted by decreasing eigenvalue.
 
-* **Dense sides** (d <= ``full_factor_dim``) hold ``L`` itself. The first basis is
-  ``torch.linalg.eigh(L)``. At full rank a refresh is SOAP's: sort the columns of ``Q`` by the
-  Rayleigh quotients ``diag(Q^T L Q)``, one power step ``L Q`` and a QR (the second moment is
-  permuted with the sort, not rotated). At truncated rank the power step also acts on ``p``
-  random probe directions from the complement (so the subspace can grow or turn towards new
-  directions), followed by Rayleigh-Ritz on the (k+p)-dim result.
+* **Dense sides** (d <= ``full_factor_dim``) hold the whole factor, in the frame of their
+  current (full) basis: ``Q^T L Q``, nearly diagonal, which is what lets it live in int8 without
+  losing the small eigenvalues (see ``quant.encode_corr``). The first basis is
+  ``torch.linalg.eigh(L)``; a refresh is SOAP's: sort the columns of ``Q`` by the Rayleigh
+  quotients, one power step and a QR (the second moment is permuted with the sort, not
+  rotated). Dense sides keep every eigenvector: their d x d factor costs as much as the basis,
+  and on a small GPT truncating them at 99% of the trace cost 0.12 nats (DESIGN.md section 5's
+  warning, measured: BENCHMARKS.md).
 * **Stream sides** (d > ``full_factor_dim``) never hold ``L``. Between refreshes they keep
   ``P = EMA(L Qh)`` for the fixed tracked basis ``Qh = [Q, Omega]`` (k basis columns plus p
   probes), one extra thin matmul per step, O(d (k+p)) memory. A refresh recovers the top
@@ -22,10 +24,10 @@ Notation: ``L`` is the EMA factor of one side (``G G^T`` for rows, ``G^T G`` for
   Directions (Sketchy, Feinberg et al. 2023) it costs O(d k) memory; unlike FD it needs no SVD
   per step. The part of ``L`` outside ``span(Qh)`` at a refresh is carried as an isotropic
   model ``rho (I - Q Q^T)`` with ``rho`` the untracked trace per dimension.
-* **Adaptive rank**: keep the fewest leading eigenvectors whose eigenvalues hold at least
-  ``spectral_mass`` of ``trace(L)``, clamped to ``[rank_min, rank_max]``. 0.95 is too little
-  (DESIGN.md section 5: SOAP cut at 95% lost most of its edge over AdamW; 99% matched full
-  rank), so the default is 0.99.
+* **Adaptive rank** (stream sides): keep the fewest leading eigenvectors whose eigenvalues
+  hold at least ``spectral_mass`` of ``trace(L)``, clamped to ``[rank_min, rank_max]``. 0.95 is
+  too little (DESIGN.md section 5: SOAP cut at 95% lost most of its edge over AdamW; 99%
+  matched full rank), so the default is 0.99.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class Basis:
     overlap: Tensor | None = None  # other paths: (k_new, k_old) = Q_new^T Q_old
     probes: Tensor | None = None  # stream sides: (d, p) probe directions for the next period
     sketch: Tensor | None = None  # stream sides: (d, k+p) initial P = L_model [Q, probes]
+    rotation: Tensor | None = None  # dense sides: Z = Q_old^T Q_new, moves the stored factor to the new frame
 
 
 def seeded_normal(shape: tuple[int, ...], seed: int, device: torch.device) -> Tensor:
@@ -110,49 +113,36 @@ def complement_probes(q: Tensor, p: int, seed: int) -> Tensor:
 
 
 # --------------------------------------------------------------------------------- dense
-def first_basis_dense(fac: Tensor, spectral_mass: float, rank_min: int, rank_max: int) -> Basis | None:
-    """``eigh`` of the dense factor, truncated by spectral mass. ``None`` if ill-posed."""
+def first_basis_dense(fac: Tensor) -> Basis | None:
+    """``eigh`` of the factor (held in the identity frame before the first basis). ``None`` if ill-posed."""
     total = float(torch.diagonal(fac).sum())
     if not total > 0.0:
-        return None  # all-zero gradient (e.g. LoRA B at init): nothing to learn a basis from
+        return None  # all-zero gradient (e.g. LoRA A while B = 0): nothing to learn a basis from
     out = safe_eigh(fac)
     if out is None:
         return None
     vals, vecs = out
-    k = select_rank(vals, total, spectral_mass, rank_min, rank_max)
-    return Basis(q=vecs[:, :k].contiguous(), eig=vals[:k].clone())
+    return Basis(q=vecs.contiguous(), eig=vals.clone(), rotation=vecs.contiguous())
 
 
-def refresh_dense(
-    fac: Tensor, q: Tensor, spectral_mass: float, rank_min: int, rank_max: int, oversample: int, seed: int
-) -> Basis | None:
-    """One refresh of a dense side from the previous basis ``q`` (d x k)."""
-    d, k = q.shape
-    if not _finite(fac, q):
+def refresh_dense(fac_rot: Tensor, q: Tensor) -> Basis | None:
+    """SOAP's refresh, carried out in the current eigenbasis frame.
+
+    ``fac_rot = Q^T L Q`` is the factor as SCAO stores it (in the frame of the current basis
+    ``Q``). SOAP sorts ``Q``'s columns by their Rayleigh quotients ``diag(Q^T L Q)``, takes one
+    power step ``L Q_sorted`` and a QR. Since ``L Q_sorted = Q fac_rot[:, perm]`` and ``Q`` is
+    orthonormal, that is ``Q_new = Q Z`` with ``Z = qr(fac_rot[:, perm])``: the same basis from a
+    d x d QR of the rotated factor. The factor moves to the new frame as ``Z^T fac_rot Z``.
+    """
+    if not _finite(fac_rot, q):
         return None
-    lq = fac @ q
-    est = (q * lq).sum(0)
-    if k == d:  # SOAP: sort by Rayleigh quotient, one power step, QR
-        perm = torch.argsort(est, descending=True)
-        qn = safe_qr(lq[:, perm])
-        if qn is None:
-            return None
-        return Basis(q=qn, eig=est[perm], perm=perm)
-    total = float(torch.diagonal(fac).sum())
-    if not total > 0.0:
-        return None
-    probes = complement_probes(q, oversample, seed)
-    z = safe_qr(torch.cat([lq, fac @ probes], dim=1))
+    est = torch.diagonal(fac_rot)
+    perm = torch.argsort(est, descending=True)
+    z = safe_qr(fac_rot[:, perm])
     if z is None:
         return None
-    out = safe_eigh(z.T @ fac @ z)  # Rayleigh-Ritz in the power-iterated subspace
-    if out is None:
-        return None
-    vals, w = out
-    qn = z @ w
-    kn = select_rank(vals, total, spectral_mass, rank_min, rank_max)
-    qn = qn[:, :kn].contiguous()
-    return Basis(q=qn, eig=vals[:kn].clone(), overlap=qn.T @ q)
+    eig = (z * (fac_rot @ z)).sum(0)
+    return Basis(q=q @ z, eig=eig, perm=perm, rotation=z)
 
 
 # -------------------------------------------------------------------------------- stream

@@ -161,6 +161,35 @@ def decode_rows(q: Tensor, amax: Tensor) -> Tensor:
     return q.float() * (amax.unsqueeze(-1) * (1.0 / 127.0))
 
 
+def encode_corr(a: Tensor, seed: Tensor | int) -> tuple[Tensor, Tensor]:
+    """Symmetric psd ``(..., d, d)`` -> (int8 correlation codes, fp32 diagonal ``(..., d)``).
+
+    ``C_ij = A_ij / sqrt(A_ii A_jj)`` lies in [-1, 1] and is stored as ``floor(127 C + u)`` with
+    the hash dither ``u`` of :func:`encode_rows`; the diagonal is kept exactly. The error of an
+    entry is below ``sqrt(A_ii A_jj) / 127``: it scales with the two rows it couples, so when
+    ``A`` is held in its own (approximate) eigenbasis, as SCAO holds its factors, the directions
+    with small eigenvalues keep their relative precision instead of drowning in the error of the
+    largest row (which is what a per-row or per-tensor scale does).
+    """
+    d = a.shape[-1]
+    diag = torch.diagonal(a, dim1=-2, dim2=-1).clamp_min(0.0)
+    inv = torch.where(diag > 0, 1.0 / sqrt_rn(torch.where(diag > 0, diag, 1.0)), 0.0)
+    c = a * inv.unsqueeze(-1) * inv.unsqueeze(-2)
+    idx = torch.arange(d * d, device=a.device, dtype=torch.int64).reshape(d, d)
+    seed_t = torch.as_tensor(seed, dtype=torch.int64, device=a.device)
+    seed_t = seed_t.reshape(*seed_t.shape, 1, 1) if seed_t.ndim else seed_t
+    q = torch.floor(c * 127.0 + hash_uniform(idx, seed_t)).clamp_(-127, 127).to(torch.int8)
+    return q, diag
+
+
+def decode_corr(q: Tensor, diag: Tensor) -> Tensor:
+    """Inverse of :func:`encode_corr` (the diagonal comes back exactly)."""
+    r = sqrt_rn(diag)
+    out = q.float() * (1.0 / 127.0) * r.unsqueeze(-1) * r.unsqueeze(-2)
+    torch.diagonal(out, dim1=-2, dim2=-1).copy_(diag)
+    return out
+
+
 # ---------------------------------------------------------------------------- master weights
 def correction_range(bits: int) -> int:
     """Largest code ``R`` of the error-correction bits (127 for int8, 32767 for int16)."""

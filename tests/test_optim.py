@@ -258,11 +258,10 @@ def test_gpt_shapes_fit_the_memory_budget(shape, budget):
     """Everything SCAO holds on the DESIGN.md GPT shapes, bf16 weights, every basis at its rank cap.
 
     Random full-rank gradients make the adaptive rank pick its maximum, so this is the worst case.
-    The 405M shape is checked on one of its layers (bytes per parameter are per layer).
+    The 43M model is checked whole; the 405M shape on one of its layers (its bytes per parameter
+    are per layer: the embeddings are 0.3% of it).
     """
     torch.manual_seed(0)
-    if shape.n_layer == 6:
-        shape = GPTConfig(d_model=768, n_layer=1, n_head=12)  # one layer of the 43M model: same B/param
     model = GPT(shape).to(torch.bfloat16)
     opt = SCAO(model.parameters(), lr=1e-3)
     for p in model.parameters():
