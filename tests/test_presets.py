@@ -1,6 +1,7 @@
 """scao_dist.presets: the memory-budget mode's plan bounds what SCAO really holds and allocates (CPU)."""
 
 import json
+import os
 import weakref
 
 import pytest
@@ -201,8 +202,9 @@ def test_bench_records_an_oom_and_goes_on():
 @pytest.mark.timeout(180)
 def test_llama16gb_tiny_cpu(tmp_path, capsys):
     """``python -m bench.llama16gb --tiny --cpu``: every case runs, SCAO preconditions, LoRA over int4 stays finite."""
-    pytest.importorskip("transformers")
-    pytest.importorskip("peft")
+    if not os.environ.get("CI"):  # CI installs the hf extra: there a missing package is a failure
+        pytest.importorskip("transformers")
+        pytest.importorskip("peft")
     bench = _bench()
     rows = bench.main(["--tiny", "--cpu", "--steps", "6", "--out", str(tmp_path)])
     by = {r["case"]: r for r in rows}
