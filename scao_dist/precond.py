@@ -68,7 +68,7 @@ def select_rank(eig: Tensor, total: float, spectral_mass: float, rank_min: int, 
     if spectral_mass >= 1.0 or total <= 0.0:
         k = n
     else:
-        cum = torch.cumsum(eig.clamp_min(0.0).double(), 0)
+        cum = torch.cumsum(eig.clamp_min(0.0).double().cpu(), 0)
         k = int(torch.searchsorted(cum, torch.tensor([spectral_mass * total], dtype=cum.dtype)).item()) + 1
     return max(min(rank_min, hi), min(k, hi))
 
