@@ -15,11 +15,12 @@ kept fixed; everything else is SCAO's default):
    on one parameter at a time instead of on whole stacks of same-shaped blocks (far smaller
    temporaries). One process, ``optimizer.step()`` after every backward (no accumulation), no
    global-norm clipping. The math is unchanged;
-3. smaller rank caps (``rank_max`` 128, 64, 32): narrower bases, rotated second moments and
-   sketches. This costs some preconditioning quality on the widest layers;
-4. ``full_factor_dim`` 512, 256: sides longer than this keep an O(d k) streamed sketch of their
-   Kronecker factor instead of a dense d x d int8 one. This decides which form each factor takes.
-   Everything stays on the parameters' device: SCAO has no CPU offload.
+3. ``full_factor_dim`` 512, then 256: sides longer than this keep an O(d k) streamed sketch of
+   their Kronecker factor and a rank-capped basis instead of a dense d x d int8 factor with a
+   full d x d basis. This decides which form each factor takes;
+4. smaller rank caps for the streamed sides (``rank_max`` 64, then 32): narrower bases, rotated
+   second moments and sketches. Both 3 and 4 cost some preconditioning quality on the layers
+   they touch. Everything stays on the parameters' device: SCAO has no CPU offload.
 
 What is counted on the device, all of it measured from the optimizer itself rather than guessed:
 
@@ -27,9 +28,11 @@ What is counted on the device, all of it measured from the optimizer itself rath
   make an fp32 master copy unnecessary);
 * gradients: 2 bytes/param, or, with ``grad_release``, the two largest gradients alive at once;
 * optimizer state at its largest: the SCAO is built on the ``meta`` device (no memory), every
-  rotated side is grown to its rank cap (the widest basis the adaptive rank can reach), and
-  :func:`~scao_dist.memory_report` counts the bytes. An in-flight asynchronous refresh adds up to
-  ``2 / precond_freq`` of the bases;
+  rotated side is grown to its widest basis (dense sides: all d eigenvectors; streamed sides: the
+  adaptive rank's cap), and
+  :func:`~scao_dist.memory_report` counts the bytes. Refreshes computed but not swapped in yet
+  (``refresh_lag``) hold fp32 copies: ``PENDING_REFRESH_FACTOR`` times the bases of the blocks that
+  refresh on one step (``2 / precond_freq`` of them, staggered);
 * the step's temporaries: ``TRANSIENT_PER_ELEM`` bytes per element of the largest set of blocks
   stepped in one call (a whole stack of same-shaped blocks, or one parameter with
   ``grad_release``) plus ``TRANSIENT_PER_FACTOR_ELEM`` per element of their dense d x d factors.
@@ -55,16 +58,16 @@ from .state import memory_report
 
 GIB = 2**30
 TRANSIENT_PER_ELEM = 80  # bytes of step temporaries per element stepped in one call (about 20 fp32 copies)
-TRANSIENT_PER_FACTOR_ELEM = 32  # bytes per element of the dense d x d factors of those blocks
+TRANSIENT_PER_FACTOR_ELEM = 64  # bytes per element of the dense d x d factors of those blocks
+PENDING_REFRESH_FACTOR = 4  # a refresh computed but not swapped in yet holds fp32 bases (and frame rotations)
 ADAMW_FP32_BYTES_PER_PARAM = 16  # fp32 weights, fp32 gradients, two fp32 moments (no activations)
 
 LADDER: tuple[dict[str, Any], ...] = (
     {},
     {"grad_release": True},
-    {"grad_release": True, "rank_max": 128},
-    {"grad_release": True, "rank_max": 64},
-    {"grad_release": True, "rank_max": 64, "full_factor_dim": 512},
-    {"grad_release": True, "rank_max": 32, "full_factor_dim": 256},
+    {"grad_release": True, "full_factor_dim": 512},
+    {"grad_release": True, "full_factor_dim": 512, "rank_max": 64},
+    {"grad_release": True, "full_factor_dim": 256, "rank_max": 32},
 )
 """Candidate settings, best first (quality and speed), leanest last."""
 
@@ -86,6 +89,7 @@ class MemoryPlan:
     budget: int = 0
     reserve: int = 0
     state_by_piece: dict[str, int] = field(default_factory=dict)
+    pending: int = 0  # of ``state``: refreshes computed but not yet swapped in
 
     @property
     def total(self) -> int:
@@ -100,7 +104,7 @@ class MemoryPlan:
         rows = [
             ("weights (bf16)", self.weights),
             ("gradients", self.grads),
-            ("optimizer state (at rank cap)", self.state),
+            ("optimizer state (widest bases)", self.state),
             ("step temporaries", self.transient),
             ("reserve (activations, slack)", self.reserve),
             ("total", self.total + self.reserve),
@@ -141,6 +145,14 @@ def _meta_groups(groups: list[dict[str, Any]], dtype: torch.dtype | None) -> lis
     return out
 
 
+def _widest_basis(side: Any, rank_max: int | None) -> int:
+    """The most basis columns a side can reach: dense sides keep every eigenvector (their d x d
+    factor costs a full basis anyway); streamed sides stop at the adaptive rank's cap."""
+    if side.mode == "dense":
+        return side.d
+    return side.rank_cap(rank_max if rank_max is not None else 1 << 30)
+
+
 def _call_sizes(opt: SCAO, grad_release: bool) -> list[tuple[int, int]]:
     """(elements, dense factor elements) of every set of blocks one step call works on."""
     calls: list[tuple[int, int]] = []
@@ -174,17 +186,17 @@ def plan_memory(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         opt = SCAO(metas, **{**settings, "async_refresh": False})
-    bases_before = memory_report(opt).bytes.get("bases", 0)
     for grp in opt.groups:
         cap_max = opt.param_groups[grp.specs[0].group]["rank_max"]
         for side in getattr(grp, "sides", ()):
             if side.rotated:
-                cap = side.rank_cap(cap_max if cap_max is not None else 1 << 30)
-                if cap > side.K:
-                    grp._grow(side, cap)
+                width = _widest_basis(side, cap_max)
+                if width > side.K:
+                    grp._grow(side, width)
     rep = memory_report(opt)
     freq = min(int(g["precond_freq"]) for g in opt.param_groups)
-    pending = 2 * max(rep.bytes.get("bases", 0) - bases_before, 0) // max(freq, 1)
+    share = min(1.0, 2.0 / max(freq, 1)) if opt.config.stagger_refresh else 1.0
+    pending = int(PENDING_REFRESH_FACTOR * rep.bytes.get("bases", 0) * share)
     trained = [p for g in metas for p in g["params"] if p.requires_grad]
     n = sum(p.numel() for p in trained)
     weights = sum(p.numel() * p.element_size() for g in metas for p in g["params"])
@@ -204,6 +216,7 @@ def plan_memory(
         budget=int(budget_gb * GIB),
         reserve=int(reserve_gb * GIB),
         state_by_piece=dict(rep.bytes),
+        pending=pending,
     )
 
 

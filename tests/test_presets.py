@@ -73,9 +73,10 @@ def _batches(n, seed=0):
 def test_plan_bounds_state_and_step_temporaries(settings):
     """After refreshes, memory_report <= the planned state; every step call's live bytes <= the planned temporaries."""
     model = _model()
+    settings = {**settings, "precond_freq": 3}
     plan = plan_memory(model.parameters(), settings)
     assert plan.weights == sum(p.numel() * 2 for p in model.parameters())
-    opt = SCAO(model.parameters(), lr=2e-3, precond_freq=3, async_refresh=False, **settings)
+    opt = SCAO(model.parameters(), lr=2e-3, async_refresh=False, **settings)
     peaks = []
     if settings.get("grad_release"):
         inner = opt._release_one
@@ -102,7 +103,7 @@ def test_plan_bounds_state_and_step_temporaries(settings):
     assert opt.counters["refreshes"] > 0
     real = memory_report(opt).total
     assert real <= plan.state, (real, plan.state)
-    assert real >= 0.5 * plan.state  # the bound is not vacuous
+    assert real >= 0.7 * (plan.state - plan.pending)  # the bound is not vacuous
     assert max(peaks) <= plan.transient, (max(peaks), plan.transient)
     if not settings.get("grad_release"):
         assert plan.grads == plan.weights
