@@ -180,17 +180,22 @@ def test_torchrun_two_ranks_adamw_matches_one_process(tmp_path):
 
 @pytest.mark.timeout(180)
 def test_torchrun_two_ranks_scao_matches_one_process(tmp_path):
-    """SCAO on 2 ranks (grads averaged by SCAO itself, no DDP) == 1 process with 2 micro-steps."""
+    """SCAO on 2 ranks (grads averaged by SCAO itself, no DDP) == 1 process with 2 micro-steps.
+
+    Both runs are subprocesses with one thread each: fp32 full-rank SOAP is chaotic enough that a
+    different matmul reduction order (threads) shows in the weights after a few steps.
+    """
     common = ["--steps", "6", "--eval-every", "6", "--seq-len", "32", "--batch-size", "4", "--max-bytes", "300000",
-              "--eval-batches", "2", "--no-plot", "--no-progress", "--grad-clip", "0",
-              "--scao", "quantize=false"]  # fmt: skip
-    r = _torchrun(tmp_path, 2, *common, "--out", str(tmp_path / "two"))
+              "--no-plot", "--no-progress", "--grad-clip", "0", "--scao", "quantize=false"]  # fmt: skip
+    r = _torchrun(tmp_path, 2, *common, "--eval-batches", "2", "--out", str(tmp_path / "two"))
     assert r.returncode == 0, r.stderr[-3000:]
-    single = T.train(cfg=_cfg(tmp_path, steps=6, eval_every=6, grad_accum=2, eval_batches=4, grad_clip=0.0,
-                              scao={"quantize": False}, out=str(tmp_path / "one")))  # fmt: skip
+    one = [sys.executable, "launch/train.py", *common, "--grad-accum", "2", "--eval-batches", "4",
+           "--out", str(tmp_path / "one")]  # fmt: skip
+    r1 = subprocess.run(one, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=110)
+    assert r1.returncode == 0, r1.stderr[-3000:]
     (w2, ck2), (w1, ck1) = _params(tmp_path / "two"), _params(tmp_path / "one")
-    for k in w1:  # fp32 all-reduce vs. summed micro-steps: rounding, a little amplified by the eigenbases
-        torch.testing.assert_close(w2[k], w1[k], rtol=1e-3, atol=1e-4)
+    for k in w1:  # fp32 all-reduce vs. summed micro-steps: equal up to rounding
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5)
     assert ck2["optimizer"]["state"].keys() == ck1["optimizer"]["state"].keys()  # full state gathered on rank 0
-    rows = T.read_metrics(str(tmp_path / "two"))
-    assert rows[-1]["val_loss"] == pytest.approx(single["last_val"], rel=1e-3)
+    v2, v1 = T.read_metrics(str(tmp_path / "two"))[-1], T.read_metrics(str(tmp_path / "one"))[-1]
+    assert v2["val_loss"] == pytest.approx(v1["val_loss"], rel=1e-4)
