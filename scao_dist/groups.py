@@ -30,6 +30,8 @@ coordinate of ``U`` is an Adam ratio (|U| ~ 1), AdamW's learning rate transfers.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -100,7 +102,7 @@ class Packed:
         t[f"{self.name}.codes"].copy_(c)
         t[f"{self.name}.scales"].copy_(s)
 
-    def keys(self) -> tuple[str, ...]:
+    def names(self) -> tuple[str, ...]:
         return (f"{self.name}.codes", f"{self.name}.scales") if self.quantize else (self.name,)
 
     def ema(self, t: dict[str, Tensor], x: Tensor, beta: float) -> Tensor:
@@ -504,7 +506,8 @@ class KronGroup(_Group):
             results = []
             for side in self.sides:
                 if side.mode == "dense":
-                    basis = precond.first_basis_dense(self.dense_factor(i, side))
+                    fac = {key: self.t[key][i] for key in self._factor_keys(side)}
+                    basis = precond.first_basis_dense(self._decode_factor(side, fac))
                 elif side.mode == "stream":
                     qh0, p0 = probes[side.name]
                     basis = precond.refresh_stream(
@@ -517,25 +520,10 @@ class KronGroup(_Group):
                     basis = self.identity_basis(side, hp, i)
                     self.failures += 1
                 results.append(basis)
-            self.apply_bases(i, results)
+            self.apply_bases(i, Refresh(results, -1, None))
             self.ready[i] = True
 
     # -- refresh --------------------------------------------------------------------------
-    def dense_factor(self, i: int, side: Side) -> Tensor:
-        n = side.name
-        if self.cfg.q("factors"):
-            return quant.decode_corr(self.t[f"{n}.fac.codes"][i], self.t[f"{n}.fac.diag"][i])
-        return self.t[f"{n}.fac"][i].clone()
-
-    def _store_dense_factor(self, i: int, side: Side, fac: Tensor) -> None:
-        n = side.name
-        if self.cfg.q("factors"):
-            codes, diag = quant.encode_corr(fac, _seed(self.specs[i].index, n, self.steps[i] + 3))
-            self.t[f"{n}.fac.codes"][i].copy_(codes)
-            self.t[f"{n}.fac.diag"][i].copy_(diag)
-        else:
-            self.t[f"{n}.fac"][i].copy_(fac)
-
     def identity_basis(self, side: Side, hp: Hyper, i: int) -> precond.Basis:
         """Fallback when no basis can be computed yet: the first k axes (counted as a failure)."""
         k = side.rank_cap(hp.rank_max) if side.mode == "stream" else side.d
@@ -546,46 +534,65 @@ class KronGroup(_Group):
             basis.sketch = torch.zeros(side.d, k + side.p, device=self.device)
         return basis
 
-    def refresh_inputs(self, i: int) -> list[dict | None]:
-        """Snapshot (fp32 copies) of what block ``i``'s refresh needs, one entry per side."""
-        out: list[dict | None] = []
+    def refresh_inputs(self, i: int) -> dict[str, Any]:
+        """Snapshot of what block ``i``'s refresh needs: device copies only (no host sync), so the
+        main thread never waits here; the worker turns them into numbers."""
+        t = self.t
+        snap: dict[str, Any] = {
+            "step": self.steps[i],
+            "ranks": [s.ranks[i] for s in self.sides],
+            "v": {k: t[k][i].clone() for k in self.vp.names()},
+            "fill": torch.stack([t["res_row"][i].mean(), t["g_row"][i].mean()]),
+            "sides": [],
+        }
         for side in self.sides:
-            k = side.ranks[i]
+            n, k = side.name, side.ranks[i]
             if side.mode == "dense":
-                out.append(
-                    dict(
-                        fac=self.dense_factor(i, side), q=self.t[f"{side.name}.q"][i, :, :k].float(), step=self.steps[i]
-                    )
-                )
+                fac = {key: t[key][i].clone() for key in self._factor_keys(side)}
+                snap["sides"].append(dict(fac=fac, q=t[f"{n}.q"][i].clone()))
             elif side.mode == "stream":
-                cols = list(range(k)) + list(range(side.K, side.K + side.p))
-                ix = torch.tensor(cols, device=self.device)
-                qh = self.t[f"{side.name}.qh"][i].index_select(1, ix).float()
-                sk = self.t[f"{side.name}.sketch"][i].index_select(1, ix).float()
-                trace = float(self.t[f"{side.name}.trace"][i])
-                out.append(dict(qh=qh, sketch=sk, trace=trace, k=k, step=self.steps[i]))
+                pick = [slice(0, k), slice(side.K, side.K + side.p)]
+                qh = torch.cat([t[f"{n}.qh"][i][:, sl] for sl in pick], dim=1)
+                sk = torch.cat([t[f"{n}.sketch"][i][:, sl] for sl in pick], dim=1)
+                snap["sides"].append(dict(qh=qh, sketch=sk, trace=t[f"{n}.trace"][i].clone()))
             else:
-                out.append(None)
-        return out
+                snap["sides"].append(None)
+        return snap
 
-    def compute_refresh(self, i: int, inputs: list[dict | None], hp: Hyper) -> list[precond.Basis | None]:
-        """New bases from a snapshot (pure; may run on a worker thread or side stream)."""
-        out: list[precond.Basis | None] = []
-        for side, inp in zip(self.sides, inputs):
+    def _factor_keys(self, side: Side) -> tuple[str, ...]:
+        n = side.name
+        return (f"{n}.fac.codes", f"{n}.fac.diag") if self.cfg.q("factors") else (f"{n}.fac",)
+
+    def _decode_factor(self, side: Side, fac: dict[str, Tensor]) -> Tensor:
+        n = side.name
+        if self.cfg.q("factors"):
+            return quant.decode_corr(fac[f"{n}.fac.codes"], fac[f"{n}.fac.diag"])
+        return fac[f"{n}.fac"].clone()
+
+    def _encode_factor(self, side: Side, fac: Tensor, seed: int) -> dict[str, Tensor]:
+        n = side.name
+        if self.cfg.q("factors"):
+            codes, diag = quant.encode_corr(fac, seed)
+            return {f"{n}.fac.codes": codes, f"{n}.fac.diag": diag}
+        return {f"{n}.fac": fac}
+
+    def compute_refresh(self, i: int, snap: dict[str, Any], hp: Hyper) -> Refresh:
+        """New bases from a snapshot, and the state they imply (pure: runs on a worker thread)."""
+        bases: list[precond.Basis | None] = []
+        for side, inp, k in zip(self.sides, snap["sides"], snap["ranks"]):
             if inp is None:
-                out.append(None)
-                continue
-            seed = _seed(self.specs[i].index, side.name, inp["step"] + 2)
-            cap = side.rank_cap(hp.rank_max)
-            if side.mode == "dense":
-                out.append(precond.refresh_dense(inp["fac"], inp["q"]))
+                bases.append(None)
+            elif side.mode == "dense":
+                bases.append(precond.refresh_dense(self._decode_factor(side, inp["fac"]), inp["q"].float()))
             else:
-                out.append(
+                seed = _seed(self.specs[i].index, side.name, snap["step"] + 2)
+                cap = side.rank_cap(hp.rank_max)
+                bases.append(
                     precond.refresh_stream(
-                        inp["qh"],
-                        inp["sketch"],
-                        inp["trace"],
-                        inp["k"],
+                        inp["qh"].float(),
+                        inp["sketch"].float(),
+                        float(inp["trace"]),
+                        k,
                         hp.spectral_mass,
                         hp.rank_min,
                         cap,
@@ -593,48 +600,56 @@ class KronGroup(_Group):
                         seed,
                     )
                 )
+        return Refresh(bases, snap["step"], self._prepare(i, bases, snap))
+
+    def _prepare(self, i: int, bases: Sequence[precond.Basis | None], snap: dict[str, Any]) -> dict[str, Tensor]:
+        """Block ``i``'s factor and rotated second moment, carried into the new bases."""
+        out: dict[str, Tensor] = {}
+        rl, rr = snap["ranks"]
+        v = self.vp.read(snap["v"], snap["v"][self.vp.names()[0]].shape[-1])[:rl, :rr]
+        fill = float(snap["fill"][0]) or float(snap["fill"][1])
+        for axis, (side, basis, inp) in enumerate(zip(self.sides, bases, snap["sides"])):
+            if basis is None:
+                continue
+            v = precond.transport_second_moment(v, basis, axis, basis.q.shape[1], fill)
+            if side.mode == "dense" and basis.rotation is not None:  # the factor moves to the new frame
+                z = basis.rotation
+                fac = z.mT @ self._decode_factor(side, inp["fac"]) @ z
+                out.update(self._encode_factor(side, fac, _seed(self.specs[i].index, side.name, snap["step"] + 3)))
+        if self.vp.quantize:
+            out["v.codes"], out["v.scales"] = quant.encode_sqrt(v)
+        else:
+            out["v"] = v
         return out
 
-    def apply_bases(self, i: int, bases: Sequence[precond.Basis | None]) -> None:
-        """Swap new bases into block ``i``, carrying its rotated second moment across."""
-        for axis, (side, basis) in enumerate(zip(self.sides, bases)):
+    def apply_bases(self, i: int, refresh: Refresh) -> None:
+        """Swap a refresh into block ``i`` (copies only, unless the block stepped since its snapshot)."""
+        prepared = refresh.prepared
+        if prepared is None or refresh.step != self.steps[i]:  # lag >= 2, or restored from a checkpoint
+            prepared = self._prepare(i, refresh.bases, self.refresh_inputs(i))
+        for side, basis in zip(self.sides, refresh.bases):
             if basis is None:
                 continue
             k = basis.q.shape[1]
             if k > side.K:
                 self._grow(side, k)
-            self._transport_v(i, axis, basis)
             n = side.name
             q = _pad_last(basis.q, side.K).to(self.bdt)
             if side.mode == "dense":
                 self.t[f"{n}.q"][i].copy_(q)
-                if basis.rotation is not None:  # move the stored factor into the new frame
-                    z = basis.rotation
-                    self._store_dense_factor(i, side, z.mT @ self.dense_factor(i, side) @ z)
             else:
                 self.t[f"{n}.qh"][i].copy_(torch.cat([q, basis.probes.to(self.bdt)], dim=1))
                 sk = torch.cat([_pad_last(basis.sketch[:, :k], side.K), basis.sketch[:, k:]], dim=1)
                 self.t[f"{n}.sketch"][i].copy_(sk.to(self.bdt))
             self.t[f"{n}.eig"][i].copy_(_pad_last(basis.eig, side.K))
             side.ranks[i] = k
-
-    def _transport_v(self, i: int, axis: int, basis: precond.Basis) -> None:
-        kl, kr = (s.K for s in self.sides)
-        rl, rr = (s.ranks[i] for s in self.sides)
-        v = self._read_v_block(i, kl, kr)[:rl, :rr]
-        fill = float(self.t["res_row"][i].mean()) or float(self.t["g_row"][i].mean())
-        v = precond.transport_second_moment(v, basis, axis, basis.q.shape[1], fill)
-        full = torch.zeros(kl, kr, device=self.device)
-        full[: v.shape[0], : v.shape[1]] = v
-        self._write_v_block(i, full)
-
-    def _read_v_block(self, i: int, kl: int, kr: int) -> Tensor:
-        sub = {k: v[i : i + 1] for k, v in self.t.items() if k.startswith("v")}
-        return self.vp.read(sub, kr)[0]
-
-    def _write_v_block(self, i: int, x: Tensor) -> None:
-        sub = {k: v[i : i + 1] for k, v in self.t.items() if k.startswith("v")}
-        self.vp.write(sub, x.unsqueeze(0))
+        for key, val in prepared.items():
+            tgt = self.t[key][i]
+            if key.startswith("v"):  # an unpadded block: codes/scales of whole rows, zero-padded
+                tgt.zero_()
+                tgt[: val.shape[0], : val.shape[1]].copy_(val)
+            else:
+                tgt.copy_(val)
 
     def _grow(self, side: Side, k: int) -> None:
         """Widen a side's allocated basis to ``k`` columns (zero columns: no effect on any block)."""
@@ -695,6 +710,15 @@ class KronGroup(_Group):
             side.ranks[i] = int(st[f"{side.name}.rank"])
         self.steps[i] = int(st["step"])
         self.ready[i] = bool(st["ready"])
+
+
+@dataclass
+class Refresh:
+    """A block's new bases, the step of the snapshot they came from, and the state they imply."""
+
+    bases: list[precond.Basis | None]
+    step: int
+    prepared: dict[str, Tensor] | None
 
 
 _RES_FLOOR = 1e-3  # complement second moment >= (this * RMS gradient)^2

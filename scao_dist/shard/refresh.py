@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ..config import Hyper
+from ..groups import Refresh
 from ..precond import Basis
 
 
@@ -36,7 +37,7 @@ class Pending:
     group: Any
     index: int  # block position inside its group
     future: cf.Future | None = None
-    result: list[Basis | None] | None = None
+    result: Any = None  # groups.Refresh
     ready_event: Any = None  # CUDA: the snapshot is written (main stream)
     done_event: Any = None  # CUDA: the result is written (side stream)
 
@@ -56,7 +57,7 @@ class RefreshScheduler:
     def submit(self, grp: Any, i: int, hp: Hyper, step: int) -> None:
         inputs = grp.refresh_inputs(i)
         if self.lag == 0:
-            self._apply(grp, i, inputs, grp.compute_refresh(i, inputs, hp))
+            self._apply(grp, i, grp.compute_refresh(i, inputs, hp))
             return
         item = Pending(due=step + self.lag, group=grp, index=i)
         if not self.async_refresh:
@@ -73,7 +74,7 @@ class RefreshScheduler:
             self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="scao-refresh")
         return self._pool
 
-    def _compute(self, grp: Any, i: int, inputs: list, hp: Hyper, item: Pending) -> list[Basis | None]:
+    def _compute(self, grp: Any, i: int, inputs: dict, hp: Hyper, item: Pending) -> Any:
         device = grp.device
         if device.type != "cuda":
             return grp.compute_refresh(i, inputs, hp)
@@ -101,7 +102,7 @@ class RefreshScheduler:
                 keep.append(item)
         self.pending = keep
 
-    def _result(self, item: Pending) -> list[Basis | None]:
+    def _result(self, item: Pending) -> Any:
         if item.result is None:
             assert item.future is not None
             if not item.future.done():
@@ -115,15 +116,15 @@ class RefreshScheduler:
         return item.result
 
     def _finish(self, item: Pending) -> None:
-        self._apply(item.group, item.index, None, self._result(item))
+        self._apply(item.group, item.index, self._result(item))
 
-    def _apply(self, grp: Any, i: int, inputs: list | None, bases: list[Basis | None]) -> None:
+    def _apply(self, grp: Any, i: int, refresh: Any) -> None:
         counters = self.opt.counters
-        for side, basis in zip(grp.sides, bases):
+        for side, basis in zip(grp.sides, refresh.bases):
             if side.rotated and basis is None:
                 counters["basis_failures"] += 1
         counters["refreshes"] += 1
-        grp.apply_bases(i, bases)
+        grp.apply_bases(i, refresh)
 
     def drain(self) -> None:
         """Finish the computations in flight (results stay pending until their step)."""
@@ -137,7 +138,7 @@ class RefreshScheduler:
         out: dict[int, dict[str, Any]] = {}
         for item in self.pending:
             entry: dict[str, Any] = {"due": torch.tensor(item.due)}
-            for side, basis in zip(item.group.sides, self._result(item)):
+            for side, basis in zip(item.group.sides, self._result(item).bases):
                 if basis is not None:
                     entry[side.name] = {
                         f.name: getattr(basis, f.name) for f in fields(Basis) if getattr(basis, f.name) is not None
@@ -146,8 +147,9 @@ class RefreshScheduler:
         return out
 
     def restore(self, grp: Any, i: int, entry: dict[str, Any]) -> None:
+        """A pending refresh from a checkpoint: its bases; the state they imply is recomputed at the swap."""
         bases = [Basis(**entry[side.name]) if side.name in entry else None for side in grp.sides]
-        self.pending.append(Pending(due=int(entry["due"]), group=grp, index=i, result=bases))
+        self.pending.append(Pending(due=int(entry["due"]), group=grp, index=i, result=Refresh(bases, -1, None)))
 
     def pending_bytes(self) -> dict[str, int]:
         total = sum(t.numel() * t.element_size() for item in self.pending if item.result for t in _tensors(item.result))
@@ -165,6 +167,8 @@ def _tensors(obj: Any) -> list[Tensor]:
         return [obj]
     if isinstance(obj, Basis):
         return [t for f in fields(Basis) if isinstance(t := getattr(obj, f.name), Tensor)]
+    if isinstance(obj, Refresh):
+        return _tensors(obj.bases) + _tensors(obj.prepared or {})
     if isinstance(obj, dict):
         return [t for v in obj.values() for t in _tensors(v)]
     if isinstance(obj, list | tuple):
