@@ -37,14 +37,14 @@ READS = {
     "ema_signed_": ("codes", "scales", "x"),
     "rotated_adam_": ("codes", "scales", "g", "m"),
     "apply_update_": ("w", "rho", "u"),
-    "factor_ema_": ("codes", "amax", "outer", "seed"),
+    "factor_ema_corr_": ("codes", "diag", "outer"),
     "adamw_": ("w", "rho", "g", "m_codes", "m_scales", "v_codes", "v_scales"),
 }
 WRITES = {
     "ema_signed_": ("codes", "scales", "returned"),
     "rotated_adam_": ("codes", "scales", "returned"),
     "apply_update_": ("w", "rho"),
-    "factor_ema_": ("codes", "amax"),
+    "factor_ema_corr_": ("codes", "diag"),
     "adamw_": ("w", "rho", "m_codes", "m_scales", "v_codes", "v_scales"),
 }
 
@@ -67,7 +67,8 @@ def shapes(dry: bool, mb: float) -> list[tuple[str, str, dict[str, Any]]]:
 
     The batch of stacked blocks is chosen so one call moves about ``mb`` MB (bytes per element in
     brackets): moments on (B, 768, 3072) blocks [10.1 / 14.1], apply on the same [10 / 12 / 12],
-    factors (B, 1024, 1024) [6], the 1-D AdamW path as B rows of 768 (many small params) [14.3].
+    factors (B, 768, 768) and (B, 2048, 2048) [6: int8 codes read and written, fp32 outer read; the
+    fp32 diagonal, read and written, adds 8/d], the 1-D AdamW path as B rows of 768 (many small params) [14.3].
     """
     if dry:
         return [
@@ -75,7 +76,7 @@ def shapes(dry: bool, mb: float) -> list[tuple[str, str, dict[str, Any]]]:
             ("rotated_adam_", "bc per block", dict(shape=(2, 5, 70), bc="tensor")),
             ("apply_update_", "bf16+int8", dict(shape=(2, 5, 70), wdtype="bf16", bits=8)),
             ("apply_update_", "fp32", dict(shape=(2, 5, 70), wdtype="fp32", bits=0)),
-            ("factor_ema_", "d=24", dict(batch=2, d=24)),
+            ("factor_ema_corr_", "d=24", dict(batch=2, d=24)),
             ("adamw_", "bf16+int8", dict(shape=(9, 40), wdtype="bf16", bits=8)),
         ]
     blk = 768 * 3072
@@ -91,8 +92,8 @@ def shapes(dry: bool, mb: float) -> list[tuple[str, str, dict[str, Any]]]:
         ("apply_update_", "bf16+int8", dict(shape=(b(10, blk), 768, 3072), wdtype="bf16", bits=8)),
         ("apply_update_", "bf16+int16", dict(shape=(b(12, blk), 768, 3072), wdtype="bf16", bits=16)),
         ("apply_update_", "fp32", dict(shape=(b(12, blk), 768, 3072), wdtype="fp32", bits=0)),
-        ("factor_ema_", "(B,1024,1024)", dict(batch=b(6, 1024 * 1024), d=1024)),
-        ("factor_ema_", "(B,4096,4096)", dict(batch=b(6, 4096 * 4096), d=4096)),
+        ("factor_ema_corr_", "(B,768,768)", dict(batch=b(6, 768 * 768), d=768)),
+        ("factor_ema_corr_", "(B,2048,2048)", dict(batch=b(6, 2048 * 2048), d=2048)),
         ("adamw_", "bf16+int8 (B,768)", dict(shape=(b(14.25, 768), 768), wdtype="bf16", bits=8)),
         ("adamw_", "fp32 (B,768)", dict(shape=(b(16.25, 768), 768), wdtype="fp32", bits=0)),
     ]
@@ -107,13 +108,14 @@ def make_operands(kernel: str, spec: dict[str, Any], device: Any) -> dict[str, A
     def rnd(*s: int) -> torch.Tensor:
         return torch.randn(*s, device=device) * 1e-3
 
-    if kernel == "factor_ema_":
+    if kernel == "factor_ema_corr_":
         B, d = spec["batch"], spec["d"]
         a = torch.randn(B, d, 8, device=device)
-        codes, amax = quant.encode_rows(a @ a.mT, 1)
+        codes, diag = quant.encode_corr(a @ a.mT, 1)
+        a = torch.randn(B, d, 8, device=device)
         outer = a @ a.mT
         seed = torch.arange(B, device=device, dtype=torch.int64)
-        return dict(codes=codes, amax=amax, outer=outer, beta=0.95, seed=seed)
+        return dict(codes=codes, diag=diag, outer=outer, beta=0.95, seed=seed)
     shape = spec["shape"]
     if kernel == "ema_signed_":
         codes, scales = quant.encode_signed(rnd(*shape))
@@ -196,7 +198,12 @@ def sweep_configs(kernel: str) -> list[dict[str, Any]]:
         return [{"adamw.BG": bg, "num_warps": w} for bg in (16, 32, 64) for w in (2, 4, 8)]
     if kernel == "apply_update_":
         return [{"apply.BLOCK": bl, "num_warps": w} for bl in (1024, 2048, 4096) for w in (4, 8)]
-    return [{"factor.TILE": t, "num_warps": w} for t in (2048, 4096, 8192) for w in (4, 8)]
+    return [
+        {"factor.MAX_BJ": bj, "factor.TILE": t, "num_warps": w}
+        for bj in (64, 128, 256)
+        for t in (2048, 4096, 8192)
+        for w in (4, 8)
+    ]
 
 
 def with_config(cfg: dict[str, Any], fn: Callable[[], float]) -> float:
@@ -230,7 +237,7 @@ def verify_on(device: Any, dry: bool) -> dict[str, Any]:
             "ema_signed_": [verify.case_ema((3, 33), m, gen, device) for m in ("state", "overwrite")],
             "rotated_adam_": [verify.case_rotated_adam((3, 33), m, gen, device) for m in ("state", "overwrite")],
             "apply_update_": [verify.case_apply((3, 33), m, gen, device) for m in ("state", "overwrite")],
-            "factor_ema_": [verify.case_factor(2, 19, m, gen, device) for m in ("state", "overwrite")],
+            "factor_ema_corr_": [verify.case_factor((2,), 19, m, gen, device) for m in ("state", "overwrite")],
             "adamw_": [verify.case_adamw((3, 33), m, gen, device) for m in ("state", "overwrite")],
         }
     else:
@@ -240,9 +247,10 @@ def verify_on(device: Any, dry: bool) -> dict[str, Any]:
             cases["rotated_adam_"].append(verify.case_rotated_adam((6, 301, 1001), mode, gen, device))
             cases["apply_update_"].append(verify.case_apply((6, 301, 1001), mode, gen, device))
             cases["apply_update_"].append(verify.case_apply((6, 301, 1001), mode, gen, device, torch.bfloat16, 16))
-            cases["factor_ema_"].append(verify.case_factor(3, 1024, mode, gen, device))
-            cases["factor_ema_"].append(verify.case_factor(1, 4500, mode, gen, device))  # two-sweep rows
+            cases["factor_ema_corr_"].append(verify.case_factor((3,), 1024, mode, gen, device))
+            cases["factor_ema_corr_"].append(verify.case_factor((1,), 2055, mode, gen, device))  # ragged tiles
             cases["adamw_"].append(verify.case_adamw((3001, 767), mode, gen, device, bc=("tensor", "tensor")))
+        cases["factor_ema_corr_"].append(verify.case_factor((3,), 777, "boundary", gen, device))
     t0 = time.perf_counter()
     res = verify.run_cases(cases, triton_ops, log=lambda s: print(f"  verify {s}", flush=True))
     fails = [e for errs in res.values() for e in errs]

@@ -12,15 +12,15 @@ Four codecs, each a pair of pure functions ``encode``/``decode``:
   what keeps an 8-bit second moment from diverging (a linear 4/8-bit ``v`` flushes small entries).
   Bound: ``|sqrt(v) - sqrt(v_hat)| <= s/510``. ``floor_zero=True`` decodes a zero code to half a
   step instead of 0: a coordinate whose ``v`` rounded to zero then cannot divide by ``eps`` alone.
-* :func:`encode_rows` / :func:`decode_rows` — symmetric Kronecker factors ``L`` (d x d). One fp32
-  scale per *row* (``max_j |L_ij|``). Per-row rather than per-tensor because the rows of a
-  gradient covariance differ by orders of magnitude (a rarely-active input row would be flushed
-  to zero under one tensor-wide scale); per-row rather than per-32 because the factor is only
-  read as a whole (``L @ Q``) and d scales are already < 4% of d^2 int8 entries for d >= 128.
-  Rounding is *stochastic* with a counter-based hash (:func:`hash_uniform`) so the EMA
-  ``L <- b L + (1-b) G G^T`` is unbiased: with round-to-nearest an entry smaller than
-  ``0.5/(1-b)`` steps can never leave zero. The hash makes the dither deterministic (resume is
-  bit-exact and no RNG state is saved). Bound: ``|L - L_hat| < max_j|L_ij| / 127`` per row.
+* :func:`encode_corr` / :func:`decode_corr` — symmetric psd Kronecker factors ``L`` (d x d),
+  stored as the int8 correlation ``C_ij = L_ij / sqrt(L_ii L_jj)`` plus the exact fp32 diagonal.
+  The error of an entry scales with the two rows it couples, so rows (or eigen-directions) that
+  differ by orders of magnitude each keep their relative precision (a per-tensor or per-row scale
+  flushes the small ones). Rounding is *stochastic* with a counter-based hash
+  (:func:`hash_uniform`) so the EMA ``L <- b L + (1-b) G G^T`` is unbiased: with round-to-nearest
+  an entry smaller than ``0.5/(1-b)`` steps can never leave zero. The hash makes the dither
+  deterministic (resume is bit-exact and no RNG state is saved). Bound off the diagonal:
+  ``|L - L_hat| <= sqrt(L_ii L_jj) / 127``; the diagonal is exact.
 * :func:`split_master` / :func:`join_master` — bf16 weights with error-correction bits. The fp32
   value ``x`` is stored as ``w = bf16(x)`` plus ``rho = round(R * e / (ulp(w)/2))`` with
   ``e = x - w`` and ``R = 127`` (int8) or ``32767`` (int16). ``x_hat = w + rho ulp(w) / (2R)``,
@@ -139,37 +139,18 @@ def hash_uniform(index: Tensor, seed: Tensor | int) -> Tensor:
     return (x >> 8).to(torch.float32) * (1.0 / 16777216.0)
 
 
-def encode_rows(a: Tensor, seed: Tensor | int) -> tuple[Tensor, Tensor]:
-    """fp32 ``(..., d, d)`` -> (int8 codes, fp32 per-row absmax ``(..., d)``), stochastic rounding.
-
-    ``seed`` is an int or an int64 tensor broadcastable to ``a.shape[:-2]`` (one per batch entry).
-    The dither for element (i, j) of batch entry b is ``hash_uniform(i*d + j, seed_b)``.
-    """
-    d_rows, d_cols = a.shape[-2], a.shape[-1]
-    amax = a.abs().amax(dim=-1)
-    step = torch.where(amax > 0, amax, 1.0).unsqueeze(-1) * (1.0 / 127.0)
-    idx = torch.arange(d_rows * d_cols, device=a.device, dtype=torch.int64).reshape(d_rows, d_cols)
-    seed_t = torch.as_tensor(seed, dtype=torch.int64, device=a.device)
-    seed_t = seed_t.reshape(*seed_t.shape, 1, 1) if seed_t.ndim else seed_t
-    u = hash_uniform(idx, seed_t)
-    q = torch.floor(a / step + u).clamp_(-127, 127).to(torch.int8)
-    return q, amax
-
-
-def decode_rows(q: Tensor, amax: Tensor) -> Tensor:
-    """Inverse of :func:`encode_rows`; returns fp32."""
-    return q.float() * (amax.unsqueeze(-1) * (1.0 / 127.0))
-
-
 def encode_corr(a: Tensor, seed: Tensor | int) -> tuple[Tensor, Tensor]:
     """Symmetric psd ``(..., d, d)`` -> (int8 correlation codes, fp32 diagonal ``(..., d)``).
 
-    ``C_ij = A_ij / sqrt(A_ii A_jj)`` lies in [-1, 1] and is stored as ``floor(127 C + u)`` with
-    the hash dither ``u`` of :func:`encode_rows`; the diagonal is kept exactly. The error of an
-    entry is below ``sqrt(A_ii A_jj) / 127``: it scales with the two rows it couples, so when
-    ``A`` is held in its own (approximate) eigenbasis, as SCAO holds its factors, the directions
-    with small eigenvalues keep their relative precision instead of drowning in the error of the
-    largest row (which is what a per-row or per-tensor scale does).
+    ``C_ij = A_ij / sqrt(A_ii A_jj)`` lies in [-1, 1] and is stored as ``floor(127 C + u)``,
+    clamped to [-127, 127], with the dither ``u = hash_uniform(i*d + j, seed_b)`` for element
+    (i, j) of batch entry b (``seed`` is an int or an int64 tensor broadcastable to
+    ``a.shape[:-2]``); the diagonal ``max(A_ii, 0)`` is kept exactly (a row with a zero diagonal
+    encodes as zeros). The error of an entry is below ``sqrt(A_ii A_jj) / 127``: it scales with
+    the two rows it couples, so when ``A`` is held in its own (approximate) eigenbasis, as SCAO
+    holds its factors, the directions with small eigenvalues keep their relative precision
+    instead of drowning in the error of the largest row (which is what a per-row or per-tensor
+    scale does).
     """
     d = a.shape[-1]
     diag = torch.diagonal(a, dim1=-2, dim2=-1).clamp_min(0.0)

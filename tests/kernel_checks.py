@@ -34,15 +34,16 @@ def check_kernels() -> dict[str, list[str]]:
     """Every kernel vs its twin at small odd shapes; then again with tiny blocks (many programs, ragged tails)."""
     gen = torch.Generator().manual_seed(1234)
     res = verify.run_cases(verify.small_cases(gen, CPU), triton_ops, log=print)
-    saved = moments.BG, adamw.BG, apply.BLOCK, factor.MAX_BD, factor.TILE
-    moments.BG, adamw.BG, apply.BLOCK, factor.MAX_BD, factor.TILE = 2, 4, 64, 32, 64  # factor: 2-sweep rows
+    saved = moments.BG, adamw.BG, apply.BLOCK, factor.MAX_BJ, factor.TILE, factor.DIAG_BLOCK
+    # factor: [4, 16] tiles (not square, so the diagonal crosses tiles off their corners), 16-row diagonal pass
+    moments.BG, adamw.BG, apply.BLOCK, factor.MAX_BJ, factor.TILE, factor.DIAG_BLOCK = 2, 4, 64, 16, 64, 16
     try:
         tiny = {
             "ema_signed_": [verify.case_ema((3, 2, 100), m, gen, CPU) for m in ("state", "overwrite")],
             "rotated_adam_": [verify.case_rotated_adam((3, 2, 100), m, gen, CPU) for m in ("state", "overwrite")],
             "apply_update_": [verify.case_apply((5, 77), m, gen, CPU) for m in ("state", "overwrite")],
-            "factor_ema_": [verify.case_factor(2, 45, m, gen, CPU) for m in ("state", "overwrite")]
-            + [verify.case_factor(3, 64, "state", gen, CPU)],
+            "factor_ema_corr_": [verify.case_factor((3,), 45, m, gen, CPU) for m in ("state", "overwrite")]
+            + [verify.case_factor((1,), 64, "state", gen, CPU), verify.case_factor((2, 2), 33, "state", gen, CPU)],
             "adamw_": [
                 verify.case_adamw((3, 130), m, gen, CPU, bc=("tensor", "tensor")) for m in ("state", "overwrite")
             ],
@@ -50,7 +51,7 @@ def check_kernels() -> dict[str, list[str]]:
         for k, errs in verify.run_cases(tiny, triton_ops, log=print).items():
             res[k] += [f"(tiny blocks) {e}" for e in errs]
     finally:
-        moments.BG, adamw.BG, apply.BLOCK, factor.MAX_BD, factor.TILE = saved
+        moments.BG, adamw.BG, apply.BLOCK, factor.MAX_BJ, factor.TILE, factor.DIAG_BLOCK = saved
     return res
 
 
@@ -64,6 +65,9 @@ def check_fallbacks() -> list[str]:
     errs += verify.run_case(c, triton_ops)
     c = verify.case_rotated_adam((3, 40), "state", gen, CPU)
     c.kwargs["bc1"] = 0.5 + torch.rand(3, 40, generator=gen)  # not constant along the rows
+    errs += verify.run_case(c, triton_ops)
+    c = verify.case_factor((2,), 9, "state", gen, CPU)
+    c.kwargs["outer"] = c.kwargs["outer"].double()  # not fp32
     errs += verify.run_case(c, triton_ops)
     # in-place operands that are strided views: written through a contiguous copy and back
     c = verify.case_adamw((4, 50), "state", gen, CPU)
@@ -79,6 +83,16 @@ def check_fallbacks() -> list[str]:
     triton_ops.adamw_(**kw)
     for k in c.inplace:
         errs += [f"strided adamw_ {e}" for e in verify.compare(k, kw[k], ref[k])]
+    c = verify.case_factor((3,), 21, "state", gen, CPU)
+    ref = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in c.kwargs.items()}
+    reference.factor_ema_corr_(**ref)
+    kw = dict(c.kwargs)
+    kw["codes"] = c.kwargs["codes"].mT.contiguous().mT  # column-major view, same values
+    kw["diag"] = torch.stack([c.kwargs["diag"], c.kwargs["diag"]], dim=-1)[..., 0]
+    assert not kw["codes"].is_contiguous() and not kw["diag"].is_contiguous()
+    triton_ops.factor_ema_corr_(**kw)
+    for k in c.inplace:
+        errs += [f"strided factor_ema_corr_ {e}" for e in verify.compare(k, kw[k], ref[k], exact=k in c.exact)]
     return errs
 
 

@@ -26,6 +26,10 @@ FORBIDDEN = {
     "flush to zero": r"\.ftz",
     "contracted FMA": r"fma\.rn\.f32",
 }
+NO_DIVISION = {"_apply_kernel", "_factor_corr_kernel"}
+"""Kernels without a tensor division (the rest must show IEEE ``div.rn.f32``)."""
+NEEDS_SQRT = {"_factor_diag_kernel"}
+"""Kernels whose square root must show up as IEEE ``sqrt.rn.f32``."""
 TYPES = {
     torch.float32: "*fp32",
     torch.int8: "*i8",
@@ -92,7 +96,8 @@ def main() -> int:
         (moments, "_ema_signed_kernel"),
         (moments, "_rotated_adam_kernel"),
         (apply, "_apply_kernel"),
-        (factor, "_factor_ema_kernel"),
+        (factor, "_factor_diag_kernel"),
+        (factor, "_factor_corr_kernel"),
         (adamw, "_adamw_kernel"),
     }
     for mod, name in kernels:
@@ -102,8 +107,8 @@ def main() -> int:
     for cases in verify.small_cases(gen, cpu).values():
         for c in cases:
             getattr(triton_ops, c.kernel)(**c.kwargs)
-    factor_big = verify.case_factor(1, 4500, "state", gen, cpu)  # the two-sweep variant
-    triton_ops.factor_ema_(**factor_big.kwargs)
+    factor_big = verify.case_factor((1,), 300, "state", gen, cpu)  # full-size [32, 128] tiles
+    triton_ops.factor_ema_corr_(**factor_big.kwargs)
 
     done = set()
     target = GPUTarget("cuda", 90, 32)
@@ -125,8 +130,10 @@ def main() -> int:
             hits = re.findall(pat, ptx)
             if hits:
                 res["compile"].append(f"{label}: {len(hits)} x {what} ({hits[0]}) in the PTX")
-        if not re.search(r"div\.rn\.f32", ptx) and fn.__name__ != "_apply_kernel":
+        if not re.search(r"div\.rn\.f32", ptx) and fn.__name__ not in NO_DIVISION:
             res["compile"].append(f"{label}: expected IEEE div.rn.f32 in the PTX")
+        if not re.search(r"sqrt\.rn\.f32", ptx) and fn.__name__ in NEEDS_SQRT:
+            res["compile"].append(f"{label}: expected IEEE sqrt.rn.f32 in the PTX")
     res["variants"] = [str(len(done))]
     print(f"compiled {len(done)} kernel variants for sm_90")
     with open(args.out, "w") as f:

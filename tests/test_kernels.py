@@ -71,7 +71,7 @@ def _assert_clean(runs, key: str) -> None:
     assert not errs, f"{len(errs)} mismatches:\n" + "\n".join(errs[:30])
 
 
-@pytest.mark.parametrize("kernel", ["ema_signed_", "rotated_adam_", "apply_update_", "factor_ema_", "adamw_"])
+@pytest.mark.parametrize("kernel", ["ema_signed_", "rotated_adam_", "apply_update_", "factor_ema_corr_", "adamw_"])
 def test_kernel_matches_twin(runs, kernel):
     """Bit-exact codes/bits/scales/weights, fp32 within 2-4 ulp, nothing left unwritten."""
     _assert_clean(runs, kernel)
@@ -97,7 +97,7 @@ def test_bench_dry_run(runs):
     assert runs["rc"]["bench"] == 0 and out is not None, runs["logs"]["bench"][-4000:]
     assert out["dry_run"] and out["verify"]["ok"], out["verify"]["failures"]
     kernels = {r["kernel"] for r in out["kernels"]}
-    assert kernels == {"ema_signed_", "rotated_adam_", "apply_update_", "factor_ema_", "adamw_"}
+    assert kernels == {"ema_signed_", "rotated_adam_", "apply_update_", "factor_ema_corr_", "adamw_"}
     for r in out["kernels"]:
         assert r["bytes"] > 0 and r["ms"] > 0 and r["twin_ms"] > 0 and r["gbps"] > 0
     assert out["copy"]["gbps"] > 0 and "| kernel |" in out["markdown"]

@@ -69,22 +69,55 @@ def test_extreme_and_special_values_are_finite():
 
 @settings(max_examples=30, deadline=None)
 @given(d=st.integers(1, 40), mag=mags, seed=st.integers(0, 2**31 - 1))
-def test_rows_roundtrip_bound_and_unbiased(d, mag, seed):
-    a = _rand(d, min(mag, 1e15), seed, rows=d)
-    a = a @ a.T  # symmetric psd, rows of very different sizes
-    q, amax = quant.encode_rows(a, seed)
-    back = quant.decode_rows(q, amax)
+def test_corr_roundtrip_bound_and_exact_diagonal(d, mag, seed):
+    g = torch.Generator().manual_seed(seed)
+    a = _rand(d, min(mag, 1e12), seed, rows=d)
+    a = a * torch.pow(10.0, torch.rand(d, 1, generator=g) * 6 - 3)  # rows of very different sizes
+    a[torch.rand(d, generator=g) < 0.2] = 0.0  # zero rows: zero diagonal
+    a = a @ a.T  # symmetric psd
+    q, diag = quant.encode_corr(a, seed)
+    assert q.dtype == torch.int8 and q.shape == a.shape and diag.dtype == torch.float32 and diag.shape == (d,)
+    back = quant.decode_corr(q, diag)
     assert torch.isfinite(back).all()
-    assert ((back - a).abs() <= amax.unsqueeze(-1) / 127.0 * 1.0001 + 1e-45).all()
+    # the diagonal is kept exactly, and decodes exactly
+    assert torch.equal(diag, torch.diagonal(a).clamp_min(0.0))
+    assert torch.equal(torch.diagonal(back), diag)
+    # off the diagonal: |L - L_hat| <= sqrt(L_ii L_jj) / 127 (fp32 rounding of the decode in the margin)
+    bound = (diag.double()[:, None] * diag.double()[None, :]).sqrt() / 127.0
+    err = (back.double() - a.double()).abs()
+    off = ~torch.eye(d, dtype=torch.bool)
+    assert (err[off] <= bound[off] * 1.0001 + 1e-45).all()
+    # rows with a zero diagonal encode as zeros
+    dead = diag == 0
+    assert (q[dead] == 0).all() and (q[:, dead] == 0).all()
 
 
-def test_rows_dither_is_unbiased_where_round_to_nearest_flushes():
-    """An entry of 0.3 steps is always flushed by rounding to nearest; the dither keeps its mean."""
-    a = torch.zeros(4, 4)
-    a[:, 0] = 127.0  # row max -> step of 1.0
-    a[:, 1] = 0.3
-    means = torch.stack([quant.decode_rows(*quant.encode_rows(a, seed))[:, 1] for seed in range(400)]).mean()
-    assert abs(float(means) - 0.3) < 0.05
+def test_corr_dither_is_unbiased_where_round_to_nearest_flushes():
+    """A correlation of 0.3 steps is always flushed by rounding to nearest; the dither keeps its mean."""
+    x = 0.3 / 127.0
+    a = torch.full((4, 4), x)
+    a.fill_diagonal_(1.0)  # psd (diagonally dominant); C_ij = x
+    off = ~torch.eye(4, dtype=torch.bool)
+    assert (torch.round(a[off] * 127.0) == 0).all()
+    back = torch.stack([quant.decode_corr(*quant.encode_corr(a, seed)) for seed in range(400)])
+    means = back.mean(0)[off]
+    assert abs(float(means.mean()) - x) < 0.03 / 127.0  # 4800 draws: sd 0.007 steps
+    assert float((means - x).abs().max()) < 0.1 / 127.0  # each entry, 400 draws: sd 0.023 steps
+
+
+def test_corr_dither_is_deterministic_per_seed_and_batch_entry():
+    """Same seed -> same codes (no RNG state); batch entry b uses seed_b, as a lone matrix would."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 20, 6, generator=g)
+    a = a @ a.mT
+    seeds = torch.tensor([5, -7, 2**40 + 3])
+    q1, d1 = quant.encode_corr(a, seeds)
+    q2, d2 = quant.encode_corr(a.clone(), seeds.clone())
+    assert torch.equal(q1, q2) and torch.equal(d1, d2)
+    for b in range(3):
+        qb, db = quant.encode_corr(a[b], int(seeds[b]))
+        assert torch.equal(qb, q1[b]) and torch.equal(db, d1[b])
+    assert not torch.equal(quant.encode_corr(a, seeds + 1)[0], q1)  # the dither does depend on the seed
 
 
 def test_hash_uniform_is_deterministic_and_uniform():

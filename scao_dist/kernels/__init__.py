@@ -56,13 +56,8 @@ def apply_update_(w, rho, u, lr, wd):
     return backend(u).apply_update_(w, rho, u, lr, wd)
 
 
-def factor_ema_(codes, amax, outer, beta, seed):
-    return backend(outer).factor_ema_(codes, amax, outer, beta, seed)
-
-
 def factor_ema_corr_(codes, diag, outer, beta, seed):
-    impl = getattr(backend(outer), "factor_ema_corr_", reference.factor_ema_corr_)
-    return impl(codes, diag, outer, beta, seed)
+    return backend(outer).factor_ema_corr_(codes, diag, outer, beta, seed)
 
 
 def adamw_(w, rho, g, m_codes, m_scales, v_codes, v_scales, **hp):

@@ -1,9 +1,21 @@
-"""Fused factor EMA ``factor_ema_``: ``L <- beta L + (1-beta) A`` on a per-row int8 factor.
+"""Fused factor EMA ``factor_ema_corr_``: ``L <- beta L + (1-beta) A`` on an int8 correlation factor.
 
-One program owns ``BR`` whole rows of the stacked (B, d, d) factors (a [BR, BD] tile with
-BD >= d), so the new row absmax and the dithered re-encode happen in registers: codes, amax and
-``A`` are read once, codes and amax written once. Rows longer than :data:`MAX_BD` take two sweeps
-(absmax, then encode), recomputing the row instead of storing it. Twin: :func:`.reference.factor_ema_`.
+The factor is stored as int8 correlation codes ``C`` plus its exact fp32 diagonal (``quant.encode_corr``).
+The new diagonal depends only on the old diagonal and ``A_ii``, and every new code needs
+``1/sqrt`` of the new diagonal at both its row and its column, so the update is two launches,
+each batched over all stacked factors:
+
+1. :func:`_factor_diag_kernel`, one value per row ``b·d + i`` (tiny): ``f_ii = diag_i·beta +
+   A_ii·(1-beta)`` (``decode_corr`` puts the old diagonal back exactly, so the decoded ``L_ii`` is
+   ``diag_i``), the new diagonal ``max(f_ii, 0)`` written in place, and into a (3, B·d) scratch:
+   ``sqrt(diag_i)`` (the decode scale), ``1/sqrt(new diag_i)`` (the encode scale, 0 where the
+   new diagonal is 0) and ``f_ii`` itself (the value the diagonal code is encoded from).
+2. :func:`_factor_corr_kernel`, one [BI, BJ] tile of one factor per program: decode the old code
+   ``((q/127)·r_i)·r_j``, ``f = ·beta + A·(1-beta)`` (``f_ii`` from the scratch on the diagonal),
+   ``c = (f·inv_i)·inv_j``, and store ``clamp(floor(127c + u), ±127)`` with the hash dither
+   ``u = hash(i·d + j, seed_b)``. Codes and ``A`` are read once and the codes written once.
+
+Same fp32 operations in the same order as the twin :func:`.reference.factor_ema_corr_`.
 """
 
 from __future__ import annotations
@@ -13,12 +25,14 @@ import triton
 import triton.language as tl
 
 from . import reference
-from .common import INV127, LAUNCH, rint, writable, write_back
+from .common import INV127, LAUNCH, new_output, rint, writable, write_back
 
-MAX_BD = 4096
-"""Longest row held in one tile."""
+MAX_BJ = 128
+"""Columns per tile (a power of two; fewer when d is smaller)."""
 TILE = 4096
-"""Values per program (BR rows x BD columns)."""
+"""Values per program of the tiled pass (BI rows x BJ columns)."""
+DIAG_BLOCK = 1024
+"""Rows per program of the diagonal pass."""
 
 
 @triton.jit
@@ -34,94 +48,104 @@ def hash_uniform(idx, seed):
 
 
 @triton.jit
-def _row_values(codes_ptr, outer_ptr, base, cols, mask, st, beta, omb):
-    """f = (q · amax/127)·beta + A·(1-beta) on a tile (0 outside the mask)."""
-    q = tl.load(codes_ptr + base + cols, mask=mask, other=0).to(tl.float32)
-    a = tl.load(outer_ptr + base + cols, mask=mask, other=0.0)
-    return tl.where(mask, (q * st) * beta + a * omb, 0.0)
+def _factor_diag_kernel(diag_ptr, outer_ptr, tmp_ptr, d, rows, beta, omb, BLOCK: tl.constexpr):
+    """Per row r = b·d + i: f = diag·beta + A_ii·(1-beta); diag <- max(f, 0) (torch's clamp_min:
+    -0 and NaN kept); tmp[0, r] = sqrt(old diag), tmp[1, r] = 1/sqrt(new diag) (0 for 0), tmp[2, r] = f."""
+    r32 = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = r32 < rows
+    i = r32 - (r32 // d) * d
+    r = r32.to(tl.int64)
+    old = tl.load(diag_ptr + r, mask=mask, other=0.0)
+    a = tl.load(outer_ptr + r * d + i, mask=mask, other=0.0)  # A[b, i, i] at (b·d + i)·d + i
+    f = old * beta + a * omb
+    new = tl.where(f < 0.0, 0.0, f)
+    pos = new > 0.0
+    inv = tl.where(pos, tl.math.div_rn(tl.full([BLOCK], 1.0, tl.float32), tl.sqrt_rn(tl.where(pos, new, 1.0))), 0.0)
+    tl.store(diag_ptr + r, new, mask=mask)
+    tl.store(tmp_ptr + r, tl.sqrt_rn(old), mask=mask)
+    tl.store(tmp_ptr + rows + r, inv, mask=mask)
+    tl.store(tmp_ptr + 2 * rows + r, f, mask=mask)
 
 
 @triton.jit
-def _encode_store(codes_ptr, base, cols, mask, f, step, i, j, d, seed):
-    """q = clamp(floor(f/step + u), ±127), u = hash(i·d + j, seed): the unbiased dithered rounding."""
-    t = tl.math.div_rn(f, step) + hash_uniform(i * d + j, seed)
-    r = rint(t)  # floor(t) = rint(t) - [rint(t) > t]; tl.floor is cvt.rmi.ftz on NVIDIA (-2^-130 -> 0, not -1)
-    q = r - tl.where(r > t, 1.0, 0.0)
-    q = tl.minimum(tl.maximum(q, -127.0), 127.0)
-    tl.store(codes_ptr + base + cols, q.to(tl.int8), mask=mask)
-
-
-@triton.jit
-def _factor_ema_kernel(
-    codes_ptr, amax_ptr, outer_ptr, seed_ptr, d, rows, beta, omb,
-    BR: tl.constexpr, BD: tl.constexpr, NCH: tl.constexpr,
+def _factor_corr_kernel(
+    codes_ptr, outer_ptr, tmp_ptr, seed_ptr, d, rows, nti, ntj, beta, omb,
+    BI: tl.constexpr, BJ: tl.constexpr,
 ):  # fmt: skip
-    r32 = tl.program_id(0) * BR + tl.arange(0, BR)  # global row = b·d + i
-    rmask = r32 < rows
-    b = r32 // d
-    i = (r32 - b * d).to(tl.uint32)[:, None]
-    seed = tl.load(seed_ptr + b, mask=rmask, other=0).to(tl.uint32)[:, None]
-    st = (tl.load(amax_ptr + r32, mask=rmask, other=0.0) * INV127)[:, None]
-    base = (r32.to(tl.int64) * d)[:, None]
-    cols = tl.arange(0, BD)[None, :]
-    if NCH == 1:  # the whole row is in the tile: one pass
-        mask = rmask[:, None] & (cols < d)
-        f = _row_values(codes_ptr, outer_ptr, base, cols, mask, st, beta, omb)
-        amax = tl.max(tl.abs(f), axis=1)
-        step = (tl.where(amax > 0, amax, 1.0) * INV127)[:, None]
-        _encode_store(codes_ptr, base, cols, mask, f, step, i, cols.to(tl.uint32), d, seed)
-    else:  # long rows: absmax sweep, then encode sweep (recomputing f, bit-identical)
-        amax = tl.zeros([BR], dtype=tl.float32)
-        for k in range(NCH):
-            c = cols + k * BD
-            mask = rmask[:, None] & (c < d)
-            f = _row_values(codes_ptr, outer_ptr, base, c, mask, st, beta, omb)
-            amax = tl.maximum(amax, tl.max(tl.abs(f), axis=1))
-        step = (tl.where(amax > 0, amax, 1.0) * INV127)[:, None]
-        for k in range(NCH):
-            c = cols + k * BD
-            mask = rmask[:, None] & (c < d)
-            f = _row_values(codes_ptr, outer_ptr, base, c, mask, st, beta, omb)
-            _encode_store(codes_ptr, base, c, mask, f, step, i, c.to(tl.uint32), d, seed)
-    tl.store(amax_ptr + r32, amax, mask=rmask)
+    """One [BI, BJ] tile (rows ti·BI.., columns tj·BJ..) of factor b: decode, EMA, re-encode the codes."""
+    pid = tl.program_id(0)
+    per = nti * ntj
+    b = pid // per
+    t = pid - b * per
+    ti = t // ntj
+    i = ti * BI + tl.arange(0, BI)
+    j = (t - ti * ntj) * BJ + tl.arange(0, BJ)
+    mi, mj = i < d, j < d
+    ri_off = b.to(tl.int64) * d + i  # row b·d + i of the (B·d) per-row vectors
+    rj_off = b.to(tl.int64) * d + j
+    r_i = tl.load(tmp_ptr + ri_off, mask=mi, other=0.0)[:, None]
+    r_j = tl.load(tmp_ptr + rj_off, mask=mj, other=0.0)[None, :]
+    inv_i = tl.load(tmp_ptr + rows + ri_off, mask=mi, other=0.0)[:, None]
+    inv_j = tl.load(tmp_ptr + rows + rj_off, mask=mj, other=0.0)[None, :]
+    f_ii = tl.load(tmp_ptr + 2 * rows + ri_off, mask=mi, other=0.0)[:, None]
+    seed = tl.load(seed_ptr + b).to(tl.uint32)
+    off = ri_off[:, None] * d + j[None, :]
+    mask = mi[:, None] & mj[None, :]
+    q = tl.load(codes_ptr + off, mask=mask, other=0).to(tl.float32)
+    a = tl.load(outer_ptr + off, mask=mask, other=0.0)
+    f = ((q * INV127) * r_i) * r_j
+    f = f * beta + a * omb
+    f = tl.where(i[:, None] == j[None, :], f_ii, f)  # decode_corr restores the old diagonal exactly
+    c = (f * inv_i) * inv_j
+    u = hash_uniform(i.to(tl.uint32)[:, None] * d + j.to(tl.uint32)[None, :], seed)
+    # floor(t) clamped to ±127 == floor(clamp(t, ±128)) clamped to ±127 for every non-NaN t; the clamp
+    # keeps t inside the exact range of rint. floor(t) = rint(t) - [rint(t) > t]: tl.floor is
+    # cvt.rmi.ftz on NVIDIA (-2^-130 -> 0, not -1)
+    x = tl.minimum(tl.maximum(c * 127.0 + u, -128.0), 128.0)
+    r = rint(x)
+    qn = tl.minimum(tl.maximum(r - tl.where(r > x, 1.0, 0.0), -127.0), 127.0)
+    tl.store(codes_ptr + off, qn.to(tl.int8), mask=mask)
 
 
-def factor_ema_(
-    codes: torch.Tensor, amax: torch.Tensor, outer: torch.Tensor, beta: float, seed: torch.Tensor | int
+def factor_ema_corr_(
+    codes: torch.Tensor, diag: torch.Tensor, outer: torch.Tensor, beta: float, seed: torch.Tensor | int
 ) -> None:
-    """Triton twin of :func:`.reference.factor_ema_` (same signature, in place)."""
+    """Triton twin of :func:`.reference.factor_ema_corr_` (same signature, in place)."""
     ok = (
         outer.dim() >= 2
         and outer.shape[-1] == outer.shape[-2]
         and outer.dtype == torch.float32
         and codes.dtype == torch.int8
-        and amax.dtype == torch.float32
+        and diag.dtype == torch.float32
         and codes.shape == outer.shape
-        and amax.shape == outer.shape[:-1]
-        and codes.device == outer.device == amax.device
+        and diag.shape == outer.shape[:-1]
+        and codes.device == outer.device == diag.device
         and isinstance(beta, float | int)
     )
     lead = tuple(outer.shape[:-2])
-    seeds = torch.as_tensor(seed, dtype=torch.int64, device=outer.device) if ok else None
+    seeds = None
     if ok:
         try:
+            seeds = torch.as_tensor(seed, dtype=torch.int64, device=outer.device)
             seeds = torch.broadcast_to(seeds, lead).reshape(-1).contiguous()
-        except RuntimeError:
+        except (RuntimeError, TypeError):
             ok = False
     if not ok:
-        return reference.factor_ema_(codes, amax, outer, beta, seed)
+        return reference.factor_ema_corr_(codes, diag, outer, beta, seed)
     d = outer.shape[-1]
     rows = outer.numel() // d if d else 0
     if rows == 0:
         return None
-    BD = min(max(triton.next_power_of_2(d), 16), MAX_BD)
-    BR = max(1, TILE // BD)
-    c, a = writable(codes), writable(amax)
-    grid = (triton.cdiv(rows, BR),)
-    _factor_ema_kernel[grid](
-        c, a, outer.contiguous(), seeds, d, rows, float(beta), 1.0 - beta,
-        BR=BR, BD=BD, NCH=triton.cdiv(d, BD), **LAUNCH,
-    )  # fmt: skip
+    c, dg = writable(codes), writable(diag)
+    o = outer.contiguous()
+    tmp = new_output((3, rows), outer.device)
+    beta_f, omb = float(beta), 1.0 - beta
+    _factor_diag_kernel[(triton.cdiv(rows, DIAG_BLOCK),)](dg, o, tmp, d, rows, beta_f, omb, BLOCK=DIAG_BLOCK, **LAUNCH)
+    BJ = min(max(triton.next_power_of_2(d), 16), MAX_BJ)
+    BI = max(1, min(TILE // BJ, triton.next_power_of_2(d)))
+    nti, ntj = triton.cdiv(d, BI), triton.cdiv(d, BJ)
+    grid = ((rows // d) * nti * ntj,)
+    _factor_corr_kernel[grid](c, o, tmp, seeds, d, rows, nti, ntj, beta_f, omb, BI=BI, BJ=BJ, **LAUNCH)
     write_back(codes, c)
-    write_back(amax, a)
+    write_back(diag, dg)
     return None

@@ -15,8 +15,8 @@ The math, per element (``t`` = Adam step, ``bc1 = 1 - b1^t``, ``bc2 = 1 - b2^t``
   the Adam direction ``u = (m/bc1) / (sqrt(v/bc2) + eps)``.
 * :func:`apply_update_`: ``x <- x (1 - lr wd) - lr u`` on bf16 weights + correction bits
   (``x = w + rho ulp(w)/2R``, see ``quant.split_master``), or in place on fp32 weights.
-* :func:`factor_ema_`:   ``L <- b L + (1-b) A`` on a per-row int8 factor, dithered rounding.
-* :func:`factor_ema_corr_`: the same on an int8 correlation + fp32 diagonal factor (what SCAO keeps).
+* :func:`factor_ema_corr_`: ``L <- b L + (1-b) A`` on an int8 correlation + exact fp32 diagonal
+  factor (``quant.encode_corr``, what SCAO keeps), dithered rounding.
 * :func:`adamw_`:        the whole AdamW step of the 1-D path (both moments + apply) in one go.
 """
 
@@ -71,14 +71,6 @@ def apply_update_(w: Tensor, rho: Tensor | None, u: Tensor, lr: float, wd: float
     nw, nr = quant.split_master(x, bits)
     w.copy_(nw)
     rho.copy_(nr)
-
-
-def factor_ema_(codes: Tensor, amax: Tensor, outer: Tensor, beta: float, seed: Tensor | int) -> None:
-    """In-place ``L <- beta L + (1 - beta) outer`` on a per-row int8 factor (B, d, d)."""
-    f = quant.decode_rows(codes, amax) * beta + outer * (1.0 - beta)
-    c, a = quant.encode_rows(f, seed)
-    codes.copy_(c)
-    amax.copy_(a)
 
 
 def factor_ema_corr_(codes: Tensor, diag: Tensor, outer: Tensor, beta: float, seed: Tensor | int) -> None:

@@ -5,6 +5,7 @@ Triton kernel and its plain-torch twin on separate copies, and compares every in
 and the returned tensor:
 
 * integer outputs (codes, correction bits) and bf16 outputs (scales, weights) bit for bit;
+* the fp32 factor diagonal of ``factor_ema_corr_`` bit for bit too (``Case.exact``);
 * fp32 outputs within ``FP32_RTOL`` = 2^-22 relative (4 unit roundoffs, i.e. 2-4 ulp; atol 0).
   The kernels restate the twin's fp32 operations in the same order with IEEE division and square
   root and no FMA, so on the interpreter they agree bit for bit; the margin only covers a backend
@@ -14,8 +15,8 @@ and the returned tensor:
 Two modes per case. ``"state"``: random valid old state (the decode path), its padding lanes
 poisoned. ``"overwrite"``: beta = 0 (and ``lr·wd = 1`` for the apply) so the new state does not
 depend on the old one, and every in-place tensor starts poisoned (int8 codes/bits -128 and int16
-bits -32768, which the encoders never produce; uint8 codes 77; scales, amax and weights 1e30): an
-element a kernel fails to write keeps its poison and mismatches. Returned tensors are NaN-filled
+bits -32768, which the encoders never produce; uint8 codes 77; scales, factor diagonals and
+weights 1e30): an element a kernel fails to write keeps its poison and mismatches. Returned tensors are NaN-filled
 by the kernels (``common.POISON_OUTPUTS``). The one blind spot is a uint8 code that should be 77.
 """
 
@@ -35,7 +36,7 @@ from . import common, reference
 FP32_RTOL = 2.0**-22
 """Relative tolerance of fp32 outputs: 4 x fp32's unit roundoff 2^-24 (2-4 ulp)."""
 
-KERNELS = ("ema_signed_", "rotated_adam_", "apply_update_", "factor_ema_", "adamw_")
+KERNELS = ("ema_signed_", "rotated_adam_", "apply_update_", "factor_ema_corr_", "adamw_")
 
 POISON = {torch.int8: -128, torch.uint8: 77, torch.int16: -32768, torch.bfloat16: 1e30, torch.float32: 1e30}
 
@@ -48,6 +49,8 @@ class Case:
     label: str
     kwargs: dict[str, Any]
     inplace: Sequence[str]
+    exact: Sequence[str] = ()
+    """fp32 in-place tensors compared bit for bit (as their int32 bit patterns) instead of within FP32_RTOL."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -155,27 +158,71 @@ def case_apply(shape, mode, gen, device, wdtype=torch.bfloat16, bits=8) -> Case:
     return Case("apply_update_", label, dict(w=w, rho=rho, u=u, lr=lr, wd=wd), ("w", "rho"))
 
 
-def case_factor(batch, d, mode, gen, device, seed_kind="tensor") -> Case:
-    a = wide((batch, d, 3), gen, device, decades=6.0)
-    a[:, :: max(2, d // 3)] = 0  # exact-zero rows (and columns) of the outer product
-    outer = a @ a.mT
-    if mode == "state":
-        codes = torch.randint(-127, 128, (batch, d, d), generator=gen, dtype=torch.int64).to(torch.int8).to(device)
-        amax = torch.pow(10.0, (torch.rand(batch, d, generator=gen) * 2 - 1) * 8).to(device)
-        dead = (torch.rand(batch, d, generator=gen) < 0.2).to(device)
-        amax.masked_fill_(dead, 0)
-        codes.masked_fill_(dead[..., None], 0)
-        beta = 0.95
-    else:
-        codes = torch.full((batch, d, d), POISON[torch.int8], dtype=torch.int8, device=device)
-        amax = torch.full((batch, d), POISON[torch.float32], device=device)
-        beta = 0.0
+def _psd(lead: Sequence[int], d: int, gen: torch.Generator, device: torch.device, k: int = 5) -> Tensor:
+    """Random psd ``A A^T`` (rank <= k): rows scaled by 10^U(-18, 16) (tiny, subnormal-range and
+    huge entries, all finite), about a quarter of the rows exactly zero (zero diagonal, row and column)."""
+    a = torch.randn(*lead, d, k, generator=gen, dtype=torch.float64)
+    a *= torch.pow(10.0, torch.rand(*lead, d, 1, generator=gen, dtype=torch.float64) * 34 - 18)
+    dead = torch.rand(*lead, d, 1, generator=gen) < 0.25
+    if d > 1:
+        dead[..., 0, :] = True  # at least one zero row besides the random ones
+    a = a.masked_fill(dead, 0.0).float()
+    return (a @ a.mT).to(device)
+
+
+def _boundary_outer(codes: Tensor, diag: Tensor, seed: Tensor | int, gen: torch.Generator) -> Tensor:
+    """An ``outer`` for beta = 1/2 that puts ``127 c + u`` within a few ulps of an integer for every
+    off-diagonal entry (``c`` the new correlation, ``u`` the dither), so the floor of every code is
+    decided by the last bits of the fp32 arithmetic: a kernel that rounds one operation differently
+    from the twin (order, FMA, approximate division/sqrt) changes many codes, not one in 10^5."""
+    lead, d, dev = tuple(codes.shape[:-2]), codes.shape[-1], codes.device
+    dec = quant.decode_corr(codes, diag).double()
+    od = (diag.cpu() * torch.pow(10.0, torch.rand(*lead, d, generator=gen) * 2 - 1)).to(dev)
+    new = (diag * 0.5 + od * 0.5).clamp_min(0.0)  # the twin's f_ii and new diagonal
+    inv = torch.where(new > 0, 1.0 / quant.sqrt_rn(torch.where(new > 0, new, 1.0)), 0.0).double()
+    idx = torch.arange(d * d, device=dev, dtype=torch.int64).reshape(d, d)
+    seed_t = torch.as_tensor(seed, dtype=torch.int64, device=dev)
+    u = quant.hash_uniform(idx, seed_t.reshape(*seed_t.shape, 1, 1) if seed_t.ndim else seed_t).double()
+    k = torch.randint(-100, 101, (*lead, d, d), generator=gen).to(dev).double()
+    scale = inv.unsqueeze(-1) * inv.unsqueeze(-2)
+    f = torch.where(scale > 0, (k - u) / 127.0 / torch.where(scale > 0, scale, 1.0), 0.0)
+    outer = ((f - dec * 0.5) / 0.5).float()
+    torch.diagonal(outer, dim1=-2, dim2=-1).copy_(od)
+    return outer
+
+
+def case_factor(lead, d, mode, gen, device, seed_kind="tensor") -> Case:
+    """``factor_ema_corr_`` on ``(*lead, d, d)``. ``state``: fresh psd ``outer``, random valid codes
+    and a diagonal near ``outer``'s (10^U(-2, 2) times it; some zero where ``outer``'s is not, and
+    the other way round); ``overwrite``: fresh psd ``outer``, beta = 0, codes and diagonal poisoned;
+    ``boundary``: random valid state, beta = 1/2 and an ``outer`` that puts every code on a rounding
+    edge (:func:`_boundary_outer`; not psd)."""
+    lead = tuple(lead)
     if seed_kind == "tensor":
-        seed = torch.randint(-(2**40), 2**40, (batch,), generator=gen, dtype=torch.int64).to(device)
+        seed = torch.randint(-(2**40), 2**40, lead, generator=gen, dtype=torch.int64).to(device)
     else:
         seed = int(torch.randint(0, 2**31, (), generator=gen))
-    return Case("factor_ema_", f"{mode} B={batch} d={d} seed={seed_kind}",
-                dict(codes=codes, amax=amax, outer=outer, beta=beta, seed=seed), ("codes", "amax"))  # fmt: skip
+    outer = _psd(lead, d, gen, device)
+    if mode in ("state", "boundary"):
+        codes = torch.randint(-127, 128, (*lead, d, d), generator=gen, dtype=torch.int64).to(torch.int8).to(device)
+        od = torch.diagonal(outer, dim1=-2, dim2=-1).cpu()
+        if mode == "boundary":
+            od = torch.pow(10.0, torch.rand(*lead, d, generator=gen) * 30 - 15)
+        base = torch.where(od > 0, od, torch.pow(10.0, torch.rand(*lead, d, generator=gen) * 20 - 10))
+        diag = base * torch.pow(10.0, torch.rand(*lead, d, generator=gen) * 4 - 2)
+        dead = torch.rand(*lead, d, generator=gen) < 0.2
+        diag = diag.masked_fill(dead, 0.0).to(device)
+        codes.masked_fill_(dead.to(device)[..., None], 0)
+        beta = 0.95
+        if mode == "boundary":
+            outer, beta = _boundary_outer(codes, diag, seed, gen), 0.5
+    else:
+        codes = torch.full((*lead, d, d), POISON[torch.int8], dtype=torch.int8, device=device)
+        diag = torch.full((*lead, d), POISON[torch.float32], device=device)
+        beta = 0.0
+    return Case("factor_ema_corr_", f"{mode} lead={lead} d={d} seed={seed_kind}",
+                dict(codes=codes, diag=diag, outer=outer, beta=beta, seed=seed), ("codes", "diag"),
+                exact=("diag",))  # fmt: skip
 
 
 def case_adamw(shape, mode, gen, device, wdtype=torch.bfloat16, bits=8, bc=("float", "float")) -> Case:
@@ -195,12 +242,21 @@ def case_adamw(shape, mode, gen, device, wdtype=torch.bfloat16, bits=8, bc=("flo
 
 
 # ------------------------------------------------------------------------------ comparison
-def compare(name: str, got: Tensor | None, want: Tensor | None) -> list[str]:
-    """Mismatch descriptions (empty when equal under the rules in the module docstring)."""
+def compare(name: str, got: Tensor | None, want: Tensor | None, exact: bool = False) -> list[str]:
+    """Mismatch descriptions (empty when equal under the rules in the module docstring; ``exact``:
+    fp32 bit for bit too)."""
     if got is None or want is None:
         return [] if got is None and want is None else [f"{name}: one side is None"]
     if got.shape != want.shape or got.dtype != want.dtype:
         return [f"{name}: shape/dtype {tuple(got.shape)} {got.dtype} vs {tuple(want.shape)} {want.dtype}"]
+    if got.dtype == torch.float32 and exact:
+        bad = got.view(torch.int32) != want.view(torch.int32)
+        if bool(bad.any()):
+            diff = (got - want).abs()[bad]
+            return [f"{name}: {int(bad.sum())}/{got.numel()} fp32 values not bit-identical "
+                    f"(max |diff| {float(diff.nan_to_num(float('inf')).max()):.3e}, nan in kernel output: "
+                    f"{int(got.isnan().sum())})"]  # fmt: skip
+        return []
     if got.dtype == torch.float32:
         diff = (got - want).abs()
         bad = ~(diff <= FP32_RTOL * want.abs()) & ~(got.isnan() & want.isnan()) & (got != want)
@@ -230,14 +286,15 @@ def run_case(case: Case, ops: Any) -> list[str]:
     out_r = getattr(reference, case.kernel)(**kw_r)
     errs = compare("returned", out_k, out_r)
     for name in case.inplace:
-        errs += compare(name, kw_k[name], kw_r[name])
+        errs += compare(name, kw_k[name], kw_r[name], exact=name in case.exact)
     return [f"{case.kernel} [{case.label}] {e}" for e in errs]
 
 
 # ------------------------------------------------------------------------------ suites
 SMALL_ROWS = [(1, 1), (1, 31), (3, 33), (2, 5, 95), (7, 64), (3, 2, 700), (5, 1024)]
 """Odd shapes (sizes not divisible by 32 or by the block sizes; batch 1 and more; 2 and 3 dims)."""
-SMALL_FACTORS = [(1, 1), (1, 17), (3, 40), (2, 100)]
+SMALL_FACTORS = [((1,), 1), ((3,), 1), ((1,), 7), ((3,), 7), ((1,), 33), ((3,), 33), ((1,), 130), ((3,), 130), ((), 9)]
+"""(lead dims, d) of the factor cases: d = 1, odd, not a multiple of the tile; B = 1 and 3; one bare (d, d)."""
 
 
 def small_cases(gen: torch.Generator, device: torch.device) -> dict[str, list[Case]]:
@@ -252,9 +309,12 @@ def small_cases(gen: torch.Generator, device: torch.device) -> dict[str, list[Ca
                 out["apply_update_"].append(case_apply(shape, mode, gen, device, wdtype, bits))
             wdtype, bits = ((torch.bfloat16, 8), (torch.bfloat16, 16), (torch.float32, 0))[i % 3]
             out["adamw_"].append(case_adamw(shape, mode, gen, device, wdtype, bits, bc=bc))
-    for i, (batch, d) in enumerate(SMALL_FACTORS):
+    for i, (lead, d) in enumerate(SMALL_FACTORS):
         for mode in ("state", "overwrite"):
-            out["factor_ema_"].append(case_factor(batch, d, mode, gen, device, ("tensor", "int")[i % 2]))
+            seed_kind = "int" if not lead or i % 3 == 2 else "tensor"
+            out["factor_ema_corr_"].append(case_factor(lead, d, mode, gen, device, seed_kind))
+    for lead, d in (((2,), 64), ((1,), 130)):
+        out["factor_ema_corr_"].append(case_factor(lead, d, "boundary", gen, device))
     out["apply_update_"].append(case_apply((4099,), "state", gen, device))  # 1-D, 2 programs + tail
     return out
 
