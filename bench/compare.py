@@ -86,12 +86,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scao-variant", action="append", default=[], metavar="NAME=JSON",
                    help='extra scao_dist run, e.g. scao_b95=\'{"betas": [0.9, 0.95]}\' (keys "weights": '
                         'bf16|fp32 and "base": scao|scao_soap are understood); repeatable')  # fmt: skip
-    p.add_argument("--opt-kwargs", default=None, help='JSON {name: {kwarg: value}} overriding any optimizer')
+    p.add_argument("--opt-kwargs", default=None, help="JSON {name: {kwarg: value}} overriding any optimizer")
     p.add_argument("--heavyball-compile", default="default", help="heavyball.utils.compile_mode on CUDA ('none': off)")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--eval-batches", type=int, default=8)
-    p.add_argument("--target-loss", type=float, default=None,
-                   help="held-out loss for steps/seconds-to-target (report default: AdamW's best final loss)")
+    p.add_argument(
+        "--target-loss",
+        type=float,
+        default=None,
+        help="held-out loss for steps/seconds-to-target (report default: AdamW's best final loss)",
+    )
     p.add_argument("--timing-skip", type=int, default=10, help="warm-up steps left out of the ms/step statistics")
     p.add_argument("--profile-phases", type=int, default=0, metavar="N",
                    help="after training, N extra steps with scao_dist's step broken into phases and every "

@@ -284,8 +284,24 @@ def render_suite(size: str, steps: int, rs: list[dict[str, Any]], out_dir: Path 
            f"held-out loss {_f(target)} ({target_src}).", ""]  # fmt: skip
 
     md += ["### Headline: each optimizer at its best lr (mean over seeds)", ""]
-    hdr = ["optimizer", "lr", "seeds", *[f"val@{c}" for c in checkpoints], f"val@{steps}", "±", "ms/step",
-           "p99", "ms in step", "state B/param", "weights", "peak GiB", "steps→target", "s→target", "NaN", "status"]
+    hdr = [
+        "optimizer",
+        "lr",
+        "seeds",
+        *[f"val@{c}" for c in checkpoints],
+        f"val@{steps}",
+        "±",
+        "ms/step",
+        "p99",
+        "ms in step",
+        "state B/param",
+        "weights",
+        "peak GiB",
+        "steps→target",
+        "s→target",
+        "NaN",
+        "status",
+    ]
     body = []
     for n in names:
         if n not in rows:
@@ -301,8 +317,18 @@ def render_suite(size: str, steps: int, rs: list[dict[str, Any]], out_dir: Path 
     bp_name = bp["name"] if bp else None
     md += [f"### Ratios (÷ AdamW, ÷ best peer = {label(bp_name) if bp_name else '—'}"
            + (", peak ÷ FlashAdamW" if fl else "") + ")", ""]  # fmt: skip
-    hdr = ["optimizer", "val ÷AdamW", "val ÷peer", "ms/step ÷AdamW", "ms/step ÷peer", "state ÷AdamW",
-           "state ÷peer", "peak ÷AdamW", "peak ÷peer", "peak ÷Flash"]
+    hdr = [
+        "optimizer",
+        "val ÷AdamW",
+        "val ÷peer",
+        "ms/step ÷AdamW",
+        "ms/step ÷peer",
+        "state ÷AdamW",
+        "state ÷peer",
+        "peak ÷AdamW",
+        "peak ÷peer",
+        "peak ÷Flash",
+    ]
     body = []
     for n in names:
         if n not in rows:
@@ -405,10 +431,13 @@ def _phases(rows: dict, brief: bool = False) -> list[str]:
         by_group: dict[str, float] = defaultdict(float)
         for d in ph["phases"].values():
             by_group[d["group"]] += d["device_ms"]
-        md += [f"{label(n)}, lr {_lr(br['lr'])}, {ph['steps']} profiled steps after training ({ph['timer']}); "
-               f"refresh work on the worker thread (async, off the step): {_f(ph.get('refresh_compute_async_ms'), 2)} "
-               f"ms/step. By heading: "
-               + ", ".join(f"{k} {v:.2f}" for k, v in sorted(by_group.items(), key=lambda kv: -kv[1])), ""]
+        md += [
+            f"{label(n)}, lr {_lr(br['lr'])}, {ph['steps']} profiled steps after training ({ph['timer']}); "
+            f"refresh work on the worker thread (async, off the step): {_f(ph.get('refresh_compute_async_ms'), 2)} "
+            f"ms/step. By heading: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in sorted(by_group.items(), key=lambda kv: -kv[1])),
+            "",
+        ]
         if brief:
             continue
         md += [table(["phase", "heading", "device ms", "share", "host ms", "calls/step"], body), ""]
@@ -434,8 +463,16 @@ def _memory(rows: dict, names: list[str]) -> list[str]:
         body.append((n, r, st, params, walk, pieces))
     if not body:
         return []
-    hdr = ["optimizer", "total B/param", "counted by", "in opt.state", "in param_groups", "other attributes",
-           *pieces_seen, "step transient MiB"]
+    hdr = [
+        "optimizer",
+        "total B/param",
+        "counted by",
+        "in opt.state",
+        "in param_groups",
+        "other attributes",
+        *pieces_seen,
+        "step transient MiB",
+    ]
     out = []
     for n, r, st, params, walk, pieces in body:
         out.append([label(n), _f(st.get("total", 0) / params, 3), st.get("source", "—"),
@@ -447,8 +484,10 @@ def _memory(rows: dict, names: list[str]) -> list[str]:
     for n, _r, st, params, *_ in body:
         walk_total, total = st.get("walk_total"), st.get("total")
         if walk_total is not None and total and abs(walk_total - total) > 0.01 * total:
-            notes.append(f"- {label(n)}: the walk over the optimizer's objects finds {walk_total / params:.3f} "
-                         f"B/param, memory_report {total / params:.3f}: one of them misses or double-counts")
+            notes.append(
+                f"- {label(n)}: the walk over the optimizer's objects finds {walk_total / params:.3f} "
+                f"B/param, memory_report {total / params:.3f}: one of them misses or double-counts"
+            )
     for n, r, *_ in body:
         extra = r["best_runs"][0].get("scao_dist") or {}
         if extra.get("ranks"):

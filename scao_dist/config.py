@@ -65,7 +65,7 @@ class Config:
     grad_release: bool = False
     stagger_refresh: bool = True
     refresh_lag: int = 0
-    graft: str = "adafactor"
+    graft: str = "none"
     graft_rms: float = 0.2
 
     def q(self, piece: str) -> bool:

@@ -311,16 +311,16 @@ class KronGroup(_Group):
         self.vp.alloc(self.t, (self.B, kl, kr), device)
 
     # -- bases ----------------------------------------------------------------------------
+    def frame(self, s: dict[str, Tensor], side: Side) -> Tensor | None:
+        """fp32 ``(b, d, d)`` eigenbasis of a dense side: the frame the block's state lives in."""
+        return s[f"{side.name}.q"].float() if side.mode == "dense" else None
+
     def basis(self, s: dict[str, Tensor], side: Side) -> Tensor | None:
-        """fp32 ``(b, d, K)`` basis of a side (``None`` for an un-rotated side)."""
-        if side.mode == "dense":
-            return s[f"{side.name}.q"].float()
-        if side.mode == "stream":
-            return s[f"{side.name}.qh"][..., : side.K].float()
-        return None
+        """fp32 ``(b, d, K)`` truncated basis of a stream side (in original coordinates)."""
+        return s[f"{side.name}.qh"][..., : side.K].float() if side.mode == "stream" else None
 
     def rotate(self, x: Tensor, ql: Tensor | None, qr: Tensor | None) -> Tensor:
-        """``Q_L^T x Q_R``."""
+        """``Q_L^T x Q_R`` (a ``None`` side is the identity)."""
         if ql is not None:
             x = ql.mT @ x
         if qr is not None:
@@ -352,40 +352,81 @@ class KronGroup(_Group):
         return due
 
     def _adam_step(self, idx: Sequence[int], hp: Hyper) -> list[int]:
+        """One step of the blocks ``idx`` (see the module docstring for the math).
+
+        Everything per block lives in the *frame* of its dense sides' eigenbases (``F``, full
+        d x d; the identity for stream and un-rotated sides): ``G_F = F_L^T G F_R``, the first
+        moment, the complement and grafting statistics. The first moment in particular must be:
+        int8 rounding noise of a moment kept in original coordinates lands evenly on all
+        eigen-directions, where Adam divides it by near-zero second moments (on a rank-deficient
+        toy that alone cost most of the progress). Stream sides' truncated bases ``Q`` act inside
+        that frame.
+        """
         g = self.gather(idx, grads=True).float()
         w = self.gather(idx, grads=False)
         s, whole = self.select(idx)
         for i in idx:
             self.steps[i] += 1
         bc1, bc2 = self.bias(idx, hp, 3)
+        fl, fr = (self.frame(s, side) for side in self.sides)
         ql, qr = (self.basis(s, side) for side in self.sides)
 
-        m = self.mom.ema(s, g, hp.beta1)
-        g_rot, m_rot = self.rotate(g, ql, qr), self.rotate(m, ql, qr)
+        gf = self.rotate(g, fl, fr)
+        del g
+        halves = self._stream_halves(s, gf)
+        g_rot = self._core(gf, halves, ql, qr)
+        mf = self.mom.ema(s, gf, hp.beta1)
+        m_rot = self.rotate(mf, ql, qr)
         u_rot = self.vp.adam(s, g_rot, m_rot, hp.beta2, bc1, bc2, hp.eps)
 
         b2 = hp.beta2
-        gsq = g.square()
+        gsq = gf.square()
         s["g_row"].mul_(b2).add_(gsq.mean(-1), alpha=1 - b2)
         s["g_col"].mul_(b2).add_(gsq.mean(-2), alpha=1 - b2)
         del gsq
-        u = self.unrotate(u_rot, ql, qr)
         trunc = self.truncated(idx)
         if any(trunc):
-            mask = torch.tensor(trunc, device=g.device)
-            u = u + self._complement(s, g, m, g_rot, m_rot, ql, qr, hp, bc1, bc2, mask)
-        u = self._graft(s, u, m, hp, bc1, bc2)
-        kernels.apply_update_(w, s.get("ebits"), u, hp.lr, hp.weight_decay)
+            mask = torch.tensor(trunc, device=gf.device)
+            uf = self._with_complement(s, gf, mf, u_rot, g_rot, m_rot, ql, qr, hp, bc1, bc2, mask)
+        else:
+            uf = self.unrotate(u_rot, ql, qr)
+        uf = self._graft(s, uf, mf, hp, bc1, bc2)
+        kernels.apply_update_(w, s.get("ebits"), self.unrotate(uf, fl, fr), hp.lr, hp.weight_decay)
         self.scatter_params(idx, w)
-        self._update_factors(s, idx, g, hp, self.sides, ql, qr)
+        self._update_factors(s, idx, gf, hp, self.sides, halves)
         self.put_back(idx, s, whole)
         return [i for i in idx if (self.steps[i] + self.phase[i]) % hp.precond_freq == 0]
 
-    def _complement(
+    def _stream_halves(self, s: dict[str, Tensor], gf: Tensor) -> dict[str, Tensor]:
+        """``Qh_L^T G_F`` and ``G_F Qh_R`` (tracked bases plus probes) of the stream sides, once:
+        the core rotation and the sketch updates both start from them."""
+        out = {}
+        left, right = self.sides
+        if left.mode == "stream":
+            out["L"] = s["L.qh"].float().mT @ gf
+        if right.mode == "stream":
+            out["R"] = gf @ s["R.qh"].float()
+        return out
+
+    def _core(self, gf: Tensor, halves: dict[str, Tensor], ql: Tensor | None, qr: Tensor | None) -> Tensor:
+        """``Q_L^T G_F Q_R`` from whichever half makes the second product smaller."""
+        kl, kr = (side.K for side in self.sides)
+        if "L" in halves and "R" in halves:
+            if self.n_dim <= self.m_dim:
+                return halves["L"][:, :kl] @ qr
+            return ql.mT @ halves["R"][..., :kr]
+        if "L" in halves:
+            return halves["L"][:, :kl]
+        if "R" in halves:
+            return halves["R"][..., :kr]
+        return gf
+
+    def _with_complement(
         self,
         s: dict[str, Tensor],
         g: Tensor,
         m: Tensor,
+        u_rot: Tensor,
         g_rot: Tensor,
         m_rot: Tensor,
         ql: Tensor | None,
@@ -395,7 +436,7 @@ class KronGroup(_Group):
         bc2: Tensor | float,
         mask: Tensor,
     ) -> Tensor:
-        """Adam on what a truncated basis misses, with a factored second moment.
+        """``Q_L U' Q_R^T`` plus Adam on what a truncated basis misses, with a factored second moment.
 
         ``mask`` (b,) selects the truncated blocks: the others' complement is empty and their
         state and update stay untouched (so a block's math never depends on its group).
@@ -412,41 +453,46 @@ class KronGroup(_Group):
             core = _gram_inverse(ql) @ core
         if qr is not None:
             core = core @ _gram_inverse(qr)
-        back = self.unrotate(core, ql, qr)
-        res_g, res_m = g - back[0], m - back[1]
+        back = self.unrotate(torch.cat([u_rot.unsqueeze(0), core]), ql, qr)  # (3, b, m, n), one pass
+        u, res_g, res_m = back[0], back[1].neg_().add_(g), back[2].neg_().add_(m)
         b2 = hp.beta2
-        row = torch.where(mask[:, None], s["res_row"] * b2 + res_g.square().mean(-1) * (1 - b2), s["res_row"])
-        col = torch.where(mask[:, None], s["res_col"] * b2 + res_g.square().mean(-2) * (1 - b2), s["res_col"])
-        s["res_row"].copy_(row)
-        s["res_col"].copy_(col)
-        vres = torch.maximum(_factored(row, col), (_RES_FLOOR**2) * s["g_row"].mean(-1)[:, None, None])
-        return torch.where(mask[:, None, None], (res_m / bc1) / ((vres / bc2).sqrt() + hp.eps), 0.0)
+        res_g.square_()
+        mcol = mask[:, None]
+        s["res_row"].copy_(torch.where(mcol, s["res_row"] * b2 + res_g.mean(-1) * (1 - b2), s["res_row"]))
+        s["res_col"].copy_(torch.where(mcol, s["res_col"] * b2 + res_g.mean(-2) * (1 - b2), s["res_col"]))
+        row, col = s["res_row"], s["res_col"]
+        floor = (_RES_FLOOR**2) * s["g_row"].mean(-1)
+        denom = torch.mul(row.unsqueeze(-1), (col / row.mean(-1, keepdim=True).clamp_min(1e-30)).unsqueeze(-2))
+        denom = torch.maximum(denom, floor[:, None, None]).div_(bc2).sqrt_().add_(hp.eps)
+        res_m.div_(denom).mul_(mask[:, None, None] / bc1)
+        return u.add_(res_m)
 
     def _graft(
         self, s: dict[str, Tensor], u: Tensor, m: Tensor, hp: Hyper, bc1: Tensor | float, bc2: Tensor | float
     ) -> Tensor:
         """Per-block step size from a simpler optimizer, direction from SOAP.
 
-        In the eigenbasis a low-rank gradient lands on few coordinates, so the raw SOAP update has
-        a far smaller RMS than AdamW's (up to ``sqrt(min(m, n))`` times, as for Muon's
-        orthogonalised update) and AdamW's learning rate would not transfer.
+        In the eigenbasis a low-rank gradient lands on few coordinates, so the raw SOAP update can
+        have a far smaller RMS than AdamW's (up to ``sqrt(min(m, n))`` times, as for Muon's
+        orthogonalised update): on full-batch or nearly deterministic problems AdamW's lr then
+        under-steps. On stochastic LM gradients the raw step did best (tiny GPT, BENCHMARKS.md).
 
-        * ``"adafactor"``: scale ``U`` to the Frobenius norm of an Adafactor-style Adam update
-          ``(M/bc1) / (sqrt(r c^T / mean(r) / bc2) + eps)`` on the same first moment (``r``, ``c``:
-          EMAs of the gradient's row/column mean squares; O(m + n) memory);
+        * ``"norm"``: scale ``U`` to the norm of Adam with one second moment per block,
+          ``||M/bc1|| / sqrt(mean(G^2)/bc2)`` — rotation invariant, so it needs no state outside
+          the block's frame;
         * ``"rms"``: scale ``U`` to a fixed RMS ``graft_rms`` (Muon's ``match_rms_adamw`` uses 0.2);
         * ``"none"``: plain SOAP.
         """
         mode = self.cfg.graft
         if mode == "none":
             return u
-        unorm = u.square().sum((-2, -1)).sqrt().clamp_min(1e-30)
+        unorm = torch.linalg.vector_norm(u, dim=(-2, -1)).clamp_min(1e-30)
         if mode == "rms":
             target = self.cfg.graft_rms * (self.m_dim * self.n_dim) ** 0.5
         else:
-            vf = _factored(s["g_row"], s["g_col"])
-            target = ((m / bc1) / ((vf / bc2).sqrt() + hp.eps)).square().sum((-2, -1)).sqrt()
-        return u * (target / unorm)[:, None, None]
+            gms = s["g_row"].mean(-1).clamp_min(1e-30)  # EMA of the mean squared gradient (frame-invariant)
+            target = torch.linalg.vector_norm(m, dim=(-2, -1)) * (_flat(bc2) / gms).sqrt() / _flat(bc1)
+        return u.mul_((target / unorm)[:, None, None])
 
     def _update_factors(
         self,
@@ -455,19 +501,18 @@ class KronGroup(_Group):
         g: Tensor,
         hp: Hyper,
         sides: Sequence[Side],
-        ql: Tensor | None = None,
-        qr: Tensor | None = None,
+        halves: dict[str, Tensor] | None = None,
     ) -> None:
-        """Dense: ``Q^T L Q <- bs Q^T L Q + (1-bs) (Q^T G)(Q^T G)^T`` in the basis frame (identity
-        before the first basis); stream: ``P <- bs P + (1-bs) L_t Qh``."""
+        """``g`` is the gradient in the block's frame (``G_F``; ``G`` itself before the first basis).
+
+        Dense: ``F^T L F <- bs F^T L F + (1-bs) G_F G_F^T`` (the factor in its own eigenbasis frame;
+        ``F_R`` orthogonal drops out); stream: ``P <- bs P + (1-bs) G_F G_F^T Qh``."""
         beta = hp.shampoo_beta
+        halves = halves or {}
         for side in sides:
             n = side.name
-            a = g if n == "L" else g.mT  # L = A A^T
             if side.mode == "dense":
-                q = ql if n == "L" else qr
-                if q is not None:
-                    a = q.mT @ a  # the gradient in the frame the factor is stored in
+                a = g if n == "L" else g.mT
                 outer = a @ a.mT
                 if self.cfg.q("factors"):
                     seeds = torch.tensor(
@@ -477,10 +522,11 @@ class KronGroup(_Group):
                 else:
                     s[f"{n}.fac"].mul_(beta).add_(outer, alpha=1 - beta)
             elif side.mode == "stream":
-                qh = s[f"{n}.qh"].float()
-                sk = s[f"{n}.sketch"].float().mul_(beta).add_(a @ (a.mT @ qh), alpha=1 - beta)
+                half = halves[n]  # Qh^T G (rows) or G Qh (columns)
+                fresh = g @ half.mT if n == "L" else g.mT @ half
+                sk = s[f"{n}.sketch"].float().mul_(beta).add_(fresh, alpha=1 - beta)
                 s[f"{n}.sketch"].copy_(sk)
-                s[f"{n}.trace"].mul_(beta).add_(a.square().sum((-2, -1)), alpha=1 - beta)
+                s[f"{n}.trace"].mul_(beta).add_(g.square().sum((-2, -1)), alpha=1 - beta)
 
     def _first_step(self, idx: Sequence[int], hp: Hyper) -> None:
         """SOAP's step 1: accumulate the factors and build the first bases; no parameter update."""
@@ -545,6 +591,9 @@ class KronGroup(_Group):
             "fill": torch.stack([t["res_row"][i].mean(), t["g_row"][i].mean()]),
             "sides": [],
         }
+        if any(side.mode == "dense" for side in self.sides):  # frame-coordinate state moves with the frame
+            keys = (*self.mom.names(), "g_row", "g_col", "res_row", "res_col")
+            snap["frame_state"] = {k: t[k][i].clone() for k in keys}
         for side in self.sides:
             n, k = side.name, side.ranks[i]
             if side.mode == "dense":
@@ -608,14 +657,27 @@ class KronGroup(_Group):
         rl, rr = snap["ranks"]
         v = self.vp.read(snap["v"], snap["v"][self.vp.names()[0]].shape[-1])[:rl, :rr]
         fill = float(snap["fill"][0]) or float(snap["fill"][1])
+        frame = snap.get("frame_state")
+        m = self.mom.read(frame, self.n_dim) if frame is not None else None
+        rotated = False
         for axis, (side, basis, inp) in enumerate(zip(self.sides, bases, snap["sides"])):
             if basis is None:
                 continue
             v = precond.transport_second_moment(v, basis, axis, basis.q.shape[1], fill)
-            if side.mode == "dense" and basis.rotation is not None:  # the factor moves to the new frame
+            if side.mode == "dense" and basis.rotation is not None:  # the frame turns by Z on this side
                 z = basis.rotation
                 fac = z.mT @ self._decode_factor(side, inp["fac"]) @ z
                 out.update(self._encode_factor(side, fac, _seed(self.specs[i].index, side.name, snap["step"] + 3)))
+                m = z.mT @ m if side.name == "L" else m @ z
+                w2 = (z * z).mT  # diagonal second moments move by squared overlaps (a permutation for SOAP)
+                for key in ("g_row", "res_row") if side.name == "L" else ("g_col", "res_col"):
+                    out[key] = w2 @ frame[key]
+                rotated = True
+        if rotated:
+            held: dict[str, Tensor] = {}
+            self.mom.alloc(held, (self.m_dim, self.n_dim), m.device)
+            self.mom.write(held, m)
+            out.update(held)
         if self.vp.quantize:
             out["v.codes"], out["v.scales"] = quant.encode_sqrt(v)
         else:
@@ -727,6 +789,11 @@ _RES_FLOOR = 1e-3  # complement second moment >= (this * RMS gradient)^2
 def _factored(row: Tensor, col: Tensor) -> Tensor:
     """Adafactor's rank-1 second moment ``r_i c_j / mean(r)`` from row/column mean squares."""
     return row.unsqueeze(-1) * col.unsqueeze(-2) / row.mean(-1).clamp_min(1e-30)[:, None, None]
+
+
+def _flat(bc: Tensor | float) -> Tensor | float:
+    """(b, 1, 1) bias correction -> (b,)."""
+    return bc.reshape(-1) if isinstance(bc, Tensor) else bc
 
 
 def _gram_inverse(q: Tensor) -> Tensor:

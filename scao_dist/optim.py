@@ -55,9 +55,10 @@ class SCAO(torch.optim.Optimizer):
         grad_release: update each parameter from its post-accumulate-grad hook and free its
             gradient right away (single process; no gradient accumulation; see README).
         stagger_refresh: spread the blocks' refreshes over the ``precond_freq`` steps.
-        graft: per-block step size — ``"adafactor"`` (default: the norm of a factored-Adam update
-            on the same momentum, so AdamW's lr transfers), ``"rms"`` (fixed RMS ``graft_rms``,
-            as Muon's ``match_rms_adamw``) or ``"none"`` (plain SOAP).
+        graft: per-block step size — ``"none"`` (default: SOAP's own Adam-in-eigenbasis step,
+            best on stochastic LM gradients), ``"norm"`` (the norm of Adam with one second moment
+            per block: lr transfers from AdamW on full-batch / low-noise problems too), ``"rms"``
+            (fixed RMS ``graft_rms``, as Muon's ``match_rms_adamw``).
         refresh_lag: when a refresh computed at the end of step ``t`` is swapped in: 0 inside
             step ``t`` (synchronous); 1 (default) at the start of step ``t + 1`` — the same math
             as 0, computed on a worker thread / side stream while the next forward/backward runs;
@@ -100,7 +101,7 @@ class SCAO(torch.optim.Optimizer):
         stagger_refresh: bool = True,
         refresh_lag: int = 1,
         async_refresh: bool = True,
-        graft: str = "adafactor",
+        graft: str = "none",
         graft_rms: float = 0.2,
         process_group: Any = None,
         grad_sync: str = "scao",
@@ -112,8 +113,8 @@ class SCAO(torch.optim.Optimizer):
             raise ValueError(f"rank must be 'adaptive' or 'full', got {rank!r}")
         if rank == "full":
             spectral_mass, rank_max, full_factor_dim = 1.0, None, math.inf
-        if graft not in ("adafactor", "rms", "none"):
-            raise ValueError(f"graft must be 'adafactor', 'rms' or 'none', got {graft!r}")
+        if graft not in ("norm", "rms", "none"):
+            raise ValueError(f"graft must be 'norm', 'rms' or 'none', got {graft!r}")
         if refresh_lag < 0:
             raise ValueError(f"refresh_lag must be >= 0, got {refresh_lag}")
         if max_precond_dim < 1 or min_precond_dim < 1 or oversample < 1:
