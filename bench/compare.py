@@ -107,6 +107,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-corpus-bytes", type=int, default=None, help="read at most this much of the stdlib")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    p.add_argument("--no-tf32", action="store_true",
+                   help="full-fp32 matmuls (default: TF32 for every optimizer, as training scripts set)")  # fmt: skip
     p.add_argument("--skip-existing", action="store_true", help="keep finished runs already in --out")
     p.add_argument("--no-report", action="store_true", help="write the run JSONs only")
     p.add_argument("--dry-run", action="store_true", help="print the plan and estimate, run nothing")
@@ -522,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":  # the same for every optimizer; only fp32 matmuls are affected
+        torch.backends.cuda.matmul.allow_tf32 = not args.no_tf32
     variants = parse_variants(args.scao_variant)
     overrides = json.loads(args.opt_kwargs) if args.opt_kwargs else {}
     if args.scao_kwargs:
