@@ -304,8 +304,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib * GIB / total), device)
         cap = args.cap_gib
-    else:
-        torch.set_flush_denormal(True)
     train, _ = stdlib_corpus(max_bytes=4_000_000 if args.tiny else 40_000_000)
     corpus = ByteCorpus(train, args.seq_len, 1, seed=0)
 
@@ -344,4 +342,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
+    if not torch.cuda.is_available():  # process-wide, so only when run as a script (slow denormals on CPU)
+        torch.set_flush_denormal(True)
     main()

@@ -386,7 +386,7 @@ class KronGroup(_Group):
         del gsq
         trunc = self.truncated(idx)
         if any(trunc):
-            mask = torch.tensor(trunc, device=gf.device)
+            mask = self._device_list(tuple(trunc), torch.bool)
             uf = self._with_complement(s, gf, mf, u_rot, g_rot, m_rot, ql, qr, hp, bc1, bc2, mask)
         else:
             uf = self.unrotate(u_rot, ql, qr)
@@ -396,6 +396,24 @@ class KronGroup(_Group):
         self._update_factors(s, idx, gf, hp, self.sides, halves)
         self.put_back(idx, s, whole)
         return [i for i in idx if (self.steps[i] + self.phase[i]) % hp.precond_freq == 0]
+
+    def _device_list(self, values: tuple, dtype: torch.dtype) -> Tensor:
+        """A small constant as a device tensor, cached (no host-to-device copy on most steps)."""
+        cache = self.__dict__.setdefault("_consts", {})
+        key = (values, dtype)
+        if key not in cache:
+            if len(cache) > 64:
+                cache.clear()
+            cache[key] = torch.tensor(values, dtype=dtype, device=self.device)
+        return cache[key]
+
+    def _seeds(self, idx: Sequence[int], side: str) -> Tensor:
+        """``_seed(block, side, step)`` for the blocks ``idx`` as a device tensor (dither seeds)."""
+        base = self._device_list(tuple(_seed(self.specs[i].index, side, 0) for i in idx), torch.int64)
+        steps = [self.steps[i] for i in idx]
+        if all(t == steps[0] for t in steps):
+            return base + steps[0] * _SEED_STEP
+        return base + self._device_list(tuple(steps), torch.int64) * _SEED_STEP
 
     def _stream_halves(self, s: dict[str, Tensor], gf: Tensor) -> dict[str, Tensor]:
         """``Qh_L^T G_F`` and ``G_F Qh_R`` (tracked bases plus probes) of the stream sides, once:
@@ -515,9 +533,7 @@ class KronGroup(_Group):
                 a = g if n == "L" else g.mT
                 outer = a @ a.mT
                 if self.cfg.q("factors"):
-                    seeds = torch.tensor(
-                        [_seed(self.specs[i].index, n, self.steps[i]) for i in idx], dtype=torch.int64, device=g.device
-                    )
+                    seeds = self._seeds(idx, n)
                     kernels.factor_ema_corr_(s[f"{n}.fac.codes"], s[f"{n}.fac.diag"], outer, beta, seeds)
                 else:
                     s[f"{n}.fac"].mul_(beta).add_(outer, alpha=1 - beta)
@@ -804,9 +820,12 @@ def _gram_inverse(q: Tensor) -> Tensor:
     return eye - e + e @ e
 
 
+_SEED_STEP = 7919
+
+
 def _seed(block: int, side: str, step: int) -> int:
     """Deterministic seed for (block, side, step): dither and random probes replay on resume."""
-    return (block * 2 + (side == "R")) * 1_000_003 + step * 7919 + 12345
+    return (block * 2 + (side == "R")) * 1_000_003 + step * _SEED_STEP + 12345
 
 
 def make_group(specs, params, cfg, device):

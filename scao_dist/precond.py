@@ -147,24 +147,33 @@ def refresh_dense(fac_rot: Tensor, q: Tensor) -> Basis | None:
 
 # -------------------------------------------------------------------------------- stream
 def nystrom(qh: Tensor, p: Tensor) -> tuple[Tensor, Tensor] | None:
-    """Top eigenpairs of psd ``L`` from ``P = L Qh`` (Qh orthonormal d x s). Descending."""
+    """Top eigenpairs of psd ``L`` from ``P = L Qh`` (Qh orthonormal d x s). Descending.
+
+    ``F = (P + nu Qh) C^-T`` with ``C C^T = Qh^T (P + nu Qh)`` gives ``L ~ F F^T``; its eigenpairs
+    come from the s x s Gram ``F^T F = V S^2 V^T`` (``U = F V / S``), in float64, instead of an SVD
+    of the tall ``F`` (slow on GPUs). Directions with ``S`` at rounding level get zero columns.
+    """
     if not _finite(qh, p):
         return None
-    nu = float(torch.finfo(torch.float32).eps * qh.shape[0] ** 0.5 * torch.linalg.matrix_norm(p, ord=2))
+    y = p.double()
+    nu = float(torch.finfo(torch.float32).eps * qh.shape[0] ** 0.5 * torch.linalg.vector_norm(y))
     if not nu > 0.0:
         return None
-    y = p + nu * qh
-    b = qh.T @ y
-    b = 0.5 * (b + b.T)
-    c, info = torch.linalg.cholesky_ex(b.double())
+    y = y + nu * qh.double()
+    b = qh.double().T @ y
+    c, info = torch.linalg.cholesky_ex(0.5 * (b + b.T))
     if int(info) != 0:
         return None
-    f = torch.linalg.solve_triangular(c, y.double().T, upper=False).T  # y C^{-T}
-    try:
-        u, s, _ = torch.linalg.svd(f, full_matrices=False)
-    except RuntimeError:
+    f = torch.linalg.solve_triangular(c, y.T, upper=False).T  # y C^{-T}
+    out = safe_eigh(f.T @ f)
+    if out is None:
         return None
-    vals = (s * s - nu).clamp_min(0.0).float()
+    s2, v = out  # descending; safe_eigh returns float32: redo the product in float64
+    s2 = s2.double().clamp_min(0.0)
+    sig = s2.sqrt()
+    keep = sig > sig[0] * 1e-7
+    u = (f @ v.double()) * torch.where(keep, 1.0 / torch.where(keep, sig, 1.0), 0.0)
+    vals = (s2 - nu).clamp_min(0.0).float()
     u = u.float()
     return (vals, u) if _finite(vals, u) else None
 
