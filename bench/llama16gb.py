@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     cap = None
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib * GIB / total), device)
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib * GIB / total), torch.cuda.current_device())
         cap = args.cap_gib
     train, _ = stdlib_corpus(max_bytes=4_000_000 if args.tiny else 40_000_000)
     corpus = ByteCorpus(train, args.seq_len, 1, seed=0)
