@@ -7,7 +7,7 @@ from typing import Any
 
 GROUP_DEFAULTS: dict[str, Any] = dict(
     lr=1e-3,
-    betas=(0.9, 0.999),
+    betas=(0.9, 0.95),
     eps=1e-8,
     weight_decay=1e-2,
     shampoo_beta=0.95,
