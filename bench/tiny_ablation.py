@@ -1,0 +1,59 @@
+"""Quality ablations of scao_dist's design on a tiny byte-level GPT, on the CPU (no timings).
+
+    python -m bench.tiny_ablation                       # every variant below
+    python -m bench.tiny_ablation adamw shipped fp32    # a subset
+
+d=128, 2 layers, 4 heads, seq 128, batch 16, 400 steps, warmup 30 then cosine to 10%, lr 3e-3
+(AdamW's best of 1e-3, 3e-3, 1e-2 on this setup), held-out loss on 4 fixed batches. One thread,
+so a run takes about a minute on a laptop core. Results: BENCHMARKS.md section 5.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import torch
+
+from scao_dist import SCAO
+from scao_dist.demo import GPT, ByteCorpus, GPTConfig, stdlib_corpus
+
+VARIANTS = {
+    "adamw": lambda p: torch.optim.AdamW(p, lr=3e-3),
+    "shipped": lambda p: SCAO(p, lr=3e-3),
+    "shipped_b999": lambda p: SCAO(p, lr=3e-3, betas=(0.9, 0.999)),
+    "fp32": lambda p: SCAO(p, lr=3e-3, quantize=False),
+    "q_moments_only": lambda p: SCAO(p, lr=3e-3, quantize=("m", "v")),
+    "q_factors_only": lambda p: SCAO(p, lr=3e-3, quantize=("factors",)),
+    "graft_norm": lambda p: SCAO(p, lr=3e-3, graft="norm"),
+}
+
+
+def run(name: str, steps: int = 400, warmup: int = 30) -> float:
+    torch.manual_seed(0)
+    train, val = stdlib_corpus(max_bytes=4_000_000)
+    model = GPT(GPTConfig(seq_len=128, d_model=128, n_layer=2, n_head=4))
+    opt = VARIANTS[name](model.parameters())
+    data, held = ByteCorpus(train, 128, 16, seed=0), ByteCorpus(val, 128, 32, seed=1)
+    base = [g["lr"] for g in opt.param_groups]
+    t0 = time.time()
+    for k in range(steps):
+        f = min(1.0, (k + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * k / steps)))
+        for g, b in zip(opt.param_groups, base):
+            g["lr"] = b * f
+        x, y = data.batch(k)
+        loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        val_loss = sum(model(*held.batch(i)).item() for i in range(4)) / 4
+    print(f"{name:<16} held-out {val_loss:.4f}   train {loss.item():.3f}   {time.time() - t0:.0f} s", flush=True)
+    return val_loss
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    for name in sys.argv[1:] or list(VARIANTS):
+        run(name)
