@@ -187,10 +187,15 @@ class _Group:
 
     # -- state rows ---------------------------------------------------------------------
     def select(self, idx: Sequence[int]) -> tuple[dict[str, Tensor], bool]:
-        """State rows of ``idx``: the tensors themselves when ``idx`` is every block, else copies."""
-        if list(idx) == list(range(self.B)):
-            return self.t, True
-        ix = torch.tensor(list(idx), device=self.device)
+        """State rows of ``idx``: views when ``idx`` is a contiguous run of blocks (updated in
+        place, nothing to put back), else copies (``put_back`` writes them)."""
+        idx = list(idx)
+        if idx == list(range(idx[0], idx[0] + len(idx))):
+            if len(idx) == self.B:
+                return self.t, True
+            a, b = idx[0], idx[0] + len(idx)
+            return {k: v[a:b] for k, v in self.t.items()}, True
+        ix = torch.tensor(idx, device=self.device)
         return {k: v.index_select(0, ix) for k, v in self.t.items()}, False
 
     def put_back(self, idx: Sequence[int], sub: dict[str, Tensor], whole: bool) -> None:

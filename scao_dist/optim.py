@@ -78,6 +78,8 @@ class SCAO(torch.optim.Optimizer):
             many steps and raise on a mismatch (0: never).
         max_consecutive_skips: raise after this many steps in a row were skipped for non-finite
             gradients, naming the ranks that produced them (None: never).
+        max_step_numel: blocks of one shape are stepped together in chunks of at most this many
+            parameters; the step's fp32 temporaries (a few times the chunk) bound its peak memory.
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class SCAO(torch.optim.Optimizer):
         grad_sync: str = "scao",
         bucket_mb: float = 64.0,
         check_sync_every: int = 200,
+        max_step_numel: int = 1 << 26,
         max_consecutive_skips: int | None = 50,
     ) -> None:
         if rank not in ("adaptive", "full"):
@@ -150,6 +153,7 @@ class SCAO(torch.optim.Optimizer):
         self._async_refresh = bool(async_refresh)
         self._bucket_numel = max(1, int(bucket_mb * 2**20 / 4))
         self._check_sync_every = int(check_sync_every)
+        self._max_step_numel = int(max_step_numel)
         self._max_skips = max_consecutive_skips
         self._consecutive_skips = 0
         self._t = 0  # optimizer steps taken (skipped ones excluded)
@@ -285,9 +289,19 @@ class SCAO(torch.optim.Optimizer):
         return loss
 
     def _run_group(self, grp: KronGroup | AdamGroup, idx: list[int]) -> None:
+        """Step the blocks ``idx`` of a group, in chunks of at most ``max_step_numel`` elements
+        (contiguous runs of blocks, so their state rows are views): the step's fp32 temporaries
+        scale with the chunk, not with the group."""
         hp = self._hyper(grp)
         failures = getattr(grp, "failures", 0)
-        due = grp.step(idx, hp)
+        per = max(1, self._max_step_numel // max(grp.specs[0].numel, 1))
+        runs: list[list[int]] = []
+        for i in idx:
+            if runs and i == runs[-1][-1] + 1 and len(runs[-1]) < per:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        due = [b for run in runs for b in grp.step(run, hp)]
         self.counters["basis_failures"] += getattr(grp, "failures", 0) - failures
         for i in due:
             self.refresher.submit(grp, i, hp, self._t + 1)

@@ -374,3 +374,17 @@ def test_grad_release_refuses_accumulation():
     with pytest.raises(RuntimeError, match="accumulation"):
         (model(x) - y).square().mean().backward()
     del opt
+
+
+def test_chunked_group_steps_match_whole_group_steps():
+    """``max_step_numel`` only bounds the step's temporaries: the result is the same math."""
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(*[torch.nn.Linear(24, 24, bias=False) for _ in range(5)])
+    m1, m2 = copy.deepcopy(base), copy.deepcopy(base)
+    o1 = SCAO(m1.parameters(), lr=1e-2, min_precond_dim=2)
+    o2 = SCAO(m2.parameters(), lr=1e-2, min_precond_dim=2, max_step_numel=2 * 24 * 24)  # runs of 2 blocks
+    b1, b2 = _batches(d=24), _batches(d=24)
+    _train(m1, o1, 15, b1)
+    _train(m2, o2, 15, b2)
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
