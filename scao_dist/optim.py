@@ -13,10 +13,11 @@ scheduling, counters and the (compressed, tensors-only) state dict.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -80,6 +81,10 @@ class SCAO(torch.optim.Optimizer):
             gradients, naming the ranks that produced them (None: never).
         max_step_numel: blocks of one shape are stepped together in chunks of at most this many
             parameters; the step's fp32 temporaries (a few times the chunk) bound its peak memory.
+        overlap_comm: with several ranks and ``grad_sync="scao"``, launch each gradient bucket's
+            reduce-scatter from the backward hooks as soon as its last gradient is ready, so the
+            traffic overlaps the rest of the backward. Accumulating over micro-batches then needs
+            ``with opt.no_sync():`` around all but the last backward (as with DDP).
     """
 
     def __init__(
@@ -113,6 +118,7 @@ class SCAO(torch.optim.Optimizer):
         bucket_mb: float = 64.0,
         check_sync_every: int = 200,
         max_step_numel: int = 1 << 26,
+        overlap_comm: bool = False,
         max_consecutive_skips: int | None = 50,
     ) -> None:
         if rank not in ("adaptive", "full"):
@@ -154,6 +160,9 @@ class SCAO(torch.optim.Optimizer):
         self._bucket_numel = max(1, int(bucket_mb * 2**20 / 4))
         self._check_sync_every = int(check_sync_every)
         self._max_step_numel = int(max_step_numel)
+        self._overlap = bool(overlap_comm)
+        self._no_sync = False
+        self._overlap_hooks: list[Any] = []
         self._max_skips = max_consecutive_skips
         self._consecutive_skips = 0
         self._t = 0  # optimizer steps taken (skipped ones excluded)
@@ -246,6 +255,7 @@ class SCAO(torch.optim.Optimizer):
         self._import_blocks(old)
         if cfg.grad_release:
             self._install_release_hooks(params)
+        self._install_overlap_hooks(params)
         self._built = True
 
     # ----------------------------------------------------------------------------- step
@@ -266,22 +276,25 @@ class SCAO(torch.optim.Optimizer):
             return loss
         params = self._all_params()
         self.refresher.step_boundary(self._t + 1)
-        self.comm.bytes_sent = 0
         with_grad = {s.param for s in self.specs if params[s.param].grad is not None}
         for pid in with_grad:
             if params[pid].grad.is_sparse:
                 raise TypeError("SCAO does not support sparse gradients")
         bad = self.comm.nonfinite_ranks([params[pid].grad for pid in sorted(with_grad)])
         if bad:
+            self.comm.discard_in_flight()
+            self._reset_overlap()
             self._skip_nonfinite(bad)
             return loss
         self._consecutive_skips = 0
         self.comm.reduce_grads(self, with_grad)
+        self._reset_overlap()
         for grp in self.groups:
             idx = [i for i, s in enumerate(grp.specs) if s.param in with_grad]
             if idx:
                 self._run_group(grp, idx)
         self.comm.gather_params(self)
+        self.comm.end_step()
         self._t += 1
         self.counters["steps"] += 1
         if self._check_sync_every and self._t % self._check_sync_every == 0:
@@ -325,6 +338,56 @@ class SCAO(torch.optim.Optimizer):
                 RuntimeWarning,
                 stacklevel=3,
             )
+
+    # ------------------------------------------------------------- comm/backward overlap
+    def _install_overlap_hooks(self, params: list[Tensor]) -> None:
+        for h in self._overlap_hooks:
+            h.remove()
+        self._overlap_hooks = []
+        if not (self._overlap and self.comm.sharded and self.comm.grad_sync == "scao"):
+            return
+        if self.config.grad_release:
+            raise ValueError("overlap_comm and grad_release cannot be combined (grad_release is single-process)")
+        self._bucket_params: list[set[int]] = [
+            {self.specs[blk].param for slots in b.slots for blk, _, _ in slots} for b in self.comm.buckets
+        ]
+        self._buckets_of_param: dict[int, list[int]] = defaultdict(list)
+        for k, pids in enumerate(self._bucket_params):
+            for pid in pids:
+                self._buckets_of_param[pid].append(k)
+        self._reset_overlap()
+        for pid in self._buckets_of_param:
+            self._overlap_hooks.append(params[pid].register_post_accumulate_grad_hook(self._make_overlap_hook(pid)))
+
+    def _reset_overlap(self) -> None:
+        if self._overlap_hooks or getattr(self, "_bucket_params", None):
+            self._waiting = [set(p) for p in self._bucket_params]
+
+    def _make_overlap_hook(self, pid: int) -> Callable[[Tensor], None]:
+        def hook(p: Tensor) -> None:
+            if self._no_sync:
+                return
+            for k in self._buckets_of_param[pid]:
+                if k in self.comm.in_flight:
+                    raise RuntimeError(
+                        "SCAO(overlap_comm=True): a gradient arrived for a bucket whose reduce-scatter "
+                        "already started: when accumulating over several backward passes, wrap all but "
+                        "the last in `with optimizer.no_sync():`, or use overlap_comm=False."
+                    )
+                self._waiting[k].discard(pid)
+                if not self._waiting[k]:
+                    self.comm.launch_bucket(self, k)
+
+        return hook
+
+    @contextlib.contextmanager
+    def no_sync(self) -> Iterator[None]:
+        """Backward passes inside accumulate gradients locally without starting any communication."""
+        old, self._no_sync = self._no_sync, True
+        try:
+            yield
+        finally:
+            self._no_sync = old
 
     # -------------------------------------------------------------------- grad release
     def _install_release_hooks(self, params: list[Tensor]) -> None:

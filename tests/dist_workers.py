@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -143,3 +144,34 @@ def run_nan_on_one_rank(rank, world):
             next(model.parameters()).grad.fill_(float("nan"))
         opt.step()
     return "finished"
+
+
+def run_overlap(rank, world, steps, accumulate):
+    """overlap_comm=True (buckets launched from backward hooks) against the plain path."""
+    out = {}
+    for overlap in (False, True):
+        model = make_model(4)
+        opt = SCAO(model.parameters(), lr=1e-2, min_precond_dim=2, quantize=False, overlap_comm=overlap,
+                   bucket_mb=0.004)  # fmt: skip  # several buckets
+        for x, y in global_batches(steps):
+            xs, ys = x.chunk(world)[rank], y.chunk(world, dim=1)[rank]
+            opt.zero_grad()
+            halves = list(zip(xs.chunk(2), ys.chunk(2, dim=1))) if accumulate else [(xs, ys)]
+            for j, (xa, ya) in enumerate(halves):
+                ctx = opt.no_sync() if (overlap and j < len(halves) - 1) else contextlib.nullcontext()
+                with ctx:
+                    o = model(xa)
+                    ((o - ya[: o.shape[0]]).square().mean() / len(halves)).backward()
+            opt.step()
+        out[overlap] = (params_of(model), opt.comm.bytes_sent, len(opt.comm.buckets))
+    return out
+
+
+def run_overlap_misuse(rank, world):
+    model = make_model(2)
+    _opt = SCAO(model.parameters(), lr=1e-2, min_precond_dim=2, overlap_comm=True)  # its hooks do the work
+    x, y = global_batches(1)[0]
+    xs, ys = x.chunk(world)[rank], y.chunk(world, dim=1)[rank]
+    for _ in range(2):  # accumulation without no_sync()
+        o = model(xs)
+        (o - ys[: o.shape[0]]).square().mean().backward()

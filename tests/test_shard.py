@@ -164,3 +164,21 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         assert torch.equal(a, b)
     checkpoint.save(path, model, opt, extra={"step": 8})  # the next save cleans up and replaces it
     assert checkpoint.load(path, fresh, fresh_opt) == {"step": 8}
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_overlapped_reduce_scatter_matches_the_plain_path(accumulate):
+    from dist_workers import run_overlap
+
+    for res, _ in run_ranks(2, run_overlap, 12, accumulate):
+        plain, overlapped = res[False], res[True]
+        assert overlapped[2] > 1 and overlapped[1] == plain[1] > 0  # several buckets, same traffic
+        for a, b in zip(plain[0], overlapped[0]):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_overlap_refuses_accumulation_without_no_sync():
+    from dist_workers import run_overlap_misuse
+
+    out = run_ranks(2, run_overlap_misuse, expect_fail=True, timeout=60)
+    assert all(err and "no_sync" in err for _, err in out), out

@@ -90,7 +90,9 @@ class Comm:
         self.timeout = timedelta(seconds=timeout_s) if timeout_s else None
         self.backend = dist.get_backend(process_group) if process_group is not None else None
         self.buckets: list[Bucket] = []
-        self.bytes_sent = 0  # bytes this rank sent in the last step (reported, not used)
+        self.in_flight: dict[int, tuple[Tensor, Tensor, Any]] = {}  # bucket -> (flat, out, work)
+        self.bytes_sent = 0  # bytes this rank sent in the last completed step (reported, not used)
+        self._sending = 0  # bytes of the step under way (buckets may start during the backward)
 
     @property
     def sharded(self) -> bool:
@@ -149,36 +151,56 @@ class Comm:
         return [r for r, f in enumerate(self.all_sum(flags)) if f > 0]
 
     # --------------------------------------------------------------------------- traffic
+    def launch_bucket(self, opt: Any, k: int) -> None:
+        """Start the (async) reduce-scatter of bucket ``k`` from the ranks' current local grads."""
+        b = self.buckets[k]
+        params = opt._all_params()
+        flat = torch.zeros(b.chunk * self.world_size, dtype=b.dtype, device=b.device)
+        for r, slots in enumerate(b.slots):
+            base = r * b.chunk
+            for blk, off, n in slots:
+                s = opt.specs[blk]
+                g = params[s.param].grad
+                if g is not None:
+                    flat[base + off : base + off + n].view(s.shape).copy_(_block(g, s))
+        flat.div_(self.world_size)
+        if self.backend == "gloo":  # no reduce-scatter on gloo: all-reduce, keep this rank's chunk
+            out = flat[self.rank * b.chunk : (self.rank + 1) * b.chunk]
+            work = dist.all_reduce(flat, group=self.group, async_op=True)
+        else:
+            out = torch.empty(b.chunk, dtype=b.dtype, device=b.device)
+            work = dist.reduce_scatter_tensor(out, flat, group=self.group, async_op=True)
+        self.in_flight[k] = (flat, out, work)
+        self._sending += flat.numel() * flat.element_size() * (self.world_size - 1) // self.world_size
+
     def reduce_grads(self, opt: Any, with_grad: set[int]) -> None:
-        """Average each owned block's gradient over ranks, in place in ``p.grad`` on the owner."""
+        """Average each owned block's gradient over ranks, in place in ``p.grad`` on the owner.
+
+        Buckets already launched from the backward hooks (``overlap_comm``) are only waited for.
+        """
         if not self.sharded or self.grad_sync == "external":
             return
         params = opt._all_params()
-        works = []
-        for b in self.buckets:
-            flat = torch.zeros(b.chunk * self.world_size, dtype=b.dtype, device=b.device)
-            for r, slots in enumerate(b.slots):
-                base = r * b.chunk
-                for blk, off, n in slots:
-                    s = opt.specs[blk]
-                    g = params[s.param].grad
-                    if g is not None:
-                        flat[base + off : base + off + n].view(s.shape).copy_(_block(g, s))
-            flat.div_(self.world_size)
-            out = flat[self.rank * b.chunk : (self.rank + 1) * b.chunk]
-            if self.backend == "gloo":
-                works.append((b, flat, out, dist.all_reduce(flat, group=self.group, async_op=True)))
-            else:
-                out = torch.empty(b.chunk, dtype=b.dtype, device=b.device)
-                works.append((b, flat, out, dist.reduce_scatter_tensor(out, flat, group=self.group, async_op=True)))
-            self.bytes_sent += flat.numel() * flat.element_size() * (self.world_size - 1) // self.world_size
-        for b, _flat, out, work in works:
+        for k in range(len(self.buckets)):
+            if k not in self.in_flight:
+                self.launch_bucket(opt, k)
+        for k, b in enumerate(self.buckets):
+            _flat, out, work = self.in_flight.pop(k)
             work.wait()
             for blk, off, n in b.slots[self.rank]:
                 s = opt.specs[blk]
-                p = params[s.param]
                 if s.param in with_grad:
-                    _block(p.grad, s).copy_(out[off : off + n].view(s.shape))
+                    _block(params[s.param].grad, s).copy_(out[off : off + n].view(s.shape))
+
+    def end_step(self) -> None:
+        """Close the traffic count of the step just finished."""
+        self.bytes_sent, self._sending = self._sending, 0
+
+    def discard_in_flight(self) -> None:
+        """Wait for and drop launched reductions (a skipped step must not leak them into the next)."""
+        for _flat, _out, work in self.in_flight.values():
+            work.wait()
+        self.in_flight.clear()
 
     def gather_params(self, opt: Any) -> None:
         """Send every owner's blocks to all ranks (the weights themselves, not updates)."""
@@ -197,7 +219,7 @@ class Comm:
                 works.append((b, flat, dist.all_gather(parts, mine, group=self.group, async_op=True)))
             else:
                 works.append((b, flat, dist.all_gather_into_tensor(flat, mine, group=self.group, async_op=True)))
-            self.bytes_sent += mine.numel() * mine.element_size() * (self.world_size - 1)
+            self._sending += mine.numel() * mine.element_size() * (self.world_size - 1)
         with torch.no_grad():
             for b, flat, work in works:
                 work.wait()
