@@ -4,27 +4,30 @@ Blocks with equal :attr:`BlockSpec.key` (same param group, shape, side modes, dt
 stacked along a leading batch dim, so a transformer with L identical layers runs each kind of
 weight as one batched product instead of L small ones. A group's state is a flat dict of
 tensors (``self.t``), each with the batch as its first dim; a step on a subset of the blocks
-(some params without grads, gradient release) gathers those rows, runs the same code, and
-scatters them back.
+(some params without grads, gradient release, chunks) selects those rows (views for a
+contiguous run, else copies that are scattered back).
 
-Per block of a :class:`KronGroup` (G is the m x n gradient block, ``Q_L``/``Q_R`` the bases of
-its sides, a ``"none"`` side being the identity):
+Per block of a :class:`KronGroup` (G is the m x n gradient block). A *dense* side (d <=
+``full_factor_dim``) has a full eigenbasis ``F``; the block's state lives in the frame
+``F_L^T (.) F_R`` of its dense sides (a stream or un-rotated side is the identity there). A
+*stream* side has a truncated basis ``Q`` (d x k) acting inside that frame:
 
-    M   <- b1 M + (1-b1) G                 (original coordinates, int8 companded)
-    G'  = Q_L^T G Q_R,   M' = Q_L^T M Q_R    (k_L x k_R)
-    V'  <- b2 V' + (1-b2) G'^2               (rotated, uint8 sqrt-companded)
-    U   = Q_L [ (M'/bc1) / (sqrt(V'/bc2) + eps) ] Q_R^T
-        + (R_M/bc1) / (sqrt(Vres/bc2) + eps)       only if a basis is truncated
-    W   <- W (1 - lr wd) - lr U           (bf16 + correction bits, or fp32)
-    L   <- bs L + (1-bs) G G^T ,  R <- bs R + (1-bs) G^T G   (after the update, as SOAP)
+    G_F = F_L^T G F_R                          (the gradient in the frame)
+    M   <- b1 M + (1-b1) G_F                   (int8 companded, in the frame)
+    G'  = Q_L^T G_F Q_R,   M' = Q_L^T M Q_R      (core coordinates; Q = I for full sides)
+    V'  <- b2 V' + (1-b2) G'^2                   (uint8 sqrt-companded)
+    U_F = Q_L [ (M'/bc1) / (sqrt(V'/bc2) + eps) ] Q_R^T
+        + Adam on the complement of Q (factored second moment)   only if a basis is truncated
+    U   = F_L U_F F_R^T, optionally grafted;   W <- W (1 - lr wd) - lr U   (bf16 + correction bits)
+    F^T L F <- bs F^T L F + (1-bs) G_F G_F^T      (dense sides: the factor in its own frame)
+    P <- bs P + (1-bs) G_F G_F^T Qh                (stream sides: a sketch of the factor)
 
-Keeping M in original coordinates is SOAP's rotated momentum exactly when the bases are
-complete (rotating M' into a new basis is ``Q_new^T M Q_new``), and loses nothing when they are
-truncated. The complement ``R_M = M - Q_L M' Q_R^T`` of a truncated basis gets Adam with an
-Adafactor-style factored second moment of the residual gradient ``R_G = G - Q_L G' Q_R^T``:
-``Vres_ij = r_i c_j / mean(r)`` with ``r``/``c`` EMAs of the row/column mean squares of ``R_G``
-(O(m + n) memory). Those directions keep training at an Adam-like scale, and since every
-coordinate of ``U`` is an Adam ratio (|U| ~ 1), AdamW's learning rate transfers.
+With complete bases this is SOAP: holding M in the eigenbasis frame and turning it with the
+frame at a refresh is SOAP's rotated momentum. Holding it there matters for int8 storage:
+rounding noise of a moment kept in original coordinates spreads evenly over the eigen-
+directions, where Adam divides it by tiny second moments. The complement of a truncated basis,
+``R_M = M - Q_L M' Q_R^T``, gets Adam with an Adafactor-style second moment of the residual
+gradient (``r_i c_j / mean(r)``, O(m + n) memory), so those directions keep training.
 """
 
 from __future__ import annotations
