@@ -75,6 +75,9 @@ class SCAO(torch.optim.Optimizer):
             bucketed reduce-scatter to each block's owner (use a plain model, no DDP wrapper);
             ``"external"`` means DDP or DeepSpeed already averaged them (no gradient traffic).
         bucket_mb: size of one communication bucket.
+        grad_comm_dtype: dtype the gradients are reduced in (e.g. ``torch.bfloat16`` to halve the
+            traffic of an fp32 model); default: each parameter's own dtype. Weights always travel
+            exactly, in their own dtype.
         check_sync_every: with several ranks, compare a weight checksum across ranks every this
             many steps and raise on a mismatch (0: never).
         max_consecutive_skips: raise after this many steps in a row were skipped for non-finite
@@ -119,6 +122,7 @@ class SCAO(torch.optim.Optimizer):
         check_sync_every: int = 200,
         max_step_numel: int = 1 << 26,
         overlap_comm: bool = False,
+        grad_comm_dtype: torch.dtype | None = None,
         max_consecutive_skips: int | None = 50,
     ) -> None:
         if rank not in ("adaptive", "full"):
@@ -167,7 +171,7 @@ class SCAO(torch.optim.Optimizer):
         self._consecutive_skips = 0
         self._t = 0  # optimizer steps taken (skipped ones excluded)
         super().__init__(params, defaults)
-        self.comm = Comm(process_group, grad_sync=grad_sync)
+        self.comm = Comm(process_group, grad_sync=grad_sync, grad_comm_dtype=grad_comm_dtype)
         if self.config.grad_release and self.comm.world_size > 1:
             raise ValueError(
                 "grad_release=True runs each update from the parameter's backward hook, before any "

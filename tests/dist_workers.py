@@ -79,6 +79,7 @@ def run_sharded(rank, world, layers, steps, kwargs):
 
 
 def run_sharded_losses(rank, world, layers, steps, kwargs):
+    kwargs = {k: (getattr(torch, v) if k == "grad_comm_dtype" else v) for k, v in kwargs.items()}
     model = make_model(layers)
     opt = SCAO(model.parameters(), lr=1e-2, min_precond_dim=2, **kwargs)
     return train(model, opt, global_batches(steps), rank, world)

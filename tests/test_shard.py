@@ -51,12 +51,14 @@ def test_sharded_matches_single_process(world, layers):
         assert all(res["sent"] > 0 for res, _ in results)
 
 
-def test_sharded_quantized_run_tracks_the_single_process_loss():
+@pytest.mark.parametrize("comm", [{}, {"grad_comm_dtype": "bfloat16"}])
+def test_sharded_quantized_run_tracks_the_single_process_loss(comm):
+    """int8 state (and bf16 gradient traffic): the loss curve follows the single process."""
     steps = 30
     model = make_model(4)
     opt = SCAO(model.parameters(), lr=1e-2, min_precond_dim=2)
     ref = train(model, opt, global_batches(steps))
-    res = run_ranks(2, run_sharded_losses, 4, steps, {})
+    res = run_ranks(2, run_sharded_losses, 4, steps, comm)
     for losses, _ in res:
         mean = [sum(pair) / 2 for pair in zip(*(r for r, _ in res))]
         assert len(losses) == steps

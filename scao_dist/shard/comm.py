@@ -75,7 +75,13 @@ def build_buckets(
 class Comm:
     """The optimizer's view of the process group (a no-op at world size 1)."""
 
-    def __init__(self, process_group: Any = None, grad_sync: str = "scao", timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        process_group: Any = None,
+        grad_sync: str = "scao",
+        timeout_s: float | None = None,
+        grad_comm_dtype: torch.dtype | None = None,
+    ) -> None:
         if grad_sync not in ("scao", "external"):
             raise ValueError(
                 f"grad_sync must be 'scao' (SCAO averages gradients itself: plain model, no DDP wrapper) "
@@ -87,6 +93,7 @@ class Comm:
         self.world_size = dist.get_world_size(process_group) if process_group is not None else 1
         self.rank = dist.get_rank(process_group) if process_group is not None else 0
         self.grad_sync = grad_sync
+        self.grad_comm_dtype = grad_comm_dtype  # None: gradients travel in their parameters' dtype
         self.timeout = timedelta(seconds=timeout_s) if timeout_s else None
         self.backend = dist.get_backend(process_group) if process_group is not None else None
         self.buckets: list[Bucket] = []
@@ -155,7 +162,8 @@ class Comm:
         """Start the (async) reduce-scatter of bucket ``k`` from the ranks' current local grads."""
         b = self.buckets[k]
         params = opt._all_params()
-        flat = torch.zeros(b.chunk * self.world_size, dtype=b.dtype, device=b.device)
+        dtype = self.grad_comm_dtype or b.dtype
+        flat = torch.zeros(b.chunk * self.world_size, dtype=dtype, device=b.device)
         for r, slots in enumerate(b.slots):
             base = r * b.chunk
             for blk, off, n in slots:
@@ -168,7 +176,7 @@ class Comm:
             out = flat[self.rank * b.chunk : (self.rank + 1) * b.chunk]
             work = dist.all_reduce(flat, group=self.group, async_op=True)
         else:
-            out = torch.empty(b.chunk, dtype=b.dtype, device=b.device)
+            out = torch.empty(b.chunk, dtype=dtype, device=b.device)
             work = dist.reduce_scatter_tensor(out, flat, group=self.group, async_op=True)
         self.in_flight[k] = (flat, out, work)
         self._sending += flat.numel() * flat.element_size() * (self.world_size - 1) // self.world_size
