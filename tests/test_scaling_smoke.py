@@ -1,0 +1,93 @@
+"""bench/scaling.py end to end on CPU (gloo), tiny GPT: its launcher starts the ranks, every configuration
+writes its JSON and the Markdown table, and SCAO's per-rank optimizer memory halves from N=1 to N=2.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--device",
+    "cpu",
+    "--size",
+    "tiny",
+    "--seq-len",
+    "64",
+    "--batch-size",
+    "4",
+    "--steps",
+    "4",
+    "--warmup",
+    "2",
+    "--max-bytes",
+    "400000",
+    "--config-timeout-s",
+    "45",
+]
+NUMBERS = (
+    "step_ms_median",
+    "step_ms_p99",
+    "opt_ms_median",
+    "tokens_per_s_per_gpu",
+    "opt_bytes_per_param_rank",
+    "comm_bytes_per_step_rank",
+)
+
+
+def _scaling(out, *args, timeout):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env["PYTHONPATH"] = os.pathsep.join(x for x in (str(ROOT), env.get("PYTHONPATH")) if x)
+    cmd = [sys.executable, "-m", "bench.scaling", *TINY, "--out", str(out), "--time-budget-s", "70", *args]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
+    return r
+
+
+def _record(out, name):
+    rec = json.loads((out / f"{name}.json").read_text())
+    assert rec["status"] == "ok", rec.get("message")
+    for key in NUMBERS:
+        assert isinstance(rec[key], int | float) and math.isfinite(rec[key]), (name, key, rec[key])
+    assert rec["step_ms_p99"] >= rec["step_ms_median"] > 0
+    assert rec["tokens_per_s_per_gpu"] > 0 and rec["opt_bytes_per_param_rank"] > 0
+    assert rec["weights_in_sync"] is True
+    assert len(rec["ranks"]) == rec["world_size"] and rec["timed_steps"] == 4
+    return rec
+
+
+@pytest.mark.timeout(150)
+def test_scao_one_and_two_ranks(tmp_path):
+    r = _scaling(tmp_path, "--nproc", "1,2", "--optimizers", "scao", timeout=120)
+    one, two = _record(tmp_path, "scao_n1"), _record(tmp_path, "scao_n2")
+    # sharded state: each of two ranks holds about half of what one rank holds
+    ratio = two["opt_bytes_per_param_rank"] / one["opt_bytes_per_param_rank"]
+    assert abs(ratio / 0.5 - 1) <= 0.15, ratio
+    assert abs(two["opt_bytes_all_ranks"] / one["opt_bytes_all_ranks"] - 1) <= 0.15
+    # one rank sends nothing; two ranks send a reduce-scatter of bf16 grads + an all-gather of bf16 weights
+    params = one["model"]["params"]
+    assert one["comm_bytes_per_step_rank"] == 0
+    assert 0.9 * 2 * params <= two["comm_bytes_per_step_rank"] <= 1.3 * 2 * params
+    table = (tmp_path / "scaling.md").read_text()
+    assert table.count("| scao_dist SCAO |") == 2 and "weak-scaling eff." in table
+    assert r.stdout.rstrip().endswith(table.rstrip().splitlines()[-1])  # the table is printed last
+
+
+@pytest.mark.timeout(120)
+def test_deepspeed_zero1_one_rank(tmp_path):
+    if not os.environ.get("CI"):
+        pytest.importorskip("deepspeed")
+    _scaling(tmp_path, "--nproc", "1", "--optimizers", "deepspeed", timeout=90)
+    rec = _record(tmp_path, "deepspeed_n1")
+    rank = rec["ranks"][0]
+    assert rank["ds_optimizer"] == "DeepSpeedZeroOptimizer over AdamW"
+    assert rank["ds_ops_loaded"] == []  # nothing built or loaded: no JIT compilation
+    # one rank: AdamW's two fp32 moments + the fp32 master copy, 12 bytes per parameter; no traffic
+    assert abs(rec["opt_bytes_per_param_rank"] - 12.0) < 0.05
+    assert rec["comm_bytes_per_step_rank"] == 0
+    assert "| DeepSpeed ZeRO-1 AdamW | 1 | ok |" in (tmp_path / "scaling.md").read_text()
