@@ -3,6 +3,8 @@
     python -m bench.tiny_ablation                       # every variant below
     python -m bench.tiny_ablation adamw shipped fp32    # a subset
     python -m bench.tiny_ablation toy                   # the rank-deficient full-batch toy
+    python -m bench.tiny_ablation s_adamw s_dense_all s_stream_r128 s_stream_r32 s_stream_r128_mass999
+                                                        # d=256, 300 steps: truncated streamed sides
 
 d=128, 2 layers, 4 heads, seq 128, batch 16, 400 steps, warmup 30 then cosine to 10%, lr 3e-3
 (AdamW's best of 1e-3, 3e-3, 1e-2 on this setup), held-out loss on 4 fixed batches. One thread,
@@ -32,11 +34,24 @@ VARIANTS = {
 }
 
 
+STREAM_VARIANTS = {  # d=256: full_factor_dim=512 makes the 768 and 1024 sides streamed (truncated)
+    "s_adamw": lambda p: torch.optim.AdamW(p, lr=3e-3),
+    "s_dense_all": lambda p: SCAO(p, lr=3e-3, full_factor_dim=4096),
+    "s_stream_r128": lambda p: SCAO(p, lr=3e-3, full_factor_dim=512, rank_max=128),
+    "s_stream_r32": lambda p: SCAO(p, lr=3e-3, full_factor_dim=512, rank_max=32),
+    "s_stream_r128_mass999": lambda p: SCAO(p, lr=3e-3, full_factor_dim=512, rank_max=128, spectral_mass=0.999),
+}
+
+
 def run(name: str, steps: int = 400, warmup: int = 30) -> float:
     torch.manual_seed(0)
     train, val = stdlib_corpus(max_bytes=4_000_000)
-    model = GPT(GPTConfig(seq_len=128, d_model=128, n_layer=2, n_head=4))
-    opt = VARIANTS[name](model.parameters())
+    if name in STREAM_VARIANTS:
+        steps, model = 300, GPT(GPTConfig(seq_len=128, d_model=256, n_layer=2, n_head=4))
+        opt = STREAM_VARIANTS[name](model.parameters())
+    else:
+        model = GPT(GPTConfig(seq_len=128, d_model=128, n_layer=2, n_head=4))
+        opt = VARIANTS[name](model.parameters())
     data, held = ByteCorpus(train, 128, 16, seed=0), ByteCorpus(val, 128, 32, seed=1)
     base = [g["lr"] for g in opt.param_groups]
     t0 = time.time()
