@@ -644,10 +644,8 @@ class KronGroup(_Group):
 
     def _encode_factor(self, side: Side, fac: Tensor, seed: int) -> dict[str, Tensor]:
         n = side.name
-        if self.cfg.q("factors"):  # the fused EMA with beta = 0 is exactly encode_corr, in one launch
-            codes = torch.zeros(fac.shape, dtype=torch.int8, device=fac.device)
-            diag = torch.zeros(fac.shape[-1], device=fac.device)
-            kernels.factor_ema_corr_(codes, diag, fac, 0.0, seed)
+        if self.cfg.q("factors"):  # plain torch: this runs on the refresh thread, Triton stays on the main one
+            codes, diag = quant.encode_corr(fac, seed)
             return {f"{n}.fac.codes": codes, f"{n}.fac.diag": diag}
         return {f"{n}.fac": fac}
 
@@ -702,7 +700,7 @@ class KronGroup(_Group):
         if rotated:
             held: dict[str, Tensor] = {}
             self.mom.alloc(held, (self.m_dim, self.n_dim), m.device)
-            self.mom.ema(held, m, 0.0)  # beta = 0: exactly the codec's encode, fused
+            self.mom.write(held, m)  # plain torch codec (refresh thread: no Triton launches here)
             out.update(held)
         if self.vp.quantize:
             out["v.codes"], out["v.scales"] = quant.encode_sqrt(v)
