@@ -312,6 +312,7 @@ class _Walker:
         self.exclude = exclude
         self.seen_storage: set[tuple[str, int]] = set()
         self.seen_obj: set[int] = set()
+        self._alive: list[Any] = []  # ids are only unique while the object lives (temporary dicts!)
 
     def walk(self, obj: Any, depth: int = 0) -> int:
         if depth > 12 or id(obj) in self.seen_obj:
@@ -326,6 +327,7 @@ class _Walker:
         if isinstance(obj, str | bytes | int | float | bool | type(None) | nn.Module):
             return 0
         self.seen_obj.add(id(obj))
+        self._alive.append(obj)
         if isinstance(obj, dict):
             return sum(self.walk(k, depth + 1) + self.walk(v, depth + 1) for k, v in obj.items())
         if isinstance(obj, list | tuple | set | frozenset):
