@@ -33,7 +33,7 @@ gradient (``r_i c_j / mean(r)``, O(m + n) memory), so those directions keep trai
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -287,7 +287,7 @@ class KronGroup(_Group):
             Side("R", self.specs[0].right, self.n_dim, self.B, cfg),
         )
         self.ready = [False] * self.B  # first basis built (SOAP's step 1 done)
-        self.failures = 0  # bases that could not be computed (old or identity basis kept)
+        self.failure_log: list[str] = []  # reasons of bases not computed (old/identity kept), drained by SCAO
         self.phase = [0] * self.B  # refresh phase: refresh when (t + phase) % freq == 0
         self.bdt = torch.bfloat16 if cfg.q("bases") else torch.float32  # bases and sketches
         self.mom = Packed("m", "signed", cfg.q("m"))
@@ -573,22 +573,22 @@ class KronGroup(_Group):
         self._update_factors(s, idx, g, hp, [side for side in self.sides if side.mode == "dense"])
         self.put_back(idx, s, whole)
         for j, i in enumerate(idx):
-            results = []
+            results: list[precond.Basis | None] = []
             for side in self.sides:
-                if side.mode == "dense":
-                    fac = {key: self.t[key][i] for key in self._factor_keys(side)}
-                    basis = precond.first_basis_dense(self._decode_factor(side, fac))
-                elif side.mode == "stream":
-                    qh0, p0 = probes[side.name]
-                    basis = precond.refresh_stream(
-                        qh0[j], p0[j], float(self.t[f"{side.name}.trace"][i]), 0, hp.spectral_mass, hp.rank_min,
-                        side.rank_cap(hp.rank_max), side.p, _seed(self.specs[i].index, side.name, 1),
-                    )  # fmt: skip
-                else:
-                    basis = None
-                if side.rotated and basis is None:
+                basis = None
+                try:
+                    if side.mode == "dense":
+                        fac = {key: self.t[key][i] for key in self._factor_keys(side)}
+                        basis = precond.first_basis_dense(self._decode_factor(side, fac))
+                    elif side.mode == "stream":
+                        qh0, p0 = probes[side.name]
+                        basis = precond.refresh_stream(
+                            qh0[j], p0[j], float(self.t[f"{side.name}.trace"][i]), 0, hp.spectral_mass,
+                            hp.rank_min, side.rank_cap(hp.rank_max), side.p, _seed(self.specs[i].index, side.name, 1),
+                        )  # fmt: skip
+                except precond.BasisError as e:  # keep the identity (counted)
                     basis = self.identity_basis(side, hp, i)
-                    self.failures += 1
+                    self.failure_log.append(f"first basis, {e.reason}")
                 results.append(basis)
             self.apply_bases(i, Refresh(results, -1, None))
             self.ready[i] = True
@@ -652,28 +652,22 @@ class KronGroup(_Group):
     def compute_refresh(self, i: int, snap: dict[str, Any], hp: Hyper) -> Refresh:
         """New bases from a snapshot, and the state they imply (pure: runs on a worker thread)."""
         bases: list[precond.Basis | None] = []
+        failures: list[str] = []
         for side, inp, k in zip(self.sides, snap["sides"], snap["ranks"]):
-            if inp is None:
-                bases.append(None)
-            elif side.mode == "dense":
-                bases.append(precond.refresh_dense(self._decode_factor(side, inp["fac"]), inp["q"].float()))
-            else:
-                seed = _seed(self.specs[i].index, side.name, snap["step"] + 2)
-                cap = side.rank_cap(hp.rank_max)
-                bases.append(
-                    precond.refresh_stream(
-                        inp["qh"].float(),
-                        inp["sketch"].float(),
-                        float(inp["trace"]),
-                        k,
-                        hp.spectral_mass,
-                        hp.rank_min,
-                        cap,
-                        side.p,
-                        seed,
-                    )
-                )
-        return Refresh(bases, snap["step"], self._prepare(i, bases, snap))
+            basis = None
+            try:
+                if inp is not None and side.mode == "dense":
+                    basis = precond.refresh_dense(self._decode_factor(side, inp["fac"]), inp["q"].float())
+                elif inp is not None:
+                    seed = _seed(self.specs[i].index, side.name, snap["step"] + 2)
+                    basis = precond.refresh_stream(
+                        inp["qh"].float(), inp["sketch"].float(), float(inp["trace"]), k, hp.spectral_mass,
+                        hp.rank_min, side.rank_cap(hp.rank_max), side.p, seed,
+                    )  # fmt: skip
+            except precond.BasisError as e:  # the old basis stays
+                failures.append(e.reason)
+            bases.append(basis)
+        return Refresh(bases, snap["step"], self._prepare(i, bases, snap), failures)
 
     def _prepare(self, i: int, bases: Sequence[precond.Basis | None], snap: dict[str, Any]) -> dict[str, Tensor]:
         """Block ``i``'s factor and rotated second moment, carried into the new bases."""
@@ -805,6 +799,7 @@ class Refresh:
     bases: list[precond.Basis | None]
     step: int
     prepared: dict[str, Tensor] | None
+    failures: list[str] = field(default_factory=list)  # why a side kept its old basis
 
 
 _RES_FLOOR = 1e-3  # complement second moment >= (this * RMS gradient)^2

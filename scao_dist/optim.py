@@ -310,7 +310,6 @@ class SCAO(torch.optim.Optimizer):
         (contiguous runs of blocks, so their state rows are views): the step's fp32 temporaries
         scale with the chunk, not with the group."""
         hp = self._hyper(grp)
-        failures = getattr(grp, "failures", 0)
         per = max(1, self._max_step_numel // max(grp.specs[0].numel, 1))
         runs: list[list[int]] = []
         for i in idx:
@@ -319,9 +318,17 @@ class SCAO(torch.optim.Optimizer):
             else:
                 runs.append([i])
         due = [b for run in runs for b in grp.step(run, hp)]
-        self.counters["basis_failures"] += getattr(grp, "failures", 0) - failures
+        for reason in getattr(grp, "failure_log", ()):
+            self.count_basis_failure(reason)
+        if isinstance(grp, KronGroup):
+            grp.failure_log.clear()
         for i in due:
             self.refresher.submit(grp, i, hp, self._t + 1)
+
+    def count_basis_failure(self, reason: str) -> None:
+        """A basis that could not be computed (the old one, or the identity, was kept)."""
+        self.counters["basis_failures"] += 1
+        self.counters[f"basis_failures: {reason}"] += 1
 
     def _skip_nonfinite(self, ranks: list[int] | None = None) -> None:
         self.counters["skipped_steps"] += 1

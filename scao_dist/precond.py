@@ -1,8 +1,8 @@
 """Eigenbases of the Kronecker factors: first basis, periodic refresh, adaptive rank.
 
 Everything here works on ONE side of ONE block, in fp32, and is pure: it takes tensors and
-returns a :class:`Basis` (or ``None`` when the numbers cannot be trusted, in which case the
-caller keeps the old basis and counts the failure). The batched per-step math lives in
+returns a :class:`Basis`, or raises :class:`BasisError` (with a reason) when the numbers
+cannot be trusted; the caller then keeps the old basis and counts the reason. The batched per-step math lives in
 ``groups.py``; the owner/async machinery in ``shard/refresh.py``.
 
 Notation: ``L`` is the EMA factor of one side (``G G^T`` for rows, ``G^T G`` for columns),
@@ -36,6 +36,17 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+
+class BasisError(Exception):
+    """No trustworthy basis from these numbers; ``reason`` names the step that failed.
+
+    Callers keep the previous basis (the identity before the first one) and count the reason.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass
@@ -77,26 +88,31 @@ def _finite(*ts: Tensor) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in ts)
 
 
-def safe_eigh(a: Tensor) -> tuple[Tensor, Tensor] | None:
-    """Eigenpairs of symmetric ``a`` sorted descending; retries in float64; ``None`` on failure."""
+def safe_eigh(a: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigenpairs of symmetric ``a`` sorted descending (in ``a``'s precision, fp32 retried in
+    float64, as distributed_shampoo does). Raises :class:`BasisError`."""
     if not _finite(a):
-        return None
-    for dtype in (torch.float32, torch.float64):
+        raise BasisError("eigh: non-finite input")
+    dtypes = (torch.float64,) if a.dtype == torch.float64 else (torch.float32, torch.float64)
+    for dtype in dtypes:
         try:
             vals, vecs = torch.linalg.eigh(a.to(dtype))
         except RuntimeError:  # torch._C._LinAlgError subclasses RuntimeError
             continue
         if _finite(vals, vecs):
-            return vals.flip(0).float(), vecs.flip(1).float()
-    return None
+            return vals.flip(0).to(a.dtype), vecs.flip(1).to(a.dtype)
+    raise BasisError("eigh: did not converge")
 
 
-def safe_qr(a: Tensor) -> Tensor | None:
+def safe_qr(a: Tensor) -> Tensor:
+    """``Q`` of ``a = QR``. Raises :class:`BasisError`."""
     try:
         q = torch.linalg.qr(a).Q
-    except RuntimeError:
-        return None
-    return q if _finite(q) else None
+    except RuntimeError as e:
+        raise BasisError("qr: failed") from e
+    if not _finite(q):
+        raise BasisError("qr: non-finite result")
+    return q
 
 
 def complement_probes(q: Tensor, p: int, seed: int) -> Tensor:
@@ -108,24 +124,23 @@ def complement_probes(q: Tensor, p: int, seed: int) -> Tensor:
     w = seeded_normal((d, p), seed, q.device)
     for _ in range(2):  # twice is enough (Kahan)
         w = w - q @ (q.T @ w)
-    out = safe_qr(w)
-    return out if out is not None else q.new_zeros(d, 0)
+    try:
+        return safe_qr(w)
+    except BasisError:
+        return q.new_zeros(d, 0)
 
 
 # --------------------------------------------------------------------------------- dense
-def first_basis_dense(fac: Tensor) -> Basis | None:
-    """``eigh`` of the factor (held in the identity frame before the first basis). ``None`` if ill-posed."""
+def first_basis_dense(fac: Tensor) -> Basis:
+    """``eigh`` of the factor (held in the identity frame before the first basis)."""
     total = float(torch.diagonal(fac).sum())
-    if not total > 0.0:
-        return None  # all-zero gradient (e.g. LoRA A while B = 0): nothing to learn a basis from
-    out = safe_eigh(fac)
-    if out is None:
-        return None
-    vals, vecs = out
+    if not total > 0.0:  # all-zero gradient (e.g. LoRA A while B = 0): nothing to learn a basis from
+        raise BasisError("zero factor" if total == 0.0 else "non-finite factor")
+    vals, vecs = safe_eigh(fac)
     return Basis(q=vecs.contiguous(), eig=vals.clone(), rotation=vecs.contiguous())
 
 
-def refresh_dense(fac_rot: Tensor, q: Tensor) -> Basis | None:
+def refresh_dense(fac_rot: Tensor, q: Tensor) -> Basis:
     """SOAP's refresh, carried out in the current eigenbasis frame.
 
     ``fac_rot = Q^T L Q`` is the factor as SCAO stores it (in the frame of the current basis
@@ -135,18 +150,16 @@ def refresh_dense(fac_rot: Tensor, q: Tensor) -> Basis | None:
     d x d QR of the rotated factor. The factor moves to the new frame as ``Z^T fac_rot Z``.
     """
     if not _finite(fac_rot, q):
-        return None
+        raise BasisError("dense refresh: non-finite factor or basis")
     est = torch.diagonal(fac_rot)
     perm = torch.argsort(est, descending=True)
     z = safe_qr(fac_rot[:, perm])
-    if z is None:
-        return None
     eig = (z * (fac_rot @ z)).sum(0)
     return Basis(q=q @ z, eig=eig, perm=perm, rotation=z)
 
 
 # -------------------------------------------------------------------------------- stream
-def nystrom(qh: Tensor, p: Tensor) -> tuple[Tensor, Tensor] | None:
+def nystrom(qh: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
     """Top eigenpairs of psd ``L`` from ``P = L Qh`` (Qh orthonormal d x s). Descending.
 
     ``F = (P + nu Qh) C^-T`` with ``C C^T = Qh^T (P + nu Qh)`` gives ``L ~ F F^T``; its eigenpairs
@@ -154,28 +167,27 @@ def nystrom(qh: Tensor, p: Tensor) -> tuple[Tensor, Tensor] | None:
     of the tall ``F`` (slow on GPUs). Directions with ``S`` at rounding level get zero columns.
     """
     if not _finite(qh, p):
-        return None
+        raise BasisError("nystrom: non-finite sketch")
     y = p.double()
     nu = float(torch.finfo(torch.float32).eps * qh.shape[0] ** 0.5 * torch.linalg.vector_norm(y))
     if not nu > 0.0:
-        return None
+        raise BasisError("nystrom: zero sketch")
     y = y + nu * qh.double()
     b = qh.double().T @ y
     c, info = torch.linalg.cholesky_ex(0.5 * (b + b.T))
     if int(info) != 0:
-        return None
+        raise BasisError("nystrom: cholesky")
     f = torch.linalg.solve_triangular(c, y.T, upper=False).T  # y C^{-T}
-    out = safe_eigh(f.T @ f)
-    if out is None:
-        return None
-    s2, v = out  # descending; safe_eigh returns float32: redo the product in float64
-    s2 = s2.double().clamp_min(0.0)
+    s2, v = safe_eigh(f.T @ f)  # float64 in, float64 out
+    s2 = s2.clamp_min(0.0)
     sig = s2.sqrt()
     keep = sig > sig[0] * 1e-7
-    u = (f @ v.double()) * torch.where(keep, 1.0 / torch.where(keep, sig, 1.0), 0.0)
+    u = (f @ v) * torch.where(keep, 1.0 / torch.where(keep, sig, 1.0), 0.0)
     vals = (s2 - nu).clamp_min(0.0).float()
     u = u.float()
-    return (vals, u) if _finite(vals, u) else None
+    if not _finite(vals, u):
+        raise BasisError("nystrom: non-finite result")
+    return vals, u
 
 
 def refresh_stream(
@@ -188,18 +200,15 @@ def refresh_stream(
     rank_max: int,
     oversample: int,
     seed: int,
-) -> Basis | None:
+) -> Basis:
     """Refresh of a stream side from its tracked basis ``qh`` (d x s) and ``P ~ L qh``.
 
     ``k_old`` is how many leading columns of ``qh`` are the previous basis (0 at the first
     refresh, when ``qh`` holds random probes only).
     """
     if not trace > 0.0:
-        return None
-    out = nystrom(qh, p)
-    if out is None:
-        return None
-    vals, u = out
+        raise BasisError("stream: zero trace" if trace == 0.0 else "stream: non-finite trace")
+    vals, u = nystrom(qh, p)
     k = select_rank(vals, trace, spectral_mass, rank_min, rank_max)
     qn, lam = u[:, :k].contiguous(), vals[:k].clone()
     probes = complement_probes(qn, oversample, seed)
@@ -212,9 +221,7 @@ def refresh_stream(
 
 def first_probe_stream(d: int, s: int, seed: int, device: torch.device) -> Tensor:
     """Random orthonormal ``(d, s)`` probe used to sketch the first factor of a stream side."""
-    q = safe_qr(seeded_normal((d, min(s, d)), seed, device))
-    assert q is not None  # a Gaussian matrix is full rank with probability one
-    return q
+    return safe_qr(seeded_normal((d, min(s, d)), seed, device))  # full rank with probability one
 
 
 # ----------------------------------------------------------------------- second moment

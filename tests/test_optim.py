@@ -149,6 +149,7 @@ def test_failed_eigendecomposition_keeps_the_old_basis(monkeypatch):
     monkeypatch.setattr(torch.linalg, "eigh", broken)
     _train(model, opt, 10, batches)  # crosses the refresh at step 10 (step 1 built the first basis)
     assert opt.counters["basis_failures"] >= 2
+    assert opt.counters["basis_failures: qr: failed"] >= 2  # the reason is counted too
     for g, b in zip(kron, bases):
         assert torch.equal(g.t["L.q"], b)
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -181,6 +182,7 @@ def test_lora_over_quantized_base_is_finite_from_step_one():
     assert all(torch.isfinite(p).all() for p in model.parameters())
     # A's gradient is exactly zero at step 1: its factors are empty, identity basis kept, counted
     assert opt.counters["basis_failures"] >= 2
+    assert opt.counters["basis_failures: first basis, zero factor"] >= 2
     assert sum(losses[-5:]) < sum(losses[:5])
 
 

@@ -119,11 +119,9 @@ class RefreshScheduler:
         self._apply(item.group, item.index, self._result(item))
 
     def _apply(self, grp: Any, i: int, refresh: Any) -> None:
-        counters = self.opt.counters
-        for side, basis in zip(grp.sides, refresh.bases):
-            if side.rotated and basis is None:
-                counters["basis_failures"] += 1
-        counters["refreshes"] += 1
+        for reason in refresh.failures:
+            self.opt.count_basis_failure(reason)
+        self.opt.counters["refreshes"] += 1
         grp.apply_bases(i, refresh)
 
     def drain(self) -> None:
