@@ -184,9 +184,60 @@ class _Group:
         src = [self.params[self.specs[i].param] for i in idx]
         return torch.stack([self.block_view(i, p.grad if grads else p) for i, p in zip(idx, src)])
 
+    def gather_grads(self, idx: Sequence[int]) -> Tensor:
+        """The blocks' gradients as one fp32 ``(b, m, n)`` tensor (one multi-tensor copy)."""
+        m, n = self.specs[0].shape
+        out = torch.empty((len(idx), m, n), dtype=torch.float32, device=self.device)
+        views = [self.block_view(i, self.params[self.specs[i].param].grad) for i in idx]
+        torch._foreach_copy_(list(out.unbind(0)), views)
+        return out
+
     def scatter_params(self, idx: Sequence[int], w: Tensor) -> None:
         for j, i in enumerate(idx):
             self.block_view(i, self.params[self.specs[i].param]).copy_(w[j])
+
+    # -- weights held by the group ----------------------------------------------------------
+    def adopt_params(self) -> None:
+        """Hold the group's weights in one stacked ``(B, m, n)`` buffer and make the parameters
+        views into it, so a step updates them in place (no stack/scatter copies per step).
+
+        Only when every block is a whole parameter that owns its whole storage (not a view into
+        someone else's flat buffer). The ``Parameter`` objects stay the same; only their data
+        moves. If anything later swaps a parameter's data (``model.to(...)``, a wrapper), the
+        group notices and falls back to copying.
+        """
+        self.wbuf: Tensor | None = None
+        params = [self.params[s.param] for s in self.specs]
+        if not all(self._owns_whole(s, p) for s, p in zip(self.specs, params)):
+            return
+        m, n = self.specs[0].shape
+        buf = torch.empty((self.B, m, n), dtype=params[0].dtype, device=self.device)
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                buf[i].copy_(p.detach().reshape(m, n))
+                p.data = buf[i].view(p.shape)
+        self.wbuf = buf
+        self._ptrs = [p.data_ptr() for p in params]
+
+    def _owns_whole(self, s: BlockSpec, p: Tensor) -> bool:
+        return (
+            p.device == self.device
+            and p.is_contiguous()
+            and p.storage_offset() == 0
+            and p.untyped_storage().nbytes() == p.numel() * p.element_size()
+            and (s.r0, s.c0, s.r1, s.c1) == (0, 0, *matrix_view(p).shape)
+        )
+
+    def weights(self, idx: Sequence[int]) -> tuple[Tensor, bool]:
+        """``(b, m, n)`` weights of blocks ``idx`` and whether they are the parameters themselves
+        (a view: updated in place) or a stacked copy (to be scattered back)."""
+        idx = list(idx)
+        wbuf = getattr(self, "wbuf", None)
+        if wbuf is not None and idx == list(range(idx[0], idx[0] + len(idx))):
+            if all(self.params[self.specs[i].param].data_ptr() == self._ptrs[i] for i in idx):
+                return wbuf[idx[0] : idx[0] + len(idx)], True
+            self.wbuf = None  # something replaced the parameters' data: copy from now on
+        return self.gather(idx, grads=False), False
 
     # -- state rows ---------------------------------------------------------------------
     def select(self, idx: Sequence[int]) -> tuple[dict[str, Tensor], bool]:
@@ -245,8 +296,9 @@ class AdamGroup(_Group):
             self.t["ebits"] = torch.zeros(self.B, n, dtype=bits, device=device)
 
     def step(self, idx: Sequence[int], hp: Hyper) -> list[int]:
-        g = self.gather(idx, grads=True).reshape(len(idx), self.n).float()
-        w = self.gather(idx, grads=False).reshape(len(idx), self.n)
+        g = self.gather_grads(idx).reshape(len(idx), self.n)
+        w3, in_place = self.weights(idx)
+        w = w3.reshape(len(idx), self.n)
         s, whole = self.select(idx)
         for i in idx:
             self.steps[i] += 1
@@ -262,7 +314,8 @@ class AdamGroup(_Group):
             u = self.v.adam(s, g, m, hp.beta2, bc1, bc2, hp.eps)
             kernels.apply_update_(w, rho, u, hp.lr, hp.weight_decay)
         self.put_back(idx, s, whole)
-        self.scatter_params(idx, w.reshape(len(idx), *self.specs[0].shape))
+        if not in_place:
+            self.scatter_params(idx, w.reshape(len(idx), *self.specs[0].shape))
         return []
 
     def block_state(self, i: int) -> dict[str, Tensor]:
@@ -370,8 +423,8 @@ class KronGroup(_Group):
         toy that alone cost most of the progress). Stream sides' truncated bases ``Q`` act inside
         that frame.
         """
-        g = self.gather(idx, grads=True).float()
-        w = self.gather(idx, grads=False)
+        g = self.gather_grads(idx)
+        w, in_place = self.weights(idx)
         s, whole = self.select(idx)
         for i in idx:
             self.steps[i] += 1
@@ -400,7 +453,8 @@ class KronGroup(_Group):
             uf = self.unrotate(u_rot, ql, qr)
         uf = self._graft(s, uf, mf, hp, bc1, bc2)
         kernels.apply_update_(w, s.get("ebits"), self.unrotate(uf, fl, fr), hp.lr, hp.weight_decay)
-        self.scatter_params(idx, w)
+        if not in_place:
+            self.scatter_params(idx, w)
         self._update_factors(s, idx, gf, hp, self.sides, halves)
         self.put_back(idx, s, whole)
         return [i for i in idx if (self.steps[i] + self.phase[i]) % hp.precond_freq == 0]
@@ -554,7 +608,7 @@ class KronGroup(_Group):
 
     def _first_step(self, idx: Sequence[int], hp: Hyper) -> None:
         """SOAP's step 1: accumulate the factors and build the first bases; no parameter update."""
-        g = self.gather(idx, grads=True).float()
+        g = self.gather_grads(idx)
         s, whole = self.select(idx)
         # stream sides: the first sketch is P = L Qh0 for a random orthonormal Qh0
         probes = {}

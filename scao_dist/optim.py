@@ -74,6 +74,10 @@ class SCAO(torch.optim.Optimizer):
         grad_sync: with several ranks, ``"scao"`` (default) averages the gradients itself by a
             bucketed reduce-scatter to each block's owner (use a plain model, no DDP wrapper);
             ``"external"`` means DDP or DeepSpeed already averaged them (no gradient traffic).
+        stacked_weights: let each group hold its parameters' data in one stacked buffer (the
+            ``Parameter`` objects stay; their ``.data`` become views), so a step updates weights in
+            place instead of stacking and scattering copies. Only for parameters that own their
+            whole storage; falls back to copying if their data is later replaced.
         bucket_mb: size of one communication bucket.
         grad_comm_dtype: dtype the gradients are reduced in (e.g. ``torch.bfloat16`` to halve the
             traffic of an fp32 model); default: each parameter's own dtype. Weights always travel
@@ -123,6 +127,7 @@ class SCAO(torch.optim.Optimizer):
         max_step_numel: int = 1 << 26,
         overlap_comm: bool = False,
         grad_comm_dtype: torch.dtype | None = None,
+        stacked_weights: bool = True,
         max_consecutive_skips: int | None = 50,
     ) -> None:
         if rank not in ("adaptive", "full"):
@@ -165,6 +170,7 @@ class SCAO(torch.optim.Optimizer):
         self._check_sync_every = int(check_sync_every)
         self._max_step_numel = int(max_step_numel)
         self._overlap = bool(overlap_comm)
+        self._stacked_weights = bool(stacked_weights)
         self._no_sync = False
         self._overlap_hooks: list[Any] = []
         self._max_skips = max_consecutive_skips
@@ -250,6 +256,8 @@ class SCAO(torch.optim.Optimizer):
                 grp.phase = [self.plan.phase[s.index] for s in members]
             for i, s in enumerate(members):
                 self._where[s.index] = (grp, i)
+            if self._stacked_weights:
+                grp.adopt_params()
             self.groups.append(grp)
         for s in specs:
             self._blocks_of_param[s.param].append(s.index)

@@ -390,3 +390,34 @@ def test_chunked_group_steps_match_whole_group_steps():
     _train(m2, o2, 15, b2)
     for a, b in zip(m1.parameters(), m2.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_stacked_weights_are_the_parameters_and_change_nothing():
+    """Groups hold whole parameters in one buffer (the Parameter objects stay; .data are views)."""
+    m1, m2 = _mlp(d=16).to(torch.bfloat16), _mlp(d=16).to(torch.bfloat16)
+    ids = [id(p) for p in m1.parameters()]
+    o1 = SCAO(m1.parameters(), lr=1e-2, min_precond_dim=2)
+    o2 = SCAO(m2.parameters(), lr=1e-2, min_precond_dim=2, stacked_weights=False)
+    assert [id(p) for p in m1.parameters()] == ids
+    assert any(getattr(g, "wbuf", None) is not None for g in o1.groups)
+    assert all(getattr(g, "wbuf", None) is None for g in o2.groups)
+    b1, b2 = _batches(d=16), _batches(d=16)
+
+    def run(m, o, b, n):
+        for _ in range(n):
+            x, y = next(b)
+            o.zero_grad()
+            (m(x.bfloat16()) - y.bfloat16()).float().square().mean().backward()
+            o.step()
+
+    run(m1, o1, b1, 6)
+    run(m2, o2, b2, 6)
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        assert torch.equal(a, b)
+    # something replaces a parameter's data: the group notices and copies from then on
+    w = m1[0].weight
+    w.data = w.data.clone()
+    run(m1, o1, b1, 6)
+    run(m2, o2, b2, 6)
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        assert torch.equal(a, b)
