@@ -376,9 +376,10 @@ class KronGroup(_Group):
         """fp32 ``(b, d, d)`` eigenbasis of a dense side: the frame the block's state lives in."""
         return s[f"{side.name}.q"].float() if side.mode == "dense" else None
 
-    def basis(self, s: dict[str, Tensor], side: Side) -> Tensor | None:
-        """fp32 ``(b, d, K)`` truncated basis of a stream side (in original coordinates)."""
-        return s[f"{side.name}.qh"][..., : side.K].float() if side.mode == "stream" else None
+    def tracked(self, s: dict[str, Tensor], side: Side) -> Tensor | None:
+        """fp32 ``(b, d, K + p)`` tracked basis of a stream side, probes last (original coordinates);
+        its first ``K`` columns are the truncated basis ``Q``."""
+        return s[f"{side.name}.qh"].float() if side.mode == "stream" else None
 
     def rotate(self, x: Tensor, ql: Tensor | None, qr: Tensor | None) -> Tensor:
         """``Q_L^T x Q_R`` (a ``None`` side is the identity)."""
@@ -430,21 +431,25 @@ class KronGroup(_Group):
             self.steps[i] += 1
         bc1, bc2 = self.bias(idx, hp, 3)
         fl, fr = (self.frame(s, side) for side in self.sides)
-        ql, qr = (self.basis(s, side) for side in self.sides)
+        qhl, qhr = (self.tracked(s, side) for side in self.sides)  # fp32 once per step
+        kl, kr = (side.K for side in self.sides)
+        ql = qhl[..., :kl] if qhl is not None else None
+        qr = qhr[..., :kr] if qhr is not None else None
 
         gf = self.rotate(g, fl, fr)
         del g
-        halves = self._stream_halves(s, gf)
+        halves = self._stream_halves(gf, qhl, qhr)
         g_rot = self._core(gf, halves, ql, qr)
         mf = self.mom.ema(s, gf, hp.beta1)
         m_rot = self.rotate(mf, ql, qr)
         u_rot = self.vp.adam(s, g_rot, m_rot, hp.beta2, bc1, bc2, hp.eps)
 
         b2 = hp.beta2
-        gsq = gf.square()
-        s["g_row"].mul_(b2).add_(gsq.mean(-1), alpha=1 - b2)
-        s["g_col"].mul_(b2).add_(gsq.mean(-2), alpha=1 - b2)
-        del gsq
+        if self.cfg.graft == "norm" or any(side.mode == "stream" for side in self.sides):
+            gsq = gf.square()  # read by the norm graft and the complement's floor (else skipped)
+            s["g_row"].mul_(b2).add_(gsq.mean(-1), alpha=1 - b2)
+            s["g_col"].mul_(b2).add_(gsq.mean(-2), alpha=1 - b2)
+            del gsq
         trunc = self.truncated(idx)
         if any(trunc):
             mask = self._device_list(tuple(trunc), torch.bool)
@@ -477,15 +482,14 @@ class KronGroup(_Group):
             return base + steps[0] * _SEED_STEP
         return base + self._device_list(tuple(steps), torch.int64) * _SEED_STEP
 
-    def _stream_halves(self, s: dict[str, Tensor], gf: Tensor) -> dict[str, Tensor]:
+    def _stream_halves(self, gf: Tensor, qhl: Tensor | None, qhr: Tensor | None) -> dict[str, Tensor]:
         """``Qh_L^T G_F`` and ``G_F Qh_R`` (tracked bases plus probes) of the stream sides, once:
         the core rotation and the sketch updates both start from them."""
         out = {}
-        left, right = self.sides
-        if left.mode == "stream":
-            out["L"] = s["L.qh"].float().mT @ gf
-        if right.mode == "stream":
-            out["R"] = gf @ s["R.qh"].float()
+        if qhl is not None:
+            out["L"] = qhl.mT @ gf
+        if qhr is not None:
+            out["R"] = gf @ qhr
         return out
 
     def _core(self, gf: Tensor, halves: dict[str, Tensor], ql: Tensor | None, qr: Tensor | None) -> Tensor:
@@ -666,7 +670,7 @@ class KronGroup(_Group):
             "step": self.steps[i],
             "ranks": [s.ranks[i] for s in self.sides],
             "v": {k: t[k][i].clone() for k in self.vp.names()},
-            "fill": torch.stack([t["res_row"][i].mean(), t["g_row"][i].mean()]),
+            "fill": torch.stack([t["res_row"][i].mean(), t["g_row"][i].mean(), self._v_mean(i)]),
             "sides": [],
         }
         if any(side.mode == "dense" for side in self.sides):  # frame-coordinate state moves with the frame
@@ -685,6 +689,13 @@ class KronGroup(_Group):
             else:
                 snap["sides"].append(None)
         return snap
+
+    def _v_mean(self, i: int) -> Tensor:
+        """Mean of block ``i``'s rotated second moment over its kept coordinates (a fill value)."""
+        rl, rr = (side.ranks[i] for side in self.sides)
+        sub = {k: self.t[k][i : i + 1] for k in self.vp.names()}
+        v = self.vp.read(sub, self.t[self.vp.names()[0]].shape[-1])[0, :rl, :rr]
+        return v.mean() if v.numel() else torch.zeros((), device=self.device)
 
     def _factor_keys(self, side: Side) -> tuple[str, ...]:
         n = side.name
@@ -728,7 +739,7 @@ class KronGroup(_Group):
         out: dict[str, Tensor] = {}
         rl, rr = snap["ranks"]
         v = self.vp.read(snap["v"], snap["v"][self.vp.names()[0]].shape[-1])[:rl, :rr]
-        fill = float(snap["fill"][0]) or float(snap["fill"][1])
+        fill = float(snap["fill"][0]) or float(snap["fill"][1]) or float(snap["fill"][2])
         frame = snap.get("frame_state")
         m = self.mom.read(frame, self.n_dim) if frame is not None else None
         rotated = False
