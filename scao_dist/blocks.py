@@ -62,6 +62,17 @@ def matrix_view(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(1, -1)
 
 
+def write_block(t: torch.Tensor, s: BlockSpec, value: torch.Tensor) -> None:
+    """``matrix_view(t)[block] = value``, also when the 2-D view of ``t`` is a copy (a tensor that
+    is not contiguous, e.g. a channels-last conv kernel): then the whole tensor is rewritten,
+    keeping its memory format."""
+    view = matrix_view(t)  # a view of t when t is contiguous
+    view[s.r0 : s.r1, s.c0 : s.c1] = value
+    if not t.is_contiguous():  # the 2-D view was a copy: write it back
+        t.copy_(view.reshape(t.shape))
+    t.copy_(view.reshape(t.shape))
+
+
 def _chunks(d: int, limit: int) -> list[tuple[int, int]]:
     """Cut ``range(d)`` into the fewest near-equal chunks no longer than ``limit``."""
     n = max(1, math.ceil(d / limit))

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from . import kernels, precond, quant
-from .blocks import BlockSpec, matrix_view
+from .blocks import BlockSpec, matrix_view, write_block
 from .config import Config, Hyper
 
 CATEGORIES = ("moments", "scales", "factors", "bases", "error_bits", "other")
@@ -194,7 +194,7 @@ class _Group:
 
     def scatter_params(self, idx: Sequence[int], w: Tensor) -> None:
         for j, i in enumerate(idx):
-            self.block_view(i, self.params[self.specs[i].param]).copy_(w[j])
+            write_block(self.params[self.specs[i].param], self.specs[i], w[j])
 
     # -- weights held by the group ----------------------------------------------------------
     def adopt_params(self) -> None:

@@ -421,3 +421,24 @@ def test_stacked_weights_are_the_parameters_and_change_nothing():
     run(m2, o2, b2, 6)
     for a, b in zip(m1.parameters(), m2.parameters()):
         assert torch.equal(a, b)
+
+
+def test_non_contiguous_parameters_are_updated_in_their_own_layout():
+    """A channels-last conv kernel's 2-D view is a copy: its update must still land (and the
+    layout stay channels-last), bit for bit as for the same kernel in the default layout."""
+    torch.manual_seed(0)
+    conv_a = torch.nn.Conv2d(8, 16, 3)
+    conv_b = copy.deepcopy(conv_a).to(memory_format=torch.channels_last)
+    start = conv_a.weight.detach().clone()
+    o_a = SCAO(conv_a.parameters(), lr=1e-2, min_precond_dim=2)
+    o_b = SCAO(conv_b.parameters(), lr=1e-2, min_precond_dim=2)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        grads = [torch.randn(p.shape, generator=g) for p in conv_a.parameters()]
+        for conv, o in ((conv_a, o_a), (conv_b, o_b)):
+            for p, gr in zip(conv.parameters(), grads):
+                p.grad = gr.clone().to(memory_format=torch.channels_last) if gr.ndim == 4 else gr.clone()
+            o.step()
+    assert conv_b.weight.is_contiguous(memory_format=torch.channels_last)
+    assert (conv_b.weight - start).abs().max() > 1e-3  # it moved
+    assert torch.equal(conv_a.weight, conv_b.weight)

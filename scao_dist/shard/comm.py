@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..blocks import BlockSpec, matrix_view
+from ..blocks import BlockSpec, matrix_view, write_block
 
 
 @dataclass
@@ -198,7 +198,7 @@ class Comm:
             for blk, off, n in b.slots[self.rank]:
                 s = opt.specs[blk]
                 if s.param in with_grad:
-                    _block(params[s.param].grad, s).copy_(out[off : off + n].view(s.shape))
+                    write_block(params[s.param].grad, s, out[off : off + n].view(s.shape))
 
     def end_step(self) -> None:
         """Close the traffic count of the step just finished."""
@@ -237,7 +237,7 @@ class Comm:
                     for blk, off, n in slots:
                         s = opt.specs[blk]
                         base = r * b.chunk + off
-                        _block(params[s.param], s).copy_(flat[base : base + n].view(s.shape))
+                        write_block(params[s.param], s, flat[base : base + n].view(s.shape))
 
     def gather_objects(self, obj: Any) -> list[Any]:
         """``all_gather_object``: every rank gets every rank's ``obj``."""
