@@ -74,6 +74,9 @@ class SCAO(torch.optim.Optimizer):
         grad_sync: with several ranks, ``"scao"`` (default) averages the gradients itself by a
             bucketed reduce-scatter to each block's owner (use a plain model, no DDP wrapper);
             ``"external"`` means DDP or DeepSpeed already averaged them (no gradient traffic).
+        amsgrad, maximize, foreach, fused, capturable, differentiable: AdamW's flags, accepted so
+            code written for AdamW runs: ``foreach``/``fused`` are ignored (SCAO always batches and
+            fuses), the others raise if set since SCAO does not implement them.
         stacked_weights: let each group hold its parameters' data in one stacked buffer (the
             ``Parameter`` objects stay; their ``.data`` become views), so a step updates weights in
             place instead of stacking and scattering copies. Only for parameters that own their
@@ -128,8 +131,22 @@ class SCAO(torch.optim.Optimizer):
         overlap_comm: bool = False,
         grad_comm_dtype: torch.dtype | None = None,
         stacked_weights: bool = True,
+        amsgrad: bool = False,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
         max_consecutive_skips: int | None = 50,
     ) -> None:
+        refused = {"amsgrad": amsgrad, "maximize": maximize, "capturable": capturable, "differentiable": differentiable}
+        for name, on in refused.items():
+            if on:
+                raise ValueError(
+                    f"SCAO does not implement AdamW's {name}=True; drop the argument "
+                    + ("(negate the loss to maximise)." if name == "maximize" else "(its update rule differs).")
+                )
+        del foreach, fused  # accepted for drop-in compatibility: SCAO always batches blocks and fuses steps
         if rank not in ("adaptive", "full"):
             raise ValueError(f"rank must be 'adaptive' or 'full', got {rank!r}")
         if rank == "full":
@@ -221,7 +238,7 @@ class SCAO(torch.optim.Optimizer):
             for p in g["params"]:
                 pid = len(param_group)
                 param_group[pid] = gi
-                if not p.requires_grad:
+                if not p.requires_grad or p.numel() == 0:
                     continue
                 specs += split_param(
                     p,

@@ -342,6 +342,12 @@ def test_bad_input_gets_clear_errors():
         SCAO([torch.nn.Parameter(torch.zeros(4))], rank="half")
     with pytest.raises(ValueError, match="spectral_mass"):
         SCAO([torch.nn.Parameter(torch.zeros(4))], spectral_mass=0.0)
+    with pytest.raises(ValueError, match="amsgrad"):
+        SCAO([torch.nn.Parameter(torch.zeros(4))], amsgrad=True)
+    with pytest.raises(ValueError, match="negate the loss"):
+        SCAO([torch.nn.Parameter(torch.zeros(4))], maximize=True)
+    # AdamW's performance flags are accepted; an empty parameter is skipped
+    SCAO([torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(0, 3))], fused=True, foreach=False)
     model = _mlp()
     opt = SCAO(model.parameters())
     other = SCAO(_mlp(d=8).parameters(), quantize=False)
