@@ -79,7 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lrs", default=None, help="per-optimizer lrs: 'adamw=5e-4;scao=1e-3,2e-3', JSON, or a JSON file")
     p.add_argument("--sweep", action="store_true", help="each optimizer not in --lrs runs its default lr grid")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (init and batch order)")
-    p.add_argument("--betas", default="0.9,0.999")
+    p.add_argument("--betas", default="own",
+                   help="'own' (default): each optimizer's own default betas; or 'b1,b2' forced on all")  # fmt: skip
     p.add_argument("--eps", type=float, default=1e-8)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--scao-kwargs", default=None, help="JSON kwargs for scao_dist's default 'scao' run")
@@ -294,7 +295,7 @@ class Context:
         val = ByteCorpus(self.val, self.cfg.seq_len, self.batch_size, seed=EVAL_SEED)
         self.eval_set = [val.batch(k, device) for k in range(args.eval_batches)]
         self.horizon = args.cosine_steps or steps
-        self.betas = tuple(float(b) for b in args.betas.split(","))
+        self.betas = None if args.betas == "own" else tuple(float(b) for b in args.betas.split(","))
         hb = args.heavyball_compile
         self.heavyball_compile = None if hb.lower() == "none" else hb
 
@@ -311,7 +312,7 @@ def base_record(ctx: Context, run: Run) -> dict[str, Any]:
         "model": {"d_model": ctx.cfg.d_model, "n_layer": ctx.cfg.n_layer, "n_head": ctx.cfg.n_head,
                   "seq_len": ctx.cfg.seq_len, "params": None},
         "batch_size": ctx.batch_size, "warmup": args.warmup, "cosine_steps": ctx.horizon,
-        "final_lr_frac": args.final_lr_frac, "betas": list(ctx.betas), "eps": args.eps,
+        "final_lr_frac": args.final_lr_frac, "betas": list(ctx.betas) if ctx.betas else "own", "eps": args.eps,
         "weight_decay": args.weight_decay, "amp": "bf16" if ctx.amp else "fp32", "eval_every": args.eval_every,
         "eval_batches": args.eval_batches, "timing_skip": args.timing_skip, "target_loss": args.target_loss,
         "train_loss": [], "val": [], "step_ms": [], "opt_ms": [], "nan_count": 0,
@@ -340,6 +341,7 @@ def run_one(ctx: Context, run: Run, deadline: float) -> dict[str, Any]:
                         device=device, heavyball_compile=ctx.heavyball_compile)  # fmt: skip
         opt = built.opt
         rec.update(package=built.package, version=built.version, notes=built.notes)
+        rec["betas_used"] = sorted({str(tuple(g["betas"])) for g in getattr(opt, "param_groups", []) if "betas" in g})
         _train(ctx, run, model, opt, rec, deadline)
     except O.NotInstalledError as e:
         rec["status"], rec["message"] = "not_installed", str(e)

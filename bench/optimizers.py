@@ -17,7 +17,8 @@ Names (the ``--optimizers`` flag of :mod:`bench.compare`):
 * ``scao_soap``    scao_dist ``SCAO(quantize=False, rank="full", graft="none")`` on fp32 weights: plain SOAP;
 * variants         ``--scao-variant NAME=JSON`` adds scao_dist runs with other knobs (see :func:`make_spec`).
 
-Every optimizer gets the same betas / eps / weight decay (``--betas``, ``--eps``, ``--weight-decay``), one
+Every optimizer gets the same eps / weight decay (``--eps``, ``--weight-decay``) and its own default betas
+unless ``--betas b1,b2`` forces one pair on all (the runs record ``betas_used``), one
 param group over all parameters (the drop-in use), unless ``--opt-kwargs`` overrides them per optimizer.
 """
 
@@ -203,11 +204,13 @@ class MuonWithAdamW:
         return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
 
 
-def build(spec: Spec, model: nn.Module, lr: float, *, betas: tuple[float, float], eps: float,
+def build(spec: Spec, model: nn.Module, lr: float, *, betas: tuple[float, float] | None, eps: float,
           weight_decay: float, device: torch.device, heavyball_compile: str | None = "default") -> Built:  # fmt: skip
     """Build the optimizer of ``spec`` for ``model`` (already prepared and on ``device``)."""
     cuda = device.type == "cuda"
-    common = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+    common = dict(lr=lr, eps=eps, weight_decay=weight_decay)
+    if betas is not None:  # else each optimizer keeps its own default betas
+        common["betas"] = tuple(betas)
     params = [p for p in model.parameters() if p.requires_grad]
     kw = dict(spec.kwargs)
     if spec.kind == "adamw":

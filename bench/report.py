@@ -282,6 +282,9 @@ def render_suite(size: str, steps: int, rs: list[dict[str, Any]], out_dir: Path 
            f"{any_r.get('amp')} autocast; held-out loss on {any_r.get('eval_batches')} fixed batches every "
            f"{any_r.get('eval_every')} steps; ms/step after {any_r.get('timing_skip')} warm-up steps. Target "
            f"held-out loss {_f(target)} ({target_src}).", ""]  # fmt: skip
+    used = {n: groups[n][best[n]][0].get("betas_used") for n in names if best[n] is not None and groups[n][best[n]]}
+    if any(used.values()):
+        md += ["Betas used: " + "; ".join(f"{label(n)} {', '.join(b)}" for n, b in used.items() if b) + ".", ""]
 
     md += ["### Headline: each optimizer at its best lr (mean over seeds)", ""]
     hdr = [
