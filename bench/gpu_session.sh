@@ -46,17 +46,7 @@ main() {
   fi
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
   nvidia-smi || true
-  python3 - <<'EOF'
-import importlib, platform, torch
-print(f"python {platform.python_version()}  torch {torch.__version__}  cuda {torch.version.cuda}  "
-      f"gpu {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
-for m in ("triton", "numpy", "matplotlib", "flashoptim", "heavyball", "scao", "scao_dist"):
-    try:
-        mod = importlib.import_module(m)
-        print(f"  {m} {getattr(mod, '__version__', '?')}  ({mod.__file__})")
-    except Exception as e:
-        print(f"  {m}: NOT importable ({type(e).__name__}: {e})")
-EOF
+  python3 -m bench.env_report triton numpy matplotlib flashoptim heavyball scao scao_dist
 
   # what is left of the wall budget, less the report/archive at the end
   local budget=$(( WALL_S - (SECONDS - T0) - 35 ))

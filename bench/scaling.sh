@@ -39,17 +39,7 @@ main() {
   nvidia-smi --query-gpu=index,name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
   echo "--- nvidia-smi topo -m (how the GPUs are linked)"
   nvidia-smi topo -m || true
-  python3 - <<'EOF'
-import importlib, platform, torch
-print(f"python {platform.python_version()}  torch {torch.__version__}  cuda {torch.version.cuda}  "
-      f"gpus {torch.cuda.device_count()}")
-for m in ("deepspeed", "pydantic", "hjson", "msgpack", "triton", "scao_dist"):
-    try:
-        mod = importlib.import_module(m)
-        print(f"  {m} {getattr(mod, '__version__', getattr(mod, 'VERSION', '?'))}  ({mod.__file__})")
-    except Exception as e:
-        print(f"  {m}: NOT importable ({type(e).__name__}: {e})")
-EOF
+  python3 -m bench.env_report deepspeed pydantic hjson msgpack triton scao_dist
 
   local budget=$(( WALL_S - (SECONDS - T0) - 25 ))
   if (( budget < 90 )); then echo "only ${budget} s left for the runs: giving up"; return 1; fi
