@@ -448,3 +448,16 @@ def test_non_contiguous_parameters_are_updated_in_their_own_layout():
     assert conv_b.weight.is_contiguous(memory_format=torch.channels_last)
     assert (conv_b.weight - start).abs().max() > 1e-3  # it moved
     assert torch.equal(conv_a.weight, conv_b.weight)
+
+
+def test_7b_shaped_layer_factors_and_bases_fit_half_a_byte():
+    """DESIGN.md section 2: Kronecker factors + bases <= 0.5 B/param on a 7B-shaped model. One
+    LLaMA-7B layer on the meta device, every basis at its widest (no memory is allocated)."""
+    from scao_dist.presets import plan_memory
+
+    shapes = [(4096, 4096)] * 4 + [(11008, 4096)] * 2 + [(4096, 11008)] + [(4096,)] * 2
+    params = [torch.nn.Parameter(torch.empty(s, device="meta", dtype=torch.bfloat16)) for s in shapes]
+    plan = plan_memory(params)
+    pieces = plan.state_by_piece
+    assert (pieces["factors"] + pieces["bases"]) / plan.params <= 0.5, pieces
+    assert sum(pieces.values()) / plan.params <= 4.0, pieces
