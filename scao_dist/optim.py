@@ -206,6 +206,16 @@ class SCAO(torch.optim.Optimizer):
         self._released: set[int] = set()
         self._build()
 
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, *args: Any, **kwargs: Any) -> SCAO:
+        """``SCAO(model.parameters(), ...)`` with ``grad_sync`` chosen from the model: a model wrapped
+        in ``DistributedDataParallel`` already averages its gradients (``"external"``); a plain one
+        leaves that to SCAO (``"scao"``). (Averaging twice would still be correct, the average of
+        equal values being themselves, but would send the gradients twice.)"""
+        ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+        kwargs.setdefault("grad_sync", "external" if ddp else "scao")
+        return cls(model.parameters(), *args, **kwargs)
+
     # ------------------------------------------------------------------------ structure
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)

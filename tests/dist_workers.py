@@ -176,3 +176,17 @@ def run_overlap_misuse(rank, world):
     for _ in range(2):  # accumulation without no_sync()
         o = model(xs)
         (o - ys[: o.shape[0]]).square().mean().backward()
+
+
+def run_ddp_from_model(rank, world, steps):
+    """SCAO.from_model on a DDP-wrapped model: grad_sync='external', same weights as plain sharding."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    out = {}
+    for wrap in (False, True):
+        model = make_model(3)
+        net = DistributedDataParallel(model) if wrap else model
+        opt = SCAO.from_model(net, lr=1e-2, min_precond_dim=2, quantize=False)
+        train(net, opt, global_batches(steps), rank, world)
+        out[wrap] = (opt.comm.grad_sync, params_of(model), opt.comm.bytes_sent)
+    return out

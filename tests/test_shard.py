@@ -184,3 +184,14 @@ def test_overlap_refuses_accumulation_without_no_sync():
 
     out = run_ranks(2, run_overlap_misuse, expect_fail=True, timeout=60)
     assert all(err and "no_sync" in err for _, err in out), out
+
+
+def test_from_model_detects_ddp_and_does_not_average_twice():
+    from dist_workers import run_ddp_from_model
+
+    for res, _ in run_ranks(2, run_ddp_from_model, 8):
+        (plain_sync, plain, plain_bytes), (ddp_sync, wrapped, ddp_bytes) = res[False], res[True]
+        assert (plain_sync, ddp_sync) == ("scao", "external")
+        assert ddp_bytes < plain_bytes  # only the weights travel through SCAO under DDP
+        for a, b in zip(plain, wrapped):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
