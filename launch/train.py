@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import importlib
 import importlib.util
 import json
@@ -542,7 +543,14 @@ class _NullCtx:
 def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(argv)
     try:
-        return train(cfg=cfg)
+        summary = train(cfg=cfg)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            # free the DDP wrapper (kept alive by reference cycles) while its group still exists, and let
+            # every rank finish its own epilogue before the group goes: a rank tearing it down early made
+            # the other abort in gloo ("terminate called without an active exception")
+            gc.collect()
+            dist.barrier()
+        return summary
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
