@@ -538,18 +538,15 @@ class KronGroup(_Group):
         if qr is not None:
             core = core @ _gram_inverse(qr)
         back = self.unrotate(torch.cat([u_rot.unsqueeze(0), core]), ql, qr)  # (3, b, m, n), one pass
-        u, res_g, res_m = back[0], back[1].neg_().add_(g), back[2].neg_().add_(m)
+        u, res_g = back[0], back[1].neg_().add_(g)
         b2 = hp.beta2
         res_g.square_()
         mcol = mask[:, None]
         s["res_row"].copy_(torch.where(mcol, s["res_row"] * b2 + res_g.mean(-1) * (1 - b2), s["res_row"]))
         s["res_col"].copy_(torch.where(mcol, s["res_col"] * b2 + res_g.mean(-2) * (1 - b2), s["res_col"]))
-        row, col = s["res_row"], s["res_col"]
-        floor = (_RES_FLOOR**2) * s["g_row"].mean(-1)
-        denom = torch.mul(row.unsqueeze(-1), (col / row.mean(-1, keepdim=True).clamp_min(1e-30)).unsqueeze(-2))
-        denom = torch.maximum(denom, floor[:, None, None]).div_(bc2).sqrt_().add_(hp.eps)
-        res_m.div_(denom).mul_(mask[:, None, None] / bc1)
-        return u.add_(res_m)
+        # u += mask (M - back_M)/bc1 / (sqrt(max(r_i c_j / mean(r), floor) / bc2) + eps), one fused pass
+        # (the floor is kernels.reference.RES_FLOOR^2 times the mean squared gradient; back[2] is consumed)
+        return kernels.complement_add_(u, back[2], m, s["res_row"], s["res_col"], s["g_row"], mask, bc1, bc2, hp.eps)
 
     def _graft(
         self, s: dict[str, Tensor], u: Tensor, m: Tensor, hp: Hyper, bc1: Tensor | float, bc2: Tensor | float

@@ -22,7 +22,7 @@ import warnings
 import torch
 
 from scao_dist import SCAO, kernels
-from scao_dist.kernels import adamw, apply, factor, moments, reference, triton_ops, verify
+from scao_dist.kernels import adamw, apply, complement, factor, moments, reference, triton_ops, verify
 
 CPU = torch.device("cpu")
 # the interpreter runs the kernels in numpy, which warns where fp32 overflows on purpose (poisoned
@@ -35,8 +35,10 @@ def check_kernels() -> dict[str, list[str]]:
     gen = torch.Generator().manual_seed(1234)
     res = verify.run_cases(verify.small_cases(gen, CPU), triton_ops, log=print)
     saved = moments.BG, adamw.BG, apply.BLOCK, factor.MAX_BJ, factor.TILE, factor.DIAG_BLOCK
+    saved_c = complement.MAX_BN, complement.TILE
     # factor: [4, 16] tiles (not square, so the diagonal crosses tiles off their corners), 16-row diagonal pass
     moments.BG, adamw.BG, apply.BLOCK, factor.MAX_BJ, factor.TILE, factor.DIAG_BLOCK = 2, 4, 64, 16, 64, 16
+    complement.MAX_BN, complement.TILE = 16, 64  # [4, 16] tiles, ragged in both dims
     try:
         tiny = {
             "ema_signed_": [verify.case_ema((3, 2, 100), m, gen, CPU) for m in ("state", "overwrite")],
@@ -47,11 +49,16 @@ def check_kernels() -> dict[str, list[str]]:
             "adamw_": [
                 verify.case_adamw((3, 130), m, gen, CPU, bc=("tensor", "tensor")) for m in ("state", "overwrite")
             ],
+            "complement_add_": [
+                verify.case_complement((3, 45, 37), m, gen, CPU, bc=bc)
+                for m, bc in (("state", ("tensor", "float")), ("poison", ("float", "tensor")))
+            ],
         }
         for k, errs in verify.run_cases(tiny, triton_ops, log=print).items():
             res[k] += [f"(tiny blocks) {e}" for e in errs]
     finally:
         moments.BG, adamw.BG, apply.BLOCK, factor.MAX_BJ, factor.TILE, factor.DIAG_BLOCK = saved
+        complement.MAX_BN, complement.TILE = saved_c
     return res
 
 
@@ -69,6 +76,13 @@ def check_fallbacks() -> list[str]:
     c = verify.case_factor((2,), 9, "state", gen, CPU)
     c.kwargs["outer"] = c.kwargs["outer"].double()  # not fp32
     errs += verify.run_case(c, triton_ops)
+    with reference.ieee_sqrt():  # the fallback runs the twin: let both sides take the same square root
+        c = verify.case_complement((3, 4, 9), "state", gen, CPU)
+        c.kwargs["bc2"] = 0.5 + torch.rand(3, 4, 1, generator=gen)  # per row, not per block
+        errs += verify.run_case(c, triton_ops)
+        c = verify.case_complement((2, 4, 9), "state", gen, CPU)
+        c.kwargs["u"] = c.kwargs["u"].double()  # not fp32
+        errs += verify.run_case(c, triton_ops)
     # in-place operands that are strided views: written through a contiguous copy and back
     c = verify.case_adamw((4, 50), "state", gen, CPU)
     ref = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in c.kwargs.items()}
@@ -93,6 +107,19 @@ def check_fallbacks() -> list[str]:
     triton_ops.factor_ema_corr_(**kw)
     for k in c.inplace:
         errs += [f"strided factor_ema_corr_ {e}" for e in verify.compare(k, kw[k], ref[k], exact=k in c.exact)]
+    # complement_add_ with every (B, m, n) operand a transposed view: u written back through a copy
+    c = verify.case_complement((3, 7, 40), "poison", gen, CPU, bc=("tensor", "tensor"))
+    ref = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in c.kwargs.items()}
+    with reference.ieee_sqrt():
+        reference.complement_add_(**ref)
+    kw = dict(c.kwargs)
+    for k in ("u", "back_m", "m"):
+        kw[k] = c.kwargs[k].mT.contiguous().mT
+        assert not kw[k].is_contiguous()
+    out = triton_ops.complement_add_(**kw)
+    errs += [f"strided complement_add_ {e}" for e in verify.compare("u", kw["u"], ref["u"], exact=True)]
+    if out is not kw["u"]:
+        errs.append("strided complement_add_ did not return u itself")
     return errs
 
 
@@ -123,18 +150,28 @@ def _mlp(d: int, dtype: torch.dtype) -> torch.nn.Module:
 
 
 def check_end_to_end(counter: Counter) -> list[str]:
-    """SCAO steps through the kernels (interpreter) == SCAO steps through the twins, bit for bit."""
+    """SCAO steps through the kernels (interpreter) == SCAO steps through the twins, bit for bit.
+
+    The twins run under ``reference.ieee_sqrt()``: ``complement_add_``'s twin otherwise takes CPU
+    ``torch.sqrt`` (not IEEE on CPU, what the optimizer's CPU path has always used), the kernel
+    IEEE ``sqrt_rn``. ``complement_add_`` only runs with truncated bases."""
     errs = []
-    variants = [
-        ("fp32", torch.float32, {}),
-        ("bf16+int8", torch.bfloat16, {}),
-        ("bf16+int16 truncated", torch.bfloat16, {"correction_bits": 16, "rank_max": 4, "rank_min": 2}),
-    ]
+    stream = {"rank_max": 4, "rank_min": 2, "full_factor_dim": 8}  # stream sides with truncated bases
+    quantized = set(verify.KERNELS) - {"complement_add_"}
+    variants = [  # (name, dtype, SCAO kwargs, kernels the run must call)
+        ("fp32", torch.float32, {}, quantized),
+        ("bf16+int8", torch.bfloat16, {}, quantized),
+        ("bf16+int16 rank_max 4", torch.bfloat16, {"correction_bits": 16, "rank_max": 4, "rank_min": 2}, quantized),
+        ("bf16+int16 stream truncated", torch.bfloat16, {"correction_bits": 16, **stream},
+         quantized - {"factor_ema_corr_"} | {"complement_add_"}),
+        ("fp32 unquantized stream truncated", torch.float32, {"quantize": False, **stream},
+         {"apply_update_", "complement_add_"}),
+    ]  # fmt: skip
     d = 20
     g = torch.Generator().manual_seed(3)
     wt = torch.randn(d, d, generator=g)
     data = [(x, torch.tanh(x @ wt)) for x in (torch.randn(32, d, generator=g) for _ in range(8))]
-    for name, dtype, kw in variants:
+    for name, dtype, kw, expect in variants:
         m_k, m_r = _mlp(d, dtype), _mlp(d, dtype)
         o_k = SCAO(m_k.parameters(), lr=1e-2, min_precond_dim=2, precond_freq=3, **kw)
         o_r = SCAO(m_r.parameters(), lr=1e-2, min_precond_dim=2, precond_freq=3, **kw)
@@ -149,7 +186,7 @@ def check_end_to_end(counter: Counter) -> list[str]:
                 used[k] += counter.calls[("triton", k)]
                 if counter.calls[("reference", k)]:
                     errs.append(f"{name}: kernel path fell back to the twin for {k}")
-            with kernels.use_reference():
+            with kernels.use_reference(), reference.ieee_sqrt():
                 o_r.zero_grad()
                 (m_r(x.to(dtype)) - y.to(dtype)).float().square().mean().backward()
                 o_r.step()
@@ -159,7 +196,7 @@ def check_end_to_end(counter: Counter) -> list[str]:
                 errs.append(f"{name}: param {pn} differs from the reference run (max |diff| {diff:.3e})")
             if torch.equal(a, s):
                 errs.append(f"{name}: param {pn} never moved (vacuous comparison)")
-        missing = [k for k, n in used.items() if n == 0]
+        missing = [k for k, n in used.items() if n == 0 and k in expect]
         if missing:
             errs.append(f"{name}: kernels never called: {missing}")
         print(f"end-to-end {name}: kernel calls {used}")

@@ -28,8 +28,10 @@ FORBIDDEN = {
 }
 NO_DIVISION = {"_apply_kernel", "_factor_corr_kernel"}
 """Kernels without a tensor division (the rest must show IEEE ``div.rn.f32``)."""
-NEEDS_SQRT = {"_factor_diag_kernel"}
+NEEDS_SQRT = {"_factor_diag_kernel", "_complement_kernel"}
 """Kernels whose square root must show up as IEEE ``sqrt.rn.f32``."""
+NEEDS_NAN_MAX = {"_complement_kernel"}
+"""Kernels whose maximum must propagate NaN (``max.NaN.f32``, as ``torch.maximum``)."""
 TYPES = {
     torch.float32: "*fp32",
     torch.int8: "*i8",
@@ -89,7 +91,7 @@ def main() -> int:
             json.dump(res, f)
         return 0
 
-    from scao_dist.kernels import adamw, apply, factor, moments, triton_ops, verify
+    from scao_dist.kernels import adamw, apply, complement, factor, moments, triton_ops, verify
 
     seen: list = []
     kernels = {
@@ -99,6 +101,7 @@ def main() -> int:
         (factor, "_factor_diag_kernel"),
         (factor, "_factor_corr_kernel"),
         (adamw, "_adamw_kernel"),
+        (complement, "_complement_kernel"),
     }
     for mod, name in kernels:
         setattr(mod, name, Recorder(getattr(mod, name), seen))
@@ -109,6 +112,8 @@ def main() -> int:
             getattr(triton_ops, c.kernel)(**c.kwargs)
     factor_big = verify.case_factor((1,), 300, "state", gen, cpu)  # full-size [32, 128] tiles
     triton_ops.factor_ema_corr_(**factor_big.kwargs)
+    for bc in (("float", "float"), ("tensor", "tensor")):  # full-size [16, 256] tiles, both bc2 variants
+        triton_ops.complement_add_(**verify.case_complement((2, 40, 768), "state", gen, cpu, bc=bc).kwargs)
 
     done = set()
     target = GPUTarget("cuda", 90, 32)
@@ -134,6 +139,8 @@ def main() -> int:
             res["compile"].append(f"{label}: expected IEEE div.rn.f32 in the PTX")
         if not re.search(r"sqrt\.rn\.f32", ptx) and fn.__name__ in NEEDS_SQRT:
             res["compile"].append(f"{label}: expected IEEE sqrt.rn.f32 in the PTX")
+        if not re.search(r"max\.NaN\.f32", ptx) and fn.__name__ in NEEDS_NAN_MAX:
+            res["compile"].append(f"{label}: expected NaN-propagating max.NaN.f32 in the PTX")
     res["variants"] = [str(len(done))]
     print(f"compiled {len(done)} kernel variants for sm_90")
     with open(args.out, "w") as f:

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 240
@@ -71,7 +72,10 @@ def _assert_clean(runs, key: str) -> None:
     assert not errs, f"{len(errs)} mismatches:\n" + "\n".join(errs[:30])
 
 
-@pytest.mark.parametrize("kernel", ["ema_signed_", "rotated_adam_", "apply_update_", "factor_ema_corr_", "adamw_"])
+KERNELS = ["ema_signed_", "rotated_adam_", "apply_update_", "factor_ema_corr_", "adamw_", "complement_add_"]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_kernel_matches_twin(runs, kernel):
     """Bit-exact codes/bits/scales/weights, fp32 within 2-4 ulp, nothing left unwritten."""
     _assert_clean(runs, kernel)
@@ -83,7 +87,7 @@ def test_uncovered_operands_fall_back_and_strided_operands_work(runs):
 
 
 def test_optimizer_through_kernels_matches_reference(runs):
-    """A few SCAO steps (fp32, bf16+int8, bf16+int16 with truncated bases) give the same bits both ways."""
+    """A few SCAO steps (fp32, bf16+int8, bf16+int16, truncated stream bases) give the same bits both ways."""
     _assert_clean(runs, "end_to_end")
 
 
@@ -97,7 +101,7 @@ def test_bench_dry_run(runs):
     assert runs["rc"]["bench"] == 0 and out is not None, runs["logs"]["bench"][-4000:]
     assert out["dry_run"] and out["verify"]["ok"], out["verify"]["failures"]
     kernels = {r["kernel"] for r in out["kernels"]}
-    assert kernels == {"ema_signed_", "rotated_adam_", "apply_update_", "factor_ema_corr_", "adamw_"}
+    assert kernels == set(KERNELS)
     for r in out["kernels"]:
         assert r["bytes"] > 0 and r["ms"] > 0 and r["twin_ms"] > 0 and r["gbps"] > 0
     assert out["copy"]["gbps"] > 0 and "| kernel |" in out["markdown"]
@@ -111,3 +115,56 @@ def test_kernels_compile_for_sm90_with_ieee_arithmetic(runs):
         pytest.skip(out["skipped"][0])
     assert not out["compile"], "\n".join(out["compile"][:10])
     assert int(out["variants"][0]) >= 10
+
+
+def _old_complement_tail(u, back_m, m, row, col, g_row, mask, bc1, bc2, eps):
+    """The tail of ``KronGroup._with_complement`` before ``kernels.complement_add_`` replaced it, verbatim."""
+    res_m = back_m.neg_().add_(m)
+    floor = (1e-3**2) * g_row.mean(-1)
+    denom = torch.mul(row.unsqueeze(-1), (col / row.mean(-1, keepdim=True).clamp_min(1e-30)).unsqueeze(-2))
+    denom = torch.maximum(denom, floor[:, None, None]).div_(bc2).sqrt_().add_(eps)
+    res_m.div_(denom).mul_(mask[:, None, None] / bc1)
+    return u.add_(res_m)
+
+
+def test_complement_twin_is_the_old_expression_bit_for_bit():
+    """``reference.complement_add_`` (what the CPU optimizer now runs) == the code it replaced, bit for bit:
+    random signs and wide magnitudes, zero rows/cols/blocks/residuals, mixed masks, float and per-block bc,
+    odd sizes, B = 1 and 3; plus the in-place contract (``u`` returned, updated in place)."""
+    from scao_dist.kernels import reference
+
+    gen = torch.Generator().manual_seed(11)
+
+    def wide(*shape):
+        return torch.randn(*shape, generator=gen) * torch.pow(10.0, torch.rand(*shape, generator=gen) * 20 - 10)
+
+    assert reference.RES_FLOOR == 1e-3
+    checked = moved = 0
+    for trial, (B, M, N) in enumerate([(1, 1, 1), (3, 1, 7), (1, 33, 17), (3, 19, 300), (3, 64, 96), (1, 40, 129)]):
+        for bc_kind in ("float", "tensor"):
+            u, back_m, m = wide(B, M, N), wide(B, M, N), wide(B, M, N)
+            zero = torch.rand(B, M, 1, generator=gen) < 0.2
+            back_m.masked_fill_(zero, 0.0)
+            m.masked_fill_(zero, 0.0)
+            row, col, g_row = wide(B, M).square(), wide(B, N).square(), wide(B, M).square()
+            row.masked_fill_(torch.rand(B, M, generator=gen) < 0.2, 0.0)
+            col.masked_fill_(torch.rand(B, N, generator=gen) < 0.2, 0.0)
+            if B > 1:
+                row[1], col[1], g_row[1] = 0.0, 0.0, 0.0
+                m[2] = back_m[2]  # an exactly zero residual
+            mask = torch.rand(B, generator=gen) < 0.6
+            mask[trial % B] = True
+            if bc_kind == "float":
+                bc1, bc2 = 1 - 0.9 ** (trial + 1), 1 - 0.999 ** (trial + 2)
+            else:
+                bc1 = 0.05 + torch.rand(B, 1, 1, generator=gen)
+                bc2 = 0.001 + torch.rand(B, 1, 1, generator=gen)
+            args = (row, col, g_row, mask, bc1, bc2, 1e-8)
+            want = _old_complement_tail(u.clone(), back_m.clone(), m.clone(), *args)
+            got_u = u.clone()
+            got = reference.complement_add_(got_u, back_m.clone(), m.clone(), *args)
+            assert got is got_u
+            assert torch.equal(got.view(torch.int32), want.view(torch.int32)), (B, M, N, bc_kind)
+            checked += got.numel()
+            moved += int((got != u).sum())
+    assert checked > 30_000 and moved > checked // 4  # not vacuous: the update changes most of u

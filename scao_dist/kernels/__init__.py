@@ -62,3 +62,7 @@ def factor_ema_corr_(codes, diag, outer, beta, seed):
 
 def adamw_(w, rho, g, m_codes, m_scales, v_codes, v_scales, **hp):
     return backend(g).adamw_(w, rho, g, m_codes, m_scales, v_codes, v_scales, **hp)
+
+
+def complement_add_(u, back_m, m, row, col, g_row, mask, bc1, bc2, eps):
+    return backend(u).complement_add_(u, back_m, m, row, col, g_row, mask, bc1, bc2, eps)

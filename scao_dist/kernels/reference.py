@@ -8,6 +8,11 @@ the kernels agree bit for bit (see :mod:`scao_dist.quant`). Shapes: leading dims
 stacked blocks of a group, the codecs group the flattened trailing values in groups of
 ``quant.GROUP``.
 
+The exception is :func:`complement_add_`: it restates the optimizer's earlier torch code exactly
+(true divisions by ``bc2``, ``Tensor.sqrt_``), so the CPU optimizer's results did not change when
+the kernel came. CPU ``torch.sqrt`` is not IEEE, so on CPU it equals its kernel only under
+:func:`ieee_sqrt` (the tests' setting); on CUDA it does as it is.
+
 The math, per element (``t`` = Adam step, ``bc1 = 1 - b1^t``, ``bc2 = 1 - b2^t``):
 
 * :func:`ema_signed_`:   ``m <- b m + (1-b) x`` on a companded int8 moment; returns ``m``.
@@ -18,9 +23,14 @@ The math, per element (``t`` = Adam step, ``bc1 = 1 - b1^t``, ``bc2 = 1 - b2^t``
 * :func:`factor_ema_corr_`: ``L <- b L + (1-b) A`` on an int8 correlation + exact fp32 diagonal
   factor (``quant.encode_corr``, what SCAO keeps), dithered rounding.
 * :func:`adamw_`:        the whole AdamW step of the 1-D path (both moments + apply) in one go.
+* :func:`complement_add_`: ``u += mask (M - B)/bc1 / (sqrt(max(r_i c_j / mean(r), floor) / bc2) + eps)``,
+  Adam on the complement of a truncated basis with a factored second moment (``groups``).
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -102,3 +112,82 @@ def adamw_(
     m = ema_signed_(m_codes, m_scales, g, beta1)
     u = rotated_adam_(v_codes, v_scales, g, m, beta2, bc1, bc2, eps)
     apply_update_(w, rho, u, lr, wd)
+
+
+RES_FLOOR = 1e-3
+"""The complement's second moment is floored at ``(RES_FLOOR * RMS gradient)^2`` per block (the
+value of ``groups._RES_FLOOR``, which the optimizer used before this twin existed)."""
+
+_IEEE_SQRT = False
+
+
+@contextlib.contextmanager
+def ieee_sqrt(flag: bool = True) -> Iterator[None]:
+    """Make :func:`complement_add_` take its (fp32) square root with :func:`quant.sqrt_rn` inside the block.
+
+    :func:`complement_add_` restates the optimizer's original torch code, which used
+    ``Tensor.sqrt_``: IEEE on CUDA, but up to 1 ulp off for ~17% of inputs on CPU (see
+    :func:`quant.sqrt_rn`). The kernel's ``sqrt_rn`` is IEEE, so on CPU the kernel equals this
+    twin only with the switch on (the interpreter tests and the end-to-end check use it); on CUDA
+    the switch changes nothing.
+    """
+    global _IEEE_SQRT
+    old, _IEEE_SQRT = _IEEE_SQRT, flag
+    try:
+        yield
+    finally:
+        _IEEE_SQRT = old
+
+
+def complement_vectors(
+    row: Tensor, col: Tensor, g_row: Tensor, mask: Tensor, bc1: Tensor | float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The per-block pieces of :func:`complement_add_`, shared by the twin and the kernel's wrapper:
+    ``col / max(mean(row), 1e-30)`` (B, n), the floor ``RES_FLOOR^2 mean(g_row)`` (B,) and the scale
+    ``mask / bc1`` (B, 1, 1) (fp32 for a bool mask and a float or fp32 ``bc1``)."""
+    cs = col / row.mean(-1, keepdim=True).clamp_min(1e-30)
+    floor = (RES_FLOOR**2) * g_row.mean(-1)
+    scale = mask[:, None, None] / bc1
+    return cs, floor, scale
+
+
+def complement_add_(
+    u: Tensor,
+    back_m: Tensor,
+    m: Tensor,
+    row: Tensor,
+    col: Tensor,
+    g_row: Tensor,
+    mask: Tensor,
+    bc1: Tensor | float,
+    bc2: Tensor | float,
+    eps: float,
+) -> Tensor:
+    """``u += mask (m - back_m)/bc1 / (sqrt(max(row_i (col_j / mr), floor) / bc2) + eps)``, in place; returns ``u``.
+
+    ``u``, ``back_m``, ``m``: fp32 (B, m, n); ``row`` (B, m) and ``col`` (B, n): the residual's
+    row/column mean squares; ``g_row`` (B, m): the gradient's row mean squares; ``mask`` (B,)
+    bool: the blocks with a complement; ``bc1``/``bc2``: floats or fp32 (B, 1, 1);
+    ``mr = max(mean(row), 1e-30)``, ``floor = RES_FLOOR^2 mean(g_row)``. **``back_m`` is
+    overwritten** (with the scaled residual). The operations, in order (all fp32, every one
+    rounded; the exact code ``groups.KronGroup._with_complement`` ran before the kernel existed)::
+
+        r = (-back_m) + m
+        d = sqrt(max(row_i * cs_j, floor) / bc2) + eps        cs = col / mr
+        u = u + (r / d) * (mask / bc1)
+
+    A float ``bc2`` divides as a 0-d fp32 tensor: on CPU that is the same as dividing by the
+    float; on CUDA it keeps the division IEEE (torch multiplies by ``1/bc2`` for a Python
+    scalar), as the kernel's. ``torch.maximum`` propagates NaN. The square root: see
+    :func:`ieee_sqrt`.
+    """
+    res_m = back_m.neg_().add_(m)
+    cs, floor, scale = complement_vectors(row, col, g_row, mask, bc1)
+    if not isinstance(bc2, Tensor):
+        bc2 = torch.full((), bc2, dtype=torch.float32, device=u.device)
+    denom = torch.mul(row.unsqueeze(-1), cs.unsqueeze(-2))
+    denom = torch.maximum(denom, floor[:, None, None]).div_(bc2)
+    ieee = _IEEE_SQRT and denom.dtype == torch.float32
+    denom = (denom.copy_(quant.sqrt_rn(denom)) if ieee else denom.sqrt_()).add_(eps)
+    res_m.div_(denom).mul_(scale)
+    return u.add_(res_m)

@@ -18,6 +18,12 @@ depend on the old one, and every in-place tensor starts poisoned (int8 codes/bit
 bits -32768, which the encoders never produce; uint8 codes 77; scales, factor diagonals and
 weights 1e30): an element a kernel fails to write keeps its poison and mismatches. Returned tensors are NaN-filled
 by the kernels (``common.POISON_OUTPUTS``). The one blind spot is a uint8 code that should be 77.
+
+``complement_add_`` accumulates into ``u`` (``u += x``), so it has no overwrite mode; its ``"poison"``
+mode starts ``u`` at ``-0.0`` everywhere with ``m - back_m >= +0``, so every new value is ``+0`` or
+positive (``-0 + +0 = +0``, masked blocks included): an element the kernel does not write keeps the
+``-0`` bits. Its ``u`` is compared bit for bit. On CPU its twin runs under
+:func:`reference.ieee_sqrt` (CPU ``torch.sqrt`` is not IEEE; the kernel's ``sqrt_rn`` and CUDA's are).
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from . import common, reference
 FP32_RTOL = 2.0**-22
 """Relative tolerance of fp32 outputs: 4 x fp32's unit roundoff 2^-24 (2-4 ulp)."""
 
-KERNELS = ("ema_signed_", "rotated_adam_", "apply_update_", "factor_ema_corr_", "adamw_")
+KERNELS = ("ema_signed_", "rotated_adam_", "apply_update_", "factor_ema_corr_", "adamw_", "complement_add_")
 
 POISON = {torch.int8: -128, torch.uint8: 77, torch.int16: -32768, torch.bfloat16: 1e30, torch.float32: 1e30}
 
@@ -241,6 +247,45 @@ def case_adamw(shape, mode, gen, device, wdtype=torch.bfloat16, bits=8, bc=("flo
     return Case("adamw_", label, kw, ("w", "rho", "m_codes", "m_scales", "v_codes", "v_scales"))
 
 
+def case_complement(shape, mode, gen, device, bc=("float", "float")) -> Case:
+    """``complement_add_`` on (B, m, n).
+
+    * ``state``: ``u``, ``back_m``, ``m`` wide with random signs (``m`` and ``back_m`` share some
+      zero groups: zero residual); row/col mean squares 10^U(-12, 12) with about a fifth of the
+      rows and columns exactly 0; with B > 1 block 1's row, col and ``g_row`` all 0 (floor 0: the
+      denominator is ``eps``); with B > 2 the last block masked off.
+    * ``poison``: as ``state`` but ``u = -0.0`` and ``m >= 0 >= back_m`` (see the module docstring).
+    * ``nan``: block 0's row all 0 and every third of its columns above 3.4e8, so ``col / 1e-30`` is
+      inf and ``row_i cs_j = 0·inf`` NaN there: the maximum must propagate NaN (compared within the
+      fp32 tolerance, NaN == NaN, since NaN payloads differ between backends).
+    """
+    B, M, N = shape
+    u = wide(shape, gen, device)
+    back_m, m = wide(shape, gen, device), wide(shape, gen, device)
+    zero_groups(back_m, m, gen=gen)
+    row, col = wide((B, M), gen, device, 6.0).square(), wide((B, N), gen, device, 6.0).square()
+    g_row = wide((B, M), gen, device, 6.0).square()
+    row.masked_fill_((torch.rand(B, M, generator=gen) < 0.2).to(device), 0.0)
+    col.masked_fill_((torch.rand(B, N, generator=gen) < 0.2).to(device), 0.0)
+    if B > 1:
+        for t in (row, col, g_row):
+            t[1] = 0.0
+    mask = torch.ones(B, dtype=torch.bool)
+    if B > 2:
+        mask[-1] = False
+    if mode == "poison":
+        u = torch.full(shape, -0.0, device=device)
+        m, back_m = m.abs(), -back_m.abs()
+    exact: tuple[str, ...] = ("u",)
+    if mode == "nan":
+        row[0] = 0.0
+        col[0, ::3] = 1e9 + col[0, ::3]
+        exact = ()
+    kw = dict(u=u, back_m=back_m, m=m, row=row, col=col, g_row=g_row, mask=mask.to(device),
+              bc1=_bias(bc[0], shape, gen, device), bc2=_bias(bc[1], shape, gen, device), eps=1e-8)  # fmt: skip
+    return Case("complement_add_", f"{mode} {tuple(shape)} bc={bc}", kw, ("u",), exact=exact)
+
+
 # ------------------------------------------------------------------------------ comparison
 def compare(name: str, got: Tensor | None, want: Tensor | None, exact: bool = False) -> list[str]:
     """Mismatch descriptions (empty when equal under the rules in the module docstring; ``exact``:
@@ -283,7 +328,9 @@ def run_case(case: Case, ops: Any) -> list[str]:
         out_k = getattr(ops, case.kernel)(**kw_k)
     finally:
         common.POISON_OUTPUTS = old
-    out_r = getattr(reference, case.kernel)(**kw_r)
+    on_cpu = any(isinstance(v, Tensor) and v.device.type == "cpu" for v in case.kwargs.values())
+    with reference.ieee_sqrt(on_cpu):  # only complement_add_ reads it (see the module docstring)
+        out_r = getattr(reference, case.kernel)(**kw_r)
     errs = compare("returned", out_k, out_r)
     for name in case.inplace:
         errs += compare(name, kw_k[name], kw_r[name], exact=name in case.exact)
@@ -293,6 +340,8 @@ def run_case(case: Case, ops: Any) -> list[str]:
 # ------------------------------------------------------------------------------ suites
 SMALL_ROWS = [(1, 1), (1, 31), (3, 33), (2, 5, 95), (7, 64), (3, 2, 700), (5, 1024)]
 """Odd shapes (sizes not divisible by 32 or by the block sizes; batch 1 and more; 2 and 3 dims)."""
+SMALL_COMPLEMENT = [(1, 1, 1), (3, 1, 7), (1, 33, 17), (3, 5, 95), (3, 19, 300), (1, 3, 513)]
+"""(B, m, n) of the complement cases: B = 1 and 3, n = 1, odd, above one tile (256 columns)."""
 SMALL_FACTORS = [((1,), 1), ((3,), 1), ((1,), 7), ((3,), 7), ((1,), 33), ((3,), 33), ((1,), 130), ((3,), 130), ((), 9)]
 """(lead dims, d) of the factor cases: d = 1, odd, not a multiple of the tile; B = 1 and 3; one bare (d, d)."""
 
@@ -309,6 +358,11 @@ def small_cases(gen: torch.Generator, device: torch.device) -> dict[str, list[Ca
                 out["apply_update_"].append(case_apply(shape, mode, gen, device, wdtype, bits))
             wdtype, bits = ((torch.bfloat16, 8), (torch.bfloat16, 16), (torch.float32, 0))[i % 3]
             out["adamw_"].append(case_adamw(shape, mode, gen, device, wdtype, bits, bc=bc))
+    for i, shape in enumerate(SMALL_COMPLEMENT):
+        bc = (("float", "float"), ("tensor", "float"), ("float", "tensor"), ("tensor", "tensor"))[i % 4]
+        for mode in ("state", "poison"):
+            out["complement_add_"].append(case_complement(shape, mode, gen, device, bc=bc))
+    out["complement_add_"].append(case_complement((3, 6, 40), "nan", gen, device, bc=("tensor", "tensor")))
     for i, (lead, d) in enumerate(SMALL_FACTORS):
         for mode in ("state", "overwrite"):
             seed_kind = "int" if not lead or i % 3 == 2 else "tensor"
