@@ -864,7 +864,6 @@ class Refresh:
     failures: list[str] = field(default_factory=list)  # why a side kept its old basis
 
 
-_RES_FLOOR = 1e-3  # complement second moment >= (this * RMS gradient)^2
 
 
 def _factored(row: Tensor, col: Tensor) -> Tensor:

@@ -115,8 +115,7 @@ def adamw_(
 
 
 RES_FLOOR = 1e-3
-"""The complement's second moment is floored at ``(RES_FLOOR * RMS gradient)^2`` per block (the
-value of ``groups._RES_FLOOR``, which the optimizer used before this twin existed)."""
+"""The complement's second moment is floored at ``(RES_FLOOR * RMS gradient)^2`` per block."""
 
 _IEEE_SQRT = False
 
