@@ -24,6 +24,13 @@ Time: ``--time-budget-s`` stops the suite gracefully (a run in progress is cut a
 and marked "truncated"; runs that cannot start are marked "skipped_budget"), ``--max-minutes-per-run``
 caps each run, and the plan with its time estimate is printed before anything starts (``--fit-steps``
 lowers ``--steps`` until the estimate fits the budget).
+
+Sharing one device: ``--shard I/K`` runs only the runs of the plan whose index is I modulo K, so K processes
+(same flags, same ``--out``, ``--shard 0/K`` ... ``--shard K-1/K``) run the plan side by side on one GPU, each
+with its own ``--time-budget-s``, ``--max-minutes-per-run`` and ``--skip-existing``. Their step times are
+not those of a run alone: every record says ``"concurrent_shards": K`` and :mod:`bench.report` shows only
+the losses of such runs. ``--fit-steps`` is refused with K > 1 (its estimate is of runs alone), and with
+K > 1 no shard writes the report (the others may still be running): ``python -m bench.report OUT`` after all.
 """
 
 from __future__ import annotations
@@ -111,10 +118,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-tf32", action="store_true",
                    help="full-fp32 matmuls (default: TF32 for every optimizer, as training scripts set)")  # fmt: skip
     p.add_argument("--skip-existing", action="store_true", help="keep finished runs already in --out")
+    p.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="I/K",
+                   help="only the runs of the plan with index %% K == I (K processes, one GPU)")  # fmt: skip
     p.add_argument("--no-report", action="store_true", help="write the run JSONs only")
     p.add_argument("--dry-run", action="store_true", help="print the plan and estimate, run nothing")
     p.add_argument("--out", default="runs/bench")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.fit_steps and args.shard[1] > 1:
+        p.error(f"--fit-steps cannot be combined with --shard {args.shard[0]}/{args.shard[1]}: its estimate is of "
+                "runs alone on the device, and runs sharing it are slower; give --steps yourself")  # fmt: skip
+    return args
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``'I/K'`` -> (I, K) with integers 0 <= I < K (the argparse type of ``--shard``)."""
+    i, sep, k = str(text).strip().partition("/")
+    try:
+        index, count = int(i), int(k)
+    except ValueError:
+        index, count = -1, 0
+    if not sep or not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"wants I/K with integers 0 <= I < K (e.g. --shard 0/4), got {text!r}")
+    return index, count
+
+
+def shard_runs(runs: list[Run], index: int, count: int) -> list[tuple[int, Run]]:
+    """Shard ``index`` of ``count``: the plan's j-th run goes to shard j % count (returned as (j, run) pairs)."""
+    return [(j, r) for j, r in enumerate(runs) if j % count == index]
 
 
 def parse_lrs(text: str | None, size: str | None = None) -> dict[str, list[float]]:
@@ -316,6 +346,7 @@ def base_record(ctx: Context, run: Run) -> dict[str, Any]:
         "weight_decay": args.weight_decay, "amp": "bf16" if ctx.amp else "fp32", "eval_every": args.eval_every,
         "eval_batches": args.eval_batches, "timing_skip": args.timing_skip, "target_loss": args.target_loss,
         "train_loss": [], "val": [], "step_ms": [], "opt_ms": [], "nan_count": 0,
+        "concurrent_shards": args.shard[1], "shard": f"{args.shard[0]}/{args.shard[1]}",
     }  # fmt: skip
 
 
@@ -540,7 +571,10 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps
     budget = args.time_budget_s
     reserve = 0.0 if budget is None else (5.0 if args.no_report else min(30.0, 0.05 * budget))  # report, plots
-    runs = plan_runs(args, specs)
+    shard, n_shards = args.shard
+    plan = plan_runs(args, specs)
+    mine = shard_runs(plan, shard, n_shards)
+    runs = [r for _, r in mine]
 
     def total_estimate(n_steps: int) -> float:
         return sum(estimate_run_s(r, args, n_steps, device.type == "cuda") for r in runs)
@@ -555,16 +589,22 @@ def main(argv: list[str] | None = None) -> int:
               f"--fit-steps lowers steps to {fitted}", flush=True)  # fmt: skip
         steps = fitted
         est = total_estimate(steps)
+    if n_shards > 1:
+        print(f"[plan] shard {shard}/{n_shards}: {len(runs)} of the plan's {len(plan)} runs (index % {n_shards} == "
+              f"{shard}); the estimate is for runs alone on the device, and these share it", flush=True)  # fmt: skip
     print(f"[plan] {len(runs)} runs on {device} ({args.size}, {steps} steps, batch "
           f"{args.batch_size or SIZES[args.size][1]}, seeds {args.seeds}); estimate {est:.0f} s from priors "
           f"(H100 numbers of DESIGN.md for small/large; guesses where none)"
           + (f"; budget {budget:.0f} s" if budget else ""), flush=True)  # fmt: skip
-    for r in runs:
+    for j, r in mine:
         run_s = estimate_run_s(r, args, steps, device.type == "cuda")
-        print(f"[plan]   {r.name:<14} lr {O.fmt_lr(r.lr):<8} seed {r.seed}  ~{run_s:.0f} s", flush=True)
+        print(f"[plan]   #{j + 1:<3} {r.name:<14} lr {O.fmt_lr(r.lr):<8} seed {r.seed}  ~{run_s:.0f} s", flush=True)
     if budget is not None and est > budget:
         print("[plan] WARNING: the estimate exceeds the budget: later runs will be truncated or skipped", flush=True)
     if args.dry_run:
+        return 0
+    if not runs:
+        print(f"[done] shard {shard}/{n_shards} has no run of the plan's {len(plan)}", flush=True)
         return 0
 
     ctx = Context(args, device, steps)
@@ -572,12 +612,13 @@ def main(argv: list[str] | None = None) -> int:
     cmd = "python -m bench.compare " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     suite_deadline = t0 + budget - reserve if budget is not None else math.inf
     min_run_s = SETUP_S.get(args.size, 5.0) + 5.0
-    for i, r in enumerate(runs):
+    tag = f" shard {shard}/{n_shards}" if n_shards > 1 else ""
+    for i, r in mine:
         path = out / f"{args.size}_{r.name}_lr{O.fmt_lr(r.lr)}_s{r.seed}.json"
         if args.skip_existing and path.exists():
             old = json.loads(path.read_text())
             if old.get("status") in ("ok", "not_installed") and old.get("steps") == steps:
-                print(f"[run {i + 1}/{len(runs)}] {r.name} lr {O.fmt_lr(r.lr)} seed {r.seed}: kept from {path}")
+                print(f"[run {i + 1}/{len(plan)}{tag}] {r.name} lr {O.fmt_lr(r.lr)} seed {r.seed}: kept from {path}")
                 continue
         now = time.perf_counter()
         deadline = suite_deadline
@@ -588,14 +629,18 @@ def main(argv: list[str] | None = None) -> int:
             rec["status"] = "skipped_budget"
             rec["message"] = f"{max(deadline - now, 0):.0f} s left in the time budget"
         else:
-            print(f"[run {i + 1}/{len(runs)}] {r.name} lr {O.fmt_lr(r.lr)} seed {r.seed} ...", flush=True)
+            print(f"[run {i + 1}/{len(plan)}{tag}] {r.name} lr {O.fmt_lr(r.lr)} seed {r.seed} ...", flush=True)
             rec = run_one(ctx, r, deadline)
         rec["env"] = env
         rec["cmd"] = cmd
         path.write_text(json.dumps(rec, indent=1, default=str))
-        print(f"[run {i + 1}/{len(runs)}] {_one_line(rec)}", flush=True)
-    print(f"[done] {len(runs)} runs in {time.perf_counter() - t0:.0f} s; JSON in {out}", flush=True)
+        print(f"[run {i + 1}/{len(plan)}{tag}] {_one_line(rec)}", flush=True)
+    print(f"[done] {len(runs)} runs{tag} in {time.perf_counter() - t0:.0f} s; JSON in {out}", flush=True)
     if args.no_report:
+        return 0
+    if n_shards > 1:
+        print(f"[done] no report from one of {n_shards} shards: once every shard has finished, "
+              f"python -m bench.report {shlex.quote(str(out))}", flush=True)  # fmt: skip
         return 0
     from bench import report
 

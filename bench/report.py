@@ -10,6 +10,10 @@ Runs are grouped into suites by (model size, steps): numbers are only compared i
 suite each optimizer is shown at its best lr (lowest mean final held-out loss over its finished runs), the
 headline averaging over seeds; the sweep table lists every lr tried. Ratios are to torch AdamW and to the
 best peer (the anchor with the lowest final held-out loss; scao_dist rows are never peers).
+
+Runs that shared the device with other runs (``bench.compare --shard I/K``, K > 1: ``"concurrent_shards"`` in
+their JSON) count for losses only: their step times, time-to-target and phase timings are left out of every
+table ("—" where no run alone is left) and out of the loss-vs-seconds plot, and a note under the table says so.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import io
 import json
 import math
 import os
+import re
 import statistics
 import sys
 import tarfile
@@ -112,6 +117,11 @@ def _mean(xs: list[float | None]) -> float | None:
     return statistics.fmean(xs) if xs else None
 
 
+def shared(r: dict[str, Any]) -> bool:
+    """The run shared the device with other runs (``--shard I/K``, K > 1): its timings are not its own."""
+    return int(r.get("concurrent_shards") or 1) > 1
+
+
 def finished(r: dict[str, Any]) -> bool:
     return r["status"] in FINISHED and r.get("steps_done") == r.get("steps")
 
@@ -159,6 +169,8 @@ def row_for(name: str, rs: list[dict[str, Any]], lr: float, target: float | None
     fin = [f for f in finals if f is not None]
     tt = [to_target(r, target) for r in done]
     reached = [t for t in tt if t[0] is not None]
+    alone = [r for r in done if not shared(r)]  # timings only from runs that had the device to themselves
+    s_reached = [t[1] for r, t in zip(done, tt) if t[0] is not None and not shared(r)]
     st = [(r.get("state_bytes_per_param")) for r in done]
     statuses = sorted({r["status"] for r in rs})
     msg = "; ".join(sorted({r.get("message", "") for r in rs if r["status"] not in FINISHED and r.get("message")}))
@@ -170,14 +182,14 @@ def row_for(name: str, rs: list[dict[str, Any]], lr: float, target: float | None
         "ckpt": {c: _mean([val_at(r, c) for r in done]) for c in checkpoints},
         "final": _mean(finals),
         "spread": (max(fin) - min(fin)) / 2 if len(fin) > 1 else None,
-        "ms": _mean([(r.get("ms_step") or {}).get("median") for r in done]),
-        "p99": _mean([(r.get("ms_step") or {}).get("p99") for r in done]),
-        "opt_ms": _mean([(r.get("ms_opt_step") or {}).get("median") for r in done]),
+        "ms": _mean([(r.get("ms_step") or {}).get("median") for r in alone]),
+        "p99": _mean([(r.get("ms_step") or {}).get("p99") for r in alone]),
+        "opt_ms": _mean([(r.get("ms_opt_step") or {}).get("median") for r in alone]),
         "state": _mean(st),
         "weights": rs[0].get("weights"),
         "peak": max([r["peak_gib"] for r in done if r.get("peak_gib") is not None], default=None),
         "steps_to": _mean([t[0] for t in reached]) if reached else None,
-        "s_to": _mean([t[1] for t in reached]) if reached else None,
+        "s_to": _mean(s_reached) if s_reached else None,
         "reached": f"{len(reached)}/{len(done)}",
         "nan": sum(r.get("nan_count", 0) for r in rs),
         "status": ",".join(statuses),
@@ -185,6 +197,8 @@ def row_for(name: str, rs: list[dict[str, Any]], lr: float, target: float | None
         "transient": max([r["step_transient_mib"] for r in done if r.get("step_transient_mib")], default=None),
         "runs": rs,
         "best_runs": done,
+        "shared": max([int(r.get("concurrent_shards") or 1) for r in done if shared(r)], default=0),
+        "timed_alone": len(alone),
     }
 
 
@@ -232,7 +246,7 @@ def render(runs: list[dict[str, Any]], out_dir: Path | None, target_loss: float 
                          e.get("python", "?")])  # fmt: skip
     md += [table(["device", "date", "torch", "triton", "flashoptim", "heavyball", "scao", "scao_dist", "python"],
                  env_rows[:6]), ""]  # fmt: skip
-    cmds = sorted({r.get("cmd", "") for r in runs if r.get("cmd")})
+    cmds = sorted({_shards_as_one(r["cmd"]) for r in runs if r.get("cmd")})
     if cmds and not brief:
         md += ["Commands:", "", *[f"    {c}" for c in cmds[:6]], ""]
     best_all: dict[str, dict[str, float]] = {}
@@ -316,6 +330,7 @@ def render_suite(size: str, steps: int, rs: list[dict[str, Any]], out_dir: Path 
                      _f(r["steps_to"], 0) + (f" ({r['reached']})" if r["steps_to"] is not None else ""),
                      _f(r["s_to"], 1), r["nan"], r["status"]])  # fmt: skip
     md += [table(hdr, body), ""]
+    md += _shared_note([rows[n] for n in names if n in rows])
 
     bp_name = bp["name"] if bp else None
     md += [f"### Ratios (÷ AdamW, ÷ best peer = {label(bp_name) if bp_name else '—'}"
@@ -364,6 +379,10 @@ def render_suite(size: str, steps: int, rs: list[dict[str, Any]], out_dir: Path 
                 cells.append(f"**{cell}**" if lr == best[n] and v is not None else cell)
             body.append([label(n), *cells])
         md += [table(["optimizer", *[_lr(x) for x in lrs]], body), ""]
+        k = max([int(r.get("concurrent_shards") or 1) for n in swept for g in groups[n].values() for r in g], default=1)
+        if k > 1:
+            md += [f"Runs of this sweep shared the GPU (up to {k} at once, `--shard`): only their losses are "
+                   "reported.", ""]  # fmt: skip
 
     md += _phases(rows, brief)
     if not brief:
@@ -379,6 +398,24 @@ def render_suite(size: str, steps: int, rs: list[dict[str, Any]], out_dir: Path 
     if plots and out_dir is not None and not brief:
         md += _plots(size, steps, rows, names, out_dir, stem or f"{size}_{steps}")
     return md, {n: rows[n]["lr"] for n in rows if rows[n]["final"] is not None}
+
+
+def _shards_as_one(cmd: str) -> str:
+    """The K shards of one call (``--shard 0/K`` ... ``--shard K-1/K``) as one command line."""
+    return re.sub(r"--shard[ =]\d+/(\d+)", lambda m: f"--shard I/{m[1]} (I = 0..{int(m[1]) - 1})", cmd)
+
+
+def _shared_note(rows: list[dict[str, Any]]) -> list[str]:
+    """One line under a table whose rows include runs that shared the device."""
+    hit = [r for r in rows if r["shared"]]
+    if not hit:
+        return []
+    k = max(r["shared"] for r in hit)
+    part = [label(r["name"]) for r in hit if r["timed_alone"]]
+    line = (f"Runs of {', '.join(label(r['name']) for r in hit)} shared the GPU with other runs (up to {k} at once, "
+            "`--shard`): only their losses are reported, their ms/step, p99, ms in step and s→target are "
+            "left out (—)")  # fmt: skip
+    return [line + (f"; the timings of {', '.join(part)} are from its runs alone." if part else "."), ""]
 
 
 def _lr(lr: float | None) -> str:
@@ -419,7 +456,8 @@ def _targets(size: str, rows: dict, aw: dict | None, bp: dict | None, fl: dict |
 
 
 def _phases(rows: dict, brief: bool = False) -> list[str]:
-    prof = [(n, r, br) for n, r in rows.items() for br in r["best_runs"][:1] if br.get("phases")]
+    prof = [(n, r, br) for n, r in rows.items()
+            for br in [x for x in r["best_runs"] if not shared(x)][:1] if br.get("phases")]  # fmt: skip
     if not prof:
         return []
     md = ["### Where scao_dist's step goes (ms per step, exclusive; device = CUDA events, host = wall)", ""]
@@ -514,11 +552,16 @@ def _plots(size: str, steps: int, rows: dict, names: list[str], out_dir: Path, s
         return ["(matplotlib missing: no plots)", ""]
     colors = plt.get_cmap("tab10").colors
     files = []
+    notes = []
     for kind in ("step", "seconds"):
         fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+        left_out = drawn = 0
         for n in (n for n in names if n in rows):
             c = colors[_color_index(n, names) % len(colors)]
             for j, r in enumerate(rows[n]["best_runs"]):
+                if kind == "seconds" and shared(r):  # its seconds were spent sharing the GPU
+                    left_out += 1
+                    continue
                 val = [(s, v, t) for s, v, t in (r.get("val") or []) if v is not None]
                 if not val:
                     continue
@@ -526,9 +569,16 @@ def _plots(size: str, steps: int, rows: dict, names: list[str], out_dir: Path, s
                 lab = f"{n} lr {_lr(r['lr'])}" + (f" s{r['seed']}" if len(rows[n]["best_runs"]) > 1 else "")
                 ax.plot(xs, [v for _, v, _ in val], color=c, ls=("-", "--", ":", "-.")[j % 4], marker="o", ms=2.5,
                         label=lab)  # fmt: skip
+                drawn += 1
                 if kind == "step" and j == 0 and r.get("train_loss"):
                     tl = _ema([x for x in r["train_loss"]])
                     ax.plot(range(1, len(tl) + 1), tl, color=c, alpha=0.25, lw=0.8)
+        if left_out:
+            notes.append(f"Loss vs seconds leaves out {left_out} run(s) that shared the GPU with other runs"
+                         + (" (all of them: no plot)." if not drawn else "."))  # fmt: skip
+            if not drawn:
+                plt.close(fig)
+                continue
         xlabel = "train seconds (synchronised step times; warm-up steps at the median)"
         ax.set_xlabel("step" if kind == "step" else xlabel)
         ax.set_ylabel("held-out loss (faint: train loss, EMA)" if kind == "step" else "held-out loss")
@@ -548,7 +598,8 @@ def _plots(size: str, steps: int, rows: dict, names: list[str], out_dir: Path, s
         except OSError as e:
             print(f"[report] could not write {fname}: {e}", file=sys.stderr)
         plt.close(fig)
-    return [f"![held-out loss vs {'step' if 'step' in f else 'seconds'}]({f})" for f in files] + [""]
+    md = [f"![held-out loss vs {'step' if 'step' in f else 'seconds'}]({f})" for f in files] + [""]
+    return md + ([*notes, ""] if notes else [])
 
 
 def _color_index(name: str, names: list[str]) -> int:

@@ -155,3 +155,99 @@ def test_lr_plans() -> None:
     assert compare.lr_factor(0, 50, 1500, 0.1) == pytest.approx(1 / 50)
     assert compare.lr_factor(49, 50, 1500, 0.1) == pytest.approx(1.0)
     assert compare.lr_factor(1500, 50, 1500, 0.1) == pytest.approx(0.1)
+
+
+# ------------------------------------------------------------------------ several processes on one GPU
+def test_shards_partition_the_plan() -> None:
+    args = compare.parse_args(["--sweep", "--optimizers", "adamw,muon,scao", "--seeds", "0,1"])
+    plan = compare.plan_runs(args, {n: O.make_spec(n) for n in ("adamw", "muon", "scao")})
+    assert len(plan) == 24
+    for k in (1, 2, 3, 5, 7, 30):
+        parts = [compare.shard_runs(plan, i, k) for i in range(k)]
+        taken = sorted(j for part in parts for j, _ in part)
+        assert taken == list(range(len(plan)))  # every run exactly once
+        for i, part in enumerate(parts):
+            assert all(j % k == i and plan[j] is r for j, r in part)
+            assert [j for j, _ in part] == sorted(j for j, _ in part)  # in the plan's order
+    assert compare.parse_shard("1/4") == (1, 4)
+    assert compare.parse_args([]).shard == (0, 1)
+
+
+@pytest.mark.parametrize("bad", ["3/2", "2/2", "-1/2", "0/0", "1", "a/b", "1/2/3"])
+def test_shard_flag_is_validated(bad: str, capsys) -> None:
+    with pytest.raises(SystemExit):
+        compare.parse_args([f"--shard={bad}"])
+    err = capsys.readouterr().err
+    assert "--shard" in err and "I/K" in err and repr(bad) in err
+
+
+def test_fit_steps_is_refused_with_several_shards(capsys) -> None:
+    assert compare.parse_args(["--fit-steps", "--shard", "0/1"]).fit_steps
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--fit-steps", "--shard", "0/2"])
+    assert "--fit-steps cannot be combined with --shard 0/2" in capsys.readouterr().err
+
+
+def _table_rows(md: str, heading: str) -> list[dict[str, str]]:
+    """The rows of the first Markdown table after ``heading``, as {header: cell}."""
+    lines = md[md.index(heading) :].splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("| "))
+    hdr = [c.strip() for c in lines[start].strip("|").split("|")]
+    rows = []
+    for ln in lines[start + 2 :]:
+        if not ln.startswith("| "):
+            break
+        rows.append(dict(zip(hdr, (c.strip() for c in ln.strip("|").split("|")))))
+    return rows
+
+
+def test_a_shard_runs_its_part_and_the_report_drops_its_timings(tmp_path: Path) -> None:
+    out = tmp_path / "shard"
+    argv = [*TINY, "--steps", "2", "--optimizers", "adamw", "--lrs", "adamw=5e-4,1e-3,2e-3", "--shard", "0/2",
+            "--out", str(out)]  # fmt: skip
+    assert compare.main(argv) == 0
+    recs = {json.loads(p.read_text())["lr"]: json.loads(p.read_text()) for p in out.glob("tiny_*.json")}
+    assert sorted(recs) == [5e-4, 2e-3]  # plan indices 0 and 2 of 3
+    for r in recs.values():
+        assert r["status"] == "ok" and r["concurrent_shards"] == 2 and r["shard"] == "0/2"
+        assert _finite(r["ms_step"]["median"])  # measured and kept in the JSON, only not reported
+    assert not (out / "results.md").exists()  # no shard writes the report: the others may still be running
+    ids = {p.name: json.loads(p.read_text())["run_id"] for p in out.glob("*.json")}
+    assert compare.main([*argv, "--skip-existing"]) == 0  # per shard: its finished runs are kept
+    assert {p.name: json.loads(p.read_text())["run_id"] for p in out.glob("*.json")} == ids
+
+    md = report.render_dir([out], out)
+    (row,) = _table_rows(md, "### Headline")
+    for cell in ("ms/step", "p99", "ms in step", "s→target"):
+        assert row[cell] == "—", (cell, row)
+    assert row["val@2"] != "—" and row["steps→target"] != "—"  # losses are still reported
+    assert "shared the GPU with other runs (up to 2 at once" in md
+    assert "--shard I/2 (I = 0..1)" in md
+    assert [p.name for p in out.glob("loss_vs_*.png")] == ["loss_vs_step_tiny_2.png"]
+
+    alone = tmp_path / "alone"  # the same records as if each had the device to itself: timings come back
+    alone.mkdir()
+    for p in out.glob("tiny_*.json"):
+        (alone / p.name).write_text(p.read_text().replace('"concurrent_shards": 2', '"concurrent_shards": 1'))
+    md = report.render_dir([alone], alone)
+    (row,) = _table_rows(md, "### Headline")
+    assert all(row[c] != "—" for c in ("ms/step", "p99", "ms in step")), row
+    assert "shared the GPU" not in md
+    assert sorted(p.name.split("_tiny")[0] for p in alone.glob("loss_vs_*.png")) == ["loss_vs_seconds", "loss_vs_step"]
+
+    # two seeds at one lr, one alone and one shared: the timing columns come from the one alone only
+    a = json.loads((out / "tiny_adamw_lr5e-04_s0.json").read_text())
+    b = {**json.loads(json.dumps(a)), "seed": 1, "concurrent_shards": 1, "ms_step": {"median": 123.0, "p99": 130.0}}
+    row = report.row_for("adamw", [a, b], 5e-4, None, [])
+    assert row["ms"] == 123.0 and row["p99"] == 130.0 and row["seeds"] == 2 and row["shared"] == 2
+
+
+def test_gpu_session_script_parses() -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("bash") is None:
+        pytest.skip("no bash")
+    script = ROOT / "bench" / "gpu_session.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    assert '--shard "$i/$PARALLEL"' in script.read_text()
