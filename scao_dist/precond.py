@@ -85,7 +85,11 @@ def select_rank(eig: Tensor, total: float, spectral_mass: float, rank_min: int, 
 
 
 def _finite(*ts: Tensor) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in ts)
+    """All entries of all ``ts`` finite (one host sync per device, not one per tensor)."""
+    flags: dict[torch.device, list[Tensor]] = {}
+    for t in ts:
+        flags.setdefault(t.device, []).append(torch.isfinite(t).all())
+    return all(bool(torch.stack(f).all()) for f in flags.values())
 
 
 def safe_eigh(a: Tensor) -> tuple[Tensor, Tensor]:
@@ -159,26 +163,46 @@ def refresh_dense(fac_rot: Tensor, q: Tensor) -> Basis:
 
 
 # -------------------------------------------------------------------------------- stream
+HOST_EIGH_MAX = 256
+"""Nystrom Grams up to this size (``k + p``; 144 by default) are diagonalised on the host."""
+NYSTROM_SHIFTS = 6
+"""Tries of the Nystrom shift, tenfold each: up to 1e5 x fp32 rounding (~5e-2 of ||P|| at d = 2048)."""
+
+
 def nystrom(qh: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
     """Top eigenpairs of psd ``L`` from ``P = L Qh`` (Qh orthonormal d x s). Descending.
 
     ``F = (P + nu Qh) C^-T`` with ``C C^T = Qh^T (P + nu Qh)`` gives ``L ~ F F^T``; its eigenpairs
     come from the s x s Gram ``F^T F = V S^2 V^T`` (``U = F V / S``), in float64, instead of an SVD
     of the tall ``F`` (slow on GPUs). Directions with ``S`` at rounding level get zero columns.
+
+    The shift ``nu`` starts at fp32 rounding of ``P`` (Tropp et al.) and grows tenfold while
+    ``Qh^T (P + nu Qh)`` is not positive definite, up to ``NYSTROM_SHIFTS`` tries: the stored
+    sketch carries more error than that (bf16 storage of ``Qh`` and ``P``, TF32 products on GPUs,
+    which made every refresh of the 405M GPT fail on an H100), and eigenvalues below the shift
+    are noise anyway (they come back as zero).
     """
     if not _finite(qh, p):
         raise BasisError("nystrom: non-finite sketch")
-    y = p.double()
-    nu = float(torch.finfo(torch.float32).eps * qh.shape[0] ** 0.5 * torch.linalg.vector_norm(y))
+    y0, q = p.double(), qh.double()
+    nu = float(torch.finfo(torch.float32).eps * qh.shape[0] ** 0.5 * torch.linalg.vector_norm(y0))
     if not nu > 0.0:
         raise BasisError("nystrom: zero sketch")
-    y = y + nu * qh.double()
-    b = qh.double().T @ y
-    c, info = torch.linalg.cholesky_ex(0.5 * (b + b.T))
-    if int(info) != 0:
+    for _ in range(NYSTROM_SHIFTS):
+        y = y0 + nu * q
+        b = q.T @ y
+        c, info = torch.linalg.cholesky_ex(0.5 * (b + b.T))
+        if int(info) == 0:
+            break
+        nu *= 10.0
+    else:
         raise BasisError("nystrom: cholesky")
     f = torch.linalg.solve_triangular(c, y.T, upper=False).T  # y C^{-T}
-    s2, v = safe_eigh(f.T @ f)  # float64 in, float64 out
+    gram = f.T @ f
+    if gram.shape[0] <= HOST_EIGH_MAX:  # small: the host's LAPACK beats a GPU eigh's many launches and syncs
+        s2, v = (t.to(f.device) for t in safe_eigh(gram.cpu()))
+    else:
+        s2, v = safe_eigh(gram)  # float64 in, float64 out
     s2 = s2.clamp_min(0.0)
     sig = s2.sqrt()
     keep = sig > sig[0] * 1e-7
