@@ -445,11 +445,14 @@ class KronGroup(_Group):
         u_rot = self.vp.adam(s, g_rot, m_rot, hp.beta2, bc1, bc2, hp.eps)
 
         b2 = hp.beta2
+        sumsq = None
         if self.cfg.graft == "norm" or any(side.mode == "stream" for side in self.sides):
-            gsq = gf.square()  # read by the norm graft and the complement's floor (else skipped)
-            s["g_row"].mul_(b2).add_(gsq.mean(-1), alpha=1 - b2)
-            s["g_col"].mul_(b2).add_(gsq.mean(-2), alpha=1 - b2)
-            del gsq
+            # row/column mean squares of G_F (the norm graft, the complement's floor) and ||G_F||^2
+            # (stream traces), from two reductions that read G_F once each and write no temporary
+            row_ss, col_ss = _sums_of_squares(gf)
+            s["g_row"].mul_(b2).add_(row_ss, alpha=(1 - b2) / self.n_dim)
+            s["g_col"].mul_(b2).add_(col_ss, alpha=(1 - b2) / self.m_dim)
+            sumsq = row_ss.sum(-1)
         trunc = self.truncated(idx)
         if any(trunc):
             mask = self._device_list(tuple(trunc), torch.bool)
@@ -460,7 +463,7 @@ class KronGroup(_Group):
         kernels.apply_update_(w, s.get("ebits"), self.unrotate(uf, fl, fr), hp.lr, hp.weight_decay)
         if not in_place:
             self.scatter_params(idx, w)
-        self._update_factors(s, idx, gf, hp, self.sides, halves)
+        self._update_factors(s, idx, gf, hp, self.sides, halves, sumsq)
         self.put_back(idx, s, whole)
         return [i for i in idx if (self.steps[i] + self.phase[i]) % hp.precond_freq == 0]
 
@@ -538,12 +541,12 @@ class KronGroup(_Group):
         if qr is not None:
             core = core @ _gram_inverse(qr)
         back = self.unrotate(torch.cat([u_rot.unsqueeze(0), core]), ql, qr)  # (3, b, m, n), one pass
-        u, res_g = back[0], back[1].neg_().add_(g)
+        u = back[0]
+        row_ss, col_ss = _sums_of_squares(torch.sub(g, back[1], out=back[1]))  # the residual G - back_G
         b2 = hp.beta2
-        res_g.square_()
         mcol = mask[:, None]
-        s["res_row"].copy_(torch.where(mcol, s["res_row"] * b2 + res_g.mean(-1) * (1 - b2), s["res_row"]))
-        s["res_col"].copy_(torch.where(mcol, s["res_col"] * b2 + res_g.mean(-2) * (1 - b2), s["res_col"]))
+        s["res_row"].copy_(torch.where(mcol, s["res_row"] * b2 + row_ss * ((1 - b2) / self.n_dim), s["res_row"]))
+        s["res_col"].copy_(torch.where(mcol, s["res_col"] * b2 + col_ss * ((1 - b2) / self.m_dim), s["res_col"]))
         # u += mask (M - back_M)/bc1 / (sqrt(max(r_i c_j / mean(r), floor) / bc2) + eps), one fused pass
         # (the floor is kernels.reference.RES_FLOOR^2 times the mean squared gradient; back[2] is consumed)
         return kernels.complement_add_(u, back[2], m, s["res_row"], s["res_col"], s["g_row"], mask, bc1, bc2, hp.eps)
@@ -583,11 +586,13 @@ class KronGroup(_Group):
         hp: Hyper,
         sides: Sequence[Side],
         halves: dict[str, Tensor] | None = None,
+        sumsq: Tensor | None = None,
     ) -> None:
         """``g`` is the gradient in the block's frame (``G_F``; ``G`` itself before the first basis).
 
         Dense: ``F^T L F <- bs F^T L F + (1-bs) G_F G_F^T`` (the factor in its own eigenbasis frame;
-        ``F_R`` orthogonal drops out); stream: ``P <- bs P + (1-bs) G_F G_F^T Qh``."""
+        ``F_R`` orthogonal drops out); stream: ``P <- bs P + (1-bs) G_F G_F^T Qh`` and the trace
+        ``tr(L) <- bs tr(L) + (1-bs) ||G_F||^2`` (``sumsq``, when the caller has it already)."""
         beta = hp.shampoo_beta
         halves = halves or {}
         for side in sides:
@@ -605,7 +610,9 @@ class KronGroup(_Group):
                 fresh = g @ half.mT if n == "L" else g.mT @ half
                 sk = s[f"{n}.sketch"].float().mul_(beta).add_(fresh, alpha=1 - beta)
                 s[f"{n}.sketch"].copy_(sk)
-                s[f"{n}.trace"].mul_(beta).add_(g.square().sum((-2, -1)), alpha=1 - beta)
+                if sumsq is None:
+                    sumsq = _sums_of_squares(g)[0].sum(-1)
+                s[f"{n}.trace"].mul_(beta).add_(sumsq, alpha=1 - beta)
 
     def _first_step(self, idx: Sequence[int], hp: Hyper) -> None:
         """SOAP's step 1: accumulate the factors and build the first bases; no parameter update."""
@@ -864,11 +871,20 @@ class Refresh:
     failures: list[str] = field(default_factory=list)  # why a side kept its old basis
 
 
-
-
 def _factored(row: Tensor, col: Tensor) -> Tensor:
     """Adafactor's rank-1 second moment ``r_i c_j / mean(r)`` from row/column mean squares."""
     return row.unsqueeze(-1) * col.unsqueeze(-2) / row.mean(-1).clamp_min(1e-30)[:, None, None]
+
+
+def _sums_of_squares(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Row and column sums of ``x**2`` for stacked ``(b, m, n)`` ``x``: ``(b, m)`` and ``(b, n)``.
+
+    Two norm reductions, each reading ``x`` once and writing only its result (``x.square()``
+    followed by two means writes and reads a full-size temporary)."""
+    return (
+        torch.linalg.vector_norm(x, dim=-1).square_(),
+        torch.linalg.vector_norm(x, dim=-2).square_(),
+    )
 
 
 def _flat(bc: Tensor | float) -> Tensor | float:
