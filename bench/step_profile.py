@@ -1,0 +1,170 @@
+"""Where the host time of scao_dist's ``step()`` goes: launches, syncs and Python, on one model.
+
+    python -m bench.step_profile --size large --out $OUT/step_profile.json     # CUDA
+    python -m bench.step_profile --size tiny --steps 4 --out /tmp/p.json       # CPU smoke
+
+For each case (scao_dist default; the same with refreshes off after the first basis; torch AdamW
+fused as the reference) it runs a few warm-up steps on random tokens, then times ``step()`` alone
+(device-synchronised before and after, so the number is the step's whole cost, host and device),
+and for scao_dist also records with ``torch.profiler`` the operators and CUDA runtime calls per
+step (kernel launches, synchronising calls) and with ``cProfile`` the Python functions that take
+the step's host time. Nothing here changes scao_dist; the JSON holds everything printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import pstats
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from scao_dist import SCAO
+from scao_dist.demo.gpt import GPT, GPTConfig
+
+SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpy", "cudaEventSynchronize")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _model(size: str, device: torch.device, bf16: bool) -> GPT:
+    torch.manual_seed(0)
+    model = GPT(getattr(GPTConfig, size)()).to(device)
+    return model.to(torch.bfloat16) if bf16 else model
+
+
+def _grads(model: GPT, batch: int, device: torch.device, seed: int) -> None:
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randint(0, model.cfg.vocab, (batch, model.cfg.seq_len + 1), generator=gen).to(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        loss = model(x[:, :-1], x[:, 1:])
+    loss.backward()
+
+
+def _timed_steps(model: GPT, opt: Any, n: int, batch: int, device: torch.device, seed0: int) -> list[float]:
+    out = []
+    for i in range(n):
+        _grads(model, batch, device, seed0 + i)
+        _sync(device)
+        t0 = time.perf_counter()
+        opt.step()
+        _sync(device)
+        out.append((time.perf_counter() - t0) * 1e3)
+        opt.zero_grad(set_to_none=True)
+    return out
+
+
+def _torch_profile(model: GPT, opt: Any, n: int, batch: int, device: torch.device) -> dict[str, Any]:
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    grads = []
+    for i in range(n):  # gradients outside the profile window
+        _grads(model, batch, device, 10_000 + i)
+        grads.append([p.grad.clone() if p.grad is not None else None for p in model.parameters()])
+        opt.zero_grad(set_to_none=True)
+    with torch.profiler.profile(activities=acts) as prof:
+        for g in grads:
+            for p, gi in zip(model.parameters(), g, strict=True):
+                p.grad = gi
+            opt.step()
+            _sync(device)
+            opt.zero_grad(set_to_none=True)
+    ka = prof.key_averages()
+    rows = sorted(ka, key=lambda e: e.self_cpu_time_total, reverse=True)
+    top = [
+        {"name": e.key, "calls_per_step": e.count / n, "self_cpu_ms_per_step": e.self_cpu_time_total / 1e3 / n}
+        for e in rows[:30]
+    ]
+    dev = [e for e in ka if getattr(e, "self_device_time_total", 0) > 0]
+    dev.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    top_dev = [
+        {"name": e.key[:90], "calls_per_step": e.count / n, "device_ms_per_step": e.self_device_time_total / 1e3 / n}
+        for e in dev[:25]
+    ]
+    launches = sum(e.count for e in ka if "LaunchKernel" in e.key or e.key in ("cuLaunchKernel", "cuLaunchKernelEx"))
+    syncs = {e.key: e.count / n for e in ka if any(e.key.startswith(s) for s in SYNC_CALLS)}
+    return {"top_self_cpu": top, "top_device": top_dev, "launches_per_step": launches / n, "sync_calls_per_step": syncs}
+
+
+def _cprofile(model: GPT, opt: Any, n: int, batch: int, device: torch.device) -> str:
+    pr = cProfile.Profile()
+    for i in range(n):
+        _grads(model, batch, device, 20_000 + i)
+        _sync(device)
+        pr.enable()
+        opt.step()
+        _sync(device)
+        pr.disable()
+        opt.zero_grad(set_to_none=True)
+    buf = io.StringIO()
+    pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(35)
+    return buf.getvalue()
+
+
+def _stats(ms: list[float]) -> dict[str, float]:
+    ms = sorted(ms)
+    return {"median": round(statistics.median(ms), 3), "p90": round(ms[int(0.9 * (len(ms) - 1))], 3),
+            "min": round(ms[0], 3)}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="large", choices=("tiny", "small", "large"))
+    ap.add_argument("--batch", type=int, default=2, help="batch size (the gradients' values do not matter)")
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per case (after 2 precond periods)")
+    ap.add_argument("--profile-steps", type=int, default=10)
+    ap.add_argument("--cases", default="scao,scao_norefresh,adamw")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    result: dict[str, Any] = {"size": args.size, "device": torch.cuda.get_device_name() if device.type == "cuda"
+                              else "cpu", "torch": torch.__version__, "cases": {}}  # fmt: skip
+    for case in args.cases.split(","):
+        bf16 = case.startswith("scao")
+        model = _model(args.size, device, bf16)
+        if case == "adamw":
+            opt: Any = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+        else:
+            opt = SCAO(model.parameters(), lr=1e-4)
+        warm = 21
+        _timed_steps(model, opt, warm, args.batch, device, 0)
+        if case == "scao_norefresh":
+            for g in opt.param_groups:
+                g["precond_freq"] = 10**9
+        ms = _timed_steps(model, opt, args.steps, args.batch, device, 100)
+        rec: dict[str, Any] = {"step_ms": _stats(ms)}
+        if case.startswith("scao"):
+            rec["counters"] = {k: int(v) for k, v in opt.counters.items()}
+            rec["torch_profile"] = _torch_profile(model, opt, args.profile_steps, args.batch, device)
+            rec["cprofile"] = _cprofile(model, opt, args.profile_steps, args.batch, device)
+        result["cases"][case] = rec
+        print(f"== {case}: step() {rec['step_ms']}", flush=True)
+        if "torch_profile" in rec:
+            tp = rec["torch_profile"]
+            print(f"   launches/step {tp['launches_per_step']:.0f}, syncs/step {tp['sync_calls_per_step']}")
+            for row in tp["top_self_cpu"][:18]:
+                print(f"   {row['self_cpu_ms_per_step']:8.2f} ms {row['calls_per_step']:7.1f}x  {row['name']}")
+            print("   -- device time per step (all streams)")
+            for row in tp["top_device"][:20]:
+                print(f"   {row['device_ms_per_step']:8.2f} ms {row['calls_per_step']:7.1f}x  {row['name']}")
+            print("\n".join(rec["cprofile"].splitlines()[:40]))
+        del opt, model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
