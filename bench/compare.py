@@ -120,6 +120,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-existing", action="store_true", help="keep finished runs already in --out")
     p.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="I/K",
                    help="only the runs of the plan with index %% K == I (K processes, one GPU)")  # fmt: skip
+    p.add_argument("--concurrent", type=int, default=1, metavar="N",
+                   help="N processes (this one included) share the device: records say so, so the report shows "
+                        "no timing for them (set by --shard I/K too)")  # fmt: skip
     p.add_argument("--no-report", action="store_true", help="write the run JSONs only")
     p.add_argument("--dry-run", action="store_true", help="print the plan and estimate, run nothing")
     p.add_argument("--out", default="runs/bench")
@@ -346,7 +349,7 @@ def base_record(ctx: Context, run: Run) -> dict[str, Any]:
         "weight_decay": args.weight_decay, "amp": "bf16" if ctx.amp else "fp32", "eval_every": args.eval_every,
         "eval_batches": args.eval_batches, "timing_skip": args.timing_skip, "target_loss": args.target_loss,
         "train_loss": [], "val": [], "step_ms": [], "opt_ms": [], "nan_count": 0,
-        "concurrent_shards": args.shard[1], "shard": f"{args.shard[0]}/{args.shard[1]}",
+        "concurrent_shards": max(args.shard[1], args.concurrent), "shard": f"{args.shard[0]}/{args.shard[1]}",
     }  # fmt: skip
 
 

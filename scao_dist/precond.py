@@ -32,6 +32,7 @@ Notation: ``L`` is the EMA factor of one side (``G G^T`` for rows, ``G^T G`` for
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -163,8 +164,9 @@ def refresh_dense(fac_rot: Tensor, q: Tensor) -> Basis:
 
 
 # -------------------------------------------------------------------------------- stream
-HOST_EIGH_MAX = 256
-"""Nystrom Grams up to this size (``k + p``; 144 by default) are diagonalised on the host."""
+HOST_EIGH_MAX = int(os.environ.get("SCAO_HOST_EIGH_MAX", "256"))
+"""Nystrom Grams up to this size (``k + p``; 144 by default) are diagonalised on the host
+(``SCAO_HOST_EIGH_MAX=0``: always on the device)."""
 NYSTROM_SHIFTS = 6
 """Tries of the Nystrom shift, tenfold each: up to 1e5 x fp32 rounding (~5e-2 of ||P|| at d = 2048)."""
 
