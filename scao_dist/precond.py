@@ -164,9 +164,10 @@ def refresh_dense(fac_rot: Tensor, q: Tensor) -> Basis:
 
 
 # -------------------------------------------------------------------------------- stream
-HOST_EIGH_MAX = int(os.environ.get("SCAO_HOST_EIGH_MAX", "256"))
-"""Nystrom Grams up to this size (``k + p``; 144 by default) are diagonalised on the host
-(``SCAO_HOST_EIGH_MAX=0``: always on the device)."""
+HOST_EIGH_MAX = int(os.environ.get("SCAO_HOST_EIGH_MAX", "0"))
+"""Nystrom Grams up to this size (``k + p``) are diagonalised on the host; by default none.
+Measured on an H100 (43M GPT, ``python -m bench.step_profile --size small``): host LAPACK on the
+refresh thread made ``step()`` 72.5 ms against 36.6 ms with the device's eigh (BENCHMARKS.md)."""
 NYSTROM_SHIFTS = 6
 """Tries of the Nystrom shift, tenfold each: up to 1e5 x fp32 rounding (~5e-2 of ||P|| at d = 2048)."""
 
@@ -201,7 +202,7 @@ def nystrom(qh: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
         raise BasisError("nystrom: cholesky")
     f = torch.linalg.solve_triangular(c, y.T, upper=False).T  # y C^{-T}
     gram = f.T @ f
-    if gram.shape[0] <= HOST_EIGH_MAX:  # small: the host's LAPACK beats a GPU eigh's many launches and syncs
+    if gram.shape[0] <= HOST_EIGH_MAX:
         s2, v = (t.to(f.device) for t in safe_eigh(gram.cpu()))
     else:
         s2, v = safe_eigh(gram)  # float64 in, float64 out
