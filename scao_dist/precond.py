@@ -32,6 +32,7 @@ Notation: ``L`` is the EMA factor of one side (``G G^T`` for rows, ``G^T G`` for
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -86,11 +87,12 @@ def select_rank(eig: Tensor, total: float, spectral_mass: float, rank_min: int, 
 
 
 def _finite(*ts: Tensor) -> bool:
-    """All entries of all ``ts`` finite (one host sync per device, not one per tensor)."""
-    flags: dict[torch.device, list[Tensor]] = {}
+    """All entries of all (floating) ``ts`` finite: one float64 sum per tensor and one host sync per
+    device (a NaN or inf survives the sums; float64 cannot overflow on fp32 data)."""
+    sums: dict[torch.device, list[Tensor]] = {}
     for t in ts:
-        flags.setdefault(t.device, []).append(torch.isfinite(t).all())
-    return all(bool(torch.stack(f).all()) for f in flags.values())
+        sums.setdefault(t.device, []).append(t.sum(dtype=torch.float64))
+    return all(math.isfinite(float(torch.stack(v).sum())) for v in sums.values())
 
 
 def safe_eigh(a: Tensor) -> tuple[Tensor, Tensor]:
@@ -120,6 +122,30 @@ def safe_qr(a: Tensor) -> Tensor:
     return q
 
 
+def fast_qr(a: Tensor) -> Tensor:
+    """``Q`` of ``a = QR`` (``a`` d x k, k <= d, full rank), by Cholesky-QR twice in float64.
+
+    Scaling the columns first leaves ``Q`` unchanged (``R`` absorbs the scales) and makes the
+    nearly diagonal factors of a refresh well conditioned; two passes of ``X <- X chol(X^T X)^-1``
+    then give ``Q`` orthonormal to float64 rounding: the same ``Q`` as Householder up to column
+    signs, in a few launches instead of cuSOLVER's panel loop (the largest GPU cost of a dense
+    refresh on an H100). Anything it cannot do (rank deficiency, condition above ~1e7, non-finite
+    input) goes to :func:`safe_qr`, decided with one host sync.
+    """
+    x = a.double()
+    x = x / torch.linalg.vector_norm(x, dim=0).clamp_min(torch.finfo(torch.float64).tiny)
+    bad = torch.zeros((), dtype=torch.int32, device=a.device)
+    for _ in range(2):
+        r, info = torch.linalg.cholesky_ex(x.mT @ x, upper=True)
+        bad = bad + info.abs()
+        x = torch.linalg.solve_triangular(r, x, upper=True, left=False)
+    eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+    err = (x.mT @ x - eye).abs().max()
+    if bool((bad == 0) & (err < 1e-10)):  # NaN compares False
+        return x.to(a.dtype)
+    return safe_qr(a)
+
+
 def complement_probes(q: Tensor, p: int, seed: int) -> Tensor:
     """``p`` orthonormal random directions orthogonal to the columns of ``q`` (d x k)."""
     d, k = q.shape
@@ -130,7 +156,7 @@ def complement_probes(q: Tensor, p: int, seed: int) -> Tensor:
     for _ in range(2):  # twice is enough (Kahan)
         w = w - q @ (q.T @ w)
     try:
-        return safe_qr(w)
+        return safe_qr(w)  # thin: one panel, cheap as it is
     except BasisError:
         return q.new_zeros(d, 0)
 
@@ -158,7 +184,7 @@ def refresh_dense(fac_rot: Tensor, q: Tensor) -> Basis:
         raise BasisError("dense refresh: non-finite factor or basis")
     est = torch.diagonal(fac_rot)
     perm = torch.argsort(est, descending=True)
-    z = safe_qr(fac_rot[:, perm])
+    z = fast_qr(fac_rot[:, perm])
     eig = (z * (fac_rot @ z)).sum(0)
     return Basis(q=q @ z, eig=eig, perm=perm, rotation=z)
 

@@ -65,3 +65,29 @@ def test_select_rank_keeps_the_spectral_mass() -> None:
     assert precond.select_rank(eig, 10.0, 0.99, 1, 6) == 6
     assert precond.select_rank(eig, 10.0, 0.99, 1, 4) == 4  # capped
     assert precond.select_rank(eig, 10.0, 0.5, 3, 6) == 3  # floored at rank_min
+
+
+@pytest.mark.parametrize("shape", [(96, 96), (200, 40)])
+def test_fast_qr_is_householder_up_to_column_signs(shape: tuple[int, int]) -> None:
+    """A nearly diagonal, badly scaled factor (what a dense refresh orthogonalises) and a random
+    tall matrix: the Cholesky-QR twice must give Householder's Q up to signs, orthonormal."""
+    gen = torch.Generator().manual_seed(shape[0])
+    d, k = shape
+    a = torch.randn(d, k, generator=gen)
+    if d == k:
+        a = torch.diag(torch.logspace(0, -6, d)) + 1e-3 * a * torch.logspace(0, -6, d)  # columns 1 .. 1e-6
+    q = precond.fast_qr(a)
+    ref = torch.linalg.qr(a.double()).Q
+    signs = torch.sign((q.double() * ref).sum(0))
+    assert torch.allclose(q.double(), ref * signs, atol=1e-5)
+    assert torch.allclose(q.double().T @ q.double(), torch.eye(k, dtype=torch.float64), atol=1e-6)
+
+
+def test_fast_qr_falls_back_on_rank_deficiency() -> None:
+    a = torch.randn(32, 8, dtype=torch.float64)
+    a[:, 3] = a[:, 1]  # Cholesky of the Gram breaks down: Householder takes over
+    q = precond.fast_qr(a)
+    assert torch.allclose(q.T @ q, torch.eye(8, dtype=torch.float64), atol=1e-10)
+    a[0, 0] = float("nan")
+    with pytest.raises(precond.BasisError):
+        precond.fast_qr(a)
