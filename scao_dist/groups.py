@@ -730,7 +730,7 @@ class KronGroup(_Group):
                 elif inp is not None:
                     seed = _seed(self.specs[i].index, side.name, snap["step"] + 2)
                     basis = precond.refresh_stream(
-                        inp["qh"].float(), inp["sketch"].float(), float(inp["trace"]), k, hp.spectral_mass,
+                        inp["qh"].float(), inp["sketch"].float(), inp["trace"], k, hp.spectral_mass,
                         hp.rank_min, side.rank_cap(hp.rank_max), side.p, seed,
                     )  # fmt: skip
             except precond.BasisError as e:  # the old basis stays
@@ -743,7 +743,8 @@ class KronGroup(_Group):
         out: dict[str, Tensor] = {}
         rl, rr = snap["ranks"]
         v = self.vp.read(snap["v"], snap["v"][self.vp.names()[0]].shape[-1])[:rl, :rr]
-        fill = float(snap["fill"][0]) or float(snap["fill"][1]) or float(snap["fill"][2])
+        f = snap["fill"]  # the first nonzero of (residual, gradient, rotated) mean second moments, on the device
+        fill = torch.where(f[0] != 0, f[0], torch.where(f[1] != 0, f[1], f[2]))
         frame = snap.get("frame_state")
         m = self.mom.read(frame, self.n_dim) if frame is not None else None
         rotated = False

@@ -95,18 +95,21 @@ def _finite(*ts: Tensor) -> bool:
     return all(math.isfinite(float(torch.stack(v).sum())) for v in sums.values())
 
 
-def safe_eigh(a: Tensor) -> tuple[Tensor, Tensor]:
+def safe_eigh(a: Tensor, checked: bool = False) -> tuple[Tensor, Tensor]:
     """Eigenpairs of symmetric ``a`` sorted descending (in ``a``'s precision, fp32 retried in
-    float64, as distributed_shampoo does). Raises :class:`BasisError`."""
-    if not _finite(a):
+    float64, as distributed_shampoo does). Raises :class:`BasisError`.
+
+    ``checked=True``: the caller vouches for ``a`` and checks the result itself (no host syncs
+    here, unless an fp32 result must be checked before a float64 retry)."""
+    if not checked and not _finite(a):
         raise BasisError("eigh: non-finite input")
     dtypes = (torch.float64,) if a.dtype == torch.float64 else (torch.float32, torch.float64)
-    for dtype in dtypes:
+    for n, dtype in enumerate(dtypes, 1):
         try:
             vals, vecs = torch.linalg.eigh(a.to(dtype))
         except RuntimeError:  # torch._C._LinAlgError subclasses RuntimeError
             continue
-        if _finite(vals, vecs):
+        if (checked and n == len(dtypes)) or _finite(vals, vecs):
             return vals.flip(0).to(a.dtype), vecs.flip(1).to(a.dtype)
     raise BasisError("eigh: did not converge")
 
@@ -180,11 +183,14 @@ def refresh_dense(fac_rot: Tensor, q: Tensor) -> Basis:
     orthonormal, that is ``Q_new = Q Z`` with ``Z = qr(fac_rot[:, perm])``: the same basis from a
     d x d QR of the rotated factor. The factor moves to the new frame as ``Z^T fac_rot Z``.
     """
-    if not _finite(fac_rot, q):
-        raise BasisError("dense refresh: non-finite factor or basis")
     est = torch.diagonal(fac_rot)
     perm = torch.argsort(est, descending=True)
-    z = fast_qr(fac_rot[:, perm])
+    try:
+        z = fast_qr(fac_rot[:, perm])  # its one host sync also sees a non-finite factor
+    except BasisError:
+        if not _finite(fac_rot, q):
+            raise BasisError("dense refresh: non-finite factor or basis") from None
+        raise  # (``q`` is the stored basis: finite since the refresh that made it)
     eig = (z * (fac_rot @ z)).sum(0)
     return Basis(q=q @ z, eig=eig, perm=perm, rotation=z)
 
@@ -211,10 +217,11 @@ def nystrom(qh: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
     which made every refresh of the 405M GPT fail on an H100), and eigenvalues below the shift
     are noise anyway (they come back as zero).
     """
-    if not _finite(qh, p):
-        raise BasisError("nystrom: non-finite sketch")
     y0, q = p.double(), qh.double()
-    nu = float(torch.finfo(torch.float32).eps * qh.shape[0] ** 0.5 * torch.linalg.vector_norm(y0))
+    norm = float(torch.linalg.vector_norm(y0))  # the one sync before the loop; a bad qh shows at the end
+    if not math.isfinite(norm):
+        raise BasisError("nystrom: non-finite sketch")
+    nu = torch.finfo(torch.float32).eps * qh.shape[0] ** 0.5 * norm
     if not nu > 0.0:
         raise BasisError("nystrom: zero sketch")
     for _ in range(NYSTROM_SHIFTS):
@@ -229,9 +236,9 @@ def nystrom(qh: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
     f = torch.linalg.solve_triangular(c, y.T, upper=False).T  # y C^{-T}
     gram = f.T @ f
     if gram.shape[0] <= HOST_EIGH_MAX:
-        s2, v = (t.to(f.device) for t in safe_eigh(gram.cpu()))
+        s2, v = (t.to(f.device) for t in safe_eigh(gram.cpu(), checked=True))
     else:
-        s2, v = safe_eigh(gram)  # float64 in, float64 out
+        s2, v = safe_eigh(gram, checked=True)  # float64 in, float64 out; checked below
     s2 = s2.clamp_min(0.0)
     sig = s2.sqrt()
     keep = sig > sig[0] * 1e-7
@@ -246,7 +253,7 @@ def nystrom(qh: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
 def refresh_stream(
     qh: Tensor,
     p: Tensor,
-    trace: float,
+    trace: float | Tensor,
     k_old: int,
     spectral_mass: float,
     rank_min: int,
@@ -257,16 +264,22 @@ def refresh_stream(
     """Refresh of a stream side from its tracked basis ``qh`` (d x s) and ``P ~ L qh``.
 
     ``k_old`` is how many leading columns of ``qh`` are the previous basis (0 at the first
-    refresh, when ``qh`` holds random probes only).
+    refresh, when ``qh`` holds random probes only). ``trace`` (``tr L``) may be a device scalar:
+    it comes to the host with the eigenvalues, in the one transfer the rank choice needs.
     """
-    if not trace > 0.0:
+    if not isinstance(trace, Tensor) and not trace > 0.0:
         raise BasisError("stream: zero trace" if trace == 0.0 else "stream: non-finite trace")
     vals, u = nystrom(qh, p)
-    k = select_rank(vals, trace, spectral_mass, rank_min, rank_max)
+    tr = torch.as_tensor(trace, dtype=torch.float64, device=vals.device).reshape(1)
+    host = torch.cat([vals.double(), tr]).cpu()
+    total, eig = float(host[-1]), host[:-1]
+    if not total > 0.0:
+        raise BasisError("stream: zero trace" if total == 0.0 else "stream: non-finite trace")
+    k = select_rank(eig, total, spectral_mass, rank_min, rank_max)
     qn, lam = u[:, :k].contiguous(), vals[:k].clone()
     probes = complement_probes(qn, oversample, seed)
     d = qn.shape[0]
-    rho = max(trace - float(lam.sum()), 0.0) / max(d - k, 1)
+    rho = max(total - float(eig[:k].sum()), 0.0) / max(d - k, 1)
     sketch = torch.cat([qn * lam, rho * probes], dim=1)
     overlap = qn.T @ qh[:, :k_old] if k_old else None
     return Basis(q=qn, eig=lam, overlap=overlap, probes=probes, sketch=sketch)
@@ -278,7 +291,7 @@ def first_probe_stream(d: int, s: int, seed: int, device: torch.device) -> Tenso
 
 
 # ----------------------------------------------------------------------- second moment
-def transport_second_moment(v: Tensor, basis: Basis, axis: int, k_new: int, fill: float) -> Tensor:
+def transport_second_moment(v: Tensor, basis: Basis, axis: int, k_new: int, fill: float | Tensor) -> Tensor:
     """Carry the rotated second moment ``v`` across a basis change along ``axis``.
 
     SOAP path (``basis.perm``): permute. Otherwise each new direction inherits the old entries
@@ -295,5 +308,5 @@ def transport_second_moment(v: Tensor, basis: Basis, axis: int, k_new: int, fill
         out = (w @ flat).reshape(k_new, *vt.shape[1:])
         out = out + (1.0 - w.sum(1)).clamp_min(0.0).reshape(-1, *([1] * (vt.ndim - 1))) * fill
     else:
-        out = torch.full((k_new, *vt.shape[1:]), fill, dtype=v.dtype, device=v.device)
+        out = torch.as_tensor(fill, dtype=v.dtype, device=v.device).expand(k_new, *vt.shape[1:]).clone()
     return out.movedim(0, axis).contiguous()

@@ -75,11 +75,8 @@ def bf16_scale_up(s: Tensor) -> Tensor:
     fp16 scales (the FlashOptim paper's choice) underflow below ~6e-5 and flush small-gradient
     groups to zero; bf16 has fp32's exponent range.
     """
-    sb = s.to(torch.bfloat16)
-    low = sb.float() < s
-    if bool(low.any()):
-        sb = torch.where(low, torch.nextafter(sb, torch.full_like(sb, float("inf"))), sb)
-    return sb
+    sb = s.to(torch.bfloat16)  # no host sync (``if low.any()``): this also runs on the refresh thread
+    return torch.where(sb.float() < s, torch.nextafter(sb, torch.full_like(sb, float("inf"))), sb)
 
 
 # ----------------------------------------------------------------------------- first moment
