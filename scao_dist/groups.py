@@ -370,6 +370,8 @@ class KronGroup(_Group):
                 self.t[f"{n}.eig"] = torch.zeros(self.B, 0, device=device)
         kl, kr = (s.K for s in self.sides)
         self.vp.alloc(self.t, (self.B, kl, kr), device)
+        self._ginv: dict[str, Tensor] = {}  # derived from the stored stream bases (see _gram_inverses)
+        self._ginv_stale: dict[str, set[int]] = {}
 
     # -- bases ----------------------------------------------------------------------------
     def frame(self, s: dict[str, Tensor], side: Side) -> Tensor | None:
@@ -456,7 +458,8 @@ class KronGroup(_Group):
         trunc = self.truncated(idx)
         if any(trunc):
             mask = self._device_list(tuple(trunc), torch.bool)
-            uf = self._with_complement(s, gf, mf, u_rot, g_rot, m_rot, ql, qr, hp, bc1, bc2, mask)
+            ginv = [self._gram_inverses(side, idx, q) for side, q in zip(self.sides, (ql, qr))]
+            uf = self._with_complement(s, gf, mf, u_rot, g_rot, m_rot, ql, qr, hp, bc1, bc2, mask, ginv)
         else:
             uf = self.unrotate(u_rot, ql, qr)
         uf = self._graft(s, uf, mf, hp, bc1, bc2)
@@ -466,6 +469,34 @@ class KronGroup(_Group):
         self._update_factors(s, idx, gf, hp, self.sides, halves, sumsq)
         self.put_back(idx, s, whole)
         return [i for i in idx if (self.steps[i] + self.phase[i]) % hp.precond_freq == 0]
+
+    def _gram_inverses(self, side: Side, idx: Sequence[int], q: Tensor | None) -> Tensor | None:
+        """``(Q^T Q)^-1`` of the blocks ``idx`` of a stream side (``q`` = their fp32 ``(b, d, K)``
+        bases), cached per block: it changes only when a basis does, so each block's is
+        recomputed once after a swap, a growth of ``K`` or a load, not at every step. Derived
+        data (not in the state dict); ``_basis_changed`` marks a block stale."""
+        if q is None:
+            return None
+        n, k = side.name, q.shape[-1]
+        cache = self._ginv.get(n)
+        if cache is None or cache.shape[-1] != k:
+            cache = self._ginv[n] = torch.zeros(self.B, k, k, device=q.device)
+            self._ginv_stale[n] = set(range(self.B))
+        stale = self._ginv_stale[n]
+        rows = [j for j, i in enumerate(idx) if i in stale]
+        if rows:
+            fresh = _gram_inverse(q if len(rows) == len(idx) else q[rows])
+            for r, j in enumerate(rows):
+                cache[idx[j]].copy_(fresh[r])
+                stale.discard(idx[j])
+        a = idx[0]
+        if list(idx) == list(range(a, a + len(idx))):
+            return cache[a : a + len(idx)]
+        return cache[list(idx)]
+
+    def _basis_changed(self, i: int) -> None:
+        for stale in self._ginv_stale.values():
+            stale.add(i)
 
     def _device_list(self, values: tuple, dtype: torch.dtype) -> Tensor:
         """A small constant as a device tensor, cached (no host-to-device copy on most steps)."""
@@ -522,6 +553,7 @@ class KronGroup(_Group):
         bc1: Tensor | float,
         bc2: Tensor | float,
         mask: Tensor,
+        ginv: Sequence[Tensor | None] = (None, None),
     ) -> Tensor:
         """``Q_L U' Q_R^T`` plus Adam on what a truncated basis misses, with a factored second moment.
 
@@ -537,9 +569,9 @@ class KronGroup(_Group):
         """
         core = torch.stack([g_rot, m_rot])
         if ql is not None:
-            core = _gram_inverse(ql) @ core
+            core = (ginv[0] if ginv[0] is not None else _gram_inverse(ql)) @ core
         if qr is not None:
-            core = core @ _gram_inverse(qr)
+            core = core @ (ginv[1] if ginv[1] is not None else _gram_inverse(qr))
         back = self.unrotate(torch.cat([u_rot.unsqueeze(0), core]), ql, qr)  # (3, b, m, n), one pass
         u = back[0]
         row_ss, col_ss = _sums_of_squares(torch.sub(g, back[1], out=back[1]))  # the residual G - back_G
@@ -777,6 +809,7 @@ class KronGroup(_Group):
         prepared = refresh.prepared
         if prepared is None or refresh.step != self.steps[i]:  # lag >= 2, or restored from a checkpoint
             prepared = self._prepare(i, refresh.bases, self.refresh_inputs(i))
+        self._basis_changed(i)
         for side, basis in zip(self.sides, refresh.bases):
             if basis is None:
                 continue
@@ -858,6 +891,7 @@ class KronGroup(_Group):
                 tgt.copy_(x)
         for side in self.sides:
             side.ranks[i] = int(st[f"{side.name}.rank"])
+        self._basis_changed(i)
         self.steps[i] = int(st["step"])
         self.ready[i] = bool(st["ready"])
 
