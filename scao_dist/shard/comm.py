@@ -151,7 +151,8 @@ class Comm:
         """Ranks holding a NaN/inf gradient (one tiny all-reduce when sharded); [] when all finite."""
         bad = 0.0
         if grads:
-            worst = torch.stack([n.float() for n in torch._foreach_norm(list(grads), ord=float("inf"))])
+            # one cat of views (it promotes dtypes), not a cast per parameter: ~50 launches fewer on a GPT
+            worst = torch.cat([n.reshape(1) for n in torch._foreach_norm(list(grads), ord=float("inf"))])
             bad = 0.0 if bool(torch.isfinite(worst).all()) else 1.0
         flags = [0.0] * self.world_size
         flags[self.rank] = bad
