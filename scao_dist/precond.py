@@ -201,7 +201,8 @@ HOST_EIGH_MAX = int(os.environ.get("SCAO_HOST_EIGH_MAX", "0"))
 Measured on an H100 (43M GPT, ``python -m bench.step_profile --size small``): host LAPACK on the
 refresh thread made ``step()`` 72.5 ms against 36.6 ms with the device's eigh (BENCHMARKS.md)."""
 NYSTROM_SHIFTS = 6
-"""Tries of the Nystrom shift, tenfold each: up to 1e5 x fp32 rounding (~5e-2 of ||P|| at d = 2048)."""
+"""Tries of the Nystrom shift, tenfold each: the last is 1e5 x the first (fp32 rounding of ``P``),
+about half of ``||P||_F`` at d = 2048 — a last resort that keeps only the dominant directions."""
 
 
 def nystrom(qh: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
