@@ -381,8 +381,8 @@ def render_suite(size: str, steps: int, rs: list[dict[str, Any]], out_dir: Path 
         md += [table(["optimizer", *[_lr(x) for x in lrs]], body), ""]
         k = max([int(r.get("concurrent_shards") or 1) for n in swept for g in groups[n].values() for r in g], default=1)
         if k > 1:
-            md += [f"Runs of this sweep shared the GPU (up to {k} at once, `--shard`): only their losses are "
-                   "reported.", ""]  # fmt: skip
+            md += [f"Runs of this sweep shared the GPU (up to {k} at once, `--shard` or `--concurrent`): "
+                   "only their losses are reported.", ""]  # fmt: skip
 
     md += _phases(rows, brief)
     if not brief:
@@ -413,8 +413,8 @@ def _shared_note(rows: list[dict[str, Any]]) -> list[str]:
     k = max(r["shared"] for r in hit)
     part = [label(r["name"]) for r in hit if r["timed_alone"]]
     line = (f"Runs of {', '.join(label(r['name']) for r in hit)} shared the GPU with other runs (up to {k} at once, "
-            "`--shard`): only their losses are reported, their ms/step, p99, ms in step and s→target are "
-            "left out (—)")  # fmt: skip
+            "`--shard` or `--concurrent`): only their losses are reported, their ms/step, p99, ms in step and "
+            "s→target are left out (—)")  # fmt: skip
     return [line + (f"; the timings of {', '.join(part)} are from its runs alone." if part else "."), ""]
 
 
