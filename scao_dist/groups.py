@@ -706,7 +706,7 @@ class KronGroup(_Group):
             "step": self.steps[i],
             "ranks": [s.ranks[i] for s in self.sides],
             "v": {k: t[k][i].clone() for k in self.vp.names()},
-            "fill": torch.stack([t["res_row"][i].mean(), t["g_row"][i].mean(), self._v_mean(i)]),
+            "fill": torch.stack([t["res_row"][i].mean(), t["g_row"][i].mean()]),  # (v's mean: on the worker)
             "sides": [],
         }
         if any(side.mode == "dense" for side in self.sides):  # frame-coordinate state moves with the frame
@@ -725,13 +725,6 @@ class KronGroup(_Group):
             else:
                 snap["sides"].append(None)
         return snap
-
-    def _v_mean(self, i: int) -> Tensor:
-        """Mean of block ``i``'s rotated second moment over its kept coordinates (a fill value)."""
-        rl, rr = (side.ranks[i] for side in self.sides)
-        sub = {k: self.t[k][i : i + 1] for k in self.vp.names()}
-        v = self.vp.read(sub, self.t[self.vp.names()[0]].shape[-1])[0, :rl, :rr]
-        return v.mean() if v.numel() else torch.zeros((), device=self.device)
 
     def _factor_keys(self, side: Side) -> tuple[str, ...]:
         n = side.name
@@ -775,8 +768,9 @@ class KronGroup(_Group):
         out: dict[str, Tensor] = {}
         rl, rr = snap["ranks"]
         v = self.vp.read(snap["v"], snap["v"][self.vp.names()[0]].shape[-1])[:rl, :rr]
-        f = snap["fill"]  # the first nonzero of (residual, gradient, rotated) mean second moments, on the device
-        fill = torch.where(f[0] != 0, f[0], torch.where(f[1] != 0, f[1], f[2]))
+        # the fill value: the first nonzero of the residual's, the gradient's and the rotated mean second moment
+        f, vm = snap["fill"], (v.mean() if v.numel() else v.new_zeros(()))
+        fill = torch.where(f[0] != 0, f[0], torch.where(f[1] != 0, f[1], vm))
         frame = snap.get("frame_state")
         m = self.mom.read(frame, self.n_dim) if frame is not None else None
         rotated = False
