@@ -64,6 +64,14 @@ def _pad_last(x: Tensor, size: int) -> Tensor:
     return torch.nn.functional.pad(x, (0, size - x.shape[-1])) if x.shape[-1] < size else x
 
 
+def _pad_to(x: Tensor, shape: Sequence[int]) -> Tensor:
+    """Zero-pad a 2-D ``x`` to ``shape`` (left as it is where it is not smaller)."""
+    rows, cols = shape
+    if x.shape[0] > rows or x.shape[1] > cols or tuple(x.shape) == (rows, cols):
+        return x
+    return torch.nn.functional.pad(x, (0, cols - x.shape[1], 0, rows - x.shape[0]))
+
+
 def _round32(n: int) -> int:
     return quant.n_groups(n) * quant.GROUP
 
@@ -793,9 +801,11 @@ class KronGroup(_Group):
             self.mom.write(held, m)  # plain torch codec (refresh thread: no Triton launches here)
             out.update(held)
         if self.vp.quantize:
-            out["v.codes"], out["v.scales"] = quant.encode_sqrt(v)
+            codes, scales = quant.encode_sqrt(v)
+            out["v.codes"] = _pad_to(codes, self.t["v.codes"].shape[-2:])  # the row as stored, when the
+            out["v.scales"] = _pad_to(scales, self.t["v.scales"].shape[-2:])  # swap comes (else padded there)
         else:
-            out["v"] = v
+            out["v"] = _pad_to(v, self.t["v"].shape[-2:])
         return out
 
     def apply_bases(self, i: int, refresh: Refresh) -> None:
@@ -820,13 +830,17 @@ class KronGroup(_Group):
                 self.t[f"{n}.sketch"][i].copy_(sk.to(self.bdt))
             self.t[f"{n}.eig"][i].copy_(_pad_last(basis.eig, side.K))
             side.ranks[i] = k
+        dst, src = [], []
         for key, val in prepared.items():
             tgt = self.t[key][i]
-            if key.startswith("v"):  # an unpadded block: codes/scales of whole rows, zero-padded
+            if val.shape == tgt.shape:
+                dst.append(tgt)
+                src.append(val)
+            else:  # v of a block narrower than the group (or the group grew since): zero-padded
                 tgt.zero_()
                 tgt[: val.shape[0], : val.shape[1]].copy_(val)
-            else:
-                tgt.copy_(val)
+        if dst:
+            torch._foreach_copy_(dst, src)  # one multi-tensor launch instead of one copy per tensor
 
     def _grow(self, side: Side, k: int) -> None:
         """Widen a side's allocated basis to ``k`` columns (zero columns: no effect on any block)."""
