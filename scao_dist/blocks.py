@@ -70,7 +70,6 @@ def write_block(t: torch.Tensor, s: BlockSpec, value: torch.Tensor) -> None:
     view[s.r0 : s.r1, s.c0 : s.c1] = value
     if not t.is_contiguous():  # the 2-D view was a copy: write it back
         t.copy_(view.reshape(t.shape))
-    t.copy_(view.reshape(t.shape))
 
 
 def _chunks(d: int, limit: int) -> list[tuple[int, int]]:
