@@ -58,6 +58,18 @@ def bf16_bits(t: torch.Tensor) -> torch.Tensor:
     return t.view(torch.int16)
 
 
+# ------------------------------------------------------------------------------ tiling
+@triton.jit
+def tile_coords(pid, nti, ntj, BI: tl.constexpr, BJ: tl.constexpr):
+    """Program ``pid`` of a launch over B stacked matrices cut into ``nti x ntj`` tiles of
+    ``[BI, BJ]``, matrix by matrix, row of tiles by row: (matrix b, row indices, column indices)."""
+    per = nti * ntj
+    b = pid // per
+    t = pid - b * per
+    ti = t // ntj
+    return b, ti * BI + tl.arange(0, BI), (t - ti * ntj) * BJ + tl.arange(0, BJ)
+
+
 # ------------------------------------------------------------------------------ bit helpers
 @triton.jit
 def bf16_to_f32(b):

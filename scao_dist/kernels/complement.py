@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from . import reference
-from .common import LAUNCH, writable, write_back
+from .common import LAUNCH, tile_coords, writable, write_back
 
 MAX_BN = 256
 """Columns per tile (a power of two; fewer when n is smaller)."""
@@ -41,13 +41,7 @@ def _complement_kernel(
 ):  # fmt: skip
     """One [BM, BN] tile (rows tm·BM.., columns tn·BN..) of block b:
     u += ((m - back) / (sqrt(max(row_i·cs_j, floor_b) / bc2) + eps)) · scale_b."""
-    pid = tl.program_id(0)
-    per = ntm * ntn
-    b = pid // per
-    t = pid - b * per
-    tm = t // ntn
-    i = tm * BM + tl.arange(0, BM)
-    j = (t - tm * ntn) * BN + tl.arange(0, BN)
+    b, i, j = tile_coords(tl.program_id(0), ntm, ntn, BM, BN)
     mi, mj = i < M, j < N
     b64 = b.to(tl.int64)
     r_i = tl.load(row_ptr + b64 * M + i, mask=mi, other=0.0)[:, None]

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from . import reference
-from .common import INV127, LAUNCH, new_output, rint, writable, write_back
+from .common import INV127, LAUNCH, new_output, rint, tile_coords, writable, write_back
 
 MAX_BJ = 128
 """Columns per tile (a power of two; fewer when d is smaller)."""
@@ -73,13 +73,7 @@ def _factor_corr_kernel(
     BI: tl.constexpr, BJ: tl.constexpr,
 ):  # fmt: skip
     """One [BI, BJ] tile (rows ti·BI.., columns tj·BJ..) of factor b: decode, EMA, re-encode the codes."""
-    pid = tl.program_id(0)
-    per = nti * ntj
-    b = pid // per
-    t = pid - b * per
-    ti = t // ntj
-    i = ti * BI + tl.arange(0, BI)
-    j = (t - ti * ntj) * BJ + tl.arange(0, BJ)
+    b, i, j = tile_coords(tl.program_id(0), nti, ntj, BI, BJ)
     mi, mj = i < d, j < d
     ri_off = b.to(tl.int64) * d + i  # row b·d + i of the (B·d) per-row vectors
     rj_off = b.to(tl.int64) * d + j
