@@ -54,15 +54,7 @@ fi
 
 main() {
   echo "=== gpu_session.sh $MODE: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), wall budget ${WALL_S} s"
-  if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-      .whl/*.whl 2>&1 | grep -v -i "warning: running pip as" || true
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-    echo "installed: $(ls .whl/*.whl | xargs -n1 basename | tr '\n' ' ')"
-  else
-    echo "WARNING: no .whl/ here (carry it: bash bench/fetch_wheels.sh, then carry ['.whl']):" \
-         "flashoptim, heavyball and scao will be reported as not installed"
-  fi
+  source bench/use_wheels.sh "flashoptim, heavyball and scao will be reported as not installed"
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
   nvidia-smi || true
   python3 -m bench.env_report triton numpy matplotlib flashoptim heavyball scao scao_dist

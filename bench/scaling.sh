@@ -28,14 +28,7 @@ main() {
   echo "=== scaling.sh: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), wall budget ${WALL_S} s"
   echo "NCCL_NVLS_ENABLE=$NCCL_NVLS_ENABLE TORCH_SYMM_MEM_DISABLE_MULTICAST=$TORCH_SYMM_MEM_DISABLE_MULTICAST" \
        "NVSHMEM_DISABLE_NVLS=$NVSHMEM_DISABLE_NVLS"
-  if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-      .whl/*.whl 2>&1 | grep -v -i "warning: running pip as" || true
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-    echo "installed: $(ls .whl/*.whl | xargs -n1 basename | tr '\n' ' ')"
-  else
-    echo "WARNING: no .whl/ here (bash bench/fetch_wheels.sh, then carry ['.whl']): DeepSpeed rows will fail"
-  fi
+  source bench/use_wheels.sh "DeepSpeed rows will fail"
   nvidia-smi --query-gpu=index,name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
   echo "--- nvidia-smi topo -m (how the GPUs are linked)"
   nvidia-smi topo -m || true

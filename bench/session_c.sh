@@ -11,9 +11,7 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/session_c}
 W=/tmp/session_c_work
 mkdir -p "$OUT" "$W/q"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  2>&1 | grep -v -i "running pip as" || true
-export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+source bench/use_wheels.sh "flashoptim and heavyball runs will be reported as not installed"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 for e in 0 256; do
   SCAO_HOST_EIGH_MAX=$e timeout 100 python3 -m bench.step_profile --size small --cases scao \

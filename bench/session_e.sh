@@ -11,9 +11,7 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/session_e}
 W=/tmp/session_e_work
 mkdir -p "$OUT" "$W/t" "$W/q"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  2>&1 | grep -v -i "running pip as" || true
-export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+source bench/use_wheels.sh "flashoptim and heavyball runs will be reported as not installed"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 base=(--size small --steps 1500 --eval-every 100 --eval-batches 8 --no-report)
 timeout 130 python3 -m bench.compare --optimizers scao --lrs scao=1e-3 --profile-phases 20 "${base[@]}" \
