@@ -357,8 +357,8 @@ class SCAO(torch.optim.Optimizer):
             self.count_basis_failure(reason)
         if isinstance(grp, KronGroup):
             grp.failure_log.clear()
-        for i in due:
-            self.refresher.submit(grp, i, hp, self._t + 1)
+        if due:
+            self.refresher.submit(grp, due, hp, self._t + 1)
 
     def count_basis_failure(self, reason: str) -> None:
         """A basis that could not be computed (the old one, or the identity, was kept)."""

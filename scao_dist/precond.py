@@ -1,9 +1,11 @@
 """Eigenbases of the Kronecker factors: first basis, periodic refresh, adaptive rank.
 
-Everything here works on ONE side of ONE block, in fp32, and is pure: it takes tensors and
-returns a :class:`Basis`, or raises :class:`BasisError` (with a reason) when the numbers
-cannot be trusted; the caller then keeps the old basis and counts the reason. The batched per-step math lives in
-``groups.py``; the owner/async machinery in ``shard/refresh.py``.
+Everything here works on ONE side of a BATCH of blocks (the blocks of a group whose refresh
+falls due at the same step: one launch per operation for all of them), in fp32/float64, and is
+pure: it takes tensors and returns a :class:`Basis` plus, per block, ``None`` or the reason it has
+no trustworthy basis (the caller then keeps that block's old basis and counts the reason; the
+others are unaffected). The batched per-step math lives in ``groups.py``; the owner/async
+machinery in ``shard/refresh.py``.
 
 Notation: ``L`` is the EMA factor of one side (``G G^T`` for rows, ``G^T G`` for columns),
 ``Q`` (d x k) its tracked orthonormal eigenvectors, sorted by decreasing eigenvalue.
@@ -53,15 +55,58 @@ class BasisError(Exception):
 
 @dataclass
 class Basis:
-    """A new basis for one side: columns sorted by decreasing eigenvalue estimate."""
+    """New bases for one side of a batch of blocks (the leading dim of every tensor): columns sorted by
+    decreasing eigenvalue estimate. Blocks may keep different ranks: ``q`` is as wide as the widest,
+    a block's columns past its own rank are zero (and so are its ``eig`` and ``overlap`` rows)."""
 
-    q: Tensor  # (d, k) orthonormal columns
-    eig: Tensor  # (k,) eigenvalue estimates
-    perm: Tensor | None = None  # SOAP path: new column i continues old column perm[i]
-    overlap: Tensor | None = None  # other paths: (k_new, k_old) = Q_new^T Q_old
-    probes: Tensor | None = None  # stream sides: (d, p) probe directions for the next period
-    sketch: Tensor | None = None  # stream sides: (d, k+p) initial P = L_model [Q, probes]
-    rotation: Tensor | None = None  # dense sides: Z = Q_old^T Q_new, moves the stored factor to the new frame
+    q: Tensor  # (b, d, k) orthonormal columns, k = max(ranks)
+    eig: Tensor  # (b, k) eigenvalue estimates
+    ranks: list[int]  # per block: its valid columns of q
+    perm: Tensor | None = None  # (b, d) SOAP path: new column i continues old column perm[i]
+    overlap: Tensor | None = None  # (b, k, k_old) other paths: Q_new^T Q_old
+    probes: Tensor | None = None  # (b, d, p) stream sides: probe directions for the next period
+    sketch: Tensor | None = None  # (b, d, k + p) stream sides: initial P = L_model [Q, probes]
+    rotation: Tensor | None = None  # (b, d, d) dense sides: Z = Q_old^T Q_new, moves the factor to the new frame
+
+    def rows(self, sel: list[int]) -> Basis:
+        """The blocks ``sel`` of the batch (their own width: as wide as their widest rank)."""
+        k = max(self.ranks[j] for j in sel)
+        ix = torch.tensor(sel, device=self.q.device)
+
+        def take(t: Tensor | None, cols: bool = False) -> Tensor | None:
+            if t is None:
+                return None
+            t = t.index_select(0, ix)
+            return t[..., :k] if cols else t
+
+        sketch = None
+        if self.sketch is not None:
+            kk = self.q.shape[-1]
+            sketch = torch.cat([take(self.sketch[..., :kk], cols=True), take(self.sketch[..., kk:])], dim=-1)
+        overlap = take(self.overlap)
+        return Basis(
+            q=take(self.q, cols=True),
+            eig=take(self.eig, cols=True),
+            ranks=[self.ranks[j] for j in sel],
+            perm=take(self.perm),
+            overlap=overlap[:, :k] if overlap is not None else None,
+            probes=take(self.probes),
+            sketch=sketch,
+            rotation=take(self.rotation),
+        )
+
+
+def to_host(t: Tensor) -> Tensor:
+    """A copy of ``t`` on the host: the one place a refresh waits for the device (a copy even of a
+    CPU tensor, so the tests count these transfers on CPU as they happen on a GPU)."""
+    return t.to("cpu", copy=True)
+
+
+def _finite_rows(*ts: Tensor) -> list[bool]:
+    """Per block (leading dim): are all entries of all ``ts`` finite? One float64 sum per tensor and
+    one host transfer (a NaN or inf survives the sums; float64 cannot overflow on fp32 data)."""
+    sums = torch.stack([t.sum(dim=tuple(range(1, t.ndim)), dtype=torch.float64) for t in ts]).sum(0)
+    return [math.isfinite(x) for x in to_host(sums).tolist()]
 
 
 def seeded_normal(shape: tuple[int, ...], seed: int, device: torch.device) -> Tensor:
@@ -96,7 +141,7 @@ def _finite(*ts: Tensor) -> bool:
 
 
 def safe_eigh(a: Tensor, checked: bool = False) -> tuple[Tensor, Tensor]:
-    """Eigenpairs of symmetric ``a`` sorted descending (in ``a``'s precision, fp32 retried in
+    """Eigenpairs of symmetric ``a`` (or a batch) sorted descending (in ``a``'s precision, fp32 retried in
     float64, as distributed_shampoo does). Raises :class:`BasisError`.
 
     ``checked=True``: the caller vouches for ``a`` and checks the result itself (no host syncs
@@ -110,7 +155,7 @@ def safe_eigh(a: Tensor, checked: bool = False) -> tuple[Tensor, Tensor]:
         except RuntimeError:  # torch._C._LinAlgError subclasses RuntimeError
             continue
         if (checked and n == len(dtypes)) or _finite(vals, vecs):
-            return vals.flip(0).to(a.dtype), vecs.flip(1).to(a.dtype)
+            return vals.flip(-1).to(a.dtype), vecs.flip(-1).to(a.dtype)
     raise BasisError("eigh: did not converge")
 
 
@@ -125,74 +170,89 @@ def safe_qr(a: Tensor) -> Tensor:
     return q
 
 
-def fast_qr(a: Tensor) -> Tensor:
-    """``Q`` of ``a = QR`` (``a`` d x k, k <= d, full rank), by Cholesky-QR twice in float64.
+def fast_qr(a: Tensor) -> tuple[Tensor, list[str | None]]:
+    """``Q`` of ``a = QR`` for a batch ``a`` (b x d x k, k <= d, full rank), by Cholesky-QR twice in
+    float64; with it, per block, ``None`` or why no ``Q`` could be computed (its rows are then zero).
 
     Scaling the columns first leaves ``Q`` unchanged (``R`` absorbs the scales) and makes the
     nearly diagonal factors of a refresh well conditioned; two passes of ``X <- X chol(X^T X)^-1``
     then give ``Q`` orthonormal to float64 rounding: the same ``Q`` as Householder up to column
     signs, in a few launches instead of cuSOLVER's panel loop (the largest GPU cost of a dense
-    refresh on an H100). Anything it cannot do (rank deficiency, condition above ~1e7, non-finite
-    input) goes to :func:`safe_qr`, decided with one host sync.
+    refresh on an H100). A block it cannot do (rank deficiency, condition above ~1e7, non-finite
+    input) goes to :func:`safe_qr` on its own, decided with one host sync for the batch.
     """
     x = a.double()
-    x = x / torch.linalg.vector_norm(x, dim=0).clamp_min(torch.finfo(torch.float64).tiny)
-    bad = torch.zeros((), dtype=torch.int32, device=a.device)
+    x = x / torch.linalg.vector_norm(x, dim=-2, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+    bad = torch.zeros(a.shape[0], dtype=torch.int32, device=a.device)
     for _ in range(2):
         r, info = torch.linalg.cholesky_ex(x.mT @ x, upper=True)
         bad = bad + info.abs()
         x = torch.linalg.solve_triangular(r, x, upper=True, left=False)
-    eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
-    err = (x.mT @ x - eye).abs().max()
-    if bool((bad == 0) & (err < 1e-10)):  # NaN compares False
-        return x.to(a.dtype)
-    return safe_qr(a)
+    eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+    err = (x.mT @ x - eye).abs().amax(dim=(-2, -1))
+    ok = to_host((bad == 0) & (err < 1e-10)).tolist()  # NaN compares False
+    q = x.to(a.dtype)
+    reasons: list[str | None] = [None] * a.shape[0]
+    for j in (j for j, good in enumerate(ok) if not good):
+        try:
+            q[j] = safe_qr(a[j])
+        except BasisError as e:
+            q[j] = 0.0
+            reasons[j] = e.reason
+    return q, reasons
 
 
-def complement_probes(q: Tensor, p: int, seed: int) -> Tensor:
-    """``p`` orthonormal random directions orthogonal to the columns of ``q`` (d x k)."""
-    d, k = q.shape
-    p = min(p, d - k)
-    if p <= 0:
-        return q.new_zeros(d, 0)
-    w = seeded_normal((d, p), seed, q.device)
+def complement_probes(q: Tensor, p: int, seeds: list[int]) -> Tensor:
+    """``p`` orthonormal random directions orthogonal to the columns of ``q`` (b x d x k, zero columns
+    allowed), block ``j``'s drawn from ``seeds[j]``; a block whose probes come out non-finite gets
+    zero probes (no probe directions until its next refresh)."""
+    b, d, k = q.shape
+    if p > d - k:
+        raise ValueError(f"complement_probes: {p} probes do not fit beside {k} columns in dimension {d}")
+    gen = [seeded_normal((d, p), s, torch.device("cpu")) for s in seeds]
+    w = torch.stack(gen).to(q.device)
     for _ in range(2):  # twice is enough (Kahan)
-        w = w - q @ (q.T @ w)
+        w = w - q @ (q.mT @ w)
     try:
-        return safe_qr(w)  # thin: one panel, cheap as it is
-    except BasisError:
-        return q.new_zeros(d, 0)
+        probes = torch.linalg.qr(w).Q  # thin: one panel, cheap as it is
+    except RuntimeError:
+        return w.new_zeros(b, d, p)
+    ok = _finite_rows(probes)
+    if not all(ok):
+        probes = probes * torch.tensor(ok, dtype=probes.dtype, device=probes.device)[:, None, None]
+        probes = probes.nan_to_num(0.0, 0.0, 0.0)
+    return probes
 
 
 # --------------------------------------------------------------------------------- dense
 def first_basis_dense(fac: Tensor) -> Basis:
-    """``eigh`` of the factor (held in the identity frame before the first basis)."""
+    """``eigh`` of the factor of ONE block (held in the identity frame before the first basis)."""
     total = float(torch.diagonal(fac).sum())
     if not total > 0.0:  # all-zero gradient (e.g. LoRA A while B = 0): nothing to learn a basis from
         raise BasisError("zero factor" if total == 0.0 else "non-finite factor")
     vals, vecs = safe_eigh(fac)
-    return Basis(q=vecs.contiguous(), eig=vals.clone(), rotation=vecs.contiguous())
+    vecs = vecs.contiguous()[None]
+    return Basis(q=vecs, eig=vals[None].clone(), ranks=[fac.shape[-1]], rotation=vecs)
 
 
-def refresh_dense(fac_rot: Tensor, q: Tensor) -> Basis:
-    """SOAP's refresh, carried out in the current eigenbasis frame.
+def refresh_dense(fac_rot: Tensor, q: Tensor) -> tuple[Basis, list[str | None]]:
+    """SOAP's refresh of a batch of dense sides, carried out in the current eigenbasis frame.
 
-    ``fac_rot = Q^T L Q`` is the factor as SCAO stores it (in the frame of the current basis
-    ``Q``). SOAP sorts ``Q``'s columns by their Rayleigh quotients ``diag(Q^T L Q)``, takes one
+    ``fac_rot = Q^T L Q`` (b x d x d) is the factor as SCAO stores it (in the frame of the current
+    basis ``Q``). SOAP sorts ``Q``'s columns by their Rayleigh quotients ``diag(Q^T L Q)``, takes one
     power step ``L Q_sorted`` and a QR. Since ``L Q_sorted = Q fac_rot[:, perm]`` and ``Q`` is
     orthonormal, that is ``Q_new = Q Z`` with ``Z = qr(fac_rot[:, perm])``: the same basis from a
     d x d QR of the rotated factor. The factor moves to the new frame as ``Z^T fac_rot Z``.
+    Returns the bases and, per block, ``None`` or why it keeps its old basis.
     """
-    est = torch.diagonal(fac_rot)
-    perm = torch.argsort(est, descending=True)
-    try:
-        z = fast_qr(fac_rot[:, perm])  # its one host sync also sees a non-finite factor
-    except BasisError:
-        if not _finite(fac_rot, q):
-            raise BasisError("dense refresh: non-finite factor or basis") from None
-        raise  # (``q`` is the stored basis: finite since the refresh that made it)
-    eig = (z * (fac_rot @ z)).sum(0)
-    return Basis(q=q @ z, eig=eig, perm=perm, rotation=z)
+    est = torch.diagonal(fac_rot, dim1=-2, dim2=-1)
+    perm = torch.argsort(est, dim=-1, descending=True)
+    z, reasons = fast_qr(torch.take_along_dim(fac_rot, perm[:, None, :], dim=-1))  # its one host sync
+    for j, why in enumerate(reasons):  # also sees a non-finite factor
+        if why is not None and not _finite(fac_rot[j], q[j]):
+            reasons[j] = "dense refresh: non-finite factor or basis"
+    eig = (z * (fac_rot @ z)).sum(-2)
+    return Basis(q=q @ z, eig=eig, ranks=[fac_rot.shape[-1]] * fac_rot.shape[0], perm=perm, rotation=z), reasons
 
 
 # -------------------------------------------------------------------------------- stream
@@ -205,85 +265,127 @@ NYSTROM_SHIFTS = 6
 about half of ``||P||_F`` at d = 2048 — a last resort that keeps only the dominant directions."""
 
 
-def nystrom(qh: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
-    """Top eigenpairs of psd ``L`` from ``P = L Qh`` (Qh orthonormal d x s). Descending.
+def _gram_eigh(gram: Tensor) -> tuple[Tensor, Tensor]:
+    """Descending eigenpairs of a batch of float64 Grams; a batch LAPACK rejects is retried block by
+    block, so one bad block cannot fail the others (its own failure raises)."""
+    if gram.shape[-1] <= HOST_EIGH_MAX:
+        return tuple(t.to(gram.device) for t in _gram_eigh(gram.cpu()))  # type: ignore[return-value]
+    try:
+        return safe_eigh(gram, checked=True)
+    except BasisError:
+        if gram.shape[0] == 1:
+            raise
+    pairs = [safe_eigh(g, checked=True) for g in gram]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+
+def nystrom(qh: Tensor, p: Tensor) -> tuple[Tensor, Tensor, Tensor, list[str | None]]:
+    """Top eigenpairs of psd ``L`` from ``P = L Qh`` for a batch (``Qh`` b x d x s with orthonormal
+    or zero columns; zero columns of ``Qh`` must have zero columns of ``P``). Descending.
 
     ``F = (P + nu Qh) C^-T`` with ``C C^T = Qh^T (P + nu Qh)`` gives ``L ~ F F^T``; its eigenpairs
     come from the s x s Gram ``F^T F = V S^2 V^T`` (``U = F V / S``), in float64, instead of an SVD
-    of the tall ``F`` (slow on GPUs). Directions with ``S`` at rounding level get zero columns.
+    of the tall ``F`` (slow on GPUs). Directions with ``S`` at rounding level get zero columns, and
+    so do the zero columns of ``Qh`` (an identity block in ``C``: the others' result is unchanged).
 
-    The shift ``nu`` starts at fp32 rounding of ``P`` (Tropp et al.) and grows tenfold while
-    ``Qh^T (P + nu Qh)`` is not positive definite, up to ``NYSTROM_SHIFTS`` tries: the stored
+    The shift ``nu`` starts at fp32 rounding of ``P`` (Tropp et al.) and grows tenfold, per block,
+    while ``Qh^T (P + nu Qh)`` is not positive definite, up to ``NYSTROM_SHIFTS`` tries: the stored
     sketch carries more error than that (bf16 storage of ``Qh`` and ``P``, TF32 products on GPUs,
     which made every refresh of the 405M GPT fail on an H100), and eigenvalues below the shift
     are noise anyway (they come back as zero).
+
+    Returns eigenvalues (b x s), vectors (b x d x s), per block on the device the number of nonzero
+    columns of ``Qh`` where both are finite and -1 where not (for the caller's one transfer), and per
+    block ``None`` or why it has no result.
     """
+    b, d, s = qh.shape
     y0, q = p.double(), qh.double()
-    norm = float(torch.linalg.vector_norm(y0))  # the one sync before the loop; a bad qh shows at the end
-    if not math.isfinite(norm):
-        raise BasisError("nystrom: non-finite sketch")
-    nu = torch.finfo(torch.float32).eps * qh.shape[0] ** 0.5 * norm
-    if not nu > 0.0:
-        raise BasisError("nystrom: zero sketch")
+    reasons: list[str | None] = [None] * b
+    norms = torch.linalg.vector_norm(y0, dim=(-2, -1))
+    for j, norm in enumerate(to_host(norms).tolist()):  # the one sync before the loop; a bad qh shows at the end
+        if not math.isfinite(norm):
+            reasons[j] = "nystrom: non-finite sketch"
+        elif not norm > 0.0:
+            reasons[j] = "nystrom: zero sketch"
+    nu = torch.finfo(torch.float32).eps * d**0.5 * norms
+    dead = [j for j, why in enumerate(reasons) if why is not None]
+    if dead:  # a stand-in (L = I) keeps the batched math finite; the block's result is discarded
+        ix = torch.tensor(dead, device=q.device)
+        y0 = y0.index_copy(0, ix, q.index_select(0, ix))
+        nu = nu.index_fill(0, ix, 1.0)
+    nu = nu[:, None, None]
+    zero_cols = q.abs().amax(dim=-2) == 0
+    unused = torch.diag_embed(zero_cols.to(q.dtype))  # zero columns: identity rows of the Cholesky
     for _ in range(NYSTROM_SHIFTS):
         y = y0 + nu * q
-        b = q.T @ y
-        c, info = torch.linalg.cholesky_ex(0.5 * (b + b.T))
-        if int(info) == 0:
+        bm = q.mT @ y
+        c, info = torch.linalg.cholesky_ex(0.5 * (bm + bm.mT) + unused)
+        failing = info != 0
+        if not bool(failing.any()):
             break
-        nu *= 10.0
+        nu = torch.where(failing[:, None, None], 10.0 * nu, nu)
     else:
-        raise BasisError("nystrom: cholesky")
-    f = torch.linalg.solve_triangular(c, y.T, upper=False).T  # y C^{-T}
-    gram = f.T @ f
-    if gram.shape[0] <= HOST_EIGH_MAX:
-        s2, v = (t.to(f.device) for t in safe_eigh(gram.cpu(), checked=True))
-    else:
-        s2, v = safe_eigh(gram, checked=True)  # float64 in, float64 out; checked below
+        for j in to_host(failing).nonzero().flatten().tolist():
+            reasons[j] = reasons[j] or "nystrom: cholesky"
+        eye = torch.eye(s, dtype=c.dtype, device=c.device)
+        c = torch.where(failing[:, None, None], eye, c)
+        y = torch.where(failing[:, None, None], q, y)
+    f = torch.linalg.solve_triangular(c, y.mT, upper=False).mT  # y C^{-T}
+    s2, v = _gram_eigh(f.mT @ f)  # float64 in, float64 out; checked below
     s2 = s2.clamp_min(0.0)
     sig = s2.sqrt()
-    keep = sig > sig[0] * 1e-7
-    u = (f @ v) * torch.where(keep, 1.0 / torch.where(keep, sig, 1.0), 0.0)
-    vals = (s2 - nu).clamp_min(0.0).float()
+    keep = sig > sig[:, :1] * 1e-7
+    u = (f @ v) * torch.where(keep, 1.0 / torch.where(keep, sig, 1.0), 0.0)[:, None, :]
+    vals = (s2 - nu[:, :, 0]).clamp_min(0.0).float()
     u = u.float()
-    if not _finite(vals, u):
-        raise BasisError("nystrom: non-finite result")
-    return vals, u
+    finite = torch.isfinite(vals).all(-1) & torch.isfinite(u.sum(dim=(-2, -1), dtype=torch.float64))
+    live = torch.where(finite, (~zero_cols).sum(-1), -1)
+    return vals, u, live, reasons
 
 
 def refresh_stream(
     qh: Tensor,
     p: Tensor,
-    trace: float | Tensor,
-    k_old: int,
+    trace: Tensor,
+    k_old: list[int],
     spectral_mass: float,
     rank_min: int,
     rank_max: int,
     oversample: int,
-    seed: int,
-) -> Basis:
-    """Refresh of a stream side from its tracked basis ``qh`` (d x s) and ``P ~ L qh``.
+    seeds: list[int],
+) -> tuple[Basis, list[str | None]]:
+    """Refresh of a batch of stream sides from their tracked bases ``qh`` (b x d x s) and ``P ~ L qh``.
 
-    ``k_old`` is how many leading columns of ``qh`` are the previous basis (0 at the first
-    refresh, when ``qh`` holds random probes only). ``trace`` (``tr L``) may be a device scalar:
-    it comes to the host with the eigenvalues, in the one transfer the rank choice needs.
+    Block ``j``'s previous basis is its first ``k_old[j]`` columns of ``qh`` (0 at the first refresh,
+    when ``qh`` holds random probes only); its columns from there up to ``max(k_old)`` must be zero
+    (the stored layout: bases padded to the group's width, then the probes). ``trace`` (``tr L``,
+    b) comes to the host with the eigenvalues, in the one transfer the rank choice needs. Returns
+    the bases and, per block, ``None`` or why it keeps its old basis.
     """
-    if not isinstance(trace, Tensor) and not trace > 0.0:
-        raise BasisError("stream: zero trace" if trace == 0.0 else "stream: non-finite trace")
-    vals, u = nystrom(qh, p)
-    tr = torch.as_tensor(trace, dtype=torch.float64, device=vals.device).reshape(1)
-    host = torch.cat([vals.double(), tr]).cpu()
-    total, eig = float(host[-1]), host[:-1]
-    if not total > 0.0:
-        raise BasisError("stream: zero trace" if total == 0.0 else "stream: non-finite trace")
-    k = select_rank(eig, total, spectral_mass, rank_min, rank_max)
-    qn, lam = u[:, :k].contiguous(), vals[:k].clone()
-    probes = complement_probes(qn, oversample, seed)
-    d = qn.shape[0]
-    rho = max(total - float(eig[:k].sum()), 0.0) / max(d - k, 1)
-    sketch = torch.cat([qn * lam, rho * probes], dim=1)
-    overlap = qn.T @ qh[:, :k_old] if k_old else None
-    return Basis(q=qn, eig=lam, overlap=overlap, probes=probes, sketch=sketch)
+    b, d, s = qh.shape
+    vals, u, live, reasons = nystrom(qh, p)
+    host = to_host(torch.cat([vals.double(), trace.double().reshape(b, 1), live.double().reshape(b, 1)], 1))
+    ks, rhos = [], []
+    for j in range(b):
+        n_live = int(host[j, s + 1])  # the block's own columns: the rest are padding (zero eigenvalues)
+        eig, total = host[j, : max(n_live, 1)], float(host[j, s])
+        if reasons[j] is None and n_live < 0:
+            reasons[j] = "nystrom: non-finite result"
+        if reasons[j] is None and not total > 0.0:
+            reasons[j] = "stream: zero trace" if total == 0.0 else "stream: non-finite trace"
+        k = select_rank(eig, total, spectral_mass, rank_min, rank_max) if reasons[j] is None else rank_min
+        ks.append(k)
+        rhos.append(max(total - float(eig[:k].sum()), 0.0) / max(d - k, 1) if reasons[j] is None else 0.0)
+    kmax = max(ks)
+    live = torch.arange(kmax, device=u.device) < torch.tensor(ks, device=u.device)[:, None]  # (b, kmax)
+    qn = torch.where(live[:, None, :], u[..., :kmax], 0.0).nan_to_num(0.0, 0.0, 0.0)
+    lam = torch.where(live, vals[:, :kmax], 0.0).nan_to_num(0.0, 0.0, 0.0)
+    probes = complement_probes(qn, oversample, seeds)
+    rho = torch.tensor(rhos, dtype=qn.dtype, device=qn.device)[:, None, None]
+    sketch = torch.cat([qn * lam[:, None, :], rho * probes], dim=-1)
+    w = max(k_old)
+    overlap = qn.mT @ qh[..., :w] if w else None
+    return Basis(q=qn, eig=lam, ranks=ks, overlap=overlap, probes=probes, sketch=sketch), reasons
 
 
 def first_probe_stream(d: int, s: int, seed: int, device: torch.device) -> Tensor:
@@ -292,22 +394,27 @@ def first_probe_stream(d: int, s: int, seed: int, device: torch.device) -> Tenso
 
 
 # ----------------------------------------------------------------------- second moment
-def transport_second_moment(v: Tensor, basis: Basis, axis: int, k_new: int, fill: float | Tensor) -> Tensor:
-    """Carry the rotated second moment ``v`` across a basis change along ``axis``.
+def transport_second_moment(v: Tensor, basis: Basis, axis: int, fill: Tensor) -> Tensor:
+    """Carry a batch of rotated second moments ``v`` (b x r x c) across a basis change along ``axis``
+    (1: rows, 2: columns); ``fill`` is per block (b).
 
     SOAP path (``basis.perm``): permute. Otherwise each new direction inherits the old entries
     weighted by its squared overlaps with the old directions (a permutation when the bases only
     reorder), and the rest of its weight (the part that came from the complement) is ``fill``.
+    The result has ``basis.q``'s width along ``axis``; entries past a block's rank are left to the
+    caller to clear.
     """
-    vt = v.movedim(axis, 0)
+    vt = v.movedim(axis, 1)
+    k_new = basis.q.shape[-1]
     if basis.perm is not None:
-        out = vt.index_select(0, basis.perm)
+        out = torch.take_along_dim(vt, basis.perm.reshape(*basis.perm.shape, *([1] * (vt.ndim - 2))), dim=1)
     elif basis.overlap is not None and basis.overlap.numel():
-        w = basis.overlap.square()  # (k_new, k_old)
-        k_old = w.shape[1]
-        flat = vt[:k_old].reshape(k_old, -1)
-        out = (w @ flat).reshape(k_new, *vt.shape[1:])
-        out = out + (1.0 - w.sum(1)).clamp_min(0.0).reshape(-1, *([1] * (vt.ndim - 1))) * fill
+        w = basis.overlap.square()  # (b, k_new, k_old)
+        k_old = w.shape[-1]
+        flat = vt[:, :k_old].reshape(vt.shape[0], k_old, -1)
+        out = (w @ flat).reshape(vt.shape[0], k_new, *vt.shape[2:])
+        rest = (1.0 - w.sum(-1)).clamp_min(0.0) * fill.reshape(-1, 1)
+        out = out + rest.reshape(*rest.shape, *([1] * (vt.ndim - 2)))
     else:
-        out = torch.as_tensor(fill, dtype=v.dtype, device=v.device).expand(k_new, *vt.shape[1:]).clone()
-    return out.movedim(0, axis).contiguous()
+        out = fill.to(v.dtype).reshape(-1, *([1] * (vt.ndim - 1))).expand(vt.shape[0], k_new, *vt.shape[2:]).clone()
+    return out.movedim(1, axis).contiguous()

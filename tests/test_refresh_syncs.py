@@ -39,13 +39,13 @@ def _refresh_syncs(shape: tuple[int, int], full_factor_dim: int) -> list[int]:
     hp = opt._hyper(grp)
     counts = []
     with _CountSyncs() as c:
-        snap = grp.refresh_inputs(0)
+        snap = grp.refresh_inputs([0])
     counts.append(c.syncs)
     with _CountSyncs() as c:
-        refresh = grp.compute_refresh(0, snap, hp)
+        (refresh,) = grp.compute_refresh(snap, hp)
     counts.append(c.syncs)
     with _CountSyncs() as c:
-        grp.apply_bases(0, refresh)
+        grp.apply_bases(refresh)
     counts.append(c.syncs)
     assert not refresh.failures
     return counts

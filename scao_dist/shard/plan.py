@@ -13,14 +13,17 @@ distributed_shampoo does. Cost of a block = per-step work + amortised refresh wo
              ~ d k^2 / freq                for stream sides (Nystrom)
 
 with k estimated by ``rank_max``. State bytes are reported next to the cost.
-Refresh *phases* (which step of the ``precond_freq`` cycle a block refreshes on) are spread the
-same way over all blocks, independently of the world size (so a run resumed at another world
-size refreshes on the same steps); no step pays for all refreshes.
+Refresh *phases* (which step of the ``precond_freq`` cycle a block refreshes on) are given to
+*refresh batches* (runs of same-shaped blocks, see :func:`refresh_batches`) and spread the same
+way, independently of the world size (so a run resumed at another world size refreshes on the
+same steps); no step pays for all refreshes, and the blocks that refresh together are computed
+together.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -103,13 +106,45 @@ def make_plan(
     phase = [0] * len(specs)
     if stagger:  # over all blocks, not per rank: the schedule must not depend on the world size
         per_phase: dict[int, list[float]] = {}
-        for b in sorted((b for b in range(len(specs)) if specs[b].kind == "kron"), key=lambda b: (-cost[b], b)):
-            f = max(precond_freq[b], 1)
+        for f, chunk in refresh_batches(specs, cost, precond_freq):
             loads = per_phase.setdefault(f, [0.0] * f)
             ph = min(range(f), key=lambda p: (loads[p], p))
-            phase[b] = ph
-            loads[ph] += cost[b]
+            for b in chunk:
+                phase[b] = ph
+            loads[ph] += sum(cost[b] for b in chunk)
     return Plan(world_size, owner, phase, cost, nbytes)
+
+
+BATCH_SHARES = 3.0
+"""A refresh batch holds at most this many phases' worth of work (``cost / precond_freq`` each):
+batches amortise a refresh's launches and host syncs over their blocks (on a 43M GPT its work
+is launch-bound), while the cap keeps one step's refresh load within a small multiple of the mean."""
+
+
+def refresh_batches(
+    specs: Sequence[BlockSpec], cost: Sequence[float], precond_freq: Sequence[int]
+) -> list[tuple[int, list[int]]]:
+    """The Kronecker blocks grouped into refresh batches that share one phase, largest first.
+
+    Blocks of one shape and kind (one :attr:`BlockSpec.key`, so one stacked group on each rank) are
+    split into the fewest contiguous runs whose cost stays under ``BATCH_SHARES`` phases' worth;
+    all blocks of a run refresh at the same step, so each rank computes its share of the run as
+    one batch. Returns ``(precond_freq, block indices)`` per batch, in LPT order.
+    """
+    by_key: dict[tuple, list[int]] = {}
+    for b, s in enumerate(specs):
+        if s.kind == "kron":
+            by_key.setdefault((s.key, max(precond_freq[b], 1)), []).append(b)
+    totals: dict[int, float] = {}
+    for (_, f), blocks in by_key.items():
+        totals[f] = totals.get(f, 0.0) + sum(cost[b] for b in blocks)
+    batches = []
+    for (_, f), blocks in by_key.items():
+        cap = BATCH_SHARES * totals[f] / f
+        n = min(len(blocks), max(1, math.ceil(sum(cost[b] for b in blocks) / max(cap, 1e-30))))
+        size = math.ceil(len(blocks) / n)
+        batches += [(f, blocks[i : i + size]) for i in range(0, len(blocks), size)]
+    return sorted(batches, key=lambda fb: (-sum(cost[b] for b in fb[1]), fb[1][0]))
 
 
 def plan_fingerprint(specs: Sequence[BlockSpec]) -> int:

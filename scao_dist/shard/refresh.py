@@ -35,9 +35,9 @@ from ..precond import Basis
 class Pending:
     due: int  # optimizer step at whose start the result is swapped in
     group: Any
-    index: int  # block position inside its group
+    idx: list[int]  # block positions inside their group (one batch)
     future: cf.Future | None = None
-    result: Any = None  # groups.Refresh
+    result: list[Refresh] | None = None  # one batch, or more where some blocks failed
     ready_event: Any = None  # CUDA: the snapshot is written (main stream)
     done_event: Any = None  # CUDA: the result is written (side stream)
 
@@ -54,19 +54,20 @@ class RefreshScheduler:
         self._stream: Any = None
 
     # ---------------------------------------------------------------------------- submit
-    def submit(self, grp: Any, i: int, hp: Hyper, step: int) -> None:
-        inputs = grp.refresh_inputs(i)
+    def submit(self, grp: Any, idx: list[int], hp: Hyper, step: int) -> None:
+        """Refresh the blocks ``idx`` of ``grp`` (due together: computed as one batch)."""
+        inputs = grp.refresh_inputs(idx)
         if self.lag == 0:
-            self._apply(grp, i, grp.compute_refresh(i, inputs, hp))
+            self._apply(grp, grp.compute_refresh(inputs, hp))
             return
-        item = Pending(due=step + self.lag, group=grp, index=i)
+        item = Pending(due=step + self.lag, group=grp, idx=list(idx))
         if not self.async_refresh:
-            item.result = grp.compute_refresh(i, inputs, hp)
+            item.result = grp.compute_refresh(inputs, hp)
         else:
             if grp.device.type == "cuda":
                 item.ready_event = torch.cuda.Event()
                 item.ready_event.record(torch.cuda.current_stream(grp.device))
-            item.future = self._executor().submit(self._compute, grp, i, inputs, hp, item)
+            item.future = self._executor().submit(self._compute, grp, inputs, hp, item)
         self.pending.append(item)
 
     def _executor(self) -> cf.ThreadPoolExecutor:
@@ -74,17 +75,17 @@ class RefreshScheduler:
             self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="scao-refresh")
         return self._pool
 
-    def _compute(self, grp: Any, i: int, inputs: dict, hp: Hyper, item: Pending) -> Any:
+    def _compute(self, grp: Any, inputs: dict, hp: Hyper, item: Pending) -> list[Refresh]:
         device = grp.device
         if device.type != "cuda":
-            return grp.compute_refresh(i, inputs, hp)
+            return grp.compute_refresh(inputs, hp)
         if self._stream is None:
             self._stream = torch.cuda.Stream(device=device)
         with torch.cuda.device(device), torch.cuda.stream(self._stream):
             self._stream.wait_event(item.ready_event)
             for t in _tensors(inputs):
                 t.record_stream(self._stream)
-            out = grp.compute_refresh(i, inputs, hp)
+            out = grp.compute_refresh(inputs, hp)
             item.done_event = torch.cuda.Event()
             item.done_event.record(self._stream)
         return out
@@ -102,7 +103,7 @@ class RefreshScheduler:
                 keep.append(item)
         self.pending = keep
 
-    def _result(self, item: Pending) -> Any:
+    def _result(self, item: Pending) -> list[Refresh]:
         if item.result is None:
             assert item.future is not None
             if not item.future.done():
@@ -116,13 +117,14 @@ class RefreshScheduler:
         return item.result
 
     def _finish(self, item: Pending) -> None:
-        self._apply(item.group, item.index, self._result(item))
+        self._apply(item.group, self._result(item))
 
-    def _apply(self, grp: Any, i: int, refresh: Any) -> None:
-        for reason in refresh.failures:
-            self.opt.count_basis_failure(reason)
-        self.opt.counters["refreshes"] += 1
-        grp.apply_bases(i, refresh)
+    def _apply(self, grp: Any, refreshes: list[Refresh]) -> None:
+        for refresh in refreshes:
+            for reason in refresh.failures:
+                self.opt.count_basis_failure(reason)
+            self.opt.counters["refreshes"] += len(refresh.idx)
+            grp.apply_bases(refresh)
 
     def drain(self) -> None:
         """Finish the computations in flight (results stay pending until their step)."""
@@ -135,19 +137,24 @@ class RefreshScheduler:
         self.drain()
         out: dict[int, dict[str, Any]] = {}
         for item in self.pending:
-            entry: dict[str, Any] = {"due": torch.tensor(item.due)}
-            for side, basis in zip(item.group.sides, self._result(item).bases):
-                if basis is not None:
-                    entry[side.name] = {
-                        f.name: getattr(basis, f.name) for f in fields(Basis) if getattr(basis, f.name) is not None
-                    }
-            out[item.group.specs[item.index].index] = entry
+            grp = item.group
+            for refresh in self._result(item):
+                for j, i in enumerate(refresh.idx):
+                    entry: dict[str, Any] = {"due": torch.tensor(item.due)}
+                    for side, basis in zip(grp.sides, refresh.bases):
+                        if basis is not None:
+                            entry[side.name] = _block_fields(basis, j, side.ranks[i])
+                    out[grp.specs[i].index] = entry
         return out
 
     def restore(self, grp: Any, i: int, entry: dict[str, Any]) -> None:
         """A pending refresh from a checkpoint: its bases; the state they imply is recomputed at the swap."""
-        bases = [Basis(**entry[side.name]) if side.name in entry else None for side in grp.sides]
-        self.pending.append(Pending(due=int(entry["due"]), group=grp, index=i, result=Refresh(bases, -1, None)))
+        bases = []
+        for side in grp.sides:
+            got = {k: v.unsqueeze(0) for k, v in entry.get(side.name, {}).items()}
+            bases.append(Basis(ranks=[got["q"].shape[-1]], **got) if got else None)
+        result = [Refresh([i], bases, [-1], None)]
+        self.pending.append(Pending(due=int(entry["due"]), group=grp, idx=[i], result=result))
 
     def pending_bytes(self) -> dict[str, int]:
         total = sum(t.numel() * t.element_size() for item in self.pending if item.result for t in _tensors(item.result))
@@ -157,6 +164,24 @@ class RefreshScheduler:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+
+
+def _block_fields(basis: Basis, j: int, k_old: int) -> dict[str, Tensor]:
+    """Block ``j`` of a batched basis, trimmed to its own rank (and its overlap to its old rank)."""
+    k, width = basis.ranks[j], basis.q.shape[-1]
+    trim = {"q": (slice(None), slice(0, k)), "eig": (slice(0, k),), "overlap": (slice(0, k), slice(0, k_old))}
+    out = {}
+    for f in fields(Basis):
+        t = getattr(basis, f.name)
+        if not isinstance(t, Tensor):
+            continue
+        t = t[j]
+        if f.name == "sketch":
+            t = torch.cat([t[:, :k], t[:, width:]], dim=1)
+        elif f.name in trim:
+            t = t[trim[f.name]]
+        out[f.name] = t.clone()
+    return out
 
 
 def _tensors(obj: Any) -> list[Tensor]:
