@@ -74,7 +74,7 @@ def _pad_to(x: Tensor, shape: Sequence[int]) -> Tensor:
 
 def _rank_mask(ranks: Sequence[int], width: int, device: torch.device) -> Tensor:
     """``(b, width)`` bool: column ``c`` of block ``j`` is inside its rank ``ranks[j]``."""
-    return torch.arange(width, device=device) < torch.tensor(list(ranks), device=device)[:, None]
+    return torch.arange(width, device=device) < precond.to_device(list(ranks), device)[:, None]
 
 
 def _inside_ranks(v: Tensor, rows: Sequence[int], cols: Sequence[int]) -> Tensor:
@@ -841,7 +841,7 @@ class KronGroup(_Group):
         dev = snap["fill"].device
         v = _inside_ranks(self.vp.read(snap["v"], kr)[:, :kl, :kr], rl, rr)
         # the fill value: the first nonzero of the residual's, the gradient's and the rotated mean second moment
-        count = torch.tensor([a * b for a, b in zip(rl, rr)], dtype=v.dtype, device=dev).clamp_min(1.0)
+        count = precond.to_device([max(a * b, 1) for a, b in zip(rl, rr)], dev, v.dtype)
         f, vm = snap["fill"], v.sum(dim=(-2, -1)) / count
         fill = torch.where(f[:, 0] != 0, f[:, 0], torch.where(f[:, 1] != 0, f[:, 1], vm))
         frame = snap.get("frame_state")
@@ -856,8 +856,8 @@ class KronGroup(_Group):
             if side.mode == "dense" and basis.rotation is not None:  # the frame turns by Z on this side
                 z = basis.rotation
                 fac = z.mT @ self._decode_factor(side, inp["fac"]) @ z
-                seeds = torch.tensor([_seed(self.specs[i].index, side.name, st + 3) for i, st in zip(idx, steps)])
-                out.update(self._encode_factor(side, fac, seeds.to(dev)))
+                seeds = [_seed(self.specs[i].index, side.name, st + 3) for i, st in zip(idx, steps)]
+                out.update(self._encode_factor(side, fac, precond.to_device(seeds, dev, torch.int64)))
                 m = z.mT @ m if side.name == "L" else m @ z
                 w2 = (z * z).mT  # diagonal second moments move by squared overlaps (a permutation for SOAP)
                 for key in ("g_row", "res_row") if side.name == "L" else ("g_col", "res_col"):

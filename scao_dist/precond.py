@@ -96,6 +96,16 @@ class Basis:
         )
 
 
+def to_device(values: Tensor | list, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
+    """Small host data (a list or a CPU tensor) on ``device`` without waiting for it: on CUDA through
+    pinned memory and a non-blocking copy (a plain ``torch.tensor(..., device=cuda)`` synchronises
+    the stream, which on the refresh worker stalls its Python until its queued kernels finish)."""
+    t = values if isinstance(values, Tensor) else torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def to_host(t: Tensor) -> Tensor:
     """A copy of ``t`` on the host: the one place a refresh waits for the device (a copy even of a
     CPU tensor, so the tests count these transfers on CPU as they happen on a GPU)."""
@@ -210,7 +220,7 @@ def complement_probes(q: Tensor, p: int, seeds: list[int]) -> Tensor:
     if p > d - k:
         raise ValueError(f"complement_probes: {p} probes do not fit beside {k} columns in dimension {d}")
     gen = [seeded_normal((d, p), s, torch.device("cpu")) for s in seeds]
-    w = torch.stack(gen).to(q.device)
+    w = to_device(torch.stack(gen), q.device)
     for _ in range(2):  # twice is enough (Kahan)
         w = w - q @ (q.mT @ w)
     try:
@@ -377,11 +387,11 @@ def refresh_stream(
         ks.append(k)
         rhos.append(max(total - float(eig[:k].sum()), 0.0) / max(d - k, 1) if reasons[j] is None else 0.0)
     kmax = max(ks)
-    live = torch.arange(kmax, device=u.device) < torch.tensor(ks, device=u.device)[:, None]  # (b, kmax)
+    live = torch.arange(kmax, device=u.device) < to_device(ks, u.device)[:, None]  # (b, kmax)
     qn = torch.where(live[:, None, :], u[..., :kmax], 0.0).nan_to_num(0.0, 0.0, 0.0)
     lam = torch.where(live, vals[:, :kmax], 0.0).nan_to_num(0.0, 0.0, 0.0)
     probes = complement_probes(qn, oversample, seeds)
-    rho = torch.tensor(rhos, dtype=qn.dtype, device=qn.device)[:, None, None]
+    rho = to_device(rhos, qn.device, qn.dtype)[:, None, None]
     sketch = torch.cat([qn * lam[:, None, :], rho * probes], dim=-1)
     w = max(k_old)
     overlap = qn.mT @ qh[..., :w] if w else None
