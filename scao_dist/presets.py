@@ -31,8 +31,8 @@ What is counted on the device, all of it measured from the optimizer itself rath
   rotated side is grown to its widest basis (dense sides: all d eigenvectors; streamed sides: the
   adaptive rank's cap), and
   :func:`~scao_dist.memory_report` counts the bytes. Refreshes computed but not swapped in yet
-  (``refresh_lag``) hold fp32 copies: ``PENDING_REFRESH_FACTOR`` times the bases of the blocks that
-  refresh on one step (``2 / precond_freq`` of them, staggered);
+  (``refresh_lag``) hold fp32 copies: ``PENDING_REFRESH_FACTOR`` times twice the bases of the blocks
+  that refresh on the busiest step of the plan (whole refresh batches, see ``shard/plan.py``);
 * the step's temporaries: ``TRANSIENT_PER_ELEM`` bytes per element of the largest set of blocks
   stepped in one call (a whole stack of same-shaped blocks, or one parameter with
   ``grad_release``) plus ``TRANSIENT_PER_FACTOR_ELEM`` per element of their dense d x d factors.
@@ -70,6 +70,23 @@ LADDER: tuple[dict[str, Any], ...] = (
     {"grad_release": True, "full_factor_dim": 256, "rank_max": 32},
 )
 """Candidate settings, best first (quality and speed), leanest last."""
+
+
+def _refresh_share(opt: SCAO) -> float:
+    """Twice the largest share of the basis elements that refresh on one step (one phase of the plan:
+    whole refresh batches of same-shaped blocks), for a refresh held while the next is computed."""
+    if not opt.config.stagger_refresh:
+        return 1.0
+    per_phase: dict[int, float] = {}
+    for s in opt.specs:
+        if s.kind != "kron":
+            continue
+        cap = opt.param_groups[s.group]["rank_max"] or max(s.shape)
+        elems = sum(d * (d if mode == "dense" else min(d, cap)) for d, mode in zip(s.shape, (s.left, s.right))
+                    if mode != "none")  # fmt: skip
+        per_phase[opt.plan.phase[s.index]] = per_phase.get(opt.plan.phase[s.index], 0.0) + elems
+    total = sum(per_phase.values())
+    return min(1.0, 2.0 * max(per_phase.values()) / total) if total else 0.0
 
 
 class BudgetError(ValueError):
@@ -194,9 +211,7 @@ def plan_memory(
                 if width > side.K:
                     grp._grow(side, width)
     rep = memory_report(opt)
-    freq = min(int(g["precond_freq"]) for g in opt.param_groups)
-    share = min(1.0, 2.0 / max(freq, 1)) if opt.config.stagger_refresh else 1.0
-    pending = int(PENDING_REFRESH_FACTOR * rep.bytes.get("bases", 0) * share)
+    pending = int(PENDING_REFRESH_FACTOR * rep.bytes.get("bases", 0) * _refresh_share(opt))
     trained = [p for g in metas for p in g["params"] if p.requires_grad]
     n = sum(p.numel() for p in trained)
     weights = sum(p.numel() * p.element_size() for g in metas for p in g["params"])

@@ -42,7 +42,7 @@ def test_full_rank_fp32_matches_reference_soap():
     """quantize=False, rank='full', graft='none' is plain fp32 SOAP (to float rounding)."""
     m1, m2 = _mlp(), _mlp()
     m0 = copy.deepcopy(m1)
-    o1 = SCAO(m1.parameters(), lr=1e-3, betas=(0.9, 0.999), quantize=False, rank="full", graft="none",
+    o1 = SCAO(m1.parameters(), lr=1e-3, betas=(0.9, 0.999), quantize=False, rank="full", graft="none", precond_freq=10,
               stagger_refresh=False, min_precond_dim=2, weight_decay=0.01)  # fmt: skip
     o2 = ReferenceSOAP(m2.parameters(), lr=1e-3, weight_decay=0.01)
     b1, b2 = _batches(), _batches()

@@ -6,7 +6,7 @@
     args = TrainingArguments("out", learning_rate=3e-4, weight_decay=0.01, lr_scheduler_type="cosine",
                              warmup_steps=100, max_grad_norm=1.0)
     trainer = Trainer(model=model, args=args, train_dataset=ds,
-                      optimizer_cls_and_kwargs=scao_optimizer_cls_and_kwargs(args, precond_freq=10))
+                      optimizer_cls_and_kwargs=scao_optimizer_cls_and_kwargs(args, precond_freq=5))
     trainer.train()
 
 What the Trainer does with it (``Trainer.create_optimizer``): it builds the two usual param groups
