@@ -248,31 +248,46 @@ class _Group:
         """Hold the group's weights in one stacked ``(B, m, n)`` buffer and make the parameters
         views into it, so a step updates them in place (no stack/scatter copies per step).
 
-        Only when every block is a whole parameter that owns its whole storage (not a view into
-        someone else's flat buffer). The ``Parameter`` objects stay the same; only their data
-        moves. If anything later swaps a parameter's data (``model.to(...)``, a wrapper), the
-        group notices and falls back to copying.
+        A parameter qualifies when it owns its whole storage (not a view into someone else's flat
+        buffer) and its blocks here are all of it, cut along rows only, at consecutive positions:
+        its rows then ARE those consecutive slices of the buffer (a 16384 x 2048 MLP weight split
+        into four 4096-row blocks is ``buf[i:i + 4]``). Column-split parameters are not contiguous
+        slices, so they are not adopted: if any block of the group does not qualify, nothing is
+        (the step indexes the buffer by runs of blocks). The ``Parameter`` objects stay the same;
+        only their data moves. If anything later swaps a parameter's data (``model.to(...)``, a
+        wrapper), the group notices and falls back to copying.
         """
         self.wbuf: Tensor | None = None
-        params = [self.params[s.param] for s in self.specs]
-        if not all(self._owns_whole(s, p) for s, p in zip(self.specs, params)):
+        runs: dict[int, list[int]] = {}  # param -> its block positions in this group
+        for i, s in enumerate(self.specs):
+            runs.setdefault(s.param, []).append(i)
+        if not all(self._adoptable(pos) for pos in runs.values()):
             return
         m, n = self.specs[0].shape
-        buf = torch.empty((self.B, m, n), dtype=params[0].dtype, device=self.device)
+        buf = torch.empty((self.B, m, n), dtype=self.params[self.specs[0].param].dtype, device=self.device)
         with torch.no_grad():
-            for i, p in enumerate(params):
-                buf[i].copy_(p.detach().reshape(m, n))
-                p.data = buf[i].view(p.shape)
+            for pos in runs.values():
+                p = self.params[self.specs[pos[0]].param]
+                rows = buf[pos[0] : pos[-1] + 1]
+                rows.copy_(p.detach().reshape(rows.shape))
+                p.data = rows.view(p.shape)
         self.wbuf = buf
-        self._ptrs = [p.data_ptr() for p in params]
+        self._ptrs = [self.params[s.param].data_ptr() for s in self.specs]
 
-    def _owns_whole(self, s: BlockSpec, p: Tensor) -> bool:
+    def _adoptable(self, pos: list[int]) -> bool:
+        """Blocks ``pos`` (in order) are one whole parameter, cut along rows only, consecutive here."""
+        specs = [self.specs[i] for i in pos]
+        p = self.params[specs[0].param]
+        rows, cols = matrix_view(p).shape
         return (
             p.device == self.device
             and p.is_contiguous()
             and p.storage_offset() == 0
             and p.untyped_storage().nbytes() == p.numel() * p.element_size()
-            and (s.r0, s.c0, s.r1, s.c1) == (0, 0, *matrix_view(p).shape)
+            and pos == list(range(pos[0], pos[0] + len(pos)))
+            and all(s.c0 == 0 and s.c1 == cols for s in specs)
+            and [s.r0 for s in specs] == [k * specs[0].shape[0] for k in range(len(specs))]
+            and specs[-1].r1 == rows
         )
 
     def weights(self, idx: Sequence[int]) -> tuple[Tensor, bool]:

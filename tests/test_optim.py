@@ -402,6 +402,35 @@ def test_chunked_group_steps_match_whole_group_steps():
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
+def test_row_split_weights_are_stacked_in_place_column_split_ones_are_copied():
+    """A weight cut along rows only is consecutive rows of its group's buffer (stepped in place);
+    one cut along columns is not contiguous there and keeps the copy path. Same result both ways."""
+
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Linear(16, 32, bias=False), torch.nn.Tanh(), torch.nn.Linear(32, 8, bias=False)
+        ).to(torch.bfloat16)  # weights 32 x 16 (two 16 x 16 row blocks), 8 x 32 (two 8 x 16 column blocks)
+
+    m1, m2 = model(), model()
+    kw = dict(lr=1e-2, min_precond_dim=2, max_precond_dim=16)
+    o1, o2 = SCAO(m1.parameters(), **kw), SCAO(m2.parameters(), stacked_weights=False, **kw)
+    by_shape = {g.specs[0].shape: g for g in o1.groups}
+    rows_grp, cols_grp = by_shape[(16, 16)], by_shape[(8, 16)]
+    assert rows_grp.wbuf is not None and cols_grp.wbuf is None
+    assert m1[0].weight.data_ptr() == rows_grp.wbuf.data_ptr()  # the parameter's storage is the buffer
+    b1, b2 = _batches(d=16), _batches(d=16)
+    for m, o, b in ((m1, o1, b1), (m2, o2, b2)):
+        for _ in range(6):
+            x, y = next(b)
+            o.zero_grad()
+            (m(x.bfloat16()) - y[:, :8].bfloat16()).float().square().mean().backward()
+            o.step()
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        assert torch.equal(a, b)
+    assert m1[0].weight.data_ptr() == rows_grp.wbuf.data_ptr()  # still in place after the steps
+
+
 def test_stacked_weights_are_the_parameters_and_change_nothing():
     """Groups hold whole parameters in one buffer (the Parameter objects stay; .data are views)."""
     m1, m2 = _mlp(d=16).to(torch.bfloat16), _mlp(d=16).to(torch.bfloat16)
