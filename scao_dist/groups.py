@@ -33,8 +33,6 @@ gradient (``r_i c_j / mean(r)``, O(m + n) memory), so those directions keep trai
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -42,6 +40,8 @@ from torch import Tensor
 from . import kernels, precond, quant
 from .blocks import BlockSpec, matrix_view, write_block
 from .config import Config, Hyper
+from .group_refresh import Refresh, RefreshMixin
+from .stacked import SEED_STEP, block_rows, block_seed, round32
 
 CATEGORIES = ("moments", "scales", "factors", "bases", "error_bits", "other")
 
@@ -60,61 +60,6 @@ def _category(name: str) -> str:
     return "other"
 
 
-def _pad_last(x: Tensor, size: int) -> Tensor:
-    return torch.nn.functional.pad(x, (0, size - x.shape[-1])) if x.shape[-1] < size else x
-
-
-def _pad_to(x: Tensor, shape: Sequence[int]) -> Tensor:
-    """Zero-pad the last two dims of ``x`` to ``shape`` (left as it is where it is not smaller)."""
-    rows, cols = shape
-    if x.shape[-2] > rows or x.shape[-1] > cols or tuple(x.shape[-2:]) == (rows, cols):
-        return x
-    return torch.nn.functional.pad(x, (0, cols - x.shape[-1], 0, rows - x.shape[-2]))
-
-
-def _rank_mask(ranks: Sequence[int], width: int, device: torch.device) -> Tensor:
-    """``(b, width)`` bool: column ``c`` of block ``j`` is inside its rank ``ranks[j]``."""
-    return torch.arange(width, device=device) < precond.to_device(list(ranks), device)[:, None]
-
-
-def _inside_ranks(v: Tensor, rows: Sequence[int], cols: Sequence[int]) -> Tensor:
-    """``v`` (b, r, c) with block ``j``'s entries outside ``rows[j] x cols[j]`` zeroed."""
-    r, c = v.shape[-2:]
-    return v * (_rank_mask(rows, r, v.device)[:, :, None] & _rank_mask(cols, c, v.device)[:, None, :])
-
-
-def _contiguous(idx: Sequence[int]) -> bool:
-    return list(idx) == list(range(idx[0], idx[0] + len(idx)))
-
-
-def _snap_rows(snap: Any, sel: list[int]) -> Any:
-    """The blocks ``sel`` (positions in the batch) of a refresh snapshot."""
-    ix = None
-
-    def take(x: Any, per_block: bool) -> Any:
-        nonlocal ix
-        if isinstance(x, Tensor):
-            if ix is None:
-                ix = torch.tensor(sel, device=x.device)
-            return x.index_select(0, ix)
-        if isinstance(x, dict):
-            return {k: take(v, per_block) for k, v in x.items()}
-        if isinstance(x, list) and per_block:
-            return [x[j] for j in sel]
-        if isinstance(x, list):
-            return [take(v, True) if isinstance(v, list | dict | Tensor) else v for v in x]
-        return x
-
-    out = {k: take(v, k in ("idx", "steps")) for k, v in snap.items() if k not in ("ranks", "K")}
-    out["ranks"] = [[r[j] for j in sel] for r in snap["ranks"]]
-    out["K"] = snap["K"]
-    return out
-
-
-def _round32(n: int) -> int:
-    return quant.n_groups(n) * quant.GROUP
-
-
 class Packed:
     """Read/write helpers for one moment stored in ``t`` as ``name.codes/.scales`` or fp32 ``name``.
 
@@ -130,7 +75,7 @@ class Packed:
         if self.quantize:
             *lead, n = shape
             code_dtype = torch.int8 if self.kind == "signed" else torch.uint8
-            t[f"{self.name}.codes"] = torch.zeros(*lead, _round32(n), dtype=code_dtype, device=device)
+            t[f"{self.name}.codes"] = torch.zeros(*lead, round32(n), dtype=code_dtype, device=device)
             t[f"{self.name}.scales"] = torch.zeros(*lead, quant.n_groups(n), dtype=torch.bfloat16, device=device)
         else:
             t[self.name] = torch.zeros(shape, dtype=torch.float32, device=device)
@@ -185,7 +130,7 @@ class Packed:
             t[self.name] = torch.nn.functional.pad(x, (0, cols - x.shape[-1], 0, rows - x.shape[-2]))
             return
         c, s = t[f"{self.name}.codes"], t[f"{self.name}.scales"]
-        t[f"{self.name}.codes"] = torch.nn.functional.pad(c, (0, _round32(cols) - c.shape[-1], 0, rows - c.shape[-2]))
+        t[f"{self.name}.codes"] = torch.nn.functional.pad(c, (0, round32(cols) - c.shape[-1], 0, rows - c.shape[-2]))
         t[f"{self.name}.scales"] = torch.nn.functional.pad(
             s, (0, quant.n_groups(cols) - s.shape[-1], 0, rows - s.shape[-2])
         )
@@ -391,7 +336,7 @@ class AdamGroup(_Group):
         self.steps[i] = int(st["step"])
 
 
-class KronGroup(_Group):
+class KronGroup(RefreshMixin, _Group):
     """Blocks preconditioned SOAP-style in the eigenbases of their Kronecker factors."""
 
     def __init__(self, specs, params, cfg, device):
@@ -571,12 +516,12 @@ class KronGroup(_Group):
         return cache[key]
 
     def _seeds(self, idx: Sequence[int], side: str) -> Tensor:
-        """``_seed(block, side, step)`` for the blocks ``idx`` as a device tensor (dither seeds)."""
-        base = self._device_list(tuple(_seed(self.specs[i].index, side, 0) for i in idx), torch.int64)
+        """``block_seed(block, side, step)`` for the blocks ``idx`` as a device tensor (dither seeds)."""
+        base = self._device_list(tuple(block_seed(self.specs[i].index, side, 0) for i in idx), torch.int64)
         steps = [self.steps[i] for i in idx]
         if all(t == steps[0] for t in steps):
-            return base + steps[0] * _SEED_STEP
-        return base + self._device_list(tuple(steps), torch.int64) * _SEED_STEP
+            return base + steps[0] * SEED_STEP
+        return base + self._device_list(tuple(steps), torch.int64) * SEED_STEP
 
     def _stream_halves(self, gf: Tensor, qhl: Tensor | None, qhr: Tensor | None) -> dict[str, Tensor]:
         """``Qh_L^T G_F`` and ``G_F Qh_R`` (tracked bases plus probes) of the stream sides, once:
@@ -717,12 +662,8 @@ class KronGroup(_Group):
         for side in self.sides:
             if side.mode == "stream":
                 width = side.rank_cap(hp.rank_max) + side.p
-                qh0 = torch.stack(
-                    [
-                        precond.first_probe_stream(side.d, width, _seed(self.specs[i].index, side.name, 0), g.device)
-                        for i in idx
-                    ]
-                )
+                seeds = [block_seed(self.specs[i].index, side.name, 0) for i in idx]
+                qh0 = torch.stack([precond.first_probe_stream(side.d, width, sd, g.device) for sd in seeds])
                 a = g if side.name == "L" else g.mT
                 probes[side.name] = (qh0, (1 - hp.shampoo_beta) * (a @ (a.mT @ qh0)))
                 s[f"{side.name}.trace"].mul_(hp.shampoo_beta).add_(a.square().sum((-2, -1)), alpha=1 - hp.shampoo_beta)
@@ -733,9 +674,9 @@ class KronGroup(_Group):
             if side.mode == "stream":
                 qh0, p0 = probes[side.name]
                 streamed[side.name] = precond.refresh_stream(
-                    qh0, p0, s_rows(self.t[f"{side.name}.trace"], idx), [0] * len(idx), hp.spectral_mass,
+                    qh0, p0, block_rows(self.t[f"{side.name}.trace"], idx), [0] * len(idx), hp.spectral_mass,
                     hp.rank_min, side.rank_cap(hp.rank_max), side.p,
-                    [_seed(self.specs[i].index, side.name, 1) for i in idx],
+                    [block_seed(self.specs[i].index, side.name, 1) for i in idx],
                 )  # fmt: skip
         for j, i in enumerate(idx):
             results: list[precond.Basis | None] = []
@@ -758,195 +699,6 @@ class KronGroup(_Group):
             self.ready[i] = True
 
     # -- refresh --------------------------------------------------------------------------
-    def identity_basis(self, side: Side, hp: Hyper, i: int) -> precond.Basis:
-        """Fallback when no basis can be computed yet: the first k axes (counted as a failure)."""
-        k = side.rank_cap(hp.rank_max) if side.mode == "stream" else side.d
-        q = torch.eye(side.d, k, device=self.device)[None]  # dense: the identity frame the factor is in already
-        basis = precond.Basis(q=q, eig=torch.zeros(1, k, device=self.device), ranks=[k])
-        if side.mode == "stream":
-            basis.probes = precond.complement_probes(q, side.p, [_seed(self.specs[i].index, side.name, -1)])
-            basis.sketch = torch.zeros(1, side.d, k + side.p, device=self.device)
-        return basis
-
-    def refresh_inputs(self, idx: Sequence[int]) -> dict[str, Any]:
-        """Snapshot of what the refresh of blocks ``idx`` needs, stacked (one copy per state tensor for
-        the whole batch): device copies only (no host sync), so the main thread never waits here;
-        the worker turns them into numbers."""
-        idx = list(idx)
-        t = self.t
-
-        def take(x: Tensor) -> Tensor:
-            return s_rows(x, idx).clone() if _contiguous(idx) else s_rows(x, idx)
-
-        snap: dict[str, Any] = {
-            "idx": idx,
-            "steps": [self.steps[i] for i in idx],
-            "ranks": [[s.ranks[i] for i in idx] for s in self.sides],
-            "K": [s.K for s in self.sides],
-            "v": {k: take(t[k]) for k in self.vp.names()},
-            # the fill value's candidates (v's own mean is taken on the worker)
-            "fill": torch.stack([s_rows(t["res_row"], idx).mean(-1), s_rows(t["g_row"], idx).mean(-1)], dim=-1),
-            "sides": [],
-        }
-        if any(side.mode == "dense" for side in self.sides):  # frame-coordinate state moves with the frame
-            keys = (*self.mom.names(), "g_row", "g_col", "res_row", "res_col")
-            snap["frame_state"] = {k: take(t[k]) for k in keys}
-        for side in self.sides:
-            n = side.name
-            if side.mode == "dense":
-                fac = {key: take(t[key]) for key in self._factor_keys(side)}
-                snap["sides"].append(dict(fac=fac, q=take(t[f"{n}.q"])))
-            elif side.mode == "stream":
-                snap["sides"].append({key: take(t[f"{n}.{key}"]) for key in ("qh", "sketch", "trace")})
-            else:
-                snap["sides"].append(None)
-        return snap
-
-    def _factor_keys(self, side: Side) -> tuple[str, ...]:
-        n = side.name
-        return (f"{n}.fac.codes", f"{n}.fac.diag") if self.cfg.q("factors") else (f"{n}.fac",)
-
-    def _decode_factor(self, side: Side, fac: dict[str, Tensor]) -> Tensor:
-        n = side.name
-        if self.cfg.q("factors"):
-            return quant.decode_corr(fac[f"{n}.fac.codes"], fac[f"{n}.fac.diag"])
-        return fac[f"{n}.fac"].clone()
-
-    def _encode_factor(self, side: Side, fac: Tensor, seed: int | Tensor) -> dict[str, Tensor]:
-        n = side.name
-        if self.cfg.q("factors"):  # plain torch: this runs on the refresh thread, Triton stays on the main one
-            codes, diag = quant.encode_corr(fac, seed)
-            return {f"{n}.fac.codes": codes, f"{n}.fac.diag": diag}
-        return {f"{n}.fac": fac}
-
-    def compute_refresh(self, snap: dict[str, Any], hp: Hyper) -> list[Refresh]:
-        """New bases for the blocks of a snapshot, and the state they imply (pure: runs on a worker
-        thread). One batch for the blocks whose every side succeeded; a block with a failed side
-        gets its own result, in which that side keeps its old basis."""
-        idx, n = snap["idx"], len(snap["idx"])
-        per_side: list[tuple[precond.Basis | None, list[str | None]]] = []
-        for side, inp, ranks in zip(self.sides, snap["sides"], snap["ranks"]):
-            if inp is None:
-                per_side.append((None, [None] * n))
-            elif side.mode == "dense":
-                per_side.append(precond.refresh_dense(self._decode_factor(side, inp["fac"]), inp["q"].float()))
-            else:
-                seeds = [_seed(self.specs[i].index, side.name, st + 2) for i, st in zip(idx, snap["steps"])]
-                qh, sk, tr, cap = inp["qh"].float(), inp["sketch"].float(), inp["trace"], side.rank_cap(hp.rank_max)
-                mass, kmin = hp.spectral_mass, hp.rank_min
-                per_side.append(precond.refresh_stream(qh, sk, tr, ranks, mass, kmin, cap, side.p, seeds))
-        failed = [j for j in range(n) if any(why[j] for _, why in per_side)]
-        good = [j for j in range(n) if j not in failed]
-        out = []
-        for sel in ([good] if good else []) + [[j] for j in failed]:
-            bases = [
-                None if basis is None or why[sel[0]] is not None else basis if len(sel) == n else basis.rows(sel)
-                for basis, why in per_side
-            ]
-            sub = snap if len(sel) == n else _snap_rows(snap, sel)
-            failures = [why[sel[0]] for _, why in per_side if why[sel[0]] is not None]
-            out.append(Refresh([idx[j] for j in sel], bases, sub["steps"], self._prepare(bases, sub), failures))
-        return out
-
-    def _prepare(self, bases: Sequence[precond.Basis | None], snap: dict[str, Any]) -> dict[str, Tensor]:
-        """The batch's factors and rotated second moments, carried into the new bases."""
-        out: dict[str, Tensor] = {}
-        idx, steps = snap["idx"], snap["steps"]
-        (rl, rr), (kl, kr) = snap["ranks"], snap["K"]
-        dev = snap["fill"].device
-        v = _inside_ranks(self.vp.read(snap["v"], kr)[:, :kl, :kr], rl, rr)
-        # the fill value: the first nonzero of the residual's, the gradient's and the rotated mean second moment
-        count = precond.to_device([max(a * b, 1) for a, b in zip(rl, rr)], dev, v.dtype)
-        f, vm = snap["fill"], v.sum(dim=(-2, -1)) / count
-        fill = torch.where(f[:, 0] != 0, f[:, 0], torch.where(f[:, 1] != 0, f[:, 1], vm))
-        frame = snap.get("frame_state")
-        m = self.mom.read(frame, self.n_dim) if frame is not None else None
-        rotated = False
-        ranks = [rl, rr]
-        for axis, (side, basis, inp) in enumerate(zip(self.sides, bases, snap["sides"])):
-            if basis is None:
-                continue
-            v = precond.transport_second_moment(v, basis, axis + 1, fill)
-            ranks[axis] = basis.ranks
-            if side.mode == "dense" and basis.rotation is not None:  # the frame turns by Z on this side
-                z = basis.rotation
-                fac = z.mT @ self._decode_factor(side, inp["fac"]) @ z
-                seeds = [_seed(self.specs[i].index, side.name, st + 3) for i, st in zip(idx, steps)]
-                out.update(self._encode_factor(side, fac, precond.to_device(seeds, dev, torch.int64)))
-                m = z.mT @ m if side.name == "L" else m @ z
-                w2 = (z * z).mT  # diagonal second moments move by squared overlaps (a permutation for SOAP)
-                for key in ("g_row", "res_row") if side.name == "L" else ("g_col", "res_col"):
-                    out[key] = (w2 @ frame[key].unsqueeze(-1)).squeeze(-1)
-                rotated = True
-        v = _inside_ranks(v, *ranks)
-        if rotated:
-            held: dict[str, Tensor] = {}
-            self.mom.alloc(held, (len(idx), self.m_dim, self.n_dim), dev)
-            self.mom.write(held, m)  # plain torch codec (refresh thread: no Triton launches here)
-            out.update(held)
-        if self.vp.quantize:
-            codes, scales = quant.encode_sqrt(v)
-            out["v.codes"] = _pad_to(codes, self.t["v.codes"].shape[-2:])  # the rows as stored, when the
-            out["v.scales"] = _pad_to(scales, self.t["v.scales"].shape[-2:])  # swap comes (else padded there)
-        else:
-            out["v"] = _pad_to(v, self.t["v"].shape[-2:])
-        return out
-
-    def apply_bases(self, refresh: Refresh) -> None:
-        """Swap a refresh into its blocks (copies only, unless a block stepped since its snapshot)."""
-        idx = refresh.idx
-        prepared = refresh.prepared
-        if prepared is None or any(st != self.steps[i] for st, i in zip(refresh.steps, idx)):  # lag >= 2, restored
-            prepared = self._prepare(refresh.bases, self.refresh_inputs(idx))
-        for i in idx:
-            self._basis_changed(i)
-        pairs: list[tuple[str, Tensor]] = []
-        for side, basis in zip(self.sides, refresh.bases):
-            if basis is None:
-                continue
-            k = basis.q.shape[-1]
-            if k > side.K:
-                self._grow(side, k)
-            n = side.name
-            q = _pad_last(basis.q, side.K).to(self.bdt)
-            if side.mode == "dense":
-                pairs.append((f"{n}.q", q))
-            else:
-                pairs.append((f"{n}.qh", torch.cat([q, basis.probes.to(self.bdt)], dim=-1)))
-                sk = torch.cat([_pad_last(basis.sketch[..., :k], side.K), basis.sketch[..., k:]], dim=-1)
-                pairs.append((f"{n}.sketch", sk.to(self.bdt)))
-            pairs.append((f"{n}.eig", _pad_last(basis.eig, side.K)))
-            for j, i in enumerate(idx):
-                side.ranks[i] = basis.ranks[j]
-        for key, val in prepared.items():  # v of a batch narrower than the group (or the group grew since): padded
-            pairs.append((key, _pad_to(val, self.t[key].shape[-2:]) if val.ndim == 3 else val))
-        self._write_rows(idx, pairs)
-
-    def _write_rows(self, idx: Sequence[int], pairs: Sequence[tuple[str, Tensor]]) -> None:
-        """``self.t[key][idx] = value`` for every pair: one multi-tensor copy for a contiguous run of
-        blocks, else one indexed copy per tensor."""
-        if _contiguous(idx):
-            a, b = idx[0], idx[0] + len(idx)
-            torch._foreach_copy_([self.t[key][a:b] for key, _ in pairs], [val for _, val in pairs])
-            return
-        ix = torch.tensor(list(idx), device=self.device)
-        for key, val in pairs:
-            self.t[key].index_copy_(0, ix, val.to(self.t[key].dtype))
-
-    def _grow(self, side: Side, k: int) -> None:
-        """Widen a side's allocated basis to ``k`` columns (zero columns: no effect on any block)."""
-        n, old = side.name, side.K
-        if side.mode == "dense":
-            self.t[f"{n}.q"] = _pad_last(self.t[f"{n}.q"], k)
-        else:
-            for key in (f"{n}.qh", f"{n}.sketch"):
-                t = self.t[key]
-                self.t[key] = torch.cat([_pad_last(t[..., :old], k), t[..., old:]], dim=-1)
-        self.t[f"{n}.eig"] = _pad_last(self.t[f"{n}.eig"], k)
-        kl, kr = (s.K for s in self.sides)
-        self.vp.pad(self.t, (k, kr) if n == "L" else (kl, k))
-        side.K = k
-
     # -- state_dict ----------------------------------------------------------------------
     def block_state(self, i: int) -> dict[str, Tensor]:
         """Block ``i``'s state, trimmed to its own ranks, as fresh tensors (exact, no re-quantising)."""
@@ -955,7 +707,7 @@ class KronGroup(_Group):
         for k, v in self.t.items():
             x = v[i]
             if k.startswith("v."):
-                x = x[:rl, : _round32(rr)] if k == "v.codes" else x[:rl, : quant.n_groups(rr)]
+                x = x[:rl, : round32(rr)] if k == "v.codes" else x[:rl, : quant.n_groups(rr)]
             elif k == "v":
                 x = x[:rl, :rr]
             elif k.endswith((".q", ".eig")):
@@ -995,25 +747,6 @@ class KronGroup(_Group):
         self.ready[i] = bool(st["ready"])
 
 
-@dataclass
-class Refresh:
-    """New bases for a batch of a group's blocks (``idx``), the steps of the snapshot they came from,
-    and the state they imply."""
-
-    idx: list[int]
-    bases: list[precond.Basis | None]  # per side; None: that side keeps its bases
-    steps: list[int]
-    prepared: dict[str, Tensor] | None
-    failures: list[str] = field(default_factory=list)  # why a side kept its old basis
-
-
-def s_rows(x: Tensor, idx: Sequence[int]) -> Tensor:
-    """Rows ``idx`` of a stacked tensor: a view for a contiguous run, else a gathered copy."""
-    if _contiguous(idx):
-        return x[idx[0] : idx[0] + len(idx)]
-    return x.index_select(0, torch.tensor(list(idx), device=x.device))
-
-
 def _factored(row: Tensor, col: Tensor) -> Tensor:
     """Adafactor's rank-1 second moment ``r_i c_j / mean(r)`` from row/column mean squares."""
     return row.unsqueeze(-1) * col.unsqueeze(-2) / row.mean(-1).clamp_min(1e-30)[:, None, None]
@@ -1041,14 +774,6 @@ def _gram_inverse(q: Tensor) -> Tensor:
     eye = torch.diag_embed((gram.diagonal(dim1=-2, dim2=-1) > 0.5).to(gram.dtype))
     e = gram - eye
     return eye - e + e @ e
-
-
-_SEED_STEP = 7919
-
-
-def _seed(block: int, side: str, step: int) -> int:
-    """Deterministic seed for (block, side, step): dither and random probes replay on resume."""
-    return (block * 2 + (side == "R")) * 1_000_003 + step * _SEED_STEP + 12345
 
 
 def make_group(specs, params, cfg, device):
