@@ -195,6 +195,7 @@ class SCAO(torch.optim.Optimizer):
         self._overlap_hooks: list[Any] = []
         self._max_skips = max_consecutive_skips
         self._consecutive_skips = 0
+        self._due: dict[int, tuple[Any, Hyper, list[int]]] = {}  # group -> refreshes due this step
         self._t = 0  # optimizer steps taken (skipped ones excluded)
         super().__init__(params, defaults)
         self.comm = Comm(process_group, grad_sync=grad_sync, grad_comm_dtype=grad_comm_dtype)
@@ -294,6 +295,7 @@ class SCAO(torch.optim.Optimizer):
         if getattr(self, "refresher", None) is not None:
             self.refresher.close()
         self.refresher = RefreshScheduler(self, cfg.refresh_lag, self._async_refresh)
+        self._due.clear()
         self._import_blocks(old)
         if cfg.grad_release:
             self._install_release_hooks(params)
@@ -312,6 +314,7 @@ class SCAO(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         if self.config.grad_release:
+            self._submit_due()  # the blocks the hooks stepped: one batch per group and phase
             self._released.clear()
             self._t += 1
             self.refresher.step_boundary(self._t + 1)
@@ -335,6 +338,7 @@ class SCAO(torch.optim.Optimizer):
             idx = [i for i, s in enumerate(grp.specs) if s.param in with_grad]
             if idx:
                 self._run_group(grp, idx)
+        self._submit_due()
         self.comm.gather_params(self)
         self.comm.end_step()
         self._t += 1
@@ -360,8 +364,15 @@ class SCAO(torch.optim.Optimizer):
             self.count_basis_failure(reason)
         if isinstance(grp, KronGroup):
             grp.failure_log.clear()
-        if due:
-            self.refresher.submit(grp, due, hp, self._t + 1)
+        if due:  # submitted at the end of the step, with the group's other due blocks
+            self._due.setdefault(id(grp), (grp, hp, []))[2].extend(due)
+
+    def _submit_due(self) -> None:
+        """Hand this step's due refreshes to the scheduler, one batch per group (with gradient
+        release the blocks of a group are stepped param by param, from the hooks)."""
+        for grp, hp, due in self._due.values():
+            self.refresher.submit(grp, sorted(due), hp, self._t + 1)
+        self._due.clear()
 
     def count_basis_failure(self, reason: str) -> None:
         """A basis that could not be computed (the old one, or the identity, was kept)."""

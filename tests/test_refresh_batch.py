@@ -124,3 +124,29 @@ def test_blocks_of_one_shape_share_a_phase_and_phases_stay_balanced() -> None:
     # 12 equal blocks at 3 phases' worth per batch: 4 batches of 3 on 4 different phases
     assert sorted(len(c) for _, c in batches) == [3, 3, 3, 3]
     assert len({plan.phase[c[0]] for _, c in batches}) == 4
+
+
+def test_gradient_release_refreshes_in_the_same_batches(monkeypatch) -> None:
+    """With ``grad_release`` the hooks step one parameter at a time; the refreshes that fall due
+    are still submitted per group at the end of the step, in the batches of the plain path, and
+    the weights come out the same."""
+    submit = RefreshScheduler.submit
+
+    def run(release: bool) -> tuple[list[list[int]], list[torch.Tensor]]:
+        sizes: list[list[int]] = []
+
+        def spy(self, grp, idx, hp, step):
+            sizes.append(list(idx))
+            submit(self, grp, idx, hp, step)
+
+        monkeypatch.setattr(RefreshScheduler, "submit", spy)
+        model = make_model(4)
+        opt = SCAO(model.parameters(), lr=1e-2, min_precond_dim=2, precond_freq=3, grad_release=release)
+        train(model, opt, global_batches(10))
+        return sizes, params_of(model)
+
+    plain, p_plain = run(False)
+    released, p_released = run(True)
+    assert released == plain and max(len(b) for b in plain) == 4
+    for a, b in zip(p_plain, p_released):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
