@@ -154,7 +154,8 @@ class RefreshMixin:
             if inp is None:
                 per_side.append((None, [None] * n))
             elif side.mode == "dense":
-                per_side.append(precond.refresh_dense(self._decode_factor(side, inp["fac"]), inp["q"].float()))
+                inp["decoded"] = self._decode_factor(side, inp["fac"])  # once: _prepare turns it too
+                per_side.append(precond.refresh_dense(inp["decoded"], inp["q"].float()))
             else:
                 seeds = [block_seed(self.specs[i].index, side.name, st + 2) for i, st in zip(idx, snap["steps"])]
                 qh, sk, tr, cap = inp["qh"].float(), inp["sketch"].float(), inp["trace"], side.rank_cap(hp.rank_max)
@@ -195,7 +196,9 @@ class RefreshMixin:
             ranks[axis] = basis.ranks
             if side.mode == "dense" and basis.rotation is not None:  # the frame turns by Z on this side
                 z = basis.rotation
-                fac = z.mT @ self._decode_factor(side, inp["fac"]) @ z
+                fac = inp.get("decoded")
+                fac = self._decode_factor(side, inp["fac"]) if fac is None else fac
+                fac = z.mT @ fac @ z
                 seeds = [block_seed(self.specs[i].index, side.name, st + 3) for i, st in zip(idx, steps)]
                 out.update(self._encode_factor(side, fac, precond.to_device(seeds, dev, torch.int64)))
                 m = z.mT @ m if side.name == "L" else m @ z
