@@ -153,14 +153,12 @@ class RefreshMixin:
         for side, inp, ranks in zip(self.sides, snap["sides"], snap["ranks"]):
             if inp is None:
                 per_side.append((None, [None] * n))
-            elif side.mode == "dense":
-                inp["decoded"] = self._decode_factor(side, inp["fac"])  # once: _prepare turns it too
-                per_side.append(precond.refresh_dense(inp["decoded"], inp["q"].float()))
-            else:
-                seeds = [block_seed(self.specs[i].index, side.name, st + 2) for i, st in zip(idx, snap["steps"])]
-                qh, sk, tr, cap = inp["qh"].float(), inp["sketch"].float(), inp["trace"], side.rank_cap(hp.rank_max)
-                mass, kmin = hp.spectral_mass, hp.rank_min
-                per_side.append(precond.refresh_stream(qh, sk, tr, ranks, mass, kmin, cap, side.p, seeds))
+                continue
+            try:
+                per_side.append(self._side_bases(side, inp, ranks, idx, snap["steps"], hp))
+            except (precond.BasisError, torch.linalg.LinAlgError) as e:  # the whole batch keeps its bases
+                why = e.reason if isinstance(e, precond.BasisError) else f"{side.mode} refresh: linalg error"
+                per_side.append((None, [why] * n))
         failed = [j for j in range(n) if any(why[j] for _, why in per_side)]
         good = [j for j in range(n) if j not in failed]
         out = []
@@ -173,6 +171,17 @@ class RefreshMixin:
             failures = [why[sel[0]] for _, why in per_side if why[sel[0]] is not None]
             out.append(Refresh([idx[j] for j in sel], bases, sub["steps"], self._prepare(bases, sub), failures))
         return out
+
+    def _side_bases(
+        self, side: Side, inp: dict[str, Any], ranks: list[int], idx: list[int], steps: list[int], hp: Hyper
+    ) -> tuple[precond.Basis, list[str | None]]:
+        """New bases of one side for the batch, and per block ``None`` or why it keeps its basis."""
+        if side.mode == "dense":
+            inp["decoded"] = self._decode_factor(side, inp["fac"])  # once: _prepare turns it too
+            return precond.refresh_dense(inp["decoded"], inp["q"].float())
+        seeds = [block_seed(self.specs[i].index, side.name, st + 2) for i, st in zip(idx, steps)]
+        qh, sk, cap = inp["qh"].float(), inp["sketch"].float(), side.rank_cap(hp.rank_max)
+        return precond.refresh_stream(qh, sk, inp["trace"], ranks, hp.spectral_mass, hp.rank_min, cap, side.p, seeds)
 
     def _prepare(self, bases: Sequence[precond.Basis | None], snap: dict[str, Any]) -> dict[str, Tensor]:
         """The batch's factors and rotated second moments, carried into the new bases."""

@@ -275,18 +275,28 @@ NYSTROM_SHIFTS = 6
 about half of ``||P||_F`` at d = 2048 — a last resort that keeps only the dominant directions."""
 
 
-def _gram_eigh(gram: Tensor) -> tuple[Tensor, Tensor]:
-    """Descending eigenpairs of a batch of float64 Grams; a batch LAPACK rejects is retried block by
-    block, so one bad block cannot fail the others (its own failure raises)."""
+def _gram_eigh(gram: Tensor) -> tuple[Tensor, Tensor, list[int]]:
+    """Descending eigenpairs of a batch of float64 Grams, and the blocks LAPACK could not do.
+
+    A batch LAPACK rejects is retried block by block, so one bad block cannot fail the others; a
+    block that fails alone gets zero eigenvalues and identity vectors (its result is discarded)."""
+    on = gram.device
     if gram.shape[-1] <= HOST_EIGH_MAX:
-        return tuple(t.to(gram.device) for t in _gram_eigh(gram.cpu()))  # type: ignore[return-value]
+        gram = gram.cpu()
     try:
-        return safe_eigh(gram, checked=True)
+        vals, vecs = safe_eigh(gram, checked=True)
+        return vals.to(on), vecs.to(on), []
     except BasisError:
-        if gram.shape[0] == 1:
-            raise
-    pairs = [safe_eigh(g, checked=True) for g in gram]
-    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        pass
+    vals, vecs = torch.zeros(gram.shape[:-1], dtype=gram.dtype), torch.eye(gram.shape[-1], dtype=gram.dtype)
+    vals, vecs = vals.to(gram.device), vecs.to(gram.device).repeat(gram.shape[0], 1, 1)
+    failed = []
+    for j, g in enumerate(gram):
+        try:
+            vals[j], vecs[j] = safe_eigh(g, checked=True)
+        except BasisError:
+            failed.append(j)
+    return vals.to(on), vecs.to(on), failed
 
 
 def nystrom(qh: Tensor, p: Tensor) -> tuple[Tensor, Tensor, Tensor, list[str | None]]:
@@ -341,7 +351,9 @@ def nystrom(qh: Tensor, p: Tensor) -> tuple[Tensor, Tensor, Tensor, list[str | N
         c = torch.where(failing[:, None, None], eye, c)
         y = torch.where(failing[:, None, None], q, y)
     f = torch.linalg.solve_triangular(c, y.mT, upper=False).mT  # y C^{-T}
-    s2, v = _gram_eigh(f.mT @ f)  # float64 in, float64 out; checked below
+    s2, v, failed = _gram_eigh(f.mT @ f)  # float64 in, float64 out; checked below
+    for j in failed:
+        reasons[j] = reasons[j] or "eigh: did not converge"
     s2 = s2.clamp_min(0.0)
     sig = s2.sqrt()
     keep = sig > sig[:, :1] * 1e-7

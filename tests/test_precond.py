@@ -181,3 +181,26 @@ def test_transport_of_a_batch_equals_each_block_alone() -> None:
     out = precond.transport_second_moment(v, pbasis, 2, fill)
     for j in range(2):
         assert torch.equal(out[j], v[j][:, perm[j]])
+
+
+def test_a_block_whose_gram_eigh_fails_is_dropped_alone(monkeypatch) -> None:
+    """LAPACK rejects the batch, then one block on its own: that block fails with the reason, the
+    others get what they get alone."""
+    ks, width = [6, 6, 6], 6
+    qh, sk, _ = _stream_batch(4, ks, width)
+    eigh, calls = precond.safe_eigh, []
+
+    def flaky(a, checked=False):
+        calls.append(a.ndim)
+        if a.ndim == 3 or calls.count(2) == 2:
+            raise precond.BasisError("eigh: did not converge")
+        return eigh(a, checked=checked)
+
+    monkeypatch.setattr(precond, "safe_eigh", flaky)
+    vals, vecs, _, why = precond.nystrom(qh, sk)
+    assert why == [None, "eigh: did not converge", None]
+    monkeypatch.setattr(precond, "safe_eigh", eigh)
+    for j in (0, 2):
+        alone, vecs1, _, _ = precond.nystrom(qh[j : j + 1], sk[j : j + 1])
+        torch.testing.assert_close(vals[j], alone[0])
+        torch.testing.assert_close(vecs[j], vecs1[0])
