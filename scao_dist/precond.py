@@ -95,6 +95,40 @@ class Basis:
             rotation=take(self.rotation),
         )
 
+    @staticmethod
+    def cat(parts: list[Basis]) -> Basis:
+        """One batch from several (the inverse of :meth:`rows`): widths padded with zero columns."""
+        k = max(b.q.shape[-1] for b in parts)
+
+        def cat(name: str, widen: bool = False) -> Tensor | None:
+            ts = [getattr(b, name) for b in parts]
+            if ts[0] is None:
+                return None
+            if widen:
+                ts = [torch.nn.functional.pad(t, (0, k - t.shape[-1])) for t in ts]
+            return torch.cat(ts)
+
+        overlap = None
+        if parts[0].overlap is not None:
+            w = max(b.overlap.shape[-1] for b in parts)
+            pad = [(0, w - b.overlap.shape[-1], 0, k - b.overlap.shape[-2]) for b in parts]
+            overlap = torch.cat([torch.nn.functional.pad(b.overlap, p) for b, p in zip(parts, pad)])
+        sketch = None
+        if parts[0].sketch is not None:
+            cols = [b.q.shape[-1] for b in parts]
+            heads = [torch.nn.functional.pad(b.sketch[..., :c], (0, k - c)) for b, c in zip(parts, cols)]
+            sketch = torch.cat([torch.cat([h, b.sketch[..., c:]], dim=-1) for h, b, c in zip(heads, parts, cols)])
+        return Basis(
+            q=cat("q", widen=True),
+            eig=cat("eig", widen=True),
+            ranks=[r for b in parts for r in b.ranks],
+            perm=cat("perm"),
+            overlap=overlap,
+            probes=cat("probes"),
+            sketch=sketch,
+            rotation=cat("rotation"),
+        )
+
 
 def to_device(values: Tensor | list, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
     """Small host data (a list or a CPU tensor) on ``device`` without waiting for it: on CUDA through

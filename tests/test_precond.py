@@ -204,3 +204,15 @@ def test_a_block_whose_gram_eigh_fails_is_dropped_alone(monkeypatch) -> None:
         alone, vecs1, _, _ = precond.nystrom(qh[j : j + 1], sk[j : j + 1])
         torch.testing.assert_close(vals[j], alone[0])
         torch.testing.assert_close(vecs[j], vecs1[0])
+
+
+def test_basis_rows_and_cat_are_inverse() -> None:
+    """Splitting a batch into blocks (each trimmed to its own rank) and joining them again gives
+    the batch back (checkpoints store blocks; a resume rebuilds their batch)."""
+    ks, width = [7, 3, 5], 7
+    qh, sk, tr = _stream_batch(5, ks, width)
+    batch, _ = precond.refresh_stream(qh, sk, tr, ks, 0.99, 2, 24, 8, [1, 2, 3])
+    again = precond.Basis.cat([batch.rows([j]) for j in range(3)])
+    assert again.ranks == batch.ranks
+    for name in ("q", "eig", "overlap", "probes", "sketch"):
+        assert torch.equal(getattr(again, name), getattr(batch, name)), name

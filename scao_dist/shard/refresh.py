@@ -38,6 +38,7 @@ class Pending:
     idx: list[int]  # block positions inside their group (one batch)
     future: cf.Future | None = None
     result: list[Refresh] | None = None  # one batch, or more where some blocks failed
+    batch: int | None = None  # restored: the global index of the first block of its batch
     ready_event: Any = None  # CUDA: the snapshot is written (main stream)
     done_event: Any = None  # CUDA: the result is written (side stream)
 
@@ -139,8 +140,9 @@ class RefreshScheduler:
         for item in self.pending:
             grp = item.group
             for refresh in self._result(item):
+                first = grp.specs[refresh.idx[0]].index  # restored batches are rebuilt as they ran
                 for j, i in enumerate(refresh.idx):
-                    entry: dict[str, Any] = {"due": torch.tensor(item.due)}
+                    entry: dict[str, Any] = {"due": torch.tensor(item.due), "batch": torch.tensor(first)}
                     for side, basis in zip(grp.sides, refresh.bases):
                         if basis is not None:
                             entry[side.name] = _block_fields(basis, j, side.ranks[i])
@@ -148,13 +150,25 @@ class RefreshScheduler:
         return out
 
     def restore(self, grp: Any, i: int, entry: dict[str, Any]) -> None:
-        """A pending refresh from a checkpoint: its bases; the state they imply is recomputed at the swap."""
+        """A pending refresh from a checkpoint: its bases; the state they imply is recomputed at the swap.
+
+        Blocks restored in order that were one batch (same group, due step and ``batch``) become one
+        batch again, so the swap's products run with the shapes they had (bit-exact resumes on GPUs,
+        where a batched product's rounding may depend on the batch)."""
         bases = []
         for side in grp.sides:
             got = {k: v.unsqueeze(0) for k, v in entry.get(side.name, {}).items()}
             bases.append(Basis(ranks=[got["q"].shape[-1]], **got) if got else None)
+        due, key = int(entry["due"]), int(entry["batch"]) if "batch" in entry else None
+        for item in self.pending:
+            if key is not None and item.group is grp and item.due == due and item.batch == key and item.result:
+                old = item.result[0]
+                merged = [None if b is None else Basis.cat([b, n]) for b, n in zip(old.bases, bases)]
+                item.result[0] = Refresh([*old.idx, i], merged, [*old.steps, -1], None)
+                item.idx.append(i)
+                return
         result = [Refresh([i], bases, [-1], None)]
-        self.pending.append(Pending(due=int(entry["due"]), group=grp, idx=[i], result=result))
+        self.pending.append(Pending(due=due, group=grp, idx=[i], result=result, batch=key))
 
     def pending_bytes(self) -> dict[str, int]:
         total = sum(t.numel() * t.element_size() for item in self.pending if item.result for t in _tensors(item.result))
