@@ -349,6 +349,7 @@ class KronGroup(RefreshMixin, _Group):
         self.ready = [False] * self.B  # first basis built (SOAP's step 1 done)
         self.failure_log: list[str] = []  # reasons of bases not computed (old/identity kept), drained by SCAO
         self.phase = [0] * self.B  # refresh phase: refresh when (t + phase) % freq == 0
+        self.batch = [0] * self.B  # refresh batch (shard/plan.py): blocks due together refresh together
         self.bdt = torch.bfloat16 if cfg.q("bases") else torch.float32  # bases and sketches
         self.mom = Packed("m", "signed", cfg.q("m"))
         self.vp = Packed("v", "sqrt", cfg.q("v"))

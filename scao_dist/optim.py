@@ -285,6 +285,7 @@ class SCAO(torch.optim.Optimizer):
             grp = make_group(members, params, cfg, device)
             if isinstance(grp, KronGroup):
                 grp.phase = [self.plan.phase[s.index] for s in members]
+                grp.batch = [self.plan.batch[s.index] for s in members]
             for i, s in enumerate(members):
                 self._where[s.index] = (grp, i)
             if self._stacked_weights:
@@ -371,7 +372,11 @@ class SCAO(torch.optim.Optimizer):
         """Hand this step's due refreshes to the scheduler, one batch per group (with gradient
         release the blocks of a group are stepped param by param, from the hooks)."""
         for grp, hp, due in self._due.values():
-            self.refresher.submit(grp, sorted(due), hp, self._t + 1)
+            batches: dict[int, list[int]] = {}  # the plan's batches (blocks of two may share a phase)
+            for i in sorted(due):
+                batches.setdefault(grp.batch[i], []).append(i)
+            for idx in batches.values():
+                self.refresher.submit(grp, idx, hp, self._t + 1)
         self._due.clear()
 
     def count_basis_failure(self, reason: str) -> None:

@@ -54,6 +54,7 @@ import torch
 from torch import Tensor, nn
 
 from .optim import SCAO
+from .shard.plan import refresh_bytes
 from .state import memory_report
 
 GIB = 2**30
@@ -70,6 +71,18 @@ LADDER: tuple[dict[str, Any], ...] = (
     {"grad_release": True, "full_factor_dim": 256, "rank_max": 32},
 )
 """Candidate settings, best first (quality and speed), leanest last."""
+
+
+def _refresh_work(opt: SCAO) -> int:
+    """The largest estimated working set of one refresh batch of the plan
+    (``shard/plan.refresh_bytes``): it overlaps the step, so the plan adds it to the temporaries."""
+    per_batch: dict[int, int] = {}
+    for s in opt.specs:
+        if opt.plan.batch[s.index] >= 0:
+            cap = opt.param_groups[s.group]["rank_max"] or max(s.shape)
+            est = refresh_bytes(s, cap, opt.config.oversample)
+            per_batch[opt.plan.batch[s.index]] = per_batch.get(opt.plan.batch[s.index], 0) + est
+    return max(per_batch.values(), default=0)
 
 
 def _refresh_share(opt: SCAO) -> float:
@@ -107,11 +120,12 @@ class MemoryPlan:
     reserve: int = 0
     state_by_piece: dict[str, int] = field(default_factory=dict)
     pending: int = 0  # of ``state``: refreshes computed but not yet swapped in
+    refresh_work: int = 0  # the largest refresh batch's float64 working set (on the refresh worker)
 
     @property
     def total(self) -> int:
         """Everything but the reserve."""
-        return self.weights + self.grads + self.state + self.transient
+        return self.weights + self.grads + self.state + self.transient + self.refresh_work
 
     @property
     def fits(self) -> bool:
@@ -123,6 +137,7 @@ class MemoryPlan:
             ("gradients", self.grads),
             ("optimizer state (widest bases)", self.state),
             ("step temporaries", self.transient),
+            ("refresh batch working set", self.refresh_work),
             ("reserve (activations, slack)", self.reserve),
             ("total", self.total + self.reserve),
             ("budget", self.budget),
@@ -232,6 +247,7 @@ def plan_memory(
         reserve=int(reserve_gb * GIB),
         state_by_piece=dict(rep.bytes),
         pending=pending,
+        refresh_work=_refresh_work(opt),
     )
 
 

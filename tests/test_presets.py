@@ -143,13 +143,14 @@ def test_for_memory_budget_returns_a_configured_scao_that_trains():
 
 
 def test_fits_where_adamw_fp32_does_not():
-    """On a 43M GPT (meta device, no memory): a budget below AdamW's bytes still fits SCAO's plan."""
+    """On a 43M GPT (meta device, no memory): a budget well below AdamW's bytes still fits SCAO's plan
+    (0.75x: the plan counts the refresh batch's working set too, 0.05 GiB here)."""
     with torch.device("meta"):
         model = GPT(GPTConfig.small())
     adamw = adamw_fp32_bytes(model)
-    budget_gb = 0.6 * adamw / GIB
+    budget_gb = 0.75 * adamw / GIB
     plan = choose_settings(model.parameters(), budget_gb, reserve_gb=0)
-    assert plan.fits and plan.total < 0.6 * adamw
+    assert plan.fits and plan.total < 0.75 * adamw and plan.refresh_work > 0
     assert plan.state / plan.params < 4  # bytes/param of the state at its largest
 
 

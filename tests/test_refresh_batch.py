@@ -115,7 +115,7 @@ def test_blocks_of_one_shape_share_a_phase_and_phases_stay_balanced() -> None:
     specs = opt.specs
     kw = dict(rank_max=[256] * len(specs), precond_freq=[10] * len(specs), quantize=True, stagger=True)
     plan = make_plan(specs, 3, **kw)
-    batches = refresh_batches(specs, plan.cost, [10] * len(specs))
+    batches = refresh_batches(specs, plan.cost, [10] * len(specs), [256] * len(specs))
     kron = sorted(b for _, chunk in batches for b in chunk)
     assert kron == [b for b, s in enumerate(specs) if s.kind == "kron"]
     for _, chunk in batches:
@@ -182,3 +182,39 @@ def test_a_checkpoint_with_a_batch_pending_resumes_bit_exact(sides) -> None:
     train(fresh, fresh_opt, data[saved:])
     for a, b in zip(model.parameters(), fresh.parameters()):
         assert torch.equal(a, b)
+
+
+def test_refresh_batches_respect_the_working_set_cap(monkeypatch) -> None:
+    """A deep stack of one shape is cut into batches whose estimated working set fits the cap."""
+    from scao_dist.shard import plan as plan_mod
+
+    model = make_model(12)
+    specs = SCAO(model.parameters(), min_precond_dim=2).specs
+    kron = [b for b, s in enumerate(specs) if s.kind == "kron"]
+    per_block = plan_mod.refresh_bytes(specs[kron[0]], 256)
+    monkeypatch.setattr(plan_mod, "REFRESH_BATCH_BYTES", 2 * per_block)
+    cost = [1.0] * len(specs)
+    batches = refresh_batches(specs, cost, [1] * len(specs), [256] * len(specs))  # by cost alone: one batch
+    assert sorted(b for _, c in batches for b in c) == kron
+    assert max(len(c) for _, c in batches) == 2
+
+
+def test_batches_that_share_a_phase_are_submitted_apart(monkeypatch) -> None:
+    """Blocks of one group due at the same step but in different batches of the plan (here: every
+    phase 0, and a working-set cap of two blocks) refresh as separate batches."""
+    from scao_dist.shard import plan as plan_mod
+
+    spec = SCAO(make_model(1).parameters(), min_precond_dim=2).specs[0]
+    monkeypatch.setattr(plan_mod, "REFRESH_BATCH_BYTES", 2 * plan_mod.refresh_bytes(spec, 128))
+    submit, sizes = RefreshScheduler.submit, []
+
+    def spy(self, grp, idx, hp, step):
+        sizes.append(list(idx))
+        submit(self, grp, idx, hp, step)
+
+    monkeypatch.setattr(RefreshScheduler, "submit", spy)
+    model = make_model(4)
+    opt = SCAO(model.parameters(), lr=1e-2, min_precond_dim=2, precond_freq=3, stagger_refresh=False)
+    train(model, opt, global_batches(8))
+    assert sizes and all(len(b) == 2 for b in sizes)
+    assert {tuple(b) for b in sizes} == {(0, 1), (2, 3)}

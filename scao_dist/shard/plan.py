@@ -37,6 +37,7 @@ class Plan:
     phase: list[int]  # block index -> refresh phase in [0, precond_freq)
     cost: list[float] = field(default_factory=list)
     nbytes: list[int] = field(default_factory=list)
+    batch: list[int] = field(default_factory=list)  # block index -> refresh batch (-1: not a Kronecker block)
 
     def owned(self, rank: int) -> list[int]:
         return [b for b, r in enumerate(self.owner) if r == rank]
@@ -103,33 +104,50 @@ def make_plan(
         r = min(range(world_size), key=lambda r: (load[r], r))
         owner[b] = r
         load[r] += cost[b]
-    phase = [0] * len(specs)
-    if stagger:  # over all blocks, not per rank: the schedule must not depend on the world size
-        per_phase: dict[int, list[float]] = {}
-        for f, chunk in refresh_batches(specs, cost, precond_freq):
-            loads = per_phase.setdefault(f, [0.0] * f)
-            ph = min(range(f), key=lambda p: (loads[p], p))
-            for b in chunk:
+    phase, batch = [0] * len(specs), [-1] * len(specs)
+    per_phase: dict[int, list[float]] = {}
+    for k, (f, chunk) in enumerate(refresh_batches(specs, cost, precond_freq, rank_max)):
+        loads = per_phase.setdefault(f, [0.0] * f)
+        ph = min(range(f), key=lambda p: (loads[p], p))
+        for b in chunk:
+            batch[b] = k
+            if stagger:  # over all blocks, not per rank: the schedule must not depend on the world size
                 phase[b] = ph
-            loads[ph] += sum(cost[b] for b in chunk)
-    return Plan(world_size, owner, phase, cost, nbytes)
+        loads[ph] += sum(cost[b] for b in chunk)
+    return Plan(world_size, owner, phase, cost, nbytes, batch)
 
 
 BATCH_SHARES = 3.0
 """A refresh batch holds at most this many phases' worth of work (``cost / precond_freq`` each):
 batches amortise a refresh's launches and host syncs over their blocks (on a 43M GPT its work
 is launch-bound), while the cap keeps one step's refresh load within a small multiple of the mean."""
+REFRESH_BATCH_BYTES = 512 * 2**20
+"""And at most this estimated working set (:func:`refresh_bytes`), so a deep model's batch of
+same-shaped blocks does not take a large transient from the device (a 16 GB card's plan counts it)."""
+
+
+def refresh_bytes(spec: BlockSpec, rank_max: int, oversample: int = 16) -> int:
+    """Estimated transient bytes of one block's refresh: about six float64 copies of each side's
+    sketch (d x (k + p)) or dense factor (d x d)."""
+    elems = 0
+    for d, mode in zip(spec.shape, (spec.left, spec.right)):
+        if mode == "dense":
+            elems += d * d
+        elif mode == "stream":
+            elems += d * (min(d, rank_max) + oversample)
+    return 6 * 8 * elems
 
 
 def refresh_batches(
-    specs: Sequence[BlockSpec], cost: Sequence[float], precond_freq: Sequence[int]
+    specs: Sequence[BlockSpec], cost: Sequence[float], precond_freq: Sequence[int], rank_max: Sequence[int]
 ) -> list[tuple[int, list[int]]]:
     """The Kronecker blocks grouped into refresh batches that share one phase, largest first.
 
     Blocks of one shape and kind (one :attr:`BlockSpec.key`, so one stacked group on each rank) are
-    split into the fewest contiguous runs whose cost stays under ``BATCH_SHARES`` phases' worth;
-    all blocks of a run refresh at the same step, so each rank computes its share of the run as
-    one batch. Returns ``(precond_freq, block indices)`` per batch, in LPT order.
+    split into the fewest contiguous runs whose cost stays under ``BATCH_SHARES`` phases' worth and
+    whose working set stays under ``REFRESH_BATCH_BYTES``; all blocks of a run refresh at the same
+    step, so each rank computes its share of the run as one batch. Returns ``(precond_freq, block
+    indices)`` per batch, in LPT order.
     """
     by_key: dict[tuple, list[int]] = {}
     for b, s in enumerate(specs):
@@ -142,6 +160,8 @@ def refresh_batches(
     for (_, f), blocks in by_key.items():
         cap = BATCH_SHARES * totals[f] / f
         n = min(len(blocks), max(1, math.ceil(sum(cost[b] for b in blocks) / max(cap, 1e-30))))
+        fit = max(1, REFRESH_BATCH_BYTES // max(refresh_bytes(specs[blocks[0]], rank_max[blocks[0]]), 1))
+        n = max(n, math.ceil(len(blocks) / fit))
         size = math.ceil(len(blocks) / n)
         batches += [(f, blocks[i : i + size]) for i in range(0, len(blocks), size)]
     return sorted(batches, key=lambda fb: (-sum(cost[b] for b in fb[1]), fb[1][0]))
