@@ -20,6 +20,18 @@ STREAM = dict(full_factor_dim=16, rank_max=8, oversample=4)  # 24-wide sides: Ny
 DENSE: dict = {}
 
 
+def _record_submits(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """The blocks of every batch the scheduler is given from now on (a list filled as it runs)."""
+    submit, seen = RefreshScheduler.submit, []
+
+    def spy(self, grp, idx, hp, step):
+        seen.append(list(idx))
+        submit(self, grp, idx, hp, step)
+
+    monkeypatch.setattr(RefreshScheduler, "submit", spy)
+    return seen
+
+
 def _one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """The twin: the scheduler refreshes each due block on its own."""
     submit = RefreshScheduler.submit
@@ -133,13 +145,8 @@ def test_gradient_release_refreshes_in_the_same_batches(monkeypatch) -> None:
     submit = RefreshScheduler.submit
 
     def run(release: bool) -> tuple[list[list[int]], list[torch.Tensor]]:
-        sizes: list[list[int]] = []
-
-        def spy(self, grp, idx, hp, step):
-            sizes.append(list(idx))
-            submit(self, grp, idx, hp, step)
-
-        monkeypatch.setattr(RefreshScheduler, "submit", spy)
+        monkeypatch.setattr(RefreshScheduler, "submit", submit)
+        sizes = _record_submits(monkeypatch)
         model = make_model(4)
         opt = SCAO(model.parameters(), lr=1e-2, min_precond_dim=2, precond_freq=3, grad_release=release)
         train(model, opt, global_batches(10))
@@ -206,13 +213,7 @@ def test_batches_that_share_a_phase_are_submitted_apart(monkeypatch) -> None:
 
     spec = SCAO(make_model(1).parameters(), min_precond_dim=2).specs[0]
     monkeypatch.setattr(plan_mod, "REFRESH_BATCH_BYTES", 2 * plan_mod.refresh_bytes(spec, 128))
-    submit, sizes = RefreshScheduler.submit, []
-
-    def spy(self, grp, idx, hp, step):
-        sizes.append(list(idx))
-        submit(self, grp, idx, hp, step)
-
-    monkeypatch.setattr(RefreshScheduler, "submit", spy)
+    sizes = _record_submits(monkeypatch)
     model = make_model(4)
     opt = SCAO(model.parameters(), lr=1e-2, min_precond_dim=2, precond_freq=3, stagger_refresh=False)
     train(model, opt, global_batches(8))
