@@ -467,7 +467,7 @@ class KronGroup(RefreshMixin, _Group):
         if any(trunc):
             mask = self._device_list(tuple(trunc), torch.bool)
             ginv = [self._gram_inverses(side, idx, q) for side, q in zip(self.sides, (ql, qr))]
-            uf = self._with_complement(s, gf, mf, u_rot, g_rot, m_rot, ql, qr, hp, bc1, bc2, mask, ginv)
+            uf = self._with_complement(s, gf, mf, u_rot, g_rot, m_rot, ql, qr, hp, bc1, bc2, mask, ginv, all(trunc))
         else:
             uf = self.unrotate(u_rot, ql, qr)
         uf = self._graft(s, uf, mf, hp, bc1, bc2)
@@ -562,11 +562,13 @@ class KronGroup(RefreshMixin, _Group):
         bc2: Tensor | float,
         mask: Tensor,
         ginv: Sequence[Tensor | None] = (None, None),
+        every: bool = False,
     ) -> Tensor:
         """``Q_L U' Q_R^T`` plus Adam on what a truncated basis misses, with a factored second moment.
 
         ``mask`` (b,) selects the truncated blocks: the others' complement is empty and their
-        state and update stay untouched (so a block's math never depends on its group).
+        state and update stay untouched (so a block's math never depends on its group); ``every``
+        says (from the host) that it selects them all.
 
         The residual uses the exact projector ``Q (Q^T Q)^-1 Q^T``: bases are stored in bf16, so
         ``Q^T Q = I + E`` with ``|E| ~ 2^-9``, and ``G - Q Q^T G Q_R Q_R^T`` would leave a
@@ -584,9 +586,11 @@ class KronGroup(RefreshMixin, _Group):
         u = back[0]
         row_ss, col_ss = _sums_of_squares(torch.sub(g, back[1], out=back[1]))  # the residual G - back_G
         b2 = hp.beta2
-        mcol = mask[:, None]
-        s["res_row"].copy_(torch.where(mcol, s["res_row"] * b2 + row_ss * ((1 - b2) / self.n_dim), s["res_row"]))
-        s["res_col"].copy_(torch.where(mcol, s["res_col"] * b2 + col_ss * ((1 - b2) / self.m_dim), s["res_col"]))
+        for key, ss, dim in (("res_row", row_ss, self.n_dim), ("res_col", col_ss, self.m_dim)):
+            if every:  # 3 launches instead of 5, with the same roundings as the masked form
+                s[key].mul_(b2).add_(ss * ((1 - b2) / dim))
+            else:
+                s[key].copy_(torch.where(mask[:, None], s[key] * b2 + ss * ((1 - b2) / dim), s[key]))
         # u += mask (M - back_M)/bc1 / (sqrt(max(r_i c_j / mean(r), floor) / bc2) + eps), one fused pass
         # (the floor is kernels.reference.RES_FLOOR^2 times the mean squared gradient; back[2] is consumed)
         return kernels.complement_add_(u, back[2], m, s["res_row"], s["res_col"], s["g_row"], mask, bc1, bc2, hp.eps)

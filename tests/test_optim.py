@@ -494,3 +494,29 @@ def test_7b_shaped_layer_factors_and_bases_fit_half_a_byte():
     pieces = plan.state_by_piece
     assert (pieces["factors"] + pieces["bases"]) / plan.params <= 0.5, pieces
     assert sum(pieces.values()) / plan.params <= 4.0, pieces
+
+
+def test_the_unmasked_residual_update_equals_the_masked_one(monkeypatch):
+    """When every block of a group is truncated the residual statistics skip the mask (fewer
+    launches); the weights must come out with the same bits as through the masked form."""
+    from scao_dist.groups import KronGroup
+
+    original, taken = KronGroup._with_complement, []
+
+    def run():
+        model = _mlp(d=20)
+        opt = SCAO(model.parameters(), lr=1e-2, min_precond_dim=2, full_factor_dim=8, rank_max=4, rank_min=2)
+        _train(model, opt, 12, _batches(d=20))
+        return list(model.parameters())
+
+    def spy(self, *args):
+        taken.append(args[-1])  # ``every``: the unmasked path
+        return original(self, *args)
+
+    monkeypatch.setattr(KronGroup, "_with_complement", spy)
+    fast = run()
+    monkeypatch.setattr(KronGroup, "_with_complement", lambda self, *a: original(self, *a[:-1], False))
+    masked = run()
+    assert any(taken)
+    for a, b in zip(fast, masked):
+        assert torch.equal(a, b)
