@@ -137,7 +137,11 @@ def to_device(values: Tensor | list, device: torch.device, dtype: torch.dtype | 
     t = values if isinstance(values, Tensor) else torch.tensor(values, dtype=dtype)
     if device.type != "cuda":
         return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
+    try:
+        t = t.pin_memory()
+    except RuntimeError:  # no pinned memory to be had: a synchronous copy, still correct
+        return t.to(device)
+    return t.to(device, non_blocking=True)
 
 
 def to_host(t: Tensor) -> Tensor:
