@@ -42,15 +42,10 @@ class Refresh:
     failures: list[str] = field(default_factory=list)  # why a side kept its old basis
 
 
-def _rank_mask(ranks: Sequence[int], width: int, device: torch.device) -> Tensor:
-    """``(b, width)`` bool: column ``c`` of block ``j`` is inside its rank ``ranks[j]``."""
-    return torch.arange(width, device=device) < precond.to_device(list(ranks), device)[:, None]
-
-
 def _inside_ranks(v: Tensor, rows: Sequence[int], cols: Sequence[int]) -> Tensor:
     """``v`` (b, r, c) with block ``j``'s entries outside ``rows[j] x cols[j]`` zeroed."""
     r, c = v.shape[-2:]
-    return v * (_rank_mask(rows, r, v.device)[:, :, None] & _rank_mask(cols, c, v.device)[:, None, :])
+    return v * (precond.rank_mask(rows, r, v.device)[:, :, None] & precond.rank_mask(cols, c, v.device)[:, None, :])
 
 
 def _snap_rows(snap: Any, sel: list[int]) -> Any:
@@ -79,7 +74,7 @@ def _snap_rows(snap: Any, sel: list[int]) -> Any:
 
 class RefreshMixin:
     """Refresh methods of :class:`~scao_dist.groups.KronGroup` (which holds ``t``, ``sides``, ``specs``,
-    ``steps``, ``mom``, ``vp``, ``cfg``, ``bdt``, ``m_dim``, ``n_dim`` and ``_basis_changed``)."""
+    ``steps``, ``mom``, ``vp``, ``cfg``, ``bdt``, ``m_dim``, ``n_dim``, ``put_back`` and ``_basis_changed``)."""
 
     t: dict[str, Tensor]
 
@@ -250,8 +245,7 @@ class RefreshMixin:
                 pairs.append((f"{n}.q", q))
             else:
                 pairs.append((f"{n}.qh", torch.cat([q, basis.probes.to(self.bdt)], dim=-1)))
-                sk = torch.cat([pad_last(basis.sketch[..., :k], side.K), basis.sketch[..., k:]], dim=-1)
-                pairs.append((f"{n}.sketch", sk.to(self.bdt)))
+                pairs.append((f"{n}.sketch", precond.widen_head(basis.sketch, k, side.K).to(self.bdt)))
             pairs.append((f"{n}.eig", pad_last(basis.eig, side.K)))
             for j, i in enumerate(idx):
                 side.ranks[i] = basis.ranks[j]
@@ -265,10 +259,8 @@ class RefreshMixin:
         if is_run(idx):
             a, b = idx[0], idx[0] + len(idx)
             torch._foreach_copy_([self.t[key][a:b] for key, _ in pairs], [val for _, val in pairs])
-            return
-        ix = torch.tensor(list(idx), device=self.device)
-        for key, val in pairs:
-            self.t[key].index_copy_(0, ix, val.to(self.t[key].dtype))
+        else:
+            self.put_back(idx, {key: val.to(self.t[key].dtype) for key, val in pairs}, whole=False)
 
     def _grow(self, side: Side, k: int) -> None:
         """Widen a side's allocated basis to ``k`` columns (zero columns: no effect on any block)."""
@@ -277,8 +269,7 @@ class RefreshMixin:
             self.t[f"{n}.q"] = pad_last(self.t[f"{n}.q"], k)
         else:
             for key in (f"{n}.qh", f"{n}.sketch"):
-                t = self.t[key]
-                self.t[key] = torch.cat([pad_last(t[..., :old], k), t[..., old:]], dim=-1)
+                self.t[key] = precond.widen_head(self.t[key], old, k)
         self.t[f"{n}.eig"] = pad_last(self.t[f"{n}.eig"], k)
         kl, kr = (s.K for s in self.sides)
         self.vp.pad(self.t, (k, kr) if n == "L" else (kl, k))

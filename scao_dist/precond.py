@@ -115,9 +115,7 @@ class Basis:
             overlap = torch.cat([torch.nn.functional.pad(b.overlap, p) for b, p in zip(parts, pad)])
         sketch = None
         if parts[0].sketch is not None:
-            cols = [b.q.shape[-1] for b in parts]
-            heads = [torch.nn.functional.pad(b.sketch[..., :c], (0, k - c)) for b, c in zip(parts, cols)]
-            sketch = torch.cat([torch.cat([h, b.sketch[..., c:]], dim=-1) for h, b, c in zip(heads, parts, cols)])
+            sketch = torch.cat([widen_head(b.sketch, b.q.shape[-1], k) for b in parts])
         return Basis(
             q=cat("q", widen=True),
             eig=cat("eig", widen=True),
@@ -142,6 +140,19 @@ def to_device(values: Tensor | list, device: torch.device, dtype: torch.dtype | 
     except RuntimeError:  # no pinned memory to be had: a synchronous copy, still correct
         return t.to(device)
     return t.to(device, non_blocking=True)
+
+
+def widen_head(x: Tensor, k: int, width: int) -> Tensor:
+    """``x`` laid out ``[k basis columns | probes]`` with the basis part zero-padded to ``width``
+    columns (the stored layout of a stream side's ``qh`` and sketch, whose width is the group's)."""
+    if k >= width:
+        return x
+    return torch.cat([torch.nn.functional.pad(x[..., :k], (0, width - k)), x[..., k:]], dim=-1)
+
+
+def rank_mask(ranks: list[int], width: int, device: torch.device) -> Tensor:
+    """``(b, width)`` bool: column ``c`` of block ``j`` is inside its rank ``ranks[j]``."""
+    return torch.arange(width, device=device) < to_device(list(ranks), device)[:, None]
 
 
 def to_host(t: Tensor) -> Tensor:
@@ -437,7 +448,7 @@ def refresh_stream(
         ks.append(k)
         rhos.append(max(total - float(eig[:k].sum()), 0.0) / max(d - k, 1) if reasons[j] is None else 0.0)
     kmax = max(ks)
-    live = torch.arange(kmax, device=u.device) < to_device(ks, u.device)[:, None]  # (b, kmax)
+    live = rank_mask(ks, kmax, u.device)  # (b, kmax)
     qn = torch.where(live[:, None, :], u[..., :kmax], 0.0).nan_to_num(0.0, 0.0, 0.0)
     lam = torch.where(live, vals[:, :kmax], 0.0).nan_to_num(0.0, 0.0, 0.0)
     probes = complement_probes(qn, oversample, seeds)

@@ -54,7 +54,7 @@ import torch
 from torch import Tensor, nn
 
 from .optim import SCAO
-from .shard.plan import refresh_bytes
+from .shard.plan import basis_elems, refresh_bytes
 from .state import memory_report
 
 GIB = 2**30
@@ -94,9 +94,7 @@ def _refresh_share(opt: SCAO) -> float:
     for s in opt.specs:
         if s.kind != "kron":
             continue
-        cap = opt.param_groups[s.group]["rank_max"] or max(s.shape)
-        elems = sum(d * (d if mode == "dense" else min(d, cap)) for d, mode in zip(s.shape, (s.left, s.right))
-                    if mode != "none")  # fmt: skip
+        elems = basis_elems(s, opt.param_groups[s.group]["rank_max"] or max(s.shape))
         per_phase[opt.plan.phase[s.index]] = per_phase.get(opt.plan.phase[s.index], 0.0) + elems
     total = sum(per_phase.values())
     return min(1.0, 2.0 * max(per_phase.values()) / total) if total else 0.0

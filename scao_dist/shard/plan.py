@@ -126,16 +126,22 @@ REFRESH_BATCH_BYTES = 512 * 2**20
 same-shaped blocks does not take a large transient from the device (a 16 GB card's plan counts it)."""
 
 
-def refresh_bytes(spec: BlockSpec, rank_max: int, oversample: int = 16) -> int:
-    """Estimated transient bytes of one block's refresh: about six float64 copies of each side's
-    sketch (d x (k + p)) or dense factor (d x d)."""
+def basis_elems(spec: BlockSpec, rank_max: int, oversample: int = 0) -> int:
+    """Elements of a block's widest bases: d x d per dense side, d x (min(d, rank_max) + oversample)
+    per stream side (``oversample``: the probes, when they count)."""
     elems = 0
     for d, mode in zip(spec.shape, (spec.left, spec.right)):
         if mode == "dense":
             elems += d * d
         elif mode == "stream":
             elems += d * (min(d, rank_max) + oversample)
-    return 6 * 8 * elems
+    return elems
+
+
+def refresh_bytes(spec: BlockSpec, rank_max: int, oversample: int = 16) -> int:
+    """Estimated transient bytes of one block's refresh: about six float64 copies of each side's
+    sketch (d x (k + p)) or dense factor (d x d)."""
+    return 6 * 8 * basis_elems(spec, rank_max, oversample)
 
 
 def refresh_batches(

@@ -181,21 +181,13 @@ class RefreshScheduler:
 
 
 def _block_fields(basis: Basis, j: int, k_old: int) -> dict[str, Tensor]:
-    """Block ``j`` of a batched basis, trimmed to its own rank (and its overlap to its old rank)."""
-    k, width = basis.ranks[j], basis.q.shape[-1]
-    trim = {"q": (slice(None), slice(0, k)), "eig": (slice(0, k),), "overlap": (slice(0, k), slice(0, k_old))}
-    out = {}
-    for f in fields(Basis):
-        t = getattr(basis, f.name)
-        if not isinstance(t, Tensor):
-            continue
-        t = t[j]
-        if f.name == "sketch":
-            t = torch.cat([t[:, :k], t[:, width:]], dim=1)
-        elif f.name in trim:
-            t = t[trim[f.name]]
-        out[f.name] = t.clone()
-    return out
+    """Block ``j`` of a batched basis, trimmed to its own rank (:meth:`Basis.rows`) and its overlap to
+    its old rank, without the batch dim."""
+    one = basis.rows([j])
+    out = {f.name: t[0] for f in fields(Basis) if isinstance(t := getattr(one, f.name), Tensor)}
+    if "overlap" in out:
+        out["overlap"] = out["overlap"][:, :k_old]
+    return {name: t.clone() for name, t in out.items()}  # compact: a checkpoint stores whole storages
 
 
 def _tensors(obj: Any) -> list[Tensor]:
