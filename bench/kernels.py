@@ -39,7 +39,8 @@ READS = {
     "apply_update_": ("w", "rho", "u"),
     "factor_ema_corr_": ("codes", "diag", "outer"),
     "adamw_": ("w", "rho", "g", "m_codes", "m_scales", "v_codes", "v_scales"),
-    "complement_add_": ("u", "back_m", "m"),  # + O(m + n) per block (row, col, g_row): not counted
+    "residual_sumsq": ("g", "x", "y"),  # + the per-tile partial sums (1/64 of g): not counted
+    "complement_update": ("m", "xu", "yu", "xm", "ym"),  # + O(m + n) per block (row, col, g_row): not counted
 }
 WRITES = {
     "ema_signed_": ("codes", "scales", "returned"),
@@ -47,7 +48,8 @@ WRITES = {
     "apply_update_": ("w", "rho"),
     "factor_ema_corr_": ("codes", "diag"),
     "adamw_": ("w", "rho", "m_codes", "m_scales", "v_codes", "v_scales"),
-    "complement_add_": ("u",),
+    "residual_sumsq": (),
+    "complement_update": ("returned",),
 }
 
 
@@ -71,7 +73,10 @@ def shapes(dry: bool, mb: float) -> list[tuple[str, str, dict[str, Any]]]:
     brackets): moments on (B, 768, 3072) blocks [10.1 / 14.1], apply on the same [10 / 12 / 12],
     factors (B, 768, 768) and (B, 2048, 2048) [6: int8 codes read and written, fp32 outer read; the
     fp32 diagonal, read and written, adds 8/d], the 1-D AdamW path as B rows of 768 (many small params) [14.3],
-    the complement tail on (B, 3072, 768) and (B, 4096, 2048) fp32 blocks [16: u, back_m, m read, u written].
+    the low-rank kernels on (B, 3072, 768) blocks with rank 128 (the 43M GPT's MLP) and (B, 2048, 8192)
+    with rank 144 (the 405M GPT's; ``residual_sumsq`` [4: G read], ``complement_update`` [8: M read, U
+    written]; the factors add (m + n) k x 4 per block). Their products run in TF32, as the training
+    benchmarks set torch's fp32 matmuls to.
     """
     if dry:
         return [
@@ -81,7 +86,8 @@ def shapes(dry: bool, mb: float) -> list[tuple[str, str, dict[str, Any]]]:
             ("apply_update_", "fp32", dict(shape=(2, 5, 70), wdtype="fp32", bits=0)),
             ("factor_ema_corr_", "d=24", dict(batch=2, d=24)),
             ("adamw_", "bf16+int8", dict(shape=(9, 40), wdtype="bf16", bits=8)),
-            ("complement_add_", "bc per block", dict(shape=(3, 5, 70), bc="tensor")),
+            ("residual_sumsq", "k=7", dict(shape=(3, 5, 70), k=7)),
+            ("complement_update", "k=7 bc per block", dict(shape=(3, 5, 70), k=7, bc="tensor")),
         ]
     blk = 768 * 3072
     per = mb * 1e6
@@ -100,8 +106,14 @@ def shapes(dry: bool, mb: float) -> list[tuple[str, str, dict[str, Any]]]:
         ("factor_ema_corr_", "(B,2048,2048)", dict(batch=b(6, 2048 * 2048), d=2048)),
         ("adamw_", "bf16+int8 (B,768)", dict(shape=(b(14.25, 768), 768), wdtype="bf16", bits=8)),
         ("adamw_", "fp32 (B,768)", dict(shape=(b(16.25, 768), 768), wdtype="fp32", bits=0)),
-        ("complement_add_", "(B,3072,768)", dict(shape=(b(16, blk), 3072, 768))),
-        ("complement_add_", "(B,4096,2048) bc per block", dict(shape=(b(16, 4096 * 2048), 4096, 2048), bc="tensor")),
+        ("residual_sumsq", "(B,3072,768) k=128", dict(shape=(b(4, blk), 3072, 768), k=128)),
+        ("residual_sumsq", "(B,2048,8192) k=144", dict(shape=(b(4, 2048 * 8192), 2048, 8192), k=144)),
+        ("complement_update", "(B,3072,768) k=128", dict(shape=(b(8, blk), 3072, 768), k=128)),
+        (
+            "complement_update",
+            "(B,2048,8192) k=144 bc per block",
+            dict(shape=(b(8, 2048 * 8192), 2048, 8192), k=144, bc="tensor"),
+        ),
     ]
 
 
@@ -123,16 +135,21 @@ def make_operands(kernel: str, spec: dict[str, Any], device: Any) -> dict[str, A
         seed = torch.arange(B, device=device, dtype=torch.int64)
         return dict(codes=codes, diag=diag, outer=outer, beta=0.95, seed=seed)
     shape = spec["shape"]
-    if kernel == "complement_add_":  # all blocks truncated; residual mean squares of a 1e-3 gradient
+    if kernel in ("residual_sumsq", "complement_update"):  # all blocks truncated, a 1e-3 gradient
         B, M, N = shape
+        k = spec["k"]
+        x, y = rnd(B, M, k) * 30, rnd(B, N, k) * 30
+        if kernel == "residual_sumsq":
+            return dict(g=rnd(*shape), x=x, y=y)
         bc1: Any = 0.5
         bc2: Any = 0.3
         if spec.get("bc") == "tensor":
             bc1 = 0.5 + torch.rand(B, 1, 1, device=device)
             bc2 = 0.1 + torch.rand(B, 1, 1, device=device)
-        return dict(u=rnd(*shape), back_m=rnd(*shape), m=rnd(*shape), row=rnd(B, M).square(), col=rnd(B, N).square(),
-                    g_row=rnd(B, M).square(), mask=torch.ones(B, dtype=torch.bool, device=device),
-                    bc1=bc1, bc2=bc2, eps=1e-8)  # fmt: skip
+        mask = torch.ones(B, dtype=torch.bool, device=device)
+        row, col, g_row = rnd(B, M).square(), rnd(B, N).square(), rnd(B, M).square()
+        return dict(m=rnd(*shape), xu=x, yu=y, xm=rnd(B, M, k) * 30, ym=y, row=row, col=col, g_row=g_row,
+                    mask=mask, bc1=bc1, bc2=bc2, eps=1e-8)  # fmt: skip
     if kernel == "ema_signed_":
         codes, scales = quant.encode_signed(rnd(*shape))
         return dict(codes=codes, scales=scales, x=rnd(*shape), beta=0.9)
@@ -161,7 +178,7 @@ def moved_bytes(kernel: str, ops: dict[str, Any]) -> int:
 
     def nb(name: str) -> int:
         if name == "returned":
-            src = ops["x"] if kernel == "ema_signed_" else ops["g"]
+            src = ops["x"] if kernel == "ema_signed_" else ops["m"] if kernel == "complement_update" else ops["g"]
             return src.numel() * 4
         t = ops.get(name)
         return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
@@ -214,11 +231,11 @@ def sweep_configs(kernel: str) -> list[dict[str, Any]]:
         return [{"adamw.BG": bg, "num_warps": w} for bg in (16, 32, 64) for w in (2, 4, 8)]
     if kernel == "apply_update_":
         return [{"apply.BLOCK": bl, "num_warps": w} for bl in (1024, 2048, 4096) for w in (4, 8)]
-    if kernel == "complement_add_":
+    if kernel in ("residual_sumsq", "complement_update"):
         return [
-            {"complement.MAX_BN": bn, "complement.TILE": t, "num_warps": w}
-            for bn in (128, 256, 512)
-            for t in (2048, 4096, 8192)
+            {"lowrank.BM": bm, "lowrank.BN": bn, "lowrank.BK": bk, "num_warps": w}
+            for bm, bn in ((64, 64), (64, 128), (128, 64), (128, 128))
+            for bk in (16, 32, 64)
             for w in (4, 8)
         ]
     return [
@@ -230,9 +247,9 @@ def sweep_configs(kernel: str) -> list[dict[str, Any]]:
 
 
 def with_config(cfg: dict[str, Any], fn: Callable[[], float]) -> float:
-    from scao_dist.kernels import adamw, apply, common, complement, factor, moments
+    from scao_dist.kernels import adamw, apply, common, factor, lowrank, moments
 
-    mods = {"moments": moments, "adamw": adamw, "apply": apply, "factor": factor, "complement": complement}
+    mods = {"moments": moments, "adamw": adamw, "apply": apply, "factor": factor, "lowrank": lowrank}
     saved = {k: getattr(mods[k.split(".")[0]], k.split(".")[1]) for k in cfg if "." in k}
     warps = common.LAUNCH["num_warps"]
     try:
@@ -262,7 +279,12 @@ def verify_on(device: Any, dry: bool) -> dict[str, Any]:
             "apply_update_": [verify.case_apply((3, 33), m, gen, device) for m in ("state", "overwrite")],
             "factor_ema_corr_": [verify.case_factor((2,), 19, m, gen, device) for m in ("state", "overwrite")],
             "adamw_": [verify.case_adamw((3, 33), m, gen, device) for m in ("state", "overwrite")],
-            "complement_add_": [verify.case_complement((3, 5, 33), m, gen, device) for m in ("state", "poison")],
+            "residual_sumsq": [
+                verify.case_residual((3, 5, 33, k), m, gen, device) for m, k in (("exact", 40), ("dense", 7))
+            ],
+            "complement_update": [
+                verify.case_complement_update((3, 5, 33), m, gen, device) for m in ("exact", "dense")
+            ],
         }
     else:
         cases = verify.small_cases(gen, device)
@@ -274,9 +296,13 @@ def verify_on(device: Any, dry: bool) -> dict[str, Any]:
             cases["factor_ema_corr_"].append(verify.case_factor((3,), 1024, mode, gen, device))
             cases["factor_ema_corr_"].append(verify.case_factor((1,), 2055, mode, gen, device))  # ragged tiles
             cases["adamw_"].append(verify.case_adamw((3001, 767), mode, gen, device, bc=("tensor", "tensor")))
-        for mode, bc in (("state", ("tensor", "tensor")), ("poison", ("float", "float"))):
-            cases["complement_add_"].append(verify.case_complement((3, 301, 1001), mode, gen, device, bc=bc))
-            cases["complement_add_"].append(verify.case_complement((2, 3072, 768), mode, gen, device, bc=bc))
+        for mode, bc in (("exact", ("tensor", "tensor")), ("dense", ("float", "float"))):
+            cases["complement_update"].append(verify.case_complement_update((3, 301, 1001), mode, gen, device, bc=bc))
+            cases["complement_update"].append(
+                verify.case_complement_update((2, 3072, 768), mode, gen, device, bc=bc, k=(128, 144))
+            )
+            cases["residual_sumsq"].append(verify.case_residual((3, 301, 1001, 40), mode, gen, device))
+            cases["residual_sumsq"].append(verify.case_residual((2, 3072, 768, 144), mode, gen, device))
         cases["factor_ema_corr_"].append(verify.case_factor((3,), 777, "boundary", gen, device))
     t0 = time.perf_counter()
     res = verify.run_cases(cases, triton_ops, log=lambda s: print(f"  verify {s}", flush=True))
@@ -326,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         device = torch.device("cuda")
         name = torch.cuda.get_device_name()
+        torch.backends.cuda.matmul.allow_tf32 = True  # as the training benchmarks: the low-rank products in TF32
     print(f"# bench.kernels on {name} (torch {torch.__version__}, triton {triton.__version__})", flush=True)
 
     print("verifying kernels against their twins ...", flush=True)
@@ -344,7 +371,6 @@ def main(argv: list[str] | None = None) -> int:
         shp = spec.get("shape", (spec.get("batch"), spec.get("d"), spec.get("d")))
         k_fn = rotating(getattr(triton_ops, kernel), sets)
         ms = timer(k_fn)
-        # (complement_add_'s twin overwrites back_m: its later calls see other values, at the same cost)
         twin_ms = timer(rotating(getattr(reference, kernel), sets))
         row = {
             "kernel": kernel,

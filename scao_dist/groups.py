@@ -456,18 +456,22 @@ class KronGroup(RefreshMixin, _Group):
 
         b2 = hp.beta2
         sumsq = None
+        trunc = self.truncated(idx)
+        factors = None
+        if any(trunc):  # the update and the projections of G_F and M as low-rank products X Y^T
+            ginv = [self._gram_inverses(side, idx, q) for side, q in zip(self.sides, (ql, qr))]
+            factors = self._complement_factors(u_rot, g_rot, m_rot, ql, qr, ginv)
+        if factors is not None or self.cfg.graft == "norm" or any(side.mode == "stream" for side in self.sides):
+            # row/column sums of squares of G_F (and of the residual G_F - Q_L C_G Q_R^T), one read of G_F
+            row_ss, col_ss, res_rows, res_cols = kernels.residual_sumsq(gf, *(factors["g"] if factors else ()))
         if self.cfg.graft == "norm" or any(side.mode == "stream" for side in self.sides):
-            # row/column mean squares of G_F (the norm graft, the complement's floor) and ||G_F||^2
-            # (stream traces), from two reductions that read G_F once each and write no temporary
-            row_ss, col_ss = _sums_of_squares(gf)
+            # row/column mean squares of G_F (the norm graft, the complement's floor) and ||G_F||^2 (stream traces)
             s["g_row"].mul_(b2).add_(row_ss, alpha=(1 - b2) / self.n_dim)
             s["g_col"].mul_(b2).add_(col_ss, alpha=(1 - b2) / self.m_dim)
             sumsq = row_ss.sum(-1)
-        trunc = self.truncated(idx)
-        if any(trunc):
+        if factors is not None:
             mask = self._device_list(tuple(trunc), torch.bool)
-            ginv = [self._gram_inverses(side, idx, q) for side, q in zip(self.sides, (ql, qr))]
-            uf = self._with_complement(s, gf, mf, u_rot, g_rot, m_rot, ql, qr, hp, bc1, bc2, mask, ginv, all(trunc))
+            uf = self._with_complement(s, mf, factors, res_rows, res_cols, hp, bc1, bc2, mask, all(trunc))
         else:
             uf = self.unrotate(u_rot, ql, qr)
         uf = self._graft(s, uf, mf, hp, bc1, bc2)
@@ -547,53 +551,73 @@ class KronGroup(RefreshMixin, _Group):
             return halves["R"][..., :kr]
         return gf
 
-    def _with_complement(
+    def _complement_factors(
         self,
-        s: dict[str, Tensor],
-        g: Tensor,
-        m: Tensor,
         u_rot: Tensor,
         g_rot: Tensor,
         m_rot: Tensor,
         ql: Tensor | None,
         qr: Tensor | None,
-        hp: Hyper,
-        bc1: Tensor | float,
-        bc2: Tensor | float,
-        mask: Tensor,
-        ginv: Sequence[Tensor | None] = (None, None),
-        every: bool = False,
-    ) -> Tensor:
-        """``Q_L U' Q_R^T`` plus Adam on what a truncated basis misses, with a factored second moment.
+        ginv: Sequence[Tensor | None],
+    ) -> dict[str, tuple[Tensor, Tensor]]:
+        """``Q_L C Q_R^T`` for the three cores as ``X Y^T`` (``X`` (b, m, k), ``Y`` (b, n, k)): the update
+        ``U'``, and the projections of ``G_F`` and ``M`` onto the basis, ``C = (Q_L^T Q_L)^-1 Q_L^T G_F
+        Q_R (Q_R^T Q_R)^-1`` from their rotated ``Q_L^T G_F Q_R``.
 
-        ``mask`` (b,) selects the truncated blocks: the others' complement is empty and their
-        state and update stay untouched (so a block's math never depends on its group); ``every``
-        says (from the host) that it selects them all.
-
-        The residual uses the exact projector ``Q (Q^T Q)^-1 Q^T``: bases are stored in bf16, so
-        ``Q^T Q = I + E`` with ``|E| ~ 2^-9``, and ``G - Q Q^T G Q_R Q_R^T`` would leave a
-        residual of that size that the Adam normalisation blows up to a full-size step.
-        ``(I + E)^-1 ~ I - E + E^2`` costs two k x k products. The residual second moment is
-        floored at ``(1e-3)^2`` of the block's mean squared gradient, so arithmetic noise in an
-        empty complement (a rank-deficient gradient whose range the basis holds) stays noise.
-        """
+        The projection uses the exact projector ``Q (Q^T Q)^-1 Q^T``: bases are stored in bf16, so
+        ``Q^T Q = I + E`` with ``|E| ~ 2^-9``, and ``G - Q Q^T G Q_R Q_R^T`` would leave a residual
+        of that size that the Adam normalisation blows up to a full-size step. ``(I + E)^-1 ~ I - E
+        + E^2`` costs two k x k products. The full-size products are never formed here: the kernels
+        build them tile by tile (:mod:`.kernels.lowrank`)."""
         core = torch.stack([g_rot, m_rot])
         if ql is not None:
             core = (ginv[0] if ginv[0] is not None else _gram_inverse(ql)) @ core
         if qr is not None:
             core = core @ (ginv[1] if ginv[1] is not None else _gram_inverse(qr))
-        back = self.unrotate(torch.cat([u_rot.unsqueeze(0), core]), ql, qr)  # (3, b, m, n), one pass
-        u = back[0]
-        row_ss, col_ss = _sums_of_squares(torch.sub(g, back[1], out=back[1]))  # the residual G - back_G
+        cores = torch.cat([u_rot.unsqueeze(0), core])  # (3, b, kl, kr)
+        if ql is not None and qr is not None:
+            xs, ys = ql @ cores, (qr, qr, qr)
+        elif ql is not None:
+            xs, ys = (ql, ql, ql), cores.mT
+        else:
+            xs, ys = cores, (qr, qr, qr)
+        return {key: (xs[j], ys[j]) for j, key in enumerate(("u", "g", "m"))}
+
+    def _with_complement(
+        self,
+        s: dict[str, Tensor],
+        m: Tensor,
+        factors: dict[str, tuple[Tensor, Tensor]],
+        row_ss: Tensor,
+        col_ss: Tensor,
+        hp: Hyper,
+        bc1: Tensor | float,
+        bc2: Tensor | float,
+        mask: Tensor,
+        every: bool = False,
+    ) -> Tensor:
+        """``Q_L U' Q_R^T`` plus Adam on what a truncated basis misses, with a factored second moment.
+
+        ``row_ss``/``col_ss``: row/column sums of squares of the gradient's residual ``G_F - Q_L C_G
+        Q_R^T`` (this step's, from :func:`kernels.residual_sumsq`); ``factors``: see
+        :meth:`_complement_factors`. ``mask`` (b,) selects the truncated blocks: the others' complement
+        is empty and their state and update stay untouched (so a block's math never depends on its
+        group); ``every`` says (from the host) that it selects them all. The residual second moment
+        is floored at ``(1e-3)^2`` of the block's mean squared gradient, so arithmetic noise in an
+        empty complement (a rank-deficient gradient whose range the basis holds) stays noise.
+        """
         b2 = hp.beta2
         for key, ss, dim in (("res_row", row_ss, self.n_dim), ("res_col", col_ss, self.m_dim)):
             if every:  # 3 launches instead of 5, with the same roundings as the masked form
                 s[key].mul_(b2).add_(ss * ((1 - b2) / dim))
             else:
                 s[key].copy_(torch.where(mask[:, None], s[key] * b2 + ss * ((1 - b2) / dim), s[key]))
-        # u += mask (M - back_M)/bc1 / (sqrt(max(r_i c_j / mean(r), floor) / bc2) + eps), one fused pass
-        # (the floor is kernels.reference.RES_FLOOR^2 times the mean squared gradient; back[2] is consumed)
-        return kernels.complement_add_(u, back[2], m, s["res_row"], s["res_col"], s["g_row"], mask, bc1, bc2, hp.eps)
+        # U = X_u Y_u^T + mask (M - X_m Y_m^T)/bc1 / (sqrt(max(r_i c_j / mean(r), floor) / bc2) + eps), one
+        # pass over M (the floor is kernels.reference.RES_FLOOR^2 times the mean squared gradient)
+        (xu, yu), (xm, ym) = factors["u"], factors["m"]
+        return kernels.complement_update(
+            m, xu, yu, xm, ym, s["res_row"], s["res_col"], s["g_row"], mask, bc1, bc2, hp.eps
+        )
 
     def _graft(
         self, s: dict[str, Tensor], u: Tensor, m: Tensor, hp: Hyper, bc1: Tensor | float, bc2: Tensor | float
@@ -655,7 +679,7 @@ class KronGroup(RefreshMixin, _Group):
                 sk = s[f"{n}.sketch"].float().mul_(beta).add_(fresh, alpha=1 - beta)
                 s[f"{n}.sketch"].copy_(sk)
                 if sumsq is None:
-                    sumsq = _sums_of_squares(g)[0].sum(-1)
+                    sumsq = kernels.residual_sumsq(g)[0].sum(-1)
                 s[f"{n}.trace"].mul_(beta).add_(sumsq, alpha=1 - beta)
 
     def _first_step(self, idx: Sequence[int], hp: Hyper) -> None:
@@ -755,17 +779,6 @@ class KronGroup(RefreshMixin, _Group):
 def _factored(row: Tensor, col: Tensor) -> Tensor:
     """Adafactor's rank-1 second moment ``r_i c_j / mean(r)`` from row/column mean squares."""
     return row.unsqueeze(-1) * col.unsqueeze(-2) / row.mean(-1).clamp_min(1e-30)[:, None, None]
-
-
-def _sums_of_squares(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Row and column sums of ``x**2`` for stacked ``(b, m, n)`` ``x``: ``(b, m)`` and ``(b, n)``.
-
-    Two norm reductions, each reading ``x`` once and writing only its result (``x.square()``
-    followed by two means writes and reads a full-size temporary)."""
-    return (
-        torch.linalg.vector_norm(x, dim=-1).square_(),
-        torch.linalg.vector_norm(x, dim=-2).square_(),
-    )
 
 
 def _flat(bc: Tensor | float) -> Tensor | float:

@@ -28,9 +28,10 @@ FORBIDDEN = {
 }
 NO_DIVISION = {"_apply_kernel", "_factor_corr_kernel"}
 """Kernels without a tensor division (the rest must show IEEE ``div.rn.f32``)."""
-NEEDS_SQRT = {"_factor_diag_kernel", "_complement_kernel"}
+NO_DIVISION |= {"_sumsq_kernel"}
+NEEDS_SQRT = {"_factor_diag_kernel", "_complement_update_kernel"}
 """Kernels whose square root must show up as IEEE ``sqrt.rn.f32``."""
-NEEDS_NAN_MAX = {"_complement_kernel"}
+NEEDS_NAN_MAX = {"_complement_update_kernel"}
 """Kernels whose maximum must propagate NaN (``max.NaN.f32``, as ``torch.maximum``)."""
 TYPES = {
     torch.float32: "*fp32",
@@ -91,7 +92,7 @@ def main() -> int:
             json.dump(res, f)
         return 0
 
-    from scao_dist.kernels import adamw, apply, complement, factor, moments, triton_ops, verify
+    from scao_dist.kernels import adamw, apply, factor, lowrank, moments, triton_ops, verify
 
     seen: list = []
     kernels = {
@@ -101,7 +102,8 @@ def main() -> int:
         (factor, "_factor_diag_kernel"),
         (factor, "_factor_corr_kernel"),
         (adamw, "_adamw_kernel"),
-        (complement, "_complement_kernel"),
+        (lowrank, "_sumsq_kernel"),
+        (lowrank, "_complement_update_kernel"),
     }
     for mod, name in kernels:
         setattr(mod, name, Recorder(getattr(mod, name), seen))
@@ -112,8 +114,15 @@ def main() -> int:
             getattr(triton_ops, c.kernel)(**c.kwargs)
     factor_big = verify.case_factor((1,), 300, "state", gen, cpu)  # full-size [32, 128] tiles
     triton_ops.factor_ema_corr_(**factor_big.kwargs)
-    for bc in (("float", "float"), ("tensor", "tensor")):  # full-size [16, 256] tiles, both bc2 variants
-        triton_ops.complement_add_(**verify.case_complement((2, 40, 768), "state", gen, cpu, bc=bc).kwargs)
+    # the low-rank kernels with TF32 products too (what torch's matmuls use when allowed)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        for bc in (("float", "float"), ("tensor", "tensor")):
+            triton_ops.complement_update(**verify.case_complement_update((2, 40, 768), "exact", gen, cpu, bc=bc).kwargs)
+        triton_ops.residual_sumsq(**verify.case_residual((2, 40, 768, 40), "exact", gen, cpu).kwargs)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
 
     done = set()
     target = GPUTarget("cuda", 90, 32)
@@ -132,6 +141,8 @@ def main() -> int:
             res["compile"].append(f"{label}: compile failed\n{traceback.format_exc()[-3000:]}")
             continue
         for what, pat in FORBIDDEN.items():
+            if what == "contracted FMA" and "'ieee'" in str(consts):
+                continue  # a full-fp32 tl.dot accumulates with FMA, as cuBLAS does; the TF32 variants check the tail
             hits = re.findall(pat, ptx)
             if hits:
                 res["compile"].append(f"{label}: {len(hits)} x {what} ({hits[0]}) in the PTX")

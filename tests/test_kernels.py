@@ -72,7 +72,15 @@ def _assert_clean(runs, key: str) -> None:
     assert not errs, f"{len(errs)} mismatches:\n" + "\n".join(errs[:30])
 
 
-KERNELS = ["ema_signed_", "rotated_adam_", "apply_update_", "factor_ema_corr_", "adamw_", "complement_add_"]
+KERNELS = [
+    "ema_signed_",
+    "rotated_adam_",
+    "apply_update_",
+    "factor_ema_corr_",
+    "adamw_",
+    "residual_sumsq",
+    "complement_update",
+]
 
 
 @pytest.mark.parametrize("kernel", KERNELS)

@@ -64,5 +64,9 @@ def adamw_(w, rho, g, m_codes, m_scales, v_codes, v_scales, **hp):
     return backend(g).adamw_(w, rho, g, m_codes, m_scales, v_codes, v_scales, **hp)
 
 
-def complement_add_(u, back_m, m, row, col, g_row, mask, bc1, bc2, eps):
-    return backend(u).complement_add_(u, back_m, m, row, col, g_row, mask, bc1, bc2, eps)
+def residual_sumsq(g, x=None, y=None):
+    return backend(g).residual_sumsq(g, x, y)
+
+
+def complement_update(m, xu, yu, xm, ym, row, col, g_row, mask, bc1, bc2, eps):
+    return backend(m).complement_update(m, xu, yu, xm, ym, row, col, g_row, mask, bc1, bc2, eps)

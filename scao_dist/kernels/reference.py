@@ -25,6 +25,14 @@ The math, per element (``t`` = Adam step, ``bc1 = 1 - b1^t``, ``bc2 = 1 - b2^t``
 * :func:`adamw_`:        the whole AdamW step of the 1-D path (both moments + apply) in one go.
 * :func:`complement_add_`: ``u += mask (M - B)/bc1 / (sqrt(max(r_i c_j / mean(r), floor) / bc2) + eps)``,
   Adam on the complement of a truncated basis with a factored second moment (``groups``).
+* :func:`residual_sumsq`: row and column sums of squares of ``G`` and of ``G - X Y^T``.
+* :func:`complement_update`: ``U = X_u Y_u^T``, then :func:`complement_add_` with ``B = X_m Y_m^T``.
+
+The last two take low-rank products ``X Y^T`` (``X`` (B, m, k), ``Y`` (B, n, k)) where the rest
+take full-size tensors: their kernels form each [BM, BN] tile of the product on the fly (a
+``tl.dot`` over ``k``) and never write it, so only ``G`` or ``M`` and the result cross memory. The
+products are fp32 matmuls in both (TF32 where torch's matmuls are), in different orders, so these
+two agree with their kernels within a tolerance set by the size of the products, not bit for bit.
 """
 
 from __future__ import annotations
@@ -190,3 +198,52 @@ def complement_add_(
     denom = (denom.copy_(quant.sqrt_rn(denom)) if ieee else denom.sqrt_()).add_(eps)
     res_m.div_(denom).mul_(scale)
     return u.add_(res_m)
+
+
+def lowrank(x: Tensor, y: Tensor) -> Tensor:
+    """``X Y^T`` for stacked ``X`` (B, m, k) and ``Y`` (B, n, k): (B, m, n)."""
+    return x @ y.mT
+
+
+def sums_of_squares(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Row and column sums of ``x**2`` for stacked ``(B, m, n)`` ``x``: ``(B, m)`` and ``(B, n)``.
+
+    Two norm reductions, each reading ``x`` once and writing only its result (``x.square()``
+    followed by two sums writes and reads a full-size temporary)."""
+    return (
+        torch.linalg.vector_norm(x, dim=-1).square_(),
+        torch.linalg.vector_norm(x, dim=-2).square_(),
+    )
+
+
+def residual_sumsq(
+    g: Tensor, x: Tensor | None = None, y: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Row and column sums of squares of ``G`` (B, m, n) and, given ``X`` (B, m, k) and ``Y`` (B, n, k),
+    of the residual ``G - X Y^T``: ``(g_row (B, m), g_col (B, n), r_row, r_col)`` (``None, None``
+    without ``X, Y``). Nothing is updated in place."""
+    g_row, g_col = sums_of_squares(g)
+    if x is None or y is None:
+        return g_row, g_col, None, None
+    r_row, r_col = sums_of_squares(g - lowrank(x, y))
+    return g_row, g_col, r_row, r_col
+
+
+def complement_update(
+    m: Tensor,
+    xu: Tensor,
+    yu: Tensor,
+    xm: Tensor,
+    ym: Tensor,
+    row: Tensor,
+    col: Tensor,
+    g_row: Tensor,
+    mask: Tensor,
+    bc1: Tensor | float,
+    bc2: Tensor | float,
+    eps: float,
+) -> Tensor:
+    """The update of a truncated basis with its complement: ``U = X_u Y_u^T`` (the basis' Adam step
+    mapped back) plus :func:`complement_add_` of the first moment's residual ``M - X_m Y_m^T``.
+    Returns a new fp32 (B, m, n) tensor; ``m`` is not changed."""
+    return complement_add_(lowrank(xu, yu), lowrank(xm, ym), m, row, col, g_row, mask, bc1, bc2, eps)

@@ -9,8 +9,16 @@ from __future__ import annotations
 
 from .adamw import adamw_
 from .apply import apply_update_
-from .complement import complement_add_
 from .factor import factor_ema_corr_
+from .lowrank import complement_update, residual_sumsq
 from .moments import ema_signed_, rotated_adam_
 
-__all__ = ["adamw_", "apply_update_", "complement_add_", "ema_signed_", "factor_ema_corr_", "rotated_adam_"]
+__all__ = [
+    "adamw_",
+    "apply_update_",
+    "complement_update",
+    "ema_signed_",
+    "factor_ema_corr_",
+    "residual_sumsq",
+    "rotated_adam_",
+]

@@ -19,11 +19,18 @@ bits -32768, which the encoders never produce; uint8 codes 77; scales, factor di
 weights 1e30): an element a kernel fails to write keeps its poison and mismatches. Returned tensors are NaN-filled
 by the kernels (``common.POISON_OUTPUTS``). The one blind spot is a uint8 code that should be 77.
 
-``complement_add_`` accumulates into ``u`` (``u += x``), so it has no overwrite mode; its ``"poison"``
-mode starts ``u`` at ``-0.0`` everywhere with ``m - back_m >= +0``, so every new value is ``+0`` or
-positive (``-0 + +0 = +0``, masked blocks included): an element the kernel does not write keeps the
-``-0`` bits. Its ``u`` is compared bit for bit. On CPU its twin runs under
-:func:`reference.ieee_sqrt` (CPU ``torch.sqrt`` is not IEEE; the kernel's ``sqrt_rn`` and CUDA's are).
+The low-rank kernels (``residual_sumsq``, ``complement_update``) form products ``X Y^T`` with a
+``tl.dot`` where the twin calls ``torch.matmul``. Their ``"exact"`` cases make every product exact
+in any order and precision: each block's ``X`` and ``Y`` have one nonzero column (the same one, past
+the first ``tl.dot`` chunk when ``k > 32``) holding TF32-representable values, so each entry of
+``X Y^T`` is one product of two 11-bit mantissas. ``complement_update``'s result is then compared bit
+for bit (its tail restates :func:`reference.complement_add_`; the returned tensor is NaN-poisoned,
+so an unwritten element fails); ``residual_sumsq``'s sums within the reordering bound of a sum of
+``n`` positive terms (``n`` x 2^-24 relative). Their ``"dense"`` cases use full random factors with
+the gradient close to ``X Y^T`` (cancellation, as in training) and compare within a tolerance scaled
+by the magnitudes involved: ``2^-16`` of them in full fp32, ``2^-8`` with TF32 products. On CPU
+``complement_update``'s twin runs under :func:`reference.ieee_sqrt` (CPU ``torch.sqrt`` is not IEEE;
+the kernel's ``sqrt_rn`` and CUDA's are).
 """
 
 from __future__ import annotations
@@ -42,7 +49,15 @@ from . import common, reference
 FP32_RTOL = 2.0**-22
 """Relative tolerance of fp32 outputs: 4 x fp32's unit roundoff 2^-24 (2-4 ulp)."""
 
-KERNELS = ("ema_signed_", "rotated_adam_", "apply_update_", "factor_ema_corr_", "adamw_", "complement_add_")
+KERNELS = (
+    "ema_signed_",
+    "rotated_adam_",
+    "apply_update_",
+    "factor_ema_corr_",
+    "adamw_",
+    "residual_sumsq",
+    "complement_update",
+)
 
 POISON = {torch.int8: -128, torch.uint8: 77, torch.int16: -32768, torch.bfloat16: 1e30, torch.float32: 1e30}
 
@@ -58,6 +73,10 @@ class Case:
     exact: Sequence[str] = ()
     """fp32 in-place tensors compared bit for bit (as their int32 bit patterns) instead of within FP32_RTOL."""
     extra: dict[str, Any] = field(default_factory=dict)
+    rtol: float = FP32_RTOL
+    """Relative tolerance of fp32 outputs compared within a tolerance."""
+    atol: Any = None
+    """Absolute tolerance of the returned value (a tensor, or a tuple like it), on top of ``rtol``."""
 
 
 # ------------------------------------------------------------------------------ random data
@@ -247,22 +266,78 @@ def case_adamw(shape, mode, gen, device, wdtype=torch.bfloat16, bits=8, bc=("flo
     return Case("adamw_", label, kw, ("w", "rho", "m_codes", "m_scales", "v_codes", "v_scales"))
 
 
-def case_complement(shape, mode, gen, device, bc=("float", "float")) -> Case:
-    """``complement_add_`` on (B, m, n).
+def _tf32_on(device: torch.device) -> bool:
+    """Do the kernels' products run in TF32 here (as torch's fp32 matmuls then do)?"""
+    return device.type == "cuda" and bool(torch.backends.cuda.matmul.allow_tf32)
 
-    * ``state``: ``u``, ``back_m``, ``m`` wide with random signs (``m`` and ``back_m`` share some
-      zero groups: zero residual); row/col mean squares 10^U(-12, 12) with about a fifth of the
-      rows and columns exactly 0; with B > 1 block 1's row, col and ``g_row`` all 0 (floor 0: the
-      denominator is ``eps``); with B > 2 the last block masked off.
-    * ``poison``: as ``state`` but ``u = -0.0`` and ``m >= 0 >= back_m`` (see the module docstring).
-    * ``nan``: block 0's row all 0 and every third of its columns above 3.4e8, so ``col / 1e-30`` is
-      inf and ``row_i cs_j = 0·inf`` NaN there: the maximum must propagate NaN (compared within the
-      fp32 tolerance, NaN == NaN, since NaN payloads differ between backends).
+
+def _exact_factors(B: int, M: int, N: int, k: int, gen: torch.Generator, device: torch.device,
+                   decades: int = 20) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """``X`` (B, M, k), ``Y`` (B, N, k) whose product is exact in any order and precision: one nonzero
+    column per block (the last one, so with ``k > 32`` a later ``tl.dot`` chunk), entries
+    ``±(1 + j/1024) 2^e`` with integer ``j < 1024`` and ``|e| <= decades`` (TF32-exact, 11 significant bits)."""
+
+    def vals(*shape: int) -> Tensor:
+        mant = 1 + torch.randint(0, 1024, shape, generator=gen) / 1024
+        sign = torch.randint(0, 2, shape, generator=gen) * 2 - 1
+        return sign * mant * torch.pow(2.0, torch.randint(-decades, decades + 1, shape, generator=gen).float())
+
+    x, y = torch.zeros(B, M, k), torch.zeros(B, N, k)
+    if k:
+        x[..., -1], y[..., -1] = vals(B, M), vals(B, N)
+    return x.to(device), y.to(device)
+
+
+def _dense_factors(B: int, M: int, N: int, k: int, gen: torch.Generator, device: torch.device) -> tuple[Tensor, Tensor]:
+    return torch.randn(B, M, k, generator=gen).to(device), torch.randn(B, N, k, generator=gen).to(device)
+
+
+def case_residual(shape, mode, gen, device) -> Case:
+    """``residual_sumsq`` on (B, m, n) with rank ``k`` factors (``shape = (B, m, n, k)``; ``k = None``:
+    no factors, the sums of ``G`` alone). ``exact``: ``G = X Y^T + R`` with ``R`` wide and some zero
+    groups (an exactly zero residual there); ``dense``: random factors and ``G = X Y^T + 10^-3 R``."""
+    B, M, N, k = shape
+    kk = k or 0
+    x, y = (_exact_factors if mode == "exact" else _dense_factors)(B, M, N, kk, gen, device)
+    back = x @ y.mT
+    r = wide((B, M, N), gen, device, 6.0) if mode == "exact" else 1e-3 * torch.randn(B, M, N, generator=gen).to(device)
+    if mode == "exact":
+        zero_groups(r, gen=gen)
+    g = back + r
+    kw = dict(g=g, x=x if k is not None else None, y=y if k is not None else None)
+    rtol = 4.0 * max(M, N, 1) * 2.0**-24  # reordered sums of positive terms
+    atol = None
+    if mode == "dense":
+        tol = 2.0**-8 if _tf32_on(device) else 2.0**-16
+        mag = g.abs() + x.abs() @ y.abs().mT
+        atol = (tol * (g * g).sum(-1), tol * (g * g).sum(-2), tol * (mag * mag).sum(-1), tol * (mag * mag).sum(-2))
+    return Case("residual_sumsq", f"{mode} {tuple(shape)}", kw, (), rtol=rtol, atol=atol)
+
+
+def case_complement_update(shape, mode, gen, device, bc=("float", "float"), k=(40, 40)) -> Case:
+    """``complement_update`` on (B, m, n), ``k = (k_u, k_m)`` the ranks of ``X_u Y_u^T`` and ``X_m Y_m^T``.
+
+    * ``exact``: exact products (:func:`_exact_factors`), ``m`` wide with random signs and equal to
+      ``X_m Y_m^T`` on some whole groups (zero residual); row/col mean squares 10^U(-12, 12) with
+      about a fifth of the rows and columns exactly 0; with B > 1 block 1's row, col and ``g_row``
+      all 0 (floor 0: the denominator is ``eps``); with B > 2 the last block masked off. Bit for bit.
+    * ``nan``: as ``exact``, plus block 0's row all 0 and every third of its columns above 3.4e8, so
+      ``col / 1e-30`` is inf and ``row_i cs_j = 0·inf`` NaN there: the maximum must propagate NaN
+      (compared within the fp32 tolerance, NaN == NaN, since NaN payloads differ between backends).
+    * ``dense``: random factors, ``m = X_m Y_m^T + 10^-3 noise``; within a tolerance scaled by the
+      magnitudes (the twin run on ``|X_u|, |Y_u|, -|X_m|, |Y_m|`` and ``m = 0``).
     """
     B, M, N = shape
-    u = wide(shape, gen, device)
-    back_m, m = wide(shape, gen, device), wide(shape, gen, device)
-    zero_groups(back_m, m, gen=gen)
+    make = _dense_factors if mode == "dense" else _exact_factors
+    xu, yu = make(B, M, N, k[0], gen, device)
+    xm, ym = make(B, M, N, k[1], gen, device)
+    back_m = xm @ ym.mT
+    if mode == "dense":
+        m = back_m + 1e-3 * torch.randn(B, M, N, generator=gen).to(device)
+    else:
+        pick = torch.ones(shape, device=device)
+        zero_groups(pick, gen=gen)  # whole groups of 0 where it picks: there m = X_m Y_m^T exactly
+        m = torch.where(pick == 0, back_m, wide(shape, gen, device, 6.0))
     row, col = wide((B, M), gen, device, 6.0).square(), wide((B, N), gen, device, 6.0).square()
     g_row = wide((B, M), gen, device, 6.0).square()
     row.masked_fill_((torch.rand(B, M, generator=gen) < 0.2).to(device), 0.0)
@@ -273,23 +348,36 @@ def case_complement(shape, mode, gen, device, bc=("float", "float")) -> Case:
     mask = torch.ones(B, dtype=torch.bool)
     if B > 2:
         mask[-1] = False
-    if mode == "poison":
-        u = torch.full(shape, -0.0, device=device)
-        m, back_m = m.abs(), -back_m.abs()
-    exact: tuple[str, ...] = ("u",)
     if mode == "nan":
         row[0] = 0.0
         col[0, ::3] = 1e9 + col[0, ::3]
-        exact = ()
-    kw = dict(u=u, back_m=back_m, m=m, row=row, col=col, g_row=g_row, mask=mask.to(device),
+    kw = dict(m=m, xu=xu, yu=yu, xm=xm, ym=ym, row=row, col=col, g_row=g_row, mask=mask.to(device),
               bc1=_bias(bc[0], shape, gen, device), bc2=_bias(bc[1], shape, gen, device), eps=1e-8)  # fmt: skip
-    return Case("complement_add_", f"{mode} {tuple(shape)} bc={bc}", kw, ("u",), exact=exact)
+    atol, rtol = None, FP32_RTOL
+    if mode == "dense":
+        tol = 2.0**-8 if _tf32_on(device) else 2.0**-16
+        mag = dict(kw, m=torch.zeros_like(m), xu=xu.abs(), yu=yu.abs(), xm=-xm.abs(), ym=ym.abs())
+        with reference.ieee_sqrt(device.type == "cpu"):
+            atol = tol * reference.complement_update(**mag)
+    elif mode == "exact":
+        rtol = 0.0  # bit for bit
+    return Case("complement_update", f"{mode} {tuple(shape)} k={k} bc={bc}", kw, (), rtol=rtol, atol=atol)
 
 
 # ------------------------------------------------------------------------------ comparison
-def compare(name: str, got: Tensor | None, want: Tensor | None, exact: bool = False) -> list[str]:
+def compare(
+    name: str, got: Any, want: Any, exact: bool = False, rtol: float = FP32_RTOL, atol: Any = None
+) -> list[str]:
     """Mismatch descriptions (empty when equal under the rules in the module docstring; ``exact``:
-    fp32 bit for bit too)."""
+    fp32 bit for bit too; ``rtol``/``atol``: fp32 tolerances, ``atol`` shaped like ``got``). Tuples
+    are compared item by item."""
+    if isinstance(got, tuple) or isinstance(want, tuple):
+        if not (isinstance(got, tuple) and isinstance(want, tuple) and len(got) == len(want)):
+            return [f"{name}: tuple structure differs"]
+        tols = atol if isinstance(atol, tuple) else (atol,) * len(got)
+        return [
+            e for j, (a, b) in enumerate(zip(got, want)) for e in compare(f"{name}[{j}]", a, b, exact, rtol, tols[j])
+        ]
     if got is None or want is None:
         return [] if got is None and want is None else [f"{name}: one side is None"]
     if got.shape != want.shape or got.dtype != want.dtype:
@@ -304,7 +392,8 @@ def compare(name: str, got: Tensor | None, want: Tensor | None, exact: bool = Fa
         return []
     if got.dtype == torch.float32:
         diff = (got - want).abs()
-        bad = ~(diff <= FP32_RTOL * want.abs()) & ~(got.isnan() & want.isnan()) & (got != want)
+        bound = rtol * want.abs() + (atol if atol is not None else 0.0)
+        bad = ~(diff <= bound) & ~(got.isnan() & want.isnan()) & (got != want)
         if bool(bad.any()):
             k = int(bad.sum())
             return [f"{name}: {k}/{got.numel()} fp32 values off (max |diff| {float(diff[bad].max()):.3e}, "
@@ -329,9 +418,9 @@ def run_case(case: Case, ops: Any) -> list[str]:
     finally:
         common.POISON_OUTPUTS = old
     on_cpu = any(isinstance(v, Tensor) and v.device.type == "cpu" for v in case.kwargs.values())
-    with reference.ieee_sqrt(on_cpu):  # only complement_add_ reads it (see the module docstring)
+    with reference.ieee_sqrt(on_cpu):  # only complement_update reads it (see the module docstring)
         out_r = getattr(reference, case.kernel)(**kw_r)
-    errs = compare("returned", out_k, out_r)
+    errs = compare("returned", out_k, out_r, exact=case.rtol == 0.0, rtol=case.rtol, atol=case.atol)
     for name in case.inplace:
         errs += compare(name, kw_k[name], kw_r[name], exact=name in case.exact)
     return [f"{case.kernel} [{case.label}] {e}" for e in errs]
@@ -340,8 +429,10 @@ def run_case(case: Case, ops: Any) -> list[str]:
 # ------------------------------------------------------------------------------ suites
 SMALL_ROWS = [(1, 1), (1, 31), (3, 33), (2, 5, 95), (7, 64), (3, 2, 700), (5, 1024)]
 """Odd shapes (sizes not divisible by 32 or by the block sizes; batch 1 and more; 2 and 3 dims)."""
-SMALL_COMPLEMENT = [(1, 1, 1), (3, 1, 7), (1, 33, 17), (3, 5, 95), (3, 19, 300), (1, 3, 513)]
-"""(B, m, n) of the complement cases: B = 1 and 3, n = 1, odd, above one tile (256 columns)."""
+SMALL_COMPLEMENT = [(1, 1, 1), (3, 1, 7), (1, 33, 17), (3, 5, 95), (3, 19, 300), (1, 3, 513), (2, 70, 65)]
+"""(B, m, n) of the low-rank cases: B = 1 and 3, n = 1, odd, above one [64, 64] tile in each dim."""
+SMALL_RANKS = [(0, 5), (1, 40), (16, 33), (40, 2)]
+"""(k_u, k_m) of the complement cases: an empty basis, one rank, a full chunk, past the first chunk."""
 SMALL_FACTORS = [((1,), 1), ((3,), 1), ((1,), 7), ((3,), 7), ((1,), 33), ((3,), 33), ((1,), 130), ((3,), 130), ((), 9)]
 """(lead dims, d) of the factor cases: d = 1, odd, not a multiple of the tile; B = 1 and 3; one bare (d, d)."""
 
@@ -360,9 +451,13 @@ def small_cases(gen: torch.Generator, device: torch.device) -> dict[str, list[Ca
             out["adamw_"].append(case_adamw(shape, mode, gen, device, wdtype, bits, bc=bc))
     for i, shape in enumerate(SMALL_COMPLEMENT):
         bc = (("float", "float"), ("tensor", "float"), ("float", "tensor"), ("tensor", "tensor"))[i % 4]
-        for mode in ("state", "poison"):
-            out["complement_add_"].append(case_complement(shape, mode, gen, device, bc=bc))
-    out["complement_add_"].append(case_complement((3, 6, 40), "nan", gen, device, bc=("tensor", "tensor")))
+        ks = SMALL_RANKS[i % len(SMALL_RANKS)]
+        out["complement_update"].append(case_complement_update(shape, "exact", gen, device, bc=bc, k=ks))
+        out["residual_sumsq"].append(case_residual((*shape, ks[1]), "exact", gen, device))
+        out["residual_sumsq"].append(case_residual((*shape, None), "exact", gen, device))
+    out["complement_update"].append(case_complement_update((3, 6, 40), "nan", gen, device, bc=("tensor", "tensor")))
+    out["complement_update"].append(case_complement_update((2, 70, 90), "dense", gen, device, k=(37, 70)))
+    out["residual_sumsq"].append(case_residual((2, 70, 90, 37), "dense", gen, device))
     for i, (lead, d) in enumerate(SMALL_FACTORS):
         for mode in ("state", "overwrite"):
             seed_kind = "int" if not lead or i % 3 == 2 else "tensor"

@@ -1,0 +1,246 @@
+"""Kernels that read a low-rank product ``X Y^T`` tile by tile instead of from memory.
+
+With a truncated basis the step needs three full-size products of the basis with small cores
+(``groups.KronGroup._with_complement``): the update ``U = Q_L U' Q_R^T`` and the projections of the
+gradient and of the first moment, ``B_G`` and ``B_M``. Written out, each is an fp32 (B, m, n) tensor
+written once and read at least once more, and the residual ``G - B_G`` a fourth: about 48 bytes per
+weight per step, half of the whole step's traffic on the 405M GPT. Here each product is given as
+``X`` (B, m, k) and ``Y`` (B, n, k) with ``k <= ~150``, and every [BM, BN] tile of it is formed in
+registers (a ``tl.dot`` over ``k``, fp32 accumulation) where it is consumed:
+
+* :func:`residual_sumsq`: one read of ``G`` gives the row and column sums of squares of ``G`` and
+  of ``G - X Y^T``. Each program writes its tile's partial sums to its own slot; torch adds the
+  slots (a fixed order: deterministic, no atomics).
+* :func:`complement_update`: one read of ``M`` and one write give
+  ``U = X_u Y_u^T + mask (M - X_m Y_m^T)/bc1 / (sqrt(max(r_i c_j, floor)/bc2) + eps)``, the tail in
+  the same fp32 operations and order as :func:`.reference.complement_add_` (IEEE division and
+  square root, no FMA, NaN-propagating maximum).
+
+The products run on tensor cores in TF32 when torch's fp32 matmuls may
+(``torch.backends.cuda.matmul.allow_tf32``), else in full fp32 (``input_precision="ieee"``), as
+the twin's ``torch.matmul`` does. The twins (:mod:`.reference`) form the products with
+``torch.matmul``; the sums differ in order, so the two agree within a tolerance, and bit for bit
+where the products are exact (:mod:`.verify`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+from . import reference
+from .common import LAUNCH, new_output
+
+BM = 64
+"""Rows per tile."""
+BN = 64
+"""Columns per tile."""
+BK = 32
+"""Inner (rank) dimension per ``tl.dot``."""
+
+
+@triton.jit
+def lowrank_tile(x_ptr, y_ptr, b64, i, j, M, N, K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                 PREC: tl.constexpr):  # fmt: skip
+    """Rows ``i``, columns ``j`` of ``X_b Y_b^T`` for contiguous ``X`` (B, M, K), ``Y`` (B, N, K); zero
+    outside ``M x N``."""
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    xrow = x_ptr + (b64 * M + i)[:, None] * K
+    ycol = y_ptr + (b64 * N + j)[None, :] * K
+    mi, mj = (i < M)[:, None], (j < N)[None, :]
+    for k0 in range(0, K, BK):
+        kk = k0 + tl.arange(0, BK)
+        a = tl.load(xrow + kk[None, :], mask=mi & (kk[None, :] < K), other=0.0)
+        c = tl.load(ycol + kk[:, None], mask=(kk[:, None] < K) & mj, other=0.0)
+        acc = tl.dot(a, c, acc, input_precision=PREC)
+    return acc
+
+
+@triton.jit
+def _sumsq_kernel(
+    g_ptr, x_ptr, y_ptr, grow_ptr, gcol_ptr, rrow_ptr, rcol_ptr,
+    M, N, K, ntm, ntn,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HAS_BACK: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    """Tile (tm, tn) of block b: partial row sums of squares into slot tn of the (B, ntn, M) outputs,
+    partial column sums into slot tm of the (B, ntm, N) outputs; of G, and of G - X Y^T."""
+    pid = tl.program_id(0)
+    per = ntm * ntn
+    b = pid // per
+    t = pid - b * per
+    tm = t // ntn
+    tn = t - tm * ntn
+    i = tm * BM + tl.arange(0, BM)
+    j = tn * BN + tl.arange(0, BN)
+    mi, mj = i < M, j < N
+    b64 = b.to(tl.int64)
+    g = tl.load(g_ptr + (b64 * M + i)[:, None] * N + j[None, :], mask=mi[:, None] & mj[None, :], other=0.0)
+    rows = (b64 * ntn + tn) * M + i
+    cols = (b64 * ntm + tm) * N + j
+    gg = g * g
+    tl.store(grow_ptr + rows, tl.sum(gg, axis=1), mask=mi)
+    tl.store(gcol_ptr + cols, tl.sum(gg, axis=0), mask=mj)
+    if HAS_BACK:
+        r = g - lowrank_tile(x_ptr, y_ptr, b64, i, j, M, N, K, BM, BN, BK, PREC)
+        rr = r * r
+        tl.store(rrow_ptr + rows, tl.sum(rr, axis=1), mask=mi)
+        tl.store(rcol_ptr + cols, tl.sum(rr, axis=0), mask=mj)
+
+
+@triton.jit
+def _complement_update_kernel(
+    out_ptr, m_ptr, xu_ptr, yu_ptr, xm_ptr, ym_ptr, row_ptr, cs_ptr, floor_ptr, scale_ptr, bc2_ptr,
+    M, N, KU, KM, ntm, ntn, bc2, eps,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BC2_ROWS: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    """Tile (tm, tn) of block b:
+    out = X_u Y_u^T + ((m - X_m Y_m^T) / (sqrt(max(row_i cs_j, floor_b) / bc2) + eps)) scale_b."""
+    pid = tl.program_id(0)
+    per = ntm * ntn
+    b = pid // per
+    t = pid - b * per
+    tm = t // ntn
+    i = tm * BM + tl.arange(0, BM)
+    j = (t - tm * ntn) * BN + tl.arange(0, BN)
+    mi, mj = i < M, j < N
+    b64 = b.to(tl.int64)
+    u = lowrank_tile(xu_ptr, yu_ptr, b64, i, j, M, N, KU, BM, BN, BK, PREC)
+    bm = lowrank_tile(xm_ptr, ym_ptr, b64, i, j, M, N, KM, BM, BN, BK, PREC)
+    r_i = tl.load(row_ptr + b64 * M + i, mask=mi, other=0.0)[:, None]
+    c_j = tl.load(cs_ptr + b64 * N + j, mask=mj, other=0.0)[None, :]
+    floor = tl.load(floor_ptr + b)
+    scale = tl.load(scale_ptr + b)
+    if BC2_ROWS:
+        bc2 = tl.load(bc2_ptr + b)
+    off = (b64 * M + i)[:, None] * N + j[None, :]
+    mask = mi[:, None] & mj[None, :]
+    m = tl.load(m_ptr + off, mask=mask, other=0.0)
+    r = m - bm  # == (-bm) + m, the twin's spelling, bit for bit (signed zeros included)
+    v = tl.maximum(r_i * c_j, floor, propagate_nan=tl.PropagateNan.ALL)
+    d = tl.sqrt_rn(tl.math.div_rn(v, bc2)) + eps
+    tl.store(out_ptr + off, u + tl.math.div_rn(r, d) * scale, mask=mask)
+
+
+def _f32(x: float) -> float:
+    """``x`` rounded to fp32 (as the twin's 0-d fp32 tensor / torch's scalar cast), so the kernel's fp32
+    scalar argument takes it exactly."""
+    return float(np.float32(x))
+
+
+def _per_block(t: torch.Tensor, B: int, device: torch.device) -> torch.Tensor | None:
+    """A (B,)-shaped contiguous fp32 view of a per-block value (shape broadcastable to (B, 1, 1)), else None."""
+    if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or t.device != device:
+        return None
+    try:
+        return torch.broadcast_to(t, (B, 1, 1)).reshape(B).contiguous()
+    except RuntimeError:
+        return None
+
+
+def precision() -> str:
+    """``tl.dot``'s input precision matching torch's fp32 matmuls now: TF32 where they may use it."""
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
+def _factors_ok(B: int, M: int, N: int, dev: torch.device, *pairs: tuple[torch.Tensor, torch.Tensor]) -> bool:
+    """Every (X, Y) is fp32 on ``dev`` with shapes (B, M, k) and (B, N, k) and the same k."""
+    for x, y in pairs:
+        if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
+            return False
+        if x.dtype != torch.float32 or y.dtype != torch.float32 or x.device != dev or y.device != dev:
+            return False
+        if x.dim() != 3 or y.dim() != 3 or x.shape[:2] != (B, M) or y.shape[:2] != (B, N) or x.shape[2] != y.shape[2]:
+            return False
+    return True
+
+
+def residual_sumsq(
+    g: torch.Tensor, x: torch.Tensor | None = None, y: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Triton twin of :func:`.reference.residual_sumsq` (same signature and results)."""
+    back = x is not None and y is not None
+    if g.dim() != 3 or g.dtype != torch.float32:
+        return reference.residual_sumsq(g, x, y)
+    B, M, N = g.shape
+    if back and not _factors_ok(B, M, N, g.device, (x, y)):
+        return reference.residual_sumsq(g, x, y)
+    dev = g.device
+    ntm, ntn = triton.cdiv(M, BM), triton.cdiv(N, BN)
+    shapes = [(B, ntn, M), (B, ntm, N)] * (2 if back else 1)  # per-tile partial sums: rows, columns (G, then R)
+    parts = [new_output(s, dev) for s in shapes]
+    if B * M * N:
+        x_k, y_k, K = _operands(g, x, y) if back else (g, g, 0)
+        _sumsq_kernel[(B * ntm * ntn,)](
+            g.contiguous(), x_k, y_k, *parts[:2], *parts[2 if back else 0 :][:2],
+            M, N, K, ntm, ntn,
+            BM=BM, BN=BN, BK=BK, HAS_BACK=back, PREC=precision(), **LAUNCH,
+        )  # fmt: skip
+    sums = [p.sum(1) for p in parts]  # a fixed order: deterministic
+    return (sums[0], sums[1], sums[2], sums[3]) if back else (sums[0], sums[1], None, None)
+
+
+def _operands(dummy: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Contiguous ``X``, ``Y`` and their rank ``k`` for a launch (``k = 0``: never read, so a
+    non-empty stand-in replaces the empty tensors)."""
+    k = x.shape[2]
+    if k == 0:
+        return dummy, dummy, 0
+    return x.contiguous(), y.contiguous(), k
+
+
+def complement_update(
+    m: torch.Tensor,
+    xu: torch.Tensor,
+    yu: torch.Tensor,
+    xm: torch.Tensor,
+    ym: torch.Tensor,
+    row: torch.Tensor,
+    col: torch.Tensor,
+    g_row: torch.Tensor,
+    mask: torch.Tensor,
+    bc1: torch.Tensor | float,
+    bc2: torch.Tensor | float,
+    eps: float,
+) -> torch.Tensor:
+    """Triton twin of :func:`.reference.complement_update` (same signature; a new fp32 result)."""
+    args = (m, xu, yu, xm, ym, row, col, g_row, mask, bc1, bc2, eps)
+    dev = m.device
+    B, M, N = m.shape if m.dim() == 3 else (0, 0, 0)
+    ok = (
+        m.dim() == 3
+        and m.dtype == torch.float32
+        and _factors_ok(B, M, N, dev, (xu, yu), (xm, ym))
+        and all(t.dtype == torch.float32 and t.device == dev for t in (row, col, g_row))
+        and row.shape == (B, M)
+        and col.shape == (B, N)
+        and g_row.dim() == 2
+        and g_row.shape[0] == B
+        and mask.shape == (B,)
+        and mask.device == dev
+        and isinstance(eps, float | int)
+        and (isinstance(bc1, float | int) or _per_block(bc1, B, dev) is not None)
+        and (isinstance(bc2, float | int) or _per_block(bc2, B, dev) is not None)
+    )
+    if not ok:
+        return reference.complement_update(*args)
+    cs, floor, scale = reference.complement_vectors(row, col, g_row, mask, bc1)
+    if scale.dtype != torch.float32 or scale.shape != (B, 1, 1):  # e.g. a float64 mask or default dtype
+        return reference.complement_update(*args)
+    out = new_output((B, M, N), dev)
+    if out.numel() == 0:
+        return out
+    bc2_rows = _per_block(bc2, B, dev) if isinstance(bc2, torch.Tensor) else None
+    ntm, ntn = triton.cdiv(M, BM), triton.cdiv(N, BN)
+    xu_k, yu_k, ku = _operands(m, xu, yu)
+    xm_k, ym_k, km = _operands(m, xm, ym)
+    _complement_update_kernel[(B * ntm * ntn,)](
+        out, m.contiguous(), xu_k, yu_k, xm_k, ym_k,
+        row.contiguous(), cs.contiguous(), floor.contiguous(), scale.reshape(B).contiguous(),
+        bc2_rows if bc2_rows is not None else floor,
+        M, N, ku, km, ntm, ntn,
+        1.0 if bc2_rows is not None else _f32(bc2), _f32(eps),
+        BM=BM, BN=BN, BK=BK, BC2_ROWS=bc2_rows is not None, PREC=precision(), **LAUNCH,
+    )  # fmt: skip
+    return out
