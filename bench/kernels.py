@@ -40,7 +40,7 @@ READS = {
     "factor_ema_corr_": ("codes", "diag", "outer"),
     "adamw_": ("w", "rho", "g", "m_codes", "m_scales", "v_codes", "v_scales"),
     "residual_sumsq": ("g", "x", "y"),  # + the per-tile partial sums (1/64 of g): not counted
-    "complement_update": ("m", "xu", "yu", "xm", "ym"),  # + O(m + n) per block (row, col, g_row): not counted
+    "complement_update": ("m", "xu", "yu", "xm", "ym", "w", "rho"),  # + O(m + n) per block: not counted
 }
 WRITES = {
     "ema_signed_": ("codes", "scales", "returned"),
@@ -49,7 +49,7 @@ WRITES = {
     "factor_ema_corr_": ("codes", "diag"),
     "adamw_": ("w", "rho", "m_codes", "m_scales", "v_codes", "v_scales"),
     "residual_sumsq": (),
-    "complement_update": ("returned",),
+    "complement_update": ("returned", "w", "rho"),  # U returned, or applied to the weights (and bits)
 }
 
 
@@ -88,6 +88,7 @@ def shapes(dry: bool, mb: float) -> list[tuple[str, str, dict[str, Any]]]:
             ("adamw_", "bf16+int8", dict(shape=(9, 40), wdtype="bf16", bits=8)),
             ("residual_sumsq", "k=7", dict(shape=(3, 5, 70), k=7)),
             ("complement_update", "k=7 bc per block", dict(shape=(3, 5, 70), k=7, bc="tensor")),
+            ("complement_update", "k=7 applied", dict(shape=(3, 5, 70), k=7, apply=True)),
         ]
     blk = 768 * 3072
     per = mb * 1e6
@@ -147,9 +148,14 @@ def make_operands(kernel: str, spec: dict[str, Any], device: Any) -> dict[str, A
             bc1 = 0.5 + torch.rand(B, 1, 1, device=device)
             bc2 = 0.1 + torch.rand(B, 1, 1, device=device)
         mask = torch.ones(B, dtype=torch.bool, device=device)
+        if spec.get("apply"):
+            w, rho = quant.split_master(torch.randn(*shape, device=device), 8)
+            apply = dict(w=w, rho=rho, lr=1e-3, wd=0.01)
+        else:
+            apply = {}
         row, col, g_row = rnd(B, M).square(), rnd(B, N).square(), rnd(B, M).square()
         return dict(m=rnd(*shape), xu=x, yu=y, xm=rnd(B, M, k) * 30, ym=y, row=row, col=col, g_row=g_row,
-                    mask=mask, bc1=bc1, bc2=bc2, eps=1e-8)  # fmt: skip
+                    mask=mask, bc1=bc1, bc2=bc2, eps=1e-8, **apply)  # fmt: skip
     if kernel == "ema_signed_":
         codes, scales = quant.encode_signed(rnd(*shape))
         return dict(codes=codes, scales=scales, x=rnd(*shape), beta=0.9)
@@ -177,6 +183,8 @@ def moved_bytes(kernel: str, ops: dict[str, Any]) -> int:
     import torch
 
     def nb(name: str) -> int:
+        if name == "returned" and ops.get("w") is not None:
+            return 0  # applied to the weights instead
         if name == "returned":
             src = ops["x"] if kernel == "ema_signed_" else ops["m"] if kernel == "complement_update" else ops["g"]
             return src.numel() * 4
@@ -300,6 +308,9 @@ def verify_on(device: Any, dry: bool) -> dict[str, Any]:
             cases["complement_update"].append(verify.case_complement_update((3, 301, 1001), mode, gen, device, bc=bc))
             cases["complement_update"].append(
                 verify.case_complement_update((2, 3072, 768), mode, gen, device, bc=bc, k=(128, 144))
+            )
+            cases["complement_update"].append(
+                verify.case_complement_update((3, 301, 1001), mode, gen, device, bc=bc, apply=(torch.bfloat16, 8))
             )
             cases["residual_sumsq"].append(verify.case_residual((3, 301, 1001, 40), mode, gen, device))
             cases["residual_sumsq"].append(verify.case_residual((2, 3072, 768, 144), mode, gen, device))

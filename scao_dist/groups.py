@@ -469,13 +469,20 @@ class KronGroup(RefreshMixin, _Group):
             s["g_row"].mul_(b2).add_(row_ss, alpha=(1 - b2) / self.n_dim)
             s["g_col"].mul_(b2).add_(col_ss, alpha=(1 - b2) / self.m_dim)
             sumsq = row_ss.sum(-1)
+        # the update reaches the weights straight from the complement kernel when nothing is left to
+        # do to it in between (no dense frame to rotate back, no grafting): it never lands in memory
+        fused = factors is not None and fl is None and fr is None and self.cfg.graft == "none"
         if factors is not None:
             mask = self._device_list(tuple(trunc), torch.bool)
-            uf = self._with_complement(s, mf, factors, res_rows, res_cols, hp, bc1, bc2, mask, all(trunc))
+            target = (w, s.get("ebits")) if fused else None
+            uf = self._with_complement(
+                s, mf, factors, res_rows, res_cols, hp, bc1, bc2, mask, every=all(trunc), target=target
+            )
         else:
             uf = self.unrotate(u_rot, ql, qr)
-        uf = self._graft(s, uf, mf, hp, bc1, bc2)
-        kernels.apply_update_(w, s.get("ebits"), self.unrotate(uf, fl, fr), hp.lr, hp.weight_decay)
+        if not fused:
+            uf = self._graft(s, uf, mf, hp, bc1, bc2)
+            kernels.apply_update_(w, s.get("ebits"), self.unrotate(uf, fl, fr), hp.lr, hp.weight_decay)
         if not in_place:
             self.scatter_params(idx, w)
         self._update_factors(s, idx, gf, hp, self.sides, halves, sumsq)
@@ -595,8 +602,11 @@ class KronGroup(RefreshMixin, _Group):
         bc2: Tensor | float,
         mask: Tensor,
         every: bool = False,
-    ) -> Tensor:
+        target: tuple[Tensor, Tensor | None] | None = None,
+    ) -> Tensor | None:
         """``Q_L U' Q_R^T`` plus Adam on what a truncated basis misses, with a factored second moment.
+        Given ``target = (weights, correction bits)`` it is applied to them (lr, weight decay of
+        ``hp``) and ``None`` returned.
 
         ``row_ss``/``col_ss``: row/column sums of squares of the gradient's residual ``G_F - Q_L C_G
         Q_R^T`` (this step's, from :func:`kernels.residual_sumsq`); ``factors``: see
@@ -615,8 +625,9 @@ class KronGroup(RefreshMixin, _Group):
         # U = X_u Y_u^T + mask (M - X_m Y_m^T)/bc1 / (sqrt(max(r_i c_j / mean(r), floor) / bc2) + eps), one
         # pass over M (the floor is kernels.reference.RES_FLOOR^2 times the mean squared gradient)
         (xu, yu), (xm, ym) = factors["u"], factors["m"]
+        apply = {} if target is None else dict(w=target[0], rho=target[1], lr=hp.lr, wd=hp.weight_decay)
         return kernels.complement_update(
-            m, xu, yu, xm, ym, s["res_row"], s["res_col"], s["g_row"], mask, bc1, bc2, hp.eps
+            m, xu, yu, xm, ym, s["res_row"], s["res_col"], s["g_row"], mask, bc1, bc2, hp.eps, **apply
         )
 
     def _graft(

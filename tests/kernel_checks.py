@@ -179,7 +179,9 @@ def check_end_to_end(counter: Counter) -> list[str]:
         ("bf16+int8", torch.bfloat16, {}, quantized),
         ("bf16+int16 rank_max 4", torch.bfloat16, {"correction_bits": 16, "rank_max": 4, "rank_min": 2}, quantized),
         ("bf16+int16 stream truncated", torch.bfloat16, {"correction_bits": 16, **stream},
-         quantized - {"factor_ema_corr_"} | {"complement_update", "residual_sumsq"}),
+         quantized - {"factor_ema_corr_", "apply_update_"} | {"complement_update", "residual_sumsq"}),
+        ("bf16+int8 stream truncated, norm graft (update returned, then applied)", torch.bfloat16,
+         {"graft": "norm", **stream}, quantized - {"factor_ema_corr_"} | {"complement_update", "residual_sumsq"}),
         ("fp32 unquantized stream truncated", torch.float32, {"quantize": False, **stream},
          {"apply_update_", "complement_update", "residual_sumsq"}),
     ]  # fmt: skip

@@ -68,5 +68,5 @@ def residual_sumsq(g, x=None, y=None):
     return backend(g).residual_sumsq(g, x, y)
 
 
-def complement_update(m, xu, yu, xm, ym, row, col, g_row, mask, bc1, bc2, eps):
-    return backend(m).complement_update(m, xu, yu, xm, ym, row, col, g_row, mask, bc1, bc2, eps)
+def complement_update(m, xu, yu, xm, ym, row, col, g_row, mask, bc1, bc2, eps, **apply):
+    return backend(m).complement_update(m, xu, yu, xm, ym, row, col, g_row, mask, bc1, bc2, eps, **apply)

@@ -14,7 +14,10 @@ registers (a ``tl.dot`` over ``k``, fp32 accumulation) where it is consumed:
 * :func:`complement_update`: one read of ``M`` and one write give
   ``U = X_u Y_u^T + mask (M - X_m Y_m^T)/bc1 / (sqrt(max(r_i c_j, floor)/bc2) + eps)``, the tail in
   the same fp32 operations and order as :func:`.reference.complement_add_` (IEEE division and
-  square root, no FMA, NaN-propagating maximum).
+  square root, no FMA, NaN-propagating maximum). Given the weights it applies ``U`` to them at once
+  (``x <- x (1 - lr wd) - lr U``, :func:`.apply.master_update` on bf16 weights and their correction
+  bits), so ``U`` never reaches memory: ``M``, ``w`` and the bits are read once and the weights and
+  bits written once.
 
 The products run on tensor cores in TF32 when torch's fp32 matmuls may
 (``torch.backends.cuda.matmul.allow_tf32``), else in full fp32 (``input_precision="ieee"``), as
@@ -31,7 +34,8 @@ import triton
 import triton.language as tl
 
 from . import reference
-from .common import LAUNCH, new_output
+from .apply import correction_r, master_update, weights_ok
+from .common import LAUNCH, bf16_bits, new_output, writable, write_back
 
 BM = 64
 """Rows per tile."""
@@ -92,11 +96,13 @@ def _sumsq_kernel(
 @triton.jit
 def _complement_update_kernel(
     out_ptr, m_ptr, xu_ptr, yu_ptr, xm_ptr, ym_ptr, row_ptr, cs_ptr, floor_ptr, scale_ptr, bc2_ptr,
-    M, N, KU, KM, ntm, ntn, bc2, eps,
+    rho_ptr, M, N, KU, KM, ntm, ntn, bc2, eps, c, lr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BC2_ROWS: tl.constexpr, PREC: tl.constexpr,
+    APPLY: tl.constexpr, R: tl.constexpr,
 ):  # fmt: skip
     """Tile (tm, tn) of block b:
-    out = X_u Y_u^T + ((m - X_m Y_m^T) / (sqrt(max(row_i cs_j, floor_b) / bc2) + eps)) scale_b."""
+    U = X_u Y_u^T + ((m - X_m Y_m^T) / (sqrt(max(row_i cs_j, floor_b) / bc2) + eps)) scale_b,
+    stored in ``out`` (APPLY false) or applied to the weights ``out`` (and bits ``rho`` for R > 0)."""
     pid = tl.program_id(0)
     per = ntm * ntn
     b = pid // per
@@ -120,7 +126,18 @@ def _complement_update_kernel(
     r = m - bm  # == (-bm) + m, the twin's spelling, bit for bit (signed zeros included)
     v = tl.maximum(r_i * c_j, floor, propagate_nan=tl.PropagateNan.ALL)
     d = tl.sqrt_rn(tl.math.div_rn(v, bc2)) + eps
-    tl.store(out_ptr + off, u + tl.math.div_rn(r, d) * scale, mask=mask)
+    u = u + tl.math.div_rn(r, d) * scale
+    if not APPLY:
+        tl.store(out_ptr + off, u, mask=mask)
+    elif R == 0:  # fp32 weights
+        w = tl.load(out_ptr + off, mask=mask, other=0.0)
+        tl.store(out_ptr + off, w * c - u * lr, mask=mask)
+    else:
+        wb = tl.load(out_ptr + off, mask=mask, other=0)
+        rf = tl.load(rho_ptr + off, mask=mask, other=0).to(tl.float32)
+        nb, nr = master_update(wb, rf, u, c, lr, R)
+        tl.store(out_ptr + off, nb, mask=mask)
+        tl.store(rho_ptr + off, nr.to(rho_ptr.dtype.element_ty), mask=mask)
 
 
 def _f32(x: float) -> float:
@@ -203,9 +220,15 @@ def complement_update(
     bc1: torch.Tensor | float,
     bc2: torch.Tensor | float,
     eps: float,
-) -> torch.Tensor:
-    """Triton twin of :func:`.reference.complement_update` (same signature; a new fp32 result)."""
+    w: torch.Tensor | None = None,
+    rho: torch.Tensor | None = None,
+    lr: float = 0.0,
+    wd: float = 0.0,
+) -> torch.Tensor | None:
+    """Triton twin of :func:`.reference.complement_update` (same signature; a new fp32 result, or
+    ``None`` with the update applied to ``w``/``rho`` in place)."""
     args = (m, xu, yu, xm, ym, row, col, g_row, mask, bc1, bc2, eps)
+    apply_args = dict(w=w, rho=rho, lr=lr, wd=wd)
     dev = m.device
     B, M, N = m.shape if m.dim() == 3 else (0, 0, 0)
     ok = (
@@ -222,25 +245,36 @@ def complement_update(
         and isinstance(eps, float | int)
         and (isinstance(bc1, float | int) or _per_block(bc1, B, dev) is not None)
         and (isinstance(bc2, float | int) or _per_block(bc2, B, dev) is not None)
+        and (w is None or (weights_ok(w, rho, m) and isinstance(lr, float | int) and isinstance(wd, float | int)))
     )
     if not ok:
-        return reference.complement_update(*args)
+        return reference.complement_update(*args, **apply_args)
     cs, floor, scale = reference.complement_vectors(row, col, g_row, mask, bc1)
     if scale.dtype != torch.float32 or scale.shape != (B, 1, 1):  # e.g. a float64 mask or default dtype
-        return reference.complement_update(*args)
-    out = new_output((B, M, N), dev)
-    if out.numel() == 0:
+        return reference.complement_update(*args, **apply_args)
+    R = correction_r(rho) if w is not None else 0
+    if w is None:
+        out = new_output((B, M, N), dev)
+    else:
+        out = writable(w)
+        rbuf = writable(rho) if rho is not None else None
+    if m.numel():
+        bc2_rows = _per_block(bc2, B, dev) if isinstance(bc2, torch.Tensor) else None
+        ntm, ntn = triton.cdiv(M, BM), triton.cdiv(N, BN)
+        xu_k, yu_k, ku = _operands(m, xu, yu)
+        xm_k, ym_k, km = _operands(m, xm, ym)
+        _complement_update_kernel[(B * ntm * ntn,)](
+            bf16_bits(out) if R else out, m.contiguous(), xu_k, yu_k, xm_k, ym_k,
+            row.contiguous(), cs.contiguous(), floor.contiguous(), scale.reshape(B).contiguous(),
+            bc2_rows if bc2_rows is not None else floor, rbuf if R else floor,
+            M, N, ku, km, ntm, ntn,
+            1.0 if bc2_rows is not None else _f32(bc2), _f32(eps), 1.0 - lr * wd, float(lr),
+            BM=BM, BN=BN, BK=BK, BC2_ROWS=bc2_rows is not None, PREC=precision(), APPLY=w is not None, R=R,
+            **LAUNCH,
+        )  # fmt: skip
+    if w is None:
         return out
-    bc2_rows = _per_block(bc2, B, dev) if isinstance(bc2, torch.Tensor) else None
-    ntm, ntn = triton.cdiv(M, BM), triton.cdiv(N, BN)
-    xu_k, yu_k, ku = _operands(m, xu, yu)
-    xm_k, ym_k, km = _operands(m, xm, ym)
-    _complement_update_kernel[(B * ntm * ntn,)](
-        out, m.contiguous(), xu_k, yu_k, xm_k, ym_k,
-        row.contiguous(), cs.contiguous(), floor.contiguous(), scale.reshape(B).contiguous(),
-        bc2_rows if bc2_rows is not None else floor,
-        M, N, ku, km, ntm, ntn,
-        1.0 if bc2_rows is not None else _f32(bc2), _f32(eps),
-        BM=BM, BN=BN, BK=BK, BC2_ROWS=bc2_rows is not None, PREC=precision(), **LAUNCH,
-    )  # fmt: skip
-    return out
+    write_back(w, out)
+    if rho is not None:
+        write_back(rho, rbuf)
+    return None

@@ -242,8 +242,17 @@ def complement_update(
     bc1: Tensor | float,
     bc2: Tensor | float,
     eps: float,
-) -> Tensor:
+    w: Tensor | None = None,
+    rho: Tensor | None = None,
+    lr: float = 0.0,
+    wd: float = 0.0,
+) -> Tensor | None:
     """The update of a truncated basis with its complement: ``U = X_u Y_u^T`` (the basis' Adam step
     mapped back) plus :func:`complement_add_` of the first moment's residual ``M - X_m Y_m^T``.
-    Returns a new fp32 (B, m, n) tensor; ``m`` is not changed."""
-    return complement_add_(lowrank(xu, yu), lowrank(xm, ym), m, row, col, g_row, mask, bc1, bc2, eps)
+    Returns ``U`` as a new fp32 (B, m, n) tensor; or, given the weights ``w`` (and correction bits
+    ``rho``), applies it with :func:`apply_update_` and returns ``None``. ``m`` is not changed."""
+    u = complement_add_(lowrank(xu, yu), lowrank(xm, ym), m, row, col, g_row, mask, bc1, bc2, eps)
+    if w is None:
+        return u
+    apply_update_(w, rho, u, lr, wd)
+    return None

@@ -314,7 +314,7 @@ def case_residual(shape, mode, gen, device) -> Case:
     return Case("residual_sumsq", f"{mode} {tuple(shape)}", kw, (), rtol=rtol, atol=atol)
 
 
-def case_complement_update(shape, mode, gen, device, bc=("float", "float"), k=(40, 40)) -> Case:
+def case_complement_update(shape, mode, gen, device, bc=("float", "float"), k=(40, 40), apply=None) -> Case:
     """``complement_update`` on (B, m, n), ``k = (k_u, k_m)`` the ranks of ``X_u Y_u^T`` and ``X_m Y_m^T``.
 
     * ``exact``: exact products (:func:`_exact_factors`), ``m`` wide with random signs and equal to
@@ -326,6 +326,10 @@ def case_complement_update(shape, mode, gen, device, bc=("float", "float"), k=(4
       (compared within the fp32 tolerance, NaN == NaN, since NaN payloads differ between backends).
     * ``dense``: random factors, ``m = X_m Y_m^T + 10^-3 noise``; within a tolerance scaled by the
       magnitudes (the twin run on ``|X_u|, |Y_u|, -|X_m|, |Y_m|`` and ``m = 0``).
+
+    ``apply = (weight dtype, bits)``: the update is applied to random weights (as
+    :func:`case_apply`'s ``state`` mode) in place instead of returned; ``exact`` compares them bit
+    for bit.
     """
     B, M, N = shape
     make = _dense_factors if mode == "dense" else _exact_factors
@@ -361,7 +365,15 @@ def case_complement_update(shape, mode, gen, device, bc=("float", "float"), k=(4
             atol = tol * reference.complement_update(**mag)
     elif mode == "exact":
         rtol = 0.0  # bit for bit
-    return Case("complement_update", f"{mode} {tuple(shape)} k={k} bc={bc}", kw, (), rtol=rtol, atol=atol)
+    label = f"{mode} {tuple(shape)} k={k} bc={bc}"
+    if apply is None:
+        return Case("complement_update", label, kw, (), rtol=rtol, atol=atol)
+    wdtype, bits = apply
+    w, rho = _weights(wdtype, bits, shape, gen, device, "state")
+    kw.update(w=w, rho=rho, lr=1e-2, wd=0.1)
+    label += f" applied to {str(wdtype)[6:]}" + (f"+int{bits}" if rho is not None else "")
+    exact = ("w",) if mode == "exact" else ()
+    return Case("complement_update", label, kw, ("w", "rho"), exact=exact, rtol=rtol if rtol else FP32_RTOL)
 
 
 # ------------------------------------------------------------------------------ comparison
@@ -456,6 +468,14 @@ def small_cases(gen: torch.Generator, device: torch.device) -> dict[str, list[Ca
         out["residual_sumsq"].append(case_residual((*shape, ks[1]), "exact", gen, device))
         out["residual_sumsq"].append(case_residual((*shape, None), "exact", gen, device))
     out["complement_update"].append(case_complement_update((3, 6, 40), "nan", gen, device, bc=("tensor", "tensor")))
+    for j, ap in enumerate(((torch.bfloat16, 8), (torch.bfloat16, 16), (torch.float32, 0))):
+        shape, bc = (
+            SMALL_COMPLEMENT[(2 * j + 1) % len(SMALL_COMPLEMENT)],
+            (("tensor", "float"), ("float", "tensor"))[j % 2],
+        )
+        out["complement_update"].append(
+            case_complement_update(shape, "exact", gen, device, bc=bc, k=(16, 33), apply=ap)
+        )
     out["complement_update"].append(case_complement_update((2, 70, 90), "dense", gen, device, k=(37, 70)))
     out["residual_sumsq"].append(case_residual((2, 70, 90, 37), "dense", gen, device))
     for i, (lead, d) in enumerate(SMALL_FACTORS):
