@@ -10,7 +10,7 @@ mkdir -p "$OUT" "$W/q"
 source bench/use_wheels.sh "scao 0.2.4 will be reported as not installed"
 base=(--size small --steps 1500 --eval-every 100 --eval-batches 8 --no-report)
 for lr in 2.5e-4 2e-3; do
-  timeout 130 python3 -m bench.compare --optimizers scao024 --lrs "scao024=$lr" "${base[@]}" --out "$W/q" \
+  timeout 180 python3 -m bench.compare --optimizers scao024 --lrs "scao024=$lr" "${base[@]}" --time-budget-s 160 --out "$W/q" \
     > "$W/q/scao024_$lr.log" 2>&1
 done
 grep -h "^\[run" "$W"/q/*.log
