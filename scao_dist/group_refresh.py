@@ -238,7 +238,7 @@ class RefreshMixin:
                 continue
             k = basis.q.shape[-1]
             if k > side.K:
-                self._grow(side, k)
+                self._grow(side, side.width_for(k))
             n = side.name
             q = pad_last(basis.q, side.K).to(self.bdt)
             if side.mode == "dense":

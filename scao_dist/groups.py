@@ -152,6 +152,12 @@ class Side:
     def rank_cap(self, rank_max: int) -> int:
         return min(rank_max, self.d - self.p)
 
+    def width_for(self, k: int) -> int:
+        """Allocated width for a basis of ``k`` columns: ``k`` rounded up to a multiple of 16, at most
+        ``d - p``. Growing in steps of 16 keeps the number of distinct stacked shapes (and with them
+        Triton/cuBLAS recompiles and allocator churn) small while ranks creep up one column at a time."""
+        return min(-(-k // 16) * 16, self.d - self.p)
+
 
 class _Group:
     """What both group kinds share: specs, params, stacked tensors, gather/scatter, bytes."""
@@ -759,13 +765,15 @@ class KronGroup(RefreshMixin, _Group):
             out[k] = x.clone()
         for side in self.sides:
             out[f"{side.name}.rank"] = torch.tensor(side.ranks[i])
+            out[f"{side.name}.width"] = torch.tensor(side.K)  # the group's allocated width: same shapes on resume
         return out
 
     def load_block_state(self, i: int, st: dict[str, Tensor]) -> None:
         for side in self.sides:
             k = int(st[f"{side.name}.rank"])
-            if k > side.K:
-                self._grow(side, k)
+            width = max(side.width_for(k), int(st.get(f"{side.name}.width", 0)))
+            if width > side.K:
+                self._grow(side, width)
         for key, v in self.t.items():
             x = st[key].to(v.device)
             tgt = v[i]

@@ -177,10 +177,11 @@ def _meta_groups(groups: list[dict[str, Any]], dtype: torch.dtype | None) -> lis
 
 def _widest_basis(side: Any, rank_max: int | None) -> int:
     """The most basis columns a side can reach: dense sides keep every eigenvector (their d x d
-    factor costs a full basis anyway); streamed sides stop at the adaptive rank's cap."""
+    factor costs a full basis anyway); streamed sides stop at the adaptive rank's cap, allocated in
+    steps of 16 columns (``Side.width_for``)."""
     if side.mode == "dense":
         return side.d
-    return side.rank_cap(rank_max if rank_max is not None else 1 << 30)
+    return side.width_for(side.rank_cap(rank_max if rank_max is not None else 1 << 30))
 
 
 def _call_sizes(opt: SCAO, grad_release: bool) -> list[tuple[int, int]]:

@@ -522,3 +522,33 @@ def test_the_unmasked_residual_update_equals_the_masked_one(monkeypatch):
     assert any(taken)
     for a, b in zip(fast, masked):
         assert torch.equal(a, b)
+
+
+def test_basis_widths_grow_in_steps_of_16():
+    """Truncated bases are allocated in multiples of 16 columns (capped at d - oversample), so a rank
+    creeping up one column at a time does not give every step a new stacked shape; the columns past
+    each block's rank stay zero and the step matches the one computed at exact widths."""
+    from scao_dist.groups import Side
+
+    def run(width_for):
+        model = _mlp(d=48)
+        opt = SCAO(model.parameters(), lr=1e-2, min_precond_dim=2, full_factor_dim=8, rank_max=20, rank_min=2)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(Side, "width_for", width_for)
+            _train(model, opt, 12, _batches(d=48))
+        return model, opt
+
+    rounded = Side.width_for
+    model, opt = run(rounded)
+    sides = [s for g in opt.groups if hasattr(g, "sides") for s in g.sides if s.mode == "stream"]
+    assert sides and all(s.K % 16 == 0 or s.K == s.d - s.p for s in sides)
+    assert any(s.K > max(s.ranks) for s in sides)  # rounding did widen past the largest rank somewhere
+    for g in opt.groups:
+        for s in getattr(g, "sides", []):
+            if s.mode == "stream":
+                eig = g.t[f"{s.name}.eig"]
+                for i, r in enumerate(s.ranks):
+                    assert torch.count_nonzero(eig[i, ..., r : s.K]) == 0
+    exact, _ = run(lambda self, k: k)
+    for a, b in zip(model.parameters(), exact.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
