@@ -29,7 +29,7 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 # what each kernel reads and writes (keyword names); "returned" = its fp32 result, written once
@@ -61,6 +61,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=25, help="do_bench warmup, ms")
     ap.add_argument("--rep", type=int, default=200, help="do_bench repetition time, ms")
     ap.add_argument("--sweep", action="store_true", help="also time other block sizes / num_warps per kernel")
+    ap.add_argument("--only", default="", help="comma-separated kernels: verify and time these alone")
     ap.add_argument("--dry-run", action="store_true", help="CPU + Triton interpreter, tiny sizes, wall-clock timer")
     return ap.parse_args(argv)
 
@@ -273,8 +274,9 @@ def with_config(cfg: dict[str, Any], fn: Callable[[], float]) -> float:
 
 
 # ------------------------------------------------------------------------------ main
-def verify_on(device: Any, dry: bool) -> dict[str, Any]:
-    """Kernel == twin on the device: odd small shapes (all variants), plus a few large operands."""
+def verify_on(device: Any, dry: bool, only: Sequence[str] = ()) -> dict[str, Any]:
+    """Kernel == twin on the device: odd small shapes (all variants), plus a few large operands
+    (``only``: these kernels alone)."""
     import torch
 
     from scao_dist.kernels import triton_ops, verify
@@ -315,6 +317,8 @@ def verify_on(device: Any, dry: bool) -> dict[str, Any]:
             cases["residual_sumsq"].append(verify.case_residual((3, 301, 1001, 40), mode, gen, device))
             cases["residual_sumsq"].append(verify.case_residual((2, 3072, 768, 144), mode, gen, device))
         cases["factor_ema_corr_"].append(verify.case_factor((3,), 777, "boundary", gen, device))
+    if only:
+        cases = {k: v for k, v in cases.items() if k in only}
     t0 = time.perf_counter()
     res = verify.run_cases(cases, triton_ops, log=lambda s: print(f"  verify {s}", flush=True))
     fails = [e for errs in res.values() for e in errs]
@@ -367,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# bench.kernels on {name} (torch {torch.__version__}, triton {triton.__version__})", flush=True)
 
     print("verifying kernels against their twins ...", flush=True)
-    ver = verify_on(device, args.dry_run)
+    only = [k for k in args.only.split(",") if k]
+    ver = verify_on(device, args.dry_run, only)
     print(f"verification: {'ok' if ver['ok'] else 'FAILED'} ({ver['seconds']:.1f}s)", flush=True)
     for e in ver["failures"][:20]:
         print("  ", e)
@@ -377,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     copy = copy_bandwidth(copy_bytes, device, timer)
     rows = []
     for kernel, variant, spec in shapes(args.dry_run, args.mb):
+        if only and kernel not in only:
+            continue
         sets = [make_operands(kernel, spec, device) for _ in range(max(1, args.sets))]
         nbytes = moved_bytes(kernel, sets[0])
         shp = spec.get("shape", (spec.get("batch"), spec.get("d"), spec.get("d")))
@@ -395,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         if args.sweep:
             row["sweep"] = [dict(cfg, ms=with_config(cfg, lambda f=k_fn: timer(f))) for cfg in sweep_configs(kernel)]
+            best = min(row["sweep"], key=lambda c: c["ms"])
+            print(f"  sweep {kernel} {variant}: best {best} ({nbytes / best['ms'] / 1e6:.0f} GB/s)", flush=True)
         print(f"  {kernel:14s} {variant:28s} {row['gbps']:8.0f} GB/s ({100 * row['frac_of_copy']:.0f}% of copy), "
               f"twin {twin_ms:.3f} ms", flush=True)  # fmt: skip
         rows.append(row)

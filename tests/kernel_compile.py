@@ -68,6 +68,8 @@ def signature(fn, args, kw):
             attrs[(i,)] = [["tt.divisibility", 16]]
         elif isinstance(v, bool):
             sig[name] = "i1"
+        elif isinstance(v, int) and v == 1 and name not in fn.do_not_specialize and i not in fn.do_not_specialize:
+            sig[name], consts[name] = "constexpr", 1  # as Triton's launcher does: an int equal to 1 is compiled in
         elif isinstance(v, int):
             sig[name] = "i32"
             if v % 16 == 0 and v:
@@ -133,6 +135,9 @@ def main() -> int:
             continue
         done.add(key)
         label = f"{fn.__name__}{consts}"
+        ranks = sorted(set(consts) & set(lowrank.RANK_ARGS))
+        if ranks:  # see lowrank.RANK_ARGS: a constant rank of 1 lets Triton fold the tail into the dot
+            res["compile"].append(f"{label}: rank argument(s) {ranks} compiled as constants")
         try:
             k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs), target=target,
                                options=options)  # fmt: skip

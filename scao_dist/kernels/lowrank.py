@@ -62,6 +62,16 @@ def lowrank_tile(x_ptr, y_ptr, b64, i, j, M, N, K, BM: tl.constexpr, BN: tl.cons
     return acc
 
 
+RANK_ARGS = ("K", "KU", "KM")
+"""The kernels' rank arguments; never launched equal to 1 (:func:`_operands` pads a rank-1 pair with
+a zero column). Triton compiles an integer argument equal to 1 in as a constant; the one-chunk
+loop is then unrolled and ``u + dot(X, Y, 0)`` folded into ``dot(X, Y, u)``, so the tensor cores
+add the tail to the product in their own rounding, not IEEE round-to-nearest (seen on an H200:
+1-ulp differences from the twin in a fifth of the elements at rank 1, none at rank 16).
+``do_not_specialize`` would avoid that too, but it also drops the divisible-by-16 hint and with it
+the vector loads along the rank: both kernels ran at half speed."""
+
+
 @triton.jit
 def _sumsq_kernel(
     g_ptr, x_ptr, y_ptr, grow_ptr, gcol_ptr, rrow_ptr, rcol_ptr,
@@ -200,10 +210,13 @@ def residual_sumsq(
 
 def _operands(dummy: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Contiguous ``X``, ``Y`` and their rank ``k`` for a launch (``k = 0``: never read, so a
-    non-empty stand-in replaces the empty tensors)."""
+    non-empty stand-in replaces the empty tensors; ``k = 1``: a zero column makes it 2, see
+    :data:`RANK_ARGS`)."""
     k = x.shape[2]
     if k == 0:
         return dummy, dummy, 0
+    if k == 1:
+        return torch.nn.functional.pad(x, (0, 1)), torch.nn.functional.pad(y, (0, 1)), 2
     return x.contiguous(), y.contiguous(), k
 
 
