@@ -66,6 +66,10 @@ DS_DEPS=(hjson==3.1.0 msgpack==1.2.4 py-cpuinfo==9.0.0 ninja==1.13.2 einops==0.8
          typing-extensions==4.16.0)
 if [[ "${SKIP_DS:-0}" != 1 ]]; then
   if ! ls .whl/deepspeed-"${DS_SPEC##*==}"-py3-none-any.whl >/dev/null 2>&1; then
+    # the build runs in this environment (--no-build-isolation): it imports torch and needs `wheel`
+    python3 -c "import torch" 2>/dev/null || { echo "building DeepSpeed's wheel needs torch here first:" \
+      "pip install torch==2.13.0 (or SKIP_DS=1)"; exit 1; }
+    python3 -c "import wheel" 2>/dev/null || python3 -m pip install -q wheel
     DS_BUILD_OPS=0 python3 -m pip wheel -q --no-deps --no-build-isolation "$DS_SPEC" -w .whl
   fi
   for spec in "${DS_DEPS[@]}"; do
