@@ -1,30 +1,39 @@
 #!/usr/bin/env bash
-# GPU call for the next session (device tool, carry [".whl"]; about 3 minutes): is the one 250-350 ms step of
-# every 405M run (BENCHMARKS.md §0) Triton compiling a kernel variant first needed mid-run? The same scaling
-# run twice in a row on one machine: the second process finds every kernel in Triton's on-disk cache (cuBLAS and
-# cuSOLVER keep nothing across processes). The stall gone in run 2 means compiles; still there means something
-# else (allocator, solver workspaces). precond_freq 10, where the refresh waits do not blur the picture.
-# Everything lands in $OUT/session_q.tgz; the two summary rows and each run's slowest steps are printed last.
+# GPU call for the next session (device tool, carry [".whl"]; about 4 minutes), two questions about the 405M step
+# (BENCHMARKS.md §0), each answered by runs of `bench.scaling --nproc 1` in one call on one machine:
+#   1. Is the one 250-350 ms step of every run Triton compiling a kernel variant first needed mid-run? The
+#      precond_freq 10 run twice: the second process finds every kernel in Triton's on-disk cache (cuBLAS and
+#      cuSOLVER keep nothing across processes). Gone in run 2: compiles; still there: something else.
+#   2. At the default precond_freq 5 the step waits for the refresh worker, whose largest GPU cost is the float64
+#      eigh of the Nystrom Grams (cuSOLVER runs the batch one matrix after another): does diagonalising them on
+#      the host instead (SCAO_HOST_EIGH_MAX=1024; it lost at 43M on an H100 in session 2) take the waits off?
+#      precond_freq 5 with and without it, after the runs above (warm cache).
+# Everything lands in $OUT/session_q.tgz; the summary rows and each run's slowest steps are printed last.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/session_q}
 W=/tmp/session_q_work
 mkdir -p "$OUT" "$W"
-export TRITON_CACHE_DIR=$W/triton_cache  # starts empty: run 1 compiles, run 2 reads
-for run in 1 2; do
-  timeout 120 python3 -m bench.scaling --nproc 1 --optimizers scao --steps 40 --warmup 10 \
-    --scao-kwargs '{"precond_freq": 10}' --out "$W/run$run" > "$W/run$run.log" 2>&1
-  echo "run $run rc=$?"
-done
+export TRITON_CACHE_DIR=$W/triton_cache  # starts empty: run f10a compiles, the others read
+run() {  # name, precond_freq, extra environment (VAR=value or "")
+  env ${3:+"$3"} timeout 120 python3 -m bench.scaling --nproc 1 --optimizers scao --steps 40 --warmup 10 \
+    --scao-kwargs "{\"precond_freq\": $2}" --out "$W/$1" > "$W/$1.log" 2>&1
+  echo "run $1 rc=$?"
+}
+run f10a 10 ""
+run f10b 10 ""
+run f5 5 ""
+run f5host 5 SCAO_HOST_EIGH_MAX=1024
 tar czf "$OUT/session_q.tgz" -C "$W" --exclude triton_cache .
-for run in 1 2; do
-  grep "^| scao_dist" "$W/run$run/scaling.md"
-  python3 - "$W/run$run/scao_n1.json" <<'PYEOF'
+for name in f10a f10b f5 f5host; do
+  echo "== $name"
+  grep "^| scao_dist" "$W/$name/scaling.md"
+  python3 - "$W/$name/scao_n1.json" <<'PYEOF'
 import json, sys
 r = json.load(open(sys.argv[1]))["ranks"][0]
-for name in ("warmup_step_ms", "step_ms"):
-    ms = r[name]
+for key in ("warmup_step_ms", "step_ms"):
+    ms = r[key]
     top = sorted(range(len(ms)), key=lambda i: -ms[i])[:3]
-    print(f"  {name}: slowest {[(i, ms[i]) for i in top]}")
+    print(f"  {key}: slowest (index, ms) {[(i, round(ms[i], 1)) for i in top]}")
 PYEOF
 done
