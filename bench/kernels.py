@@ -370,8 +370,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True  # as the training benchmarks: the low-rank products in TF32
     print(f"# bench.kernels on {name} (torch {torch.__version__}, triton {triton.__version__})", flush=True)
 
-    print("verifying kernels against their twins ...", flush=True)
     only = [k for k in args.only.split(",") if k]
+    unknown = sorted(set(only) - {k for k, _, _ in shapes(args.dry_run, args.mb)})
+    if unknown:
+        print(f"--only: unknown kernel(s) {unknown}; choose from {sorted({k for k, _, _ in shapes(True, 1.0)})}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    print("verifying kernels against their twins ...", flush=True)
     ver = verify_on(device, args.dry_run, only)
     print(f"verification: {'ok' if ver['ok'] else 'FAILED'} ({ver['seconds']:.1f}s)", flush=True)
     for e in ver["failures"][:20]:
