@@ -709,6 +709,46 @@ def worker(spec_path: str) -> int:
     os._exit(0 if rec["status"] == "ok" else 1)
 
 
+class TritonVariants:
+    """Each time a Triton kernel needs a variant this process has not built (a compile, or a load
+    from Triton's on-disk cache): the step it happened in, the kernel and the milliseconds it took.
+    A variant is keyed by the kernel's constexprs and argument specialisations (dtypes, an integer
+    equal to 1, divisibility by 16), so a shape first seen mid-run can cost a compile mid-run."""
+
+    def __init__(self) -> None:
+        self.step = -1
+        self.events: list[list[Any]] = []
+        self._t0: list[float] = []
+        try:
+            from triton import knobs
+        except ImportError:  # a Triton without knobs: nothing recorded
+            self.ok = False
+            return
+        self.ok = True
+        knobs.runtime.jit_cache_hook = self._start
+        knobs.runtime.jit_post_compile_hook = self._end
+
+    def close(self) -> None:
+        """Take the hooks out again."""
+        if self.ok:
+            from triton import knobs
+
+            knobs.runtime.jit_cache_hook = knobs.runtime.jit_post_compile_hook = None
+
+    def _start(self, *args: Any, **kw: Any) -> None:
+        fn = kw.get("fn")
+        name = getattr(fn, "name", None) or str(kw.get("repr", "?")).split("[")[0]
+        self.events.append([self.step, name, None])
+        self._t0.append(time.perf_counter())
+        return None  # a true value would make Triton skip the compile
+
+    def _end(self, *args: Any, **kw: Any) -> None:
+        if self._t0:
+            i = len(self.events) - len(self._t0)  # the oldest variant still being built
+            self.events[i][2] = round((time.perf_counter() - self._t0.pop(0)) * 1e3, 1)
+        return None
+
+
 def _worker_body(spec: dict, rank: int, world: int, local_rank: int, deadline: float, rec: dict) -> None:
     import torch
     import torch.distributed as dist
@@ -836,7 +876,10 @@ def _worker_body(spec: dict, rank: int, world: int, local_rank: int, deadline: f
     comm: list[int] = []
     losses: list[float] = []
 
+    variants = TritonVariants()
+
     def one_step(k: int) -> None:
+        variants.step = k
         x, y = batches[k]
         w0 = time.perf_counter()
         if ev:
@@ -890,6 +933,9 @@ def _worker_body(spec: dict, rank: int, world: int, local_rank: int, deadline: f
     timed_s = time.perf_counter() - tt
 
     rec["step_ms"] = [round(v, 3) for v in step_ms]
+    # [step (warm-up steps first, from 0), kernel, ms]: the kernel variants built during the run
+    rec["triton_variants"] = variants.events if variants.ok else None
+    variants.close()
     rec["opt_ms"] = [round(v, 3) for v in opt_ms]
     rec["wall_ms"] = [round(v, 3) for v in wall_ms]
     rec["step_ms_median"], rec["step_ms_p99"] = _stats(step_ms)

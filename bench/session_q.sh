@@ -3,7 +3,8 @@
 # (BENCHMARKS.md §0), each answered by runs of `bench.scaling --nproc 1` in one call on one machine:
 #   1. Is the one 250-350 ms step of every run Triton compiling a kernel variant first needed mid-run? The
 #      precond_freq 10 run twice: the second process finds every kernel in Triton's on-disk cache (cuBLAS and
-#      cuSOLVER keep nothing across processes). Gone in run 2: compiles; still there: something else.
+#      cuSOLVER keep nothing across processes). Gone in run 2: compiles; still there: something else. Each run
+#      also logs the kernel variants Triton builds and the step they were first needed in (bench.scaling).
 #   2. At the default precond_freq 5 the step waits for the refresh worker, whose largest GPU cost is the float64
 #      eigh of the Nystrom Grams (cuSOLVER runs the batch one matrix after another): does diagonalising them on
 #      the host instead (SCAO_HOST_EIGH_MAX=1024; it lost at 43M on an H100 in session 2) take the waits off?
@@ -35,5 +36,9 @@ for key in ("warmup_step_ms", "step_ms"):
     ms = r[key]
     top = sorted(range(len(ms)), key=lambda i: -ms[i])[:3]
     print(f"  {key}: slowest (index, ms) {[(i, round(ms[i], 1)) for i in top]}")
+tv = r.get("triton_variants")
+if tv is not None:  # [step, kernel, ms]; steps count the warm-up steps first
+    late = [e for e in tv if e[0] >= 2]
+    print(f"  Triton variants built: {len(tv)}, from step 2 on: {late[:12]}")
 PYEOF
 done

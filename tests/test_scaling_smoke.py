@@ -57,6 +57,7 @@ def _record(out, name):
     assert rec["step_ms_p99"] >= rec["step_ms_median"] > 0
     assert rec["tokens_per_s_per_gpu"] > 0 and rec["opt_bytes_per_param_rank"] > 0
     assert rec["weights_in_sync"] is True
+    assert all(isinstance(r["triton_variants"], list | type(None)) for r in rec["ranks"])
     assert len(rec["ranks"]) == rec["world_size"] and rec["timed_steps"] == 4
     return rec
 
@@ -91,3 +92,24 @@ def test_deepspeed_zero1_one_rank(tmp_path):
     assert abs(rec["opt_bytes_per_param_rank"] - 12.0) < 0.05
     assert rec["comm_bytes_per_step_rank"] == 0
     assert "| DeepSpeed ZeRO-1 AdamW | 1 | ok |" in (tmp_path / "scaling.md").read_text()
+
+
+def test_triton_variant_log_pairs_builds_with_their_step():
+    """``TritonVariants`` (the per-step log of kernel variants built mid-run) records each build at the
+    step it started in, pairs the ends in order, and never tells Triton to skip a compile."""
+    sys.path.insert(0, str(ROOT))
+    from bench.scaling import TritonVariants
+
+    log = TritonVariants()
+    log.step = 3
+    assert log._start(key=1, repr="_a_kernel[num_warps=4](x: *fp32)") is None
+    log.step = 4
+    assert log._start(key=2, repr="_b_kernel[num_warps=8](y: i32)") is None
+    assert log._end(key=1) is None and log._end(key=2) is None
+    assert [e[:2] for e in log.events] == [[3, "_a_kernel"], [4, "_b_kernel"]]
+    assert all(isinstance(e[2], float) and e[2] >= 0 for e in log.events)
+    log.close()
+    if log.ok:
+        from triton import knobs
+
+        assert knobs.runtime.jit_cache_hook is None and knobs.runtime.jit_post_compile_hook is None
