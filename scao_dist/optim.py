@@ -72,6 +72,13 @@ class SCAO(torch.optim.Optimizer):
             step ``t`` (synchronous); 1 (default) at the start of step ``t + 1`` — the same math
             as 0, computed on a worker thread / side stream while the next forward/backward runs;
             ``k`` lets ``k - 1`` steps use the old basis.
+        refresh_wait: ``True`` (default): a refresh not finished at its swap step is waited for,
+            so the math never depends on timing (bit-exact resumes, any rank count). ``False``:
+            never wait — a late refresh is swapped in at the first step after it is ready, and a
+            block whose refresh is still in flight is not submitted again, so the refresh
+            interval stretches to what the worker can do instead of stalling the step (for when
+            the worker cannot keep up, e.g. large models at a short ``precond_freq``). Results
+            then depend on timing.
         async_refresh: compute lagged refreshes on a worker (``False``: same results, computed
             in line; for debugging and tests).
         process_group: shard blocks over this group (default: the default group when
@@ -125,6 +132,7 @@ class SCAO(torch.optim.Optimizer):
         grad_release: bool = False,
         stagger_refresh: bool = True,
         refresh_lag: int = 1,
+        refresh_wait: bool = True,
         async_refresh: bool = True,
         graft: str = "none",
         graft_rms: float = 0.2,
@@ -188,6 +196,7 @@ class SCAO(torch.optim.Optimizer):
         )
         self._built = False
         self._async_refresh = bool(async_refresh)
+        self._refresh_wait = bool(refresh_wait)
         self._bucket_numel = max(1, int(bucket_mb * 2**20 / 4))
         self._check_sync_every = int(check_sync_every)
         self._max_step_numel = int(max_step_numel)
@@ -297,7 +306,7 @@ class SCAO(torch.optim.Optimizer):
             self._blocks_of_param[s.param].append(s.index)
         if getattr(self, "refresher", None) is not None:
             self.refresher.close()
-        self.refresher = RefreshScheduler(self, cfg.refresh_lag, self._async_refresh)
+        self.refresher = RefreshScheduler(self, cfg.refresh_lag, self._async_refresh, wait=self._refresh_wait)
         self._due.clear()
         self._import_blocks(old)
         if cfg.grad_release:

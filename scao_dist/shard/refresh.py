@@ -13,6 +13,13 @@ Staleness is bounded: a refresh not finished at its swap step is waited for, and
 counted (``counters['refresh_waits']``). Because blocks refresh on staggered phases (see
 ``shard/plan.py``), each step submits only a share of a rank's refreshes.
 
+``wait=False`` trades that determinism for a step that never waits: a refresh not ready at its
+swap step stays pending and is swapped in at the first step boundary after its result is ready
+(``counters['refresh_late']`` counts the steps it missed; the swap recomputes the state it
+carries for the blocks' current steps, as for a restored refresh), and a block whose refresh is
+still pending is left out of the next submission (``counters['refreshes_deferred']``), so the
+backlog cannot grow: each block's refresh interval stretches to what the worker can do.
+
 ``async_refresh=False`` keeps the lag semantics but computes on the calling thread: the result
 is the same as the async one (used by the tests to prove it).
 """
@@ -46,10 +53,11 @@ class Pending:
 class RefreshScheduler:
     """Runs the refreshes that the groups report due, synchronously or on a worker."""
 
-    def __init__(self, opt: Any, lag: int, async_refresh: bool = True) -> None:
+    def __init__(self, opt: Any, lag: int, async_refresh: bool = True, wait: bool = True) -> None:
         self.opt = opt
         self.lag = lag
         self.async_refresh = async_refresh and lag > 0
+        self.wait = wait
         self.pending: list[Pending] = []
         self._pool: cf.ThreadPoolExecutor | None = None
         self._stream: Any = None
@@ -57,6 +65,13 @@ class RefreshScheduler:
     # ---------------------------------------------------------------------------- submit
     def submit(self, grp: Any, idx: list[int], hp: Hyper, step: int) -> None:
         """Refresh the blocks ``idx`` of ``grp`` (due together: computed as one batch)."""
+        if not self.wait:
+            busy = {i for item in self.pending if item.group is grp for i in item.idx}
+            kept = [i for i in idx if i not in busy]
+            self.opt.counters["refreshes_deferred"] += len(idx) - len(kept)
+            if not kept:
+                return
+            idx = kept
         inputs = grp.refresh_inputs(idx)
         if self.lag == 0:
             self._apply(grp, grp.compute_refresh(inputs, hp))
@@ -93,16 +108,28 @@ class RefreshScheduler:
 
     # ------------------------------------------------------------------------------ swap
     def step_boundary(self, step: int) -> None:
-        """Swap in every refresh whose step has come (waiting, and counting, if unfinished)."""
+        """Swap in every refresh whose step has come (waiting, and counting, if unfinished; with
+        ``wait=False`` an unfinished one stays pending and is counted late)."""
         if not self.pending:
             return
         keep = []
         for item in self.pending:
-            if item.due <= step:
+            if item.due <= step and (self.wait or self._ready(item)):
                 self._finish(item)
             else:
+                if item.due <= step:
+                    self.opt.counters["refresh_late"] += 1
                 keep.append(item)
         self.pending = keep
+
+    @staticmethod
+    def _ready(item: Pending) -> bool:
+        """Is the result there without waiting: computed on the host and, on CUDA, on the device?"""
+        if item.result is not None or item.future is None:
+            return True
+        if not item.future.done():
+            return False
+        return item.done_event is None or item.done_event.query()
 
     def _result(self, item: Pending) -> list[Refresh]:
         if item.result is None:
