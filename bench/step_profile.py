@@ -123,19 +123,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=30, help="timed steps per case (after 2 precond periods)")
     ap.add_argument("--profile-steps", type=int, default=10)
     ap.add_argument("--cases", default="scao,scao_norefresh,adamw")
+    ap.add_argument("--scao-kwargs", default="{}", help='JSON: more SCAO keyword arguments, e.g. {"precond_freq": 10}')
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
+    scao_kwargs = json.loads(args.scao_kwargs)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = True
-    result: dict[str, Any] = {"size": args.size, "device": torch.cuda.get_device_name() if device.type == "cuda"
-                              else "cpu", "torch": torch.__version__, "cases": {}}  # fmt: skip
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    result: dict[str, Any] = {"size": args.size, "scao_kwargs": scao_kwargs, "device": name,
+                              "torch": torch.__version__, "cases": {}}  # fmt: skip
     for case in args.cases.split(","):
         bf16 = case.startswith("scao")
         model = _model(args.size, device, bf16)
         if case == "adamw":
             opt: Any = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
         else:
-            opt = SCAO(model.parameters(), lr=1e-4)
+            opt = SCAO(model.parameters(), lr=1e-4, **scao_kwargs)
         warm = 21
         _timed_steps(model, opt, warm, args.batch, device, 0)
         if case == "scao_norefresh":
