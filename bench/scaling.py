@@ -718,7 +718,7 @@ class TritonVariants:
     def __init__(self) -> None:
         self.step = -1
         self.events: list[list[Any]] = []
-        self._t0: list[float] = []
+        self._open: list[tuple[list[Any], float]] = []  # (event, start) of the builds not finished yet
         try:
             from triton import knobs
         except ImportError:  # a Triton without knobs: nothing recorded
@@ -738,14 +738,15 @@ class TritonVariants:
     def _start(self, *args: Any, **kw: Any) -> None:
         fn = kw.get("fn")
         name = getattr(fn, "name", None) or str(kw.get("repr", "?")).split("[")[0]
-        self.events.append([self.step, name, None])
-        self._t0.append(time.perf_counter())
+        event = [self.step, name, None]
+        self.events.append(event)
+        self._open.append((event, time.perf_counter()))
         return None  # a true value would make Triton skip the compile
 
     def _end(self, *args: Any, **kw: Any) -> None:
-        if self._t0:
-            i = len(self.events) - len(self._t0)  # the oldest variant still being built
-            self.events[i][2] = round((time.perf_counter() - self._t0.pop(0)) * 1e3, 1)
+        if self._open:  # builds finish in the order they started
+            event, t0 = self._open.pop(0)
+            event[2] = round((time.perf_counter() - t0) * 1e3, 1)
         return None
 
 
