@@ -68,7 +68,9 @@ def signature(fn, args, kw):
             attrs[(i,)] = [["tt.divisibility", 16]]
         elif isinstance(v, bool):
             sig[name] = "i1"
-        elif isinstance(v, int) and v == 1 and name not in fn.do_not_specialize and i not in fn.do_not_specialize:
+        elif isinstance(v, int) and (name in fn.do_not_specialize or i in fn.do_not_specialize):
+            sig[name] = "i32"
+        elif isinstance(v, int) and v == 1:
             sig[name], consts[name] = "constexpr", 1  # as Triton's launcher does: an int equal to 1 is compiled in
         elif isinstance(v, int):
             sig[name] = "i32"
@@ -77,6 +79,38 @@ def signature(fn, args, kw):
         else:
             sig[name] = "fp32"
     return sig, consts, attrs, options
+
+
+GROUP_KERNELS = {"_ema_signed_kernel", "_rotated_adam_kernel", "_adamw_kernel"}
+"""Kernels that walk scale groups with ``common.group_tile``."""
+
+
+def width_variants(seen: list) -> list[str]:
+    """Launch the rotated-space moment steps at every basis width a group allocates (multiples of
+    16, ``Side.width_for``), at several row counts, and return a problem for each kernel that would
+    need more than one compiled variant across them: a variant first needed when a refresh grows a
+    basis is compiled in the middle of a step (the 320-355 ms stalls of BENCHMARKS.md §0)."""
+    from scao_dist import quant
+    from scao_dist.kernels import triton_ops
+
+    start = len(seen)
+    gen = torch.Generator().manual_seed(1)
+    for width in range(16, 513, 16):
+        for lead in ((1, 16), (3, 48), (5, 32)):
+            shape = (*lead, width)
+            g, m = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+            groups = quant.n_groups(width)
+            u8 = torch.zeros(*lead, groups * 32, dtype=torch.uint8)
+            i8 = torch.zeros(*lead, groups * 32, dtype=torch.int8)
+            sc = torch.ones(*lead, groups, dtype=torch.bfloat16)
+            triton_ops.rotated_adam_(u8, sc, g, m, 0.99, 0.5, 0.25, 1e-8)
+            triton_ops.ema_signed_(i8, sc.clone(), g, 0.9)
+    keys: dict[str, set] = {}
+    for fn, a, kw in seen[start:]:
+        sig, consts, attrs, _ = signature(fn, a, kw)
+        keys.setdefault(fn.__name__, set()).add((tuple(sorted(sig.items())), tuple(sorted(consts.items())), str(attrs)))
+    del seen[start:]
+    return [f"{name}: {len(k)} variants across basis widths 16..512" for name, k in sorted(keys.items()) if len(k) != 1]
 
 
 def main() -> int:
@@ -126,6 +160,7 @@ def main() -> int:
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
 
+    res["widths"] = width_variants(seen)
     done = set()
     target = GPUTarget("cuda", 90, 32)
     for fn, a, kw in seen:
@@ -155,6 +190,9 @@ def main() -> int:
             res["compile"].append(f"{label}: expected IEEE div.rn.f32 in the PTX")
         if not re.search(r"sqrt\.rn\.f32", ptx) and fn.__name__ in NEEDS_SQRT:
             res["compile"].append(f"{label}: expected IEEE sqrt.rn.f32 in the PTX")
+        vector = re.search(r"ld\.global(\.\w+)*\.v4", ptx)
+        if fn.__name__ in GROUP_KERNELS and consts.get("NMUL", 1) >= 4 and not vector:
+            res["compile"].append(f"{label}: rows aligned to NMUL elements but no 16-byte vector load in the PTX")
         if not re.search(r"max\.NaN\.f32", ptx) and fn.__name__ in NEEDS_NAN_MAX:
             res["compile"].append(f"{label}: expected NaN-propagating max.NaN.f32 in the PTX")
     res["variants"] = [str(len(done))]

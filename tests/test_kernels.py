@@ -125,6 +125,15 @@ def test_kernels_compile_for_sm90_with_ieee_arithmetic(runs):
     assert int(out["variants"][0]) >= 10
 
 
+def test_moment_kernels_compile_once_for_every_basis_width(runs):
+    """A refresh that grows a basis (16 columns at a time) must not need a new Triton variant."""
+    out = runs["compile"]
+    assert runs["rc"]["compile"] == 0 and out is not None, runs["logs"]["compile"][-4000:]
+    if "skipped" in out:
+        pytest.skip(out["skipped"][0])
+    assert out["widths"] == [], "\n".join(out["widths"])
+
+
 def _old_complement_tail(u, back_m, m, row, col, g_row, mask, bc1, bc2, eps):
     """The tail of ``KronGroup._with_complement`` before ``kernels.complement_add_`` replaced it, verbatim."""
     res_m = back_m.neg_().add_(m)

@@ -22,6 +22,7 @@ from . import reference
 from .apply import correction_r, master_update, weights_ok
 from .common import (
     LAUNCH,
+    SHAPE_ARGS,
     bf16_bits,
     bf16_to_f32,
     bias_rows,
@@ -29,6 +30,7 @@ from .common import (
     decode_sqrt,
     encode_signed,
     encode_sqrt,
+    group_layout,
     group_tile,
     packed_ok,
     writable,
@@ -39,13 +41,13 @@ BG = 32
 """Scale groups per program (32 x 32 = 1024 values; this kernel holds more live state)."""
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SHAPE_ARGS)
 def _adamw_kernel(
     w_ptr, rho_ptr, g_ptr, mc_ptr, ms_ptr, vc_ptr, vs_ptr, ib1_ptr, ib2_ptr,
-    n, G, total, beta1, omb1, beta2, omb2, ib1, ib2, eps, c, lr,
-    BG: tl.constexpr, ALIGNED: tl.constexpr, BC1_ROWS: tl.constexpr, BC2_ROWS: tl.constexpr, R: tl.constexpr,
+    nq, G, total, beta1, omb1, beta2, omb2, ib1, ib2, eps, c, lr,
+    BG: tl.constexpr, NMUL: tl.constexpr, BC1_ROWS: tl.constexpr, BC2_ROWS: tl.constexpr, R: tl.constexpr,
 ):  # fmt: skip
-    gid, row, gmask, coff, xoff, valid = group_tile(n, G, total, BG, ALIGNED)
+    gid, row, gmask, coff, xoff, valid = group_tile(nq, G, total, BG, NMUL)
     g = tl.load(g_ptr + xoff, mask=valid, other=0.0)
     # first moment (ema_signed_)
     qm = tl.load(mc_ptr + coff, mask=gmask[:, None], other=0)
@@ -112,9 +114,7 @@ def adamw_(
             w, rho, g, m_codes, m_scales, v_codes, v_scales,
             lr=lr, beta1=beta1, beta2=beta2, bc1=bc1, bc2=bc2, eps=eps, wd=wd,
         )  # fmt: skip
-    n = g.shape[-1]
-    G = (n + 31) // 32
-    total = (g.numel() // n if n else 0) * G
+    nq, G, total, nmul = group_layout(g)
     if total == 0:
         return None
     R = correction_r(rho)
@@ -126,9 +126,9 @@ def adamw_(
     _adamw_kernel[grid](
         bf16_bits(wb) if R else wb, rb if R else wb, g.contiguous(), mc, bf16_bits(ms), vc, bf16_bits(vs),
         ib1 if rows1 else g, ib2 if rows2 else g,
-        n, G, total, float(beta1), 1.0 - beta1, float(beta2), 1.0 - beta2,
+        nq, G, total, float(beta1), 1.0 - beta1, float(beta2), 1.0 - beta2,
         1.0 if rows1 else ib1, 1.0 if rows2 else ib2, float(eps), 1.0 - lr * wd, float(lr),
-        BG=BG, ALIGNED=n % 32 == 0, BC1_ROWS=rows1, BC2_ROWS=rows2, R=R, **LAUNCH,
+        BG=BG, NMUL=nmul, BC1_ROWS=rows1, BC2_ROWS=rows2, R=R, **LAUNCH,
     )  # fmt: skip
     for dst, buf in zip((w, m_codes, m_scales, v_codes, v_scales), bufs):
         write_back(dst, buf)

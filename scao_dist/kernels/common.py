@@ -14,6 +14,7 @@ operations, so the kernels match the torch twins bit for bit:
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -164,15 +165,16 @@ def encode_sqrt(v):
 
 
 @triton.jit
-def group_tile(n, G, total, BG: tl.constexpr, ALIGNED: tl.constexpr):
+def group_tile(nq, G, total, BG: tl.constexpr, NMUL: tl.constexpr):
     """Offsets of this program's [BG, 32] tile of scale groups.
 
     The operands are (R, n) rows (all leading dims flattened), the codes (R, G·32) and the
-    scales (R, G). Group ``gid`` is group ``gid % G`` of row ``gid // G``; its codes sit at
-    ``gid·32 + lane`` and its values at ``row·n + (gid % G)·32 + lane`` (== the codes offset when
-    ``n % 32 == 0``: ALIGNED). Returns (gid [BG], row [BG], group mask [BG], codes offsets,
+    scales (R, G), with ``n = nq·NMUL`` (see :func:`group_layout`). Group ``gid`` is group
+    ``gid % G`` of row ``gid // G``; its codes sit at ``gid·32 + lane`` and its values at
+    ``row·n + (gid % G)·32 + lane``. Returns (gid [BG], row [BG], group mask [BG], codes offsets,
     value offsets, value mask [BG, 32]).
     """
+    n = nq * NMUL  # NMUL tells the compiler how rows are aligned: 4 or more gives 16-byte vector loads
     g32 = tl.program_id(0) * BG + tl.arange(0, BG)
     gmask = g32 < total
     row32 = g32 // G
@@ -180,14 +182,29 @@ def group_tile(n, G, total, BG: tl.constexpr, ALIGNED: tl.constexpr):
     row = row32.to(tl.int64)
     lane = tl.arange(0, GROUP)
     coff = gid[:, None] * GROUP + lane[None, :]
-    if ALIGNED:
-        xoff = coff
-        valid = gmask[:, None] & (lane[None, :] < GROUP)
-    else:
-        col = (g32 - row32 * G) * GROUP
-        xoff = (row * n + col)[:, None] + lane[None, :]
-        valid = gmask[:, None] & ((col[:, None] + lane[None, :]) < n)
+    col = (g32 - row32 * G) * GROUP
+    xoff = (row * n + col)[:, None] + lane[None, :]
+    valid = gmask[:, None] & ((col[:, None] + lane[None, :]) < n)
     return gid, row, gmask, coff, xoff, valid
+
+
+SHAPE_ARGS = ["nq", "G", "total"]
+"""Size arguments of the group kernels, kept out of Triton's specialisation (``do_not_specialize``):
+a basis that grows by 16 columns at a refresh changes ``n % 32``, ``G == 1`` and ``total % 16``,
+and each of those would otherwise compile a new variant mid-run (measured: 320-355 ms stalls
+in the 405M run, BENCHMARKS.md §0). Only ``NMUL`` (a constexpr) varies: it is 16 for every
+width the groups allocate (multiples of 16) except a basis capped at ``d - p``."""
+
+
+def group_layout(x: torch.Tensor) -> tuple[int, int, int, int]:
+    """``(nq, G, total, NMUL)`` of an (..., n) operand for :func:`group_tile`: ``n = nq·NMUL`` with
+    ``NMUL = gcd(n, 16)`` (the alignment the compiler may assume), ``G = ceil(n/32)`` groups per
+    row, ``total`` groups in all."""
+    n = x.shape[-1]
+    G = (n + 31) // 32
+    total = (x.numel() // n if n else 0) * G
+    nmul = math.gcd(n, 16) or 1
+    return n // nmul, G, total, nmul
 
 
 # -------------------------------------------------------------------------- host-side helpers

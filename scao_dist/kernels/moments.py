@@ -15,6 +15,7 @@ import triton.language as tl
 from . import reference
 from .common import (
     LAUNCH,
+    SHAPE_ARGS,
     bf16_bits,
     bf16_to_f32,
     bias_rows,
@@ -22,6 +23,7 @@ from .common import (
     decode_sqrt,
     encode_signed,
     encode_sqrt,
+    group_layout,
     group_tile,
     new_output,
     packed_ok,
@@ -33,12 +35,12 @@ BG = 64
 """Scale groups per program (64 x 32 = 2048 values)."""
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SHAPE_ARGS)
 def _ema_signed_kernel(
-    codes_ptr, scales_ptr, x_ptr, out_ptr, n, G, total, beta, omb, BG: tl.constexpr, ALIGNED: tl.constexpr
+    codes_ptr, scales_ptr, x_ptr, out_ptr, nq, G, total, beta, omb, BG: tl.constexpr, NMUL: tl.constexpr
 ):
     """m = decode(codes, scales)·beta + x·(1-beta); (codes, scales) <- encode(m); out <- m."""
-    gid, _row, gmask, coff, xoff, valid = group_tile(n, G, total, BG, ALIGNED)
+    gid, _row, gmask, coff, xoff, valid = group_tile(nq, G, total, BG, NMUL)
     q = tl.load(codes_ptr + coff, mask=gmask[:, None], other=0)
     s = bf16_to_f32(tl.load(scales_ptr + gid, mask=gmask, other=0))
     x = tl.load(x_ptr + xoff, mask=valid, other=0.0)
@@ -50,18 +52,18 @@ def _ema_signed_kernel(
     tl.store(out_ptr + xoff, m, mask=valid)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SHAPE_ARGS)
 def _rotated_adam_kernel(
     codes_ptr, scales_ptr, g_ptr, m_ptr, out_ptr, ib1_ptr, ib2_ptr,
-    n, G, total, beta2, omb2, ib1, ib2, eps,
-    BG: tl.constexpr, ALIGNED: tl.constexpr, BC1_ROWS: tl.constexpr, BC2_ROWS: tl.constexpr,
+    nq, G, total, beta2, omb2, ib1, ib2, eps,
+    BG: tl.constexpr, NMUL: tl.constexpr, BC1_ROWS: tl.constexpr, BC2_ROWS: tl.constexpr,
 ):  # fmt: skip
     """v = decode(codes)·b2 + g²·(1-b2); codes <- encode(v); u = (m/bc1) / (sqrt(v̂/bc2) + eps).
 
     ``v̂`` is the stored value, decoded with the zero-code floor. ``ib1``/``ib2`` are ``1/bc`` as
     scalars, or per row (``BC*_ROWS``: loaded from ``ib*_ptr[row]``).
     """
-    gid, row, gmask, coff, xoff, valid = group_tile(n, G, total, BG, ALIGNED)
+    gid, row, gmask, coff, xoff, valid = group_tile(nq, G, total, BG, NMUL)
     q = tl.load(codes_ptr + coff, mask=gmask[:, None], other=0)
     s = bf16_to_f32(tl.load(scales_ptr + gid, mask=gmask, other=0))
     g = tl.load(g_ptr + xoff, mask=valid, other=0.0)
@@ -80,25 +82,18 @@ def _rotated_adam_kernel(
     tl.store(out_ptr + xoff, u, mask=valid)
 
 
-def _layout(x: torch.Tensor) -> tuple[int, int, int]:
-    """(n, G, total groups) of an (..., n) operand."""
-    n = x.shape[-1]
-    G = (n + 31) // 32
-    return n, G, (x.numel() // n if n else 0) * G
-
-
 def ema_signed_(codes: torch.Tensor, scales: torch.Tensor, x: torch.Tensor, beta: float) -> torch.Tensor:
     """Triton twin of :func:`.reference.ema_signed_` (same signature, in place, returns fp32 m)."""
     if not packed_ok(codes, scales, x, torch.int8) or not isinstance(beta, float | int):
         return reference.ema_signed_(codes, scales, x, beta)
-    n, G, total = _layout(x)
+    nq, G, total, nmul = group_layout(x)
     out = new_output(x.shape, x.device)
     if total == 0:
         return out
     c, s = writable(codes), writable(scales)
     grid = (triton.cdiv(total, BG),)
     _ema_signed_kernel[grid](
-        c, bf16_bits(s), x.contiguous(), out, n, G, total, float(beta), 1.0 - beta, BG=BG, ALIGNED=n % 32 == 0, **LAUNCH
+        c, bf16_bits(s), x.contiguous(), out, nq, G, total, float(beta), 1.0 - beta, BG=BG, NMUL=nmul, **LAUNCH
     )
     write_back(codes, c)
     write_back(scales, s)
@@ -121,7 +116,7 @@ def rotated_adam_(
     ok = packed_ok(codes, scales, g, torch.uint8) and m.shape == g.shape and m.dtype == torch.float32
     if not ok or ib1 is None or ib2 is None or m.device != g.device:
         return reference.rotated_adam_(codes, scales, g, m, beta2, bc1, bc2, eps)
-    n, G, total = _layout(g)
+    nq, G, total, nmul = group_layout(g)
     out = new_output(g.shape, g.device)
     if total == 0:
         return out
@@ -131,8 +126,8 @@ def rotated_adam_(
     _rotated_adam_kernel[grid](
         c, bf16_bits(s), g.contiguous(), m.contiguous(), out,
         ib1 if rows1 else out, ib2 if rows2 else out,
-        n, G, total, float(beta2), 1.0 - beta2, 1.0 if rows1 else ib1, 1.0 if rows2 else ib2, float(eps),
-        BG=BG, ALIGNED=n % 32 == 0, BC1_ROWS=rows1, BC2_ROWS=rows2, **LAUNCH,
+        nq, G, total, float(beta2), 1.0 - beta2, 1.0 if rows1 else ib1, 1.0 if rows2 else ib2, float(eps),
+        BG=BG, NMUL=nmul, BC1_ROWS=rows1, BC2_ROWS=rows2, **LAUNCH,
     )  # fmt: skip
     write_back(codes, c)
     write_back(scales, s)
