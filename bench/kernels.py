@@ -101,6 +101,7 @@ def shapes(dry: bool, mb: float) -> list[tuple[str, str, dict[str, Any]]]:
         ("ema_signed_", "(B,768,3072)", dict(shape=(b(10.125, blk), 768, 3072))),
         ("ema_signed_", "(B,767,3071) odd", dict(shape=(b(10.125, blk), 767, 3071))),
         ("rotated_adam_", "(B,768,3072) bc per block", dict(shape=(b(14.125, blk), 768, 3072), bc="tensor")),
+        ("rotated_adam_", "(B,768,3056) n%32=16", dict(shape=(b(14.125, blk), 768, 3056))),
         ("apply_update_", "bf16+int8", dict(shape=(b(10, blk), 768, 3072), wdtype="bf16", bits=8)),
         ("apply_update_", "bf16+int16", dict(shape=(b(12, blk), 768, 3072), wdtype="bf16", bits=16)),
         ("apply_update_", "fp32", dict(shape=(b(12, blk), 768, 3072), wdtype="fp32", bits=0)),
@@ -110,7 +111,9 @@ def shapes(dry: bool, mb: float) -> list[tuple[str, str, dict[str, Any]]]:
         ("adamw_", "fp32 (B,768)", dict(shape=(b(16.25, 768), 768), wdtype="fp32", bits=0)),
         ("residual_sumsq", "(B,3072,768) k=128", dict(shape=(b(4, blk), 3072, 768), k=128)),
         ("residual_sumsq", "(B,2048,8192) k=144", dict(shape=(b(4, 2048 * 8192), 2048, 8192), k=144)),
+        ("residual_sumsq", "(B,3072,768) k=16", dict(shape=(b(4, blk), 3072, 768), k=16)),  # the products' share
         ("complement_update", "(B,3072,768) k=128", dict(shape=(b(8, blk), 3072, 768), k=128)),
+        ("complement_update", "(B,3072,768) k=16", dict(shape=(b(8, blk), 3072, 768), k=16)),
         (
             "complement_update",
             "(B,2048,8192) k=144 bc per block",

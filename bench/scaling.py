@@ -711,7 +711,8 @@ def worker(spec_path: str) -> int:
 
 class TritonVariants:
     """Each time a Triton kernel needs a variant this process has not built (a compile, or a load
-    from Triton's on-disk cache): the step it happened in, the kernel and the milliseconds it took.
+    from Triton's on-disk cache): the step it happened in, the kernel, the milliseconds it took and
+    Triton's description of the variant (signature and constants, to tell what changed).
     A variant is keyed by the kernel's constexprs and argument specialisations (dtypes, an integer
     equal to 1, divisibility by 16), so a shape first seen mid-run can cost a compile mid-run."""
 
@@ -738,7 +739,7 @@ class TritonVariants:
     def _start(self, *args: Any, **kw: Any) -> None:
         fn = kw.get("fn")
         name = getattr(fn, "name", None) or str(kw.get("repr", "?")).split("[")[0]
-        event = [self.step, name, None]
+        event = [self.step, name, None, str(kw.get("repr", ""))[:400]]  # repr: the variant's signature and constants
         self.events.append(event)
         self._open.append((event, time.perf_counter()))
         return None  # a true value would make Triton skip the compile

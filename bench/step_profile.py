@@ -19,6 +19,7 @@ import io
 import json
 import pstats
 import statistics
+import tempfile
 import time
 from typing import Any
 
@@ -92,7 +93,43 @@ def _torch_profile(model: GPT, opt: Any, n: int, batch: int, device: torch.devic
     ]
     launches = sum(e.count for e in ka if "LaunchKernel" in e.key or e.key in ("cuLaunchKernel", "cuLaunchKernelEx"))
     syncs = {e.key: e.count / n for e in ka if any(e.key.startswith(s) for s in SYNC_CALLS)}
-    return {"top_self_cpu": top, "top_device": top_dev, "launches_per_step": launches / n, "sync_calls_per_step": syncs}
+    out = {"top_self_cpu": top, "top_device": top_dev, "launches_per_step": launches / n, "sync_calls_per_step": syncs}
+    if device.type == "cuda":
+        with tempfile.TemporaryDirectory() as tmp:
+            prof.export_chrome_trace(f"{tmp}/trace.json")
+            with open(f"{tmp}/trace.json") as f:
+                out["device_timeline"] = device_timeline(json.load(f), n)
+    return out
+
+
+def device_timeline(trace: dict[str, Any], n: int, top: int = 12) -> dict[str, Any]:
+    """How busy the GPU was during the profiled steps, from a Chrome trace: the union of kernel and
+    memcpy/memset intervals per step (``busy_ms``) against the span from the first to the last
+    (``span_ms``), and the longest idle gaps inside it with the GPU work that ended the gap. A step
+    whose ``busy_ms`` is well below its time is waiting for the host (launches, Python, syncs)."""
+    ev = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and e.get("cat") in DEVICE_CATS]
+    ev.sort(key=lambda e: e["ts"])
+    if not ev:
+        return {}
+    busy, gaps, end = 0.0, [], ev[0]["ts"]
+    for e in ev:
+        t0, t1 = e["ts"], e["ts"] + e.get("dur", 0)
+        if t0 > end:
+            gaps.append((t0 - end, e["name"][:80]))
+        busy += max(0.0, t1 - max(t0, end))
+        end = max(end, t1)
+    idle = sorted(gaps, reverse=True)[:top]
+    return {
+        "busy_ms_per_step": round(busy / 1e3 / n, 3),
+        "span_ms_per_step": round((end - ev[0]["ts"]) / 1e3 / n, 3),
+        "gaps_per_step": round(len(gaps) / n, 1),
+        "gap_ms_per_step_over_20us": round(sum(g for g, _ in gaps if g > 20) / 1e3 / n, 3),
+        "longest_gaps_us": [[round(g, 1), name] for g, name in idle],
+    }
+
+
+DEVICE_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
+"""Chrome-trace categories of GPU work."""
 
 
 def _cprofile(model: GPT, opt: Any, n: int, batch: int, device: torch.device) -> str:
@@ -157,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"   launches/step {tp['launches_per_step']:.0f}, syncs/step {tp['sync_calls_per_step']}")
             for row in tp["top_self_cpu"][:18]:
                 print(f"   {row['self_cpu_ms_per_step']:8.2f} ms {row['calls_per_step']:7.1f}x  {row['name']}")
+            tl_ = tp.get("device_timeline")
+            if tl_:
+                print(f"   GPU busy {tl_['busy_ms_per_step']} of {tl_['span_ms_per_step']} ms per step "
+                      f"({tl_['gaps_per_step']} idle gaps, {tl_['gap_ms_per_step_over_20us']} ms in gaps > 20 us); "
+                      f"longest (us, next kernel): {tl_['longest_gaps_us'][:6]}")  # fmt: skip
             print("   -- device time per step (all streams)")
             for row in tp["top_device"][:20]:
                 print(f"   {row['device_ms_per_step']:8.2f} ms {row['calls_per_step']:7.1f}x  {row['name']}")

@@ -251,3 +251,23 @@ def test_gpu_session_script_parses() -> None:
     script = ROOT / "bench" / "gpu_session.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     assert '--shard "$i/$PARALLEL"' in script.read_text()
+
+
+def test_device_timeline_counts_busy_time_and_idle_gaps() -> None:
+    """Overlapping kernels count once; the gaps between them are measured and named by what ended them."""
+    from bench.step_profile import device_timeline
+
+    def k(ts, dur, name, cat="kernel"):
+        return {"ph": "X", "cat": cat, "ts": ts, "dur": dur, "name": name}
+
+    trace = {"traceEvents": [
+        k(0, 10, "a"), k(5, 10, "b"),  # overlap: busy 0..15
+        k(40, 5, "c", "gpu_memcpy"),  # 25 us gap before it
+        k(46, 4, "d"),  # 1 us gap
+        {"ph": "X", "cat": "cpu_op", "ts": 15, "dur": 100, "name": "host"},  # not GPU work
+    ]}  # fmt: skip
+    tl = device_timeline(trace, n=2)
+    assert tl["busy_ms_per_step"] == round(24 / 1e3 / 2, 3)
+    assert tl["span_ms_per_step"] == round(50 / 1e3 / 2, 3)
+    assert tl["gaps_per_step"] == 1.0 and tl["longest_gaps_us"][0] == [25, "c"]
+    assert tl["gap_ms_per_step_over_20us"] == round(25 / 1e3 / 2, 3)

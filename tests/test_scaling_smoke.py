@@ -107,6 +107,7 @@ def test_triton_variant_log_pairs_builds_with_their_step():
     assert log._start(key=2, repr="_b_kernel[num_warps=8](y: i32)") is None
     assert log._end(key=1) is None and log._end(key=2) is None
     assert [e[:2] for e in log.events] == [[3, "_a_kernel"], [4, "_b_kernel"]]
+    assert log.events[1][3] == "_b_kernel[num_warps=8](y: i32)"
     assert all(isinstance(e[2], float) and e[2] >= 0 for e in log.events)
     log.close()
     if log.ok:
