@@ -112,6 +112,7 @@ def shapes(dry: bool, mb: float) -> list[tuple[str, str, dict[str, Any]]]:
         ("residual_sumsq", "(B,3072,768) k=128", dict(shape=(b(4, blk), 3072, 768), k=128)),
         ("residual_sumsq", "(B,2048,8192) k=144", dict(shape=(b(4, 2048 * 8192), 2048, 8192), k=144)),
         ("residual_sumsq", "(B,3072,768) k=16", dict(shape=(b(4, blk), 3072, 768), k=16)),  # the products' share
+        ("residual_sumsq", "(B,3072,768) G alone", dict(shape=(b(4, blk), 3072, 768), k=0)),  # and the tile's
         ("complement_update", "(B,3072,768) k=128", dict(shape=(b(8, blk), 3072, 768), k=128)),
         ("complement_update", "(B,3072,768) k=16", dict(shape=(b(8, blk), 3072, 768), k=16)),
         (
@@ -144,8 +145,8 @@ def make_operands(kernel: str, spec: dict[str, Any], device: Any) -> dict[str, A
         B, M, N = shape
         k = spec["k"]
         x, y = rnd(B, M, k) * 30, rnd(B, N, k) * 30
-        if kernel == "residual_sumsq":
-            return dict(g=rnd(*shape), x=x, y=y)
+        if kernel == "residual_sumsq":  # k = 0: the sums of G alone (no product in the kernel)
+            return dict(g=rnd(*shape), x=x if k else None, y=y if k else None)
         bc1: Any = 0.5
         bc2: Any = 0.3
         if spec.get("bc") == "tensor":
