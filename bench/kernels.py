@@ -244,12 +244,13 @@ def sweep_configs(kernel: str) -> list[dict[str, Any]]:
         return [{"adamw.BG": bg, "num_warps": w} for bg in (16, 32, 64) for w in (2, 4, 8)]
     if kernel == "apply_update_":
         return [{"apply.BLOCK": bl, "num_warps": w} for bl in (1024, 2048, 4096) for w in (4, 8)]
-    if kernel in ("residual_sumsq", "complement_update"):
+    if kernel in ("residual_sumsq", "complement_update"):  # tile shape, warps, software-pipeline depth
         return [
-            {"lowrank.BM": bm, "lowrank.BN": bn, "lowrank.BK": bk, "num_warps": w}
-            for bm, bn in ((64, 64), (64, 128), (128, 64), (128, 128))
-            for bk in (16, 32, 64)
+            {"lowrank.BM": bm, "lowrank.BN": bn, "lowrank.BK": bk, "num_warps": w, "num_stages": st}
+            for bm, bn in ((64, 64), (64, 128), (128, 64))
+            for bk in (32,)
             for w in (4, 8)
+            for st in (1, 2, 3)
         ]
     return [
         {"factor.MAX_BJ": bj, "factor.TILE": t, "num_warps": w}
@@ -264,17 +265,18 @@ def with_config(cfg: dict[str, Any], fn: Callable[[], float]) -> float:
 
     mods = {"moments": moments, "adamw": adamw, "apply": apply, "factor": factor, "lowrank": lowrank}
     saved = {k: getattr(mods[k.split(".")[0]], k.split(".")[1]) for k in cfg if "." in k}
-    warps = common.LAUNCH["num_warps"]
+    launch = dict(common.LAUNCH)
     try:
         for k, v in cfg.items():
             if "." in k:
                 setattr(mods[k.split(".")[0]], k.split(".")[1], v)
-        common.LAUNCH["num_warps"] = cfg.get("num_warps", warps)
+        common.LAUNCH.update({k: v for k, v in cfg.items() if k in ("num_warps", "num_stages")})
         return fn()
     finally:
         for k, v in saved.items():
             setattr(mods[k.split(".")[0]], k.split(".")[1], v)
-        common.LAUNCH["num_warps"] = warps
+        common.LAUNCH.clear()
+        common.LAUNCH.update(launch)
 
 
 # ------------------------------------------------------------------------------ main
