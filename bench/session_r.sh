@@ -32,21 +32,7 @@ tar czf "$OUT/session_r.tgz" -C "$W" --exclude triton_cache .
 for name in f10 f5 f5nowait; do
   echo "== $name"
   grep "^| scao_dist" "$W/$name/scaling.md"
-  python3 - "$W/$name/scao_n1.json" <<'PYEOF'
-import json, sys
-r = json.load(open(sys.argv[1]))["ranks"][0]
-for key in ("warmup_step_ms", "step_ms"):
-    ms = r[key]
-    top = sorted(range(len(ms)), key=lambda i: -ms[i])[:3]
-    print(f"  {key}: slowest (index, ms) {[(i, round(ms[i], 1)) for i in top]}")
-c = r.get("counters") or {}
-print("  counters:", {k: c.get(k, 0) for k in ("refreshes", "refresh_waits", "refresh_late", "refreshes_deferred")})
-tv = r.get("triton_variants") or []
-print(f"  Triton variants built: {len(tv)}; from step 2 on: {[e[:3] for e in tv if e[0] >= 2]}")
-for e in tv:
-    if e[0] >= 2:
-        print("   ", e[3][:300])
-PYEOF
+  python3 -m bench.slow_steps "$W/$name/scao_n1.json"
 done
 grep -A40 "^| kernel" "$OUT/kernels.log" | head -30
 grep -E "verif|FAIL|mismatch" "$OUT/kernels.log" | tail -5

@@ -114,3 +114,19 @@ def test_triton_variant_log_pairs_builds_with_their_step():
         from triton import knobs
 
         assert knobs.runtime.jit_cache_hook is None and knobs.runtime.jit_post_compile_hook is None
+
+
+def test_slow_steps_summary_names_the_slowest_steps_and_late_variants(tmp_path):
+    """``bench.slow_steps`` reports the slowest steps and only the Triton variants built after step 1."""
+    sys.path.insert(0, str(ROOT))
+    from bench.slow_steps import summary
+
+    variants = [[0, "_a", 80.0, "a()"], [12, "_b", 300.0, "b(n: i32)"]]
+    rank = {"warmup_step_ms": [900.0, 5.0, 7.0], "step_ms": [3.0, 40.0, 4.0, 2.0], "counters": {"refreshes": 3},
+            "triton_variants": variants}  # fmt: skip
+    path = tmp_path / "scao_n1.json"
+    path.write_text(json.dumps({"ranks": [rank]}))
+    lines = summary(str(path))
+    assert "(0, 900.0)" in lines[0] and lines[1].startswith("  step_ms: slowest (index, ms) [(1, 40.0), (2, 4.0)")
+    assert "'refreshes': 3" in lines[2] and "'refresh_late': 0" in lines[2]
+    assert lines[3].endswith("from step 2 on: [[12, '_b', 300.0]]") and lines[4].strip() == "b(n: i32)"
