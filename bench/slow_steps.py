@@ -21,7 +21,8 @@ def summary(path: str) -> list[str]:
         lines.append(f"  {key}: slowest (index, ms) {[(i, round(ms[i], 1)) for i in top]}")
     c = r.get("counters") or {}
     keys = ("refreshes", "refresh_waits", "refresh_late", "refreshes_deferred")
-    lines.append(f"  counters: {({k: c.get(k, 0) for k in keys})}")
+    counts = {k: c.get(k, 0) for k in keys}
+    lines.append(f"  counters: {counts}")
     tv = r.get("triton_variants") or []  # [step, kernel, ms, signature]; steps count the warm-up steps first
     late = [e for e in tv if e[0] >= 2]
     lines.append(f"  Triton variants built: {len(tv)}; from step 2 on: {[e[:3] for e in late]}")
