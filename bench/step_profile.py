@@ -72,7 +72,7 @@ def _torch_profile(model: GPT, opt: Any, n: int, batch: int, device: torch.devic
         _grads(model, batch, device, 10_000 + i)
         grads.append([p.grad.clone() if p.grad is not None else None for p in model.parameters()])
         opt.zero_grad(set_to_none=True)
-    with torch.profiler.profile(activities=acts) as prof:
+    with torch.profiler.profile(activities=acts, record_shapes=True) as prof:
         for g in grads:
             for p, gi in zip(model.parameters(), g, strict=True):
                 p.grad = gi
@@ -93,7 +93,15 @@ def _torch_profile(model: GPT, opt: Any, n: int, batch: int, device: torch.devic
     ]
     launches = sum(e.count for e in ka if "LaunchKernel" in e.key or e.key in ("cuLaunchKernel", "cuLaunchKernelEx"))
     syncs = {e.key: e.count / n for e in ka if any(e.key.startswith(s) for s in SYNC_CALLS)}
-    out = {"top_self_cpu": top, "top_device": top_dev, "launches_per_step": launches / n, "sync_calls_per_step": syncs}
+    by_shape = [e for e in prof.key_averages(group_by_input_shape=True) if getattr(e, "self_device_time_total", 0) > 0]
+    by_shape.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    top_shapes = [
+        {"name": e.key, "input_shapes": str(e.input_shapes)[:200], "calls_per_step": e.count / n,
+         "device_ms_per_step": e.self_device_time_total / 1e3 / n}
+        for e in by_shape[:25] if e.key.startswith("aten::")
+    ]  # fmt: skip
+    out = {"top_self_cpu": top, "top_device": top_dev, "top_device_by_shape": top_shapes,
+           "launches_per_step": launches / n, "sync_calls_per_step": syncs}  # fmt: skip
     if device.type == "cuda":
         with tempfile.TemporaryDirectory() as tmp:
             prof.export_chrome_trace(f"{tmp}/trace.json")
@@ -202,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
             print("   -- device time per step (all streams)")
             for row in tp["top_device"][:20]:
                 print(f"   {row['device_ms_per_step']:8.2f} ms {row['calls_per_step']:7.1f}x  {row['name']}")
+            print("   -- aten operators by input shapes (device ms per step)")
+            for row in tp["top_device_by_shape"][:15]:
+                ms, calls = row["device_ms_per_step"], row["calls_per_step"]
+                print(f"   {ms:8.2f} ms {calls:7.1f}x  {row['name']} {row['input_shapes']}")
             print("\n".join(rec["cprofile"].splitlines()[:40]))
         del opt, model
         if device.type == "cuda":
