@@ -454,8 +454,10 @@ def run_case(case: Case, ops: Any) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ suites
-SMALL_ROWS = [(1, 1), (1, 31), (3, 33), (2, 5, 95), (7, 64), (3, 2, 700), (5, 1024)]
-"""Odd shapes (sizes not divisible by 32 or by the block sizes; batch 1 and more; 2 and 3 dims)."""
+SMALL_ROWS = [(1, 1), (1, 31), (3, 33), (2, 5, 95), (7, 64), (3, 2, 700), (5, 1024), (2, 3, 48), (4, 40), (3, 18)]
+"""Odd shapes (sizes not divisible by 32 or by the block sizes; batch 1 and more; 2 and 3 dims), and
+rows of every alignment the group kernels are told (``common.group_layout``'s ``NMUL`` 1, 2, 4, 8,
+16; 48 is a basis width 16 off the 32-column grid)."""
 SMALL_COMPLEMENT = [(1, 1, 1), (3, 1, 7), (1, 33, 17), (3, 5, 95), (3, 19, 300), (1, 3, 513), (2, 70, 65)]
 """(B, m, n) of the low-rank cases: B = 1 and 3, n = 1, odd, above one [64, 64] tile in each dim."""
 SMALL_RANKS = [(0, 5), (1, 40), (16, 33), (40, 2)]
