@@ -81,6 +81,11 @@ def signature(fn, args, kw):
     return sig, consts, attrs, options
 
 
+def variant_key(sig: dict, consts: dict, attrs: dict) -> tuple:
+    """What tells two compiled variants of one kernel apart (argument types, constants, divisibility hints)."""
+    return tuple(sorted(sig.items())), tuple(sorted(consts.items())), tuple(sorted(attrs))
+
+
 GROUP_KERNELS = {"_ema_signed_kernel", "_rotated_adam_kernel", "_adamw_kernel"}
 """Kernels that walk scale groups with ``common.group_tile``."""
 
@@ -108,7 +113,7 @@ def width_variants(seen: list) -> list[str]:
     keys: dict[str, set] = {}
     for fn, a, kw in seen[start:]:
         sig, consts, attrs, _ = signature(fn, a, kw)
-        keys.setdefault(fn.__name__, set()).add((tuple(sorted(sig.items())), tuple(sorted(consts.items())), str(attrs)))
+        keys.setdefault(fn.__name__, set()).add(variant_key(sig, consts, attrs))
     del seen[start:]
     return [f"{name}: {len(k)} variants across basis widths 16..512" for name, k in sorted(keys.items()) if len(k) != 1]
 
@@ -165,7 +170,7 @@ def main() -> int:
     target = GPUTarget("cuda", 90, 32)
     for fn, a, kw in seen:
         sig, consts, attrs, options = signature(fn, a, kw)
-        key = (fn.__name__, tuple(sorted(sig.items())), tuple(sorted(consts.items())), tuple(sorted(attrs)))
+        key = (fn.__name__, *variant_key(sig, consts, attrs))
         if key in done:
             continue
         done.add(key)
