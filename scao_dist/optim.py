@@ -47,8 +47,8 @@ class SCAO(torch.optim.Optimizer):
             default (SOAP uses 10): on the 43M GPT, 1500 steps, 0.813/0.823 held-out (two seeds)
             against 0.822 at 10, for 42.3 vs 41.3 ms/step, since refreshes run in batches
             (BENCHMARKS.md); 3 gave 0.812/0.821 at 58 ms/step. On large models raise it: on the
-            405M GPT (one H200) 5 makes the step wait for the refresh worker, 67.2 ms/step against
-            45.8 at 10.
+            405M GPT (one H200) 5 makes the step wait for the refresh worker, 56-67 ms/step against
+            46-54 at 10 over three GPU calls.
         spectral_mass: adaptive rank — keep the fewest eigenvectors holding this share of the
             factor's trace. 0.99 by default: 0.95 loses most of SOAP's edge (DESIGN.md section 5).
         rank_min, rank_max: clamp for the adaptive rank (``rank_max=None``: no cap).
