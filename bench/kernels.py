@@ -62,6 +62,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--rep", type=int, default=200, help="do_bench repetition time, ms")
     ap.add_argument("--sweep", action="store_true", help="also time other block sizes / num_warps per kernel")
     ap.add_argument("--only", default="", help="comma-separated kernels: verify and time these alone")
+    ap.add_argument("--match", default="", help="time only the cases whose variant label contains this text")
     ap.add_argument("--dry-run", action="store_true", help="CPU + Triton interpreter, tiny sizes, wall-clock timer")
     return ap.parse_args(argv)
 
@@ -76,8 +77,9 @@ def shapes(dry: bool, mb: float) -> list[tuple[str, str, dict[str, Any]]]:
     fp32 diagonal, read and written, adds 8/d], the 1-D AdamW path as B rows of 768 (many small params) [14.3],
     the low-rank kernels on (B, 3072, 768) blocks with rank 128 (the 43M GPT's MLP) and (B, 2048, 8192)
     with rank 144 (the 405M GPT's; ``residual_sumsq`` [4: G read], ``complement_update`` [8: M read, U
-    written]; the factors add (m + n) k x 4 per block). Their products run in TF32, as the training
-    benchmarks set torch's fp32 matmuls to.
+    written; 10 applied: M, bf16 weights and int8 bits read, weights and bits written]; the factors add
+    (m + n) k x 4 per block). Their products run in TF32, as the training benchmarks set torch's fp32
+    matmuls to.
     """
     if dry:
         return [
@@ -119,6 +121,11 @@ def shapes(dry: bool, mb: float) -> list[tuple[str, str, dict[str, Any]]]:
             "complement_update",
             "(B,2048,8192) k=144 bc per block",
             dict(shape=(b(8, 2048 * 8192), 2048, 8192), k=144, bc="tensor"),
+        ),
+        (  # as the step runs it: applied to bf16 weights and their int8 bits
+            "complement_update",
+            "(B,2048,8192) k=144 applied bf16+int8",
+            dict(shape=(b(10, 2048 * 8192), 2048, 8192), k=144, bc="tensor", apply=True),
         ),
     ]
 
@@ -244,13 +251,12 @@ def sweep_configs(kernel: str) -> list[dict[str, Any]]:
         return [{"adamw.BG": bg, "num_warps": w} for bg in (16, 32, 64) for w in (2, 4, 8)]
     if kernel == "apply_update_":
         return [{"apply.BLOCK": bl, "num_warps": w} for bl in (1024, 2048, 4096) for w in (4, 8)]
-    if kernel in ("residual_sumsq", "complement_update"):  # tile shape, warps, software-pipeline depth
+    if kernel in ("residual_sumsq", "complement_update"):  # persistent grid, tile shape, warps, pipeline depth
+        tiles = [(p, 64, w, st) for p in (0, 1, 2, 3, 4, 8) for w in (4, 8) for st in (2, 3)]
+        tiles += [(p, 32, w, 2) for p in (4, 8) for w in (4, 8)]  # narrower tiles: fewer registers, more programs
         return [
-            {"lowrank.BM": bm, "lowrank.BN": bn, "lowrank.BK": bk, "num_warps": w, "num_stages": st}
-            for bm, bn in ((64, 64), (64, 128), (128, 64))
-            for bk in (32,)
-            for w in (4, 8)
-            for st in (1, 2, 3)
+            {"lowrank.PER_SM": p, "lowrank.BM": 64, "lowrank.BN": bn, "num_warps": w, "num_stages": st}
+            for p, bn, w, st in tiles
         ]
     return [
         {"factor.MAX_BJ": bj, "factor.TILE": t, "num_warps": w}
@@ -392,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     copy = copy_bandwidth(copy_bytes, device, timer)
     rows = []
     for kernel, variant, spec in shapes(args.dry_run, args.mb):
-        if only and kernel not in only:
+        if (only and kernel not in only) or args.match not in variant:
             continue
         sets = [make_operands(kernel, spec, device) for _ in range(max(1, args.sets))]
         nbytes = moved_bytes(kernel, sets[0])
