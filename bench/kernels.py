@@ -251,12 +251,13 @@ def sweep_configs(kernel: str) -> list[dict[str, Any]]:
         return [{"adamw.BG": bg, "num_warps": w} for bg in (16, 32, 64) for w in (2, 4, 8)]
     if kernel == "apply_update_":
         return [{"apply.BLOCK": bl, "num_warps": w} for bl in (1024, 2048, 4096) for w in (4, 8)]
-    if kernel in ("residual_sumsq", "complement_update"):  # persistent grid, tile shape, warps, pipeline depth
-        tiles = [(p, 64, w, st) for p in (0, 1, 2, 3, 4, 8) for w in (4, 8) for st in (2, 3)]
-        tiles += [(p, 32, w, 2) for p in (4, 8) for w in (4, 8)]  # narrower tiles: fewer registers, more programs
+    if kernel in ("residual_sumsq", "complement_update"):  # tile shape, warps, software-pipeline depth
         return [
-            {"lowrank.PER_SM": p, "lowrank.BM": 64, "lowrank.BN": bn, "num_warps": w, "num_stages": st}
-            for p, bn, w, st in tiles
+            {"lowrank.BM": bm, "lowrank.BN": bn, "lowrank.BK": bk, "num_warps": w, "num_stages": st}
+            for bm, bn in ((64, 64), (64, 128), (128, 64))
+            for bk in (32,)
+            for w in (4, 8)
+            for st in (1, 2, 3)
         ]
     return [
         {"factor.MAX_BJ": bj, "factor.TILE": t, "num_warps": w}

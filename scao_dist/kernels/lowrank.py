@@ -24,14 +24,6 @@ The products run on tensor cores in TF32 when torch's fp32 matmuls may
 the twin's ``torch.matmul`` does. The twins (:mod:`.reference`) form the products with
 ``torch.matmul``; the sums differ in order, so the two agree within a tolerance, and bit for bit
 where the products are exact (:mod:`.verify`).
-
-Both kernels are persistent: a grid of :data:`PER_SM` programs per multiprocessor walks the tiles
-(program ``p`` takes tiles ``p, p + P, p + 2P, ...``, so the programs in flight work on neighbouring
-tiles and share the factors' rows in L2), and each program loads the next tile's operands before it
-forms this tile's product. A tile's product, its tensor-core wait and the move of the accumulator
-into the tile's layout are a chain of fixed latencies; one tile per program left the memory idle
-along that chain (a third of the copy bandwidth, BENCHMARKS.md §0), and the prefetch keeps a tile's
-worth of loads in flight through it. Which program does a tile never changes its arithmetic.
 """
 
 from __future__ import annotations
@@ -51,30 +43,6 @@ BN = 64
 """Columns per tile."""
 BK = 32
 """Inner (rank) dimension per ``tl.dot``."""
-PER_SM = 4
-"""Programs per multiprocessor in the persistent grid (``0``: one program per tile)."""
-INTERPRET_PROGRAMS = 3
-"""Programs of the grid off the GPU (the interpreter): few, so every program walks several tiles."""
-
-
-@triton.jit
-def tile_at(t, ntm, ntn, BM: tl.constexpr, BN: tl.constexpr):
-    """Block ``b`` (int64), strip ``tm``, column tile ``tn`` and the row/column indices of tile ``t``
-    (numbered block by block, row strip by row strip)."""
-    per = ntm * ntn
-    b = t // per
-    r = t - b * per
-    tm = r // ntn
-    tn = r - tm * ntn
-    return b.to(tl.int64), tm, tn, tm * BM + tl.arange(0, BM), tn * BN + tl.arange(0, BN)
-
-
-@triton.jit
-def tile_load(ptr, t, total, M, N, ntm, ntn, BM: tl.constexpr, BN: tl.constexpr):
-    """Tile ``t`` of a contiguous (B, M, N) tensor (zero outside it, and for ``t >= total``)."""
-    b, _, _, i, j = tile_at(t, ntm, ntn, BM, BN)
-    mask = (i < tl.where(t < total, M, 0))[:, None] & (j < N)[None, :]
-    return tl.load(ptr + (b * M + i)[:, None] * N + j[None, :], mask=mask, other=0)
 
 
 @triton.jit
@@ -107,76 +75,79 @@ the vector loads along the rank: both kernels ran at half speed."""
 @triton.jit
 def _sumsq_kernel(
     g_ptr, x_ptr, y_ptr, grow_ptr, gcol_ptr, rrow_ptr, rcol_ptr,
-    M, N, K, ntm, ntn, total,
+    M, N, K, ntm, ntn,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HAS_BACK: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
-    """Tiles (b, tm, tn) of this program: partial row sums of squares into slot tn of the (B, ntn, M)
-    outputs, partial column sums into slot tm of the (B, ntm, N) outputs; of G, and of G - X Y^T."""
+    """Tile (tm, tn) of block b: partial row sums of squares into slot tn of the (B, ntn, M) outputs,
+    partial column sums into slot tm of the (B, ntm, N) outputs; of G, and of G - X Y^T."""
     pid = tl.program_id(0)
-    step = tl.num_programs(0)
-    g_next = tile_load(g_ptr, pid, total, M, N, ntm, ntn, BM, BN)
-    for t in range(pid, total, step):
-        g = g_next
-        g_next = tile_load(g_ptr, t + step, total, M, N, ntm, ntn, BM, BN)  # in flight through this tile
-        b64, tm, tn, i, j = tile_at(t, ntm, ntn, BM, BN)
-        mi, mj = i < M, j < N
-        rows = (b64 * ntn + tn) * M + i
-        cols = (b64 * ntm + tm) * N + j
-        gg = g * g
-        tl.store(grow_ptr + rows, tl.sum(gg, axis=1), mask=mi)
-        tl.store(gcol_ptr + cols, tl.sum(gg, axis=0), mask=mj)
-        if HAS_BACK:
-            r = g - lowrank_tile(x_ptr, y_ptr, b64, i, j, M, N, K, BM, BN, BK, PREC)
-            rr = r * r
-            tl.store(rrow_ptr + rows, tl.sum(rr, axis=1), mask=mi)
-            tl.store(rcol_ptr + cols, tl.sum(rr, axis=0), mask=mj)
+    per = ntm * ntn
+    b = pid // per
+    t = pid - b * per
+    tm = t // ntn
+    tn = t - tm * ntn
+    i = tm * BM + tl.arange(0, BM)
+    j = tn * BN + tl.arange(0, BN)
+    mi, mj = i < M, j < N
+    b64 = b.to(tl.int64)
+    g = tl.load(g_ptr + (b64 * M + i)[:, None] * N + j[None, :], mask=mi[:, None] & mj[None, :], other=0.0)
+    rows = (b64 * ntn + tn) * M + i
+    cols = (b64 * ntm + tm) * N + j
+    gg = g * g
+    tl.store(grow_ptr + rows, tl.sum(gg, axis=1), mask=mi)
+    tl.store(gcol_ptr + cols, tl.sum(gg, axis=0), mask=mj)
+    if HAS_BACK:
+        r = g - lowrank_tile(x_ptr, y_ptr, b64, i, j, M, N, K, BM, BN, BK, PREC)
+        rr = r * r
+        tl.store(rrow_ptr + rows, tl.sum(rr, axis=1), mask=mi)
+        tl.store(rcol_ptr + cols, tl.sum(rr, axis=0), mask=mj)
 
 
 @triton.jit
 def _complement_update_kernel(
     out_ptr, m_ptr, xu_ptr, yu_ptr, xm_ptr, ym_ptr, row_ptr, cs_ptr, floor_ptr, scale_ptr, bc2_ptr,
-    rho_ptr, M, N, KU, KM, ntm, ntn, total, bc2, eps, c, lr,
+    rho_ptr, M, N, KU, KM, ntm, ntn, bc2, eps, c, lr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BC2_ROWS: tl.constexpr, PREC: tl.constexpr,
     APPLY: tl.constexpr, R: tl.constexpr,
 ):  # fmt: skip
-    """Tiles (b, tm, tn) of this program:
+    """Tile (tm, tn) of block b:
     U = X_u Y_u^T + ((m - X_m Y_m^T) / (sqrt(max(row_i cs_j, floor_b) / bc2) + eps)) scale_b,
     stored in ``out`` (APPLY false) or applied to the weights ``out`` (and bits ``rho`` for R > 0)."""
     pid = tl.program_id(0)
-    step = tl.num_programs(0)
-    m_next = tile_load(m_ptr, pid, total, M, N, ntm, ntn, BM, BN)
-    for t in range(pid, total, step):
-        m = m_next
-        m_next = tile_load(m_ptr, t + step, total, M, N, ntm, ntn, BM, BN)  # in flight through this tile
-        b64, _, _, i, j = tile_at(t, ntm, ntn, BM, BN)
-        b = b64.to(tl.int32)
-        mi, mj = i < M, j < N
-        off = (b64 * M + i)[:, None] * N + j[None, :]
-        mask = mi[:, None] & mj[None, :]
-        u = lowrank_tile(xu_ptr, yu_ptr, b64, i, j, M, N, KU, BM, BN, BK, PREC)
-        bm = lowrank_tile(xm_ptr, ym_ptr, b64, i, j, M, N, KM, BM, BN, BK, PREC)
-        r_i = tl.load(row_ptr + b64 * M + i, mask=mi, other=0.0)[:, None]
-        c_j = tl.load(cs_ptr + b64 * N + j, mask=mj, other=0.0)[None, :]
-        floor = tl.load(floor_ptr + b)
-        scale = tl.load(scale_ptr + b)
-        bc2_b = bc2
-        if BC2_ROWS:
-            bc2_b = tl.load(bc2_ptr + b)
-        r = m - bm  # == (-bm) + m, the twin's spelling, bit for bit (signed zeros included)
-        v = tl.maximum(r_i * c_j, floor, propagate_nan=tl.PropagateNan.ALL)
-        d = tl.sqrt_rn(tl.math.div_rn(v, bc2_b)) + eps
-        u = u + tl.math.div_rn(r, d) * scale
-        if not APPLY:
-            tl.store(out_ptr + off, u, mask=mask)
-        elif R == 0:  # fp32 weights
-            w = tl.load(out_ptr + off, mask=mask, other=0.0)
-            tl.store(out_ptr + off, w * c - u * lr, mask=mask)
-        else:
-            w = tl.load(out_ptr + off, mask=mask, other=0)
-            rf = tl.load(rho_ptr + off, mask=mask, other=0).to(tl.float32)
-            nb, nr = master_update(w, rf, u, c, lr, R)
-            tl.store(out_ptr + off, nb, mask=mask)
-            tl.store(rho_ptr + off, nr.to(rho_ptr.dtype.element_ty), mask=mask)
+    per = ntm * ntn
+    b = pid // per
+    t = pid - b * per
+    tm = t // ntn
+    i = tm * BM + tl.arange(0, BM)
+    j = (t - tm * ntn) * BN + tl.arange(0, BN)
+    mi, mj = i < M, j < N
+    b64 = b.to(tl.int64)
+    u = lowrank_tile(xu_ptr, yu_ptr, b64, i, j, M, N, KU, BM, BN, BK, PREC)
+    bm = lowrank_tile(xm_ptr, ym_ptr, b64, i, j, M, N, KM, BM, BN, BK, PREC)
+    r_i = tl.load(row_ptr + b64 * M + i, mask=mi, other=0.0)[:, None]
+    c_j = tl.load(cs_ptr + b64 * N + j, mask=mj, other=0.0)[None, :]
+    floor = tl.load(floor_ptr + b)
+    scale = tl.load(scale_ptr + b)
+    if BC2_ROWS:
+        bc2 = tl.load(bc2_ptr + b)
+    off = (b64 * M + i)[:, None] * N + j[None, :]
+    mask = mi[:, None] & mj[None, :]
+    m = tl.load(m_ptr + off, mask=mask, other=0.0)
+    r = m - bm  # == (-bm) + m, the twin's spelling, bit for bit (signed zeros included)
+    v = tl.maximum(r_i * c_j, floor, propagate_nan=tl.PropagateNan.ALL)
+    d = tl.sqrt_rn(tl.math.div_rn(v, bc2)) + eps
+    u = u + tl.math.div_rn(r, d) * scale
+    if not APPLY:
+        tl.store(out_ptr + off, u, mask=mask)
+    elif R == 0:  # fp32 weights
+        w = tl.load(out_ptr + off, mask=mask, other=0.0)
+        tl.store(out_ptr + off, w * c - u * lr, mask=mask)
+    else:
+        wb = tl.load(out_ptr + off, mask=mask, other=0)
+        rf = tl.load(rho_ptr + off, mask=mask, other=0).to(tl.float32)
+        nb, nr = master_update(wb, rf, u, c, lr, R)
+        tl.store(out_ptr + off, nb, mask=mask)
+        tl.store(rho_ptr + off, nr.to(rho_ptr.dtype.element_ty), mask=mask)
 
 
 def _f32(x: float) -> float:
@@ -193,17 +164,6 @@ def _per_block(t: torch.Tensor, B: int, device: torch.device) -> torch.Tensor | 
         return torch.broadcast_to(t, (B, 1, 1)).reshape(B).contiguous()
     except RuntimeError:
         return None
-
-
-def programs(total: int, device: torch.device) -> int:
-    """Size of the persistent grid for ``total`` tiles: :data:`PER_SM` programs per multiprocessor on
-    the GPU (one per tile for ``PER_SM = 0``), :data:`INTERPRET_PROGRAMS` elsewhere."""
-    if device.type != "cuda":
-        return max(1, min(total, INTERPRET_PROGRAMS))
-    if PER_SM <= 0:
-        return max(1, total)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(total, PER_SM * sms))
 
 
 def precision() -> str:
@@ -239,10 +199,9 @@ def residual_sumsq(
     parts = [new_output(s, dev) for s in shapes]
     if B * M * N:
         x_k, y_k, K = _operands(g, x, y) if back else (g, g, 0)
-        total = B * ntm * ntn
-        _sumsq_kernel[(programs(total, dev),)](
+        _sumsq_kernel[(B * ntm * ntn,)](
             g.contiguous(), x_k, y_k, *parts[:2], *parts[2 if back else 0 :][:2],
-            M, N, K, ntm, ntn, total,
+            M, N, K, ntm, ntn,
             BM=BM, BN=BN, BK=BK, HAS_BACK=back, PREC=precision(), **LAUNCH,
         )  # fmt: skip
     sums = [p.sum(1) for p in parts]  # a fixed order: deterministic
@@ -317,12 +276,11 @@ def complement_update(
         ntm, ntn = triton.cdiv(M, BM), triton.cdiv(N, BN)
         xu_k, yu_k, ku = _operands(m, xu, yu)
         xm_k, ym_k, km = _operands(m, xm, ym)
-        total = B * ntm * ntn
-        _complement_update_kernel[(programs(total, dev),)](
+        _complement_update_kernel[(B * ntm * ntn,)](
             bf16_bits(out) if R else out, m.contiguous(), xu_k, yu_k, xm_k, ym_k,
             row.contiguous(), cs.contiguous(), floor.contiguous(), scale.reshape(B).contiguous(),
             bc2_rows if bc2_rows is not None else floor, rbuf if R else floor,
-            M, N, ku, km, ntm, ntn, total,
+            M, N, ku, km, ntm, ntn,
             1.0 if bc2_rows is not None else _f32(bc2), _f32(eps), 1.0 - lr * wd, float(lr),
             BM=BM, BN=BN, BK=BK, BC2_ROWS=bc2_rows is not None, PREC=precision(), APPLY=w is not None, R=R,
             **LAUNCH,
