@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -319,13 +320,57 @@ HOST_EIGH_MAX = int(os.environ.get("SCAO_HOST_EIGH_MAX", "0"))
 """Nystrom Grams up to this size (``k + p``) are diagonalised on the host; by default none.
 Measured on an H100 (43M GPT, ``python -m bench.step_profile --size small``): host LAPACK on the
 refresh thread made ``step()`` 72.5 ms against 36.6 ms with the device's eigh (BENCHMARKS.md)."""
+GRAM_EIGH_STREAMS = int(os.environ.get("SCAO_GRAM_EIGH_STREAMS", "4"))
+"""Host threads (each with its own CUDA stream) that diagonalise a batch of Nystrom Grams on the GPU
+in parallel; 1 = one after the other. cuSOLVER's ``syevd`` does one small matrix at a time on a
+single thread block and ``torch.linalg.eigh`` waits for it, so a batch ran serially: 16 Grams of
+144 x 144 took 17.3 ms on an H200, 7.9 ms over 4 streams (``python -m bench.eigh_probe``,
+BENCHMARKS.md). A float32 ``eigh`` is no help: torch runs Jacobi (``syevj``) for it, 61 ms."""
+_EIGH_POOLS: dict[int, ThreadPoolExecutor] = {}
+_EIGH_STREAMS: dict[tuple[int, int], torch.cuda.Stream] = {}
+
+
+def eigh_in_parallel(gram: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """:func:`safe_eigh` (``checked``) of a batch cut into ``n`` chunks, each on its own host thread and,
+    for CUDA, its own stream (ordered after the current one, which then waits for them all). Each
+    matrix gets the same solver call as in one batch, so the results are the same bits. A chunk's
+    :class:`BasisError` is raised here."""
+    n = min(n, gram.shape[0])
+    if n <= 1:
+        return safe_eigh(gram, checked=True)
+    pool = _EIGH_POOLS.get(n) or _EIGH_POOLS.setdefault(n, ThreadPoolExecutor(n, thread_name_prefix="scao-eigh"))
+    cuda = gram.device.type == "cuda"
+    here = torch.cuda.current_stream(gram.device) if cuda else None
+
+    def stream(j: int) -> torch.cuda.Stream:
+        key = (gram.device.index or 0, j)
+        return _EIGH_STREAMS.get(key) or _EIGH_STREAMS.setdefault(key, torch.cuda.Stream(gram.device))
+
+    def one(j: int, part: Tensor) -> tuple[Tensor, Tensor]:
+        if not cuda:
+            return safe_eigh(part, checked=True)
+        stream(j).wait_stream(here)  # the Grams are ready
+        with torch.cuda.stream(stream(j)):
+            vals, vecs = safe_eigh(part, checked=True)
+        for t in (vals, vecs):
+            t.record_stream(here)  # made on the chunk's stream, used on ``here``
+        return vals, vecs
+
+    parts = list(pool.map(one, range(n), gram.chunk(n)))
+    if cuda:
+        for j in range(n):
+            here.wait_stream(stream(j))
+    return torch.cat([v for v, _ in parts]), torch.cat([q for _, q in parts])
+
+
 NYSTROM_SHIFTS = 6
 """Tries of the Nystrom shift, tenfold each: the last is 1e5 x the first (fp32 rounding of ``P``),
 about half of ``||P||_F`` at d = 2048 — a last resort that keeps only the dominant directions."""
 
 
 def _gram_eigh(gram: Tensor) -> tuple[Tensor, Tensor, list[int]]:
-    """Descending eigenpairs of a batch of float64 Grams, and the blocks LAPACK could not do.
+    """Descending eigenpairs of a batch of float64 Grams (see :data:`GRAM_EIGH_STREAMS`), and the blocks
+    LAPACK could not do.
 
     A batch LAPACK rejects is retried block by block, so one bad block cannot fail the others; a
     block that fails alone gets zero eigenvalues and identity vectors (its result is discarded)."""
@@ -333,7 +378,7 @@ def _gram_eigh(gram: Tensor) -> tuple[Tensor, Tensor, list[int]]:
     if gram.shape[-1] <= HOST_EIGH_MAX:
         gram = gram.cpu()
     try:
-        vals, vecs = safe_eigh(gram, checked=True)
+        vals, vecs = eigh_in_parallel(gram, GRAM_EIGH_STREAMS if gram.device.type == "cuda" else 1)
         return vals.to(on), vecs.to(on), []
     except BasisError:
         pass

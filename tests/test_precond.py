@@ -216,3 +216,20 @@ def test_basis_rows_and_cat_are_inverse() -> None:
     assert again.ranks == batch.ranks
     for name in ("q", "eig", "overlap", "probes", "sketch"):
         assert torch.equal(getattr(again, name), getattr(batch, name)), name
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_eigh_in_parallel_is_the_batched_eigh(n: int) -> None:
+    """The Grams cut into chunks on their own threads (streams on CUDA) give the same bits as one
+    batch, in block order, and a chunk that fails raises for the whole call (``_gram_eigh`` then
+    goes block by block)."""
+    gen = torch.Generator().manual_seed(5)
+    a = torch.randn(7, 20, 20, generator=gen, dtype=torch.float64)
+    gram = a @ a.mT
+    vals, vecs = precond.eigh_in_parallel(gram, n)
+    ref_vals, ref_vecs = precond.safe_eigh(gram, checked=True)
+    assert torch.equal(vals, ref_vals) and torch.equal(vecs, ref_vecs)
+    bad = gram.clone()
+    bad[4] = float("nan")
+    with pytest.raises(precond.BasisError):
+        precond.eigh_in_parallel(bad, n)
