@@ -393,23 +393,6 @@ def _gram_eigh(gram: Tensor) -> tuple[Tensor, Tensor, list[int]]:
     return vals.to(on), vecs.to(on), failed
 
 
-NYSTROM_FAILURES = {
-    -1: "nystrom: non-finite result",
-    -2: "nystrom: zero sketch",
-    -3: "nystrom: non-finite sketch",
-    -4: "nystrom: cholesky",
-}
-"""The negative codes :func:`nystrom` returns per block on the device, and what they mean."""
-
-
-def nystrom_failure(live: int, reason: str | None) -> str | None:
-    """Why block's Nystrom refresh failed (``None``: it did not), from its ``live`` code on the host and
-    the reason :func:`nystrom` knew on the host; the first failure wins."""
-    if reason is not None:
-        return reason
-    return NYSTROM_FAILURES.get(live) if live < 0 else None
-
-
 def nystrom(qh: Tensor, p: Tensor) -> tuple[Tensor, Tensor, Tensor, list[str | None]]:
     """Top eigenpairs of psd ``L`` from ``P = L Qh`` for a batch (``Qh`` b x d x s with orthonormal
     or zero columns; zero columns of ``Qh`` must have zero columns of ``P``). Descending.
@@ -423,45 +406,48 @@ def nystrom(qh: Tensor, p: Tensor) -> tuple[Tensor, Tensor, Tensor, list[str | N
     while ``Qh^T (P + nu Qh)`` is not positive definite, up to ``NYSTROM_SHIFTS`` tries: the stored
     sketch carries more error than that (bf16 storage of ``Qh`` and ``P``, TF32 products on GPUs,
     which made every refresh of the 405M GPT fail on an H100), and eigenvalues below the shift
-    are noise anyway (they come back as zero). Every try is factored (``Qh^T (P + nu Qh) = Qh^T P +
-    nu Qh^T Qh``, s x s: cheap next to the eigensolve) and each block keeps its first positive
-    definite one on the device: no host sync but the eigensolver's own.
+    are noise anyway (they come back as zero).
 
     Returns eigenvalues (b x s), vectors (b x d x s), per block on the device the number of nonzero
-    columns of ``Qh`` or a negative code of :data:`NYSTROM_FAILURES` (for the caller's one transfer;
-    :func:`nystrom_failure` reads it), and per block the reason only the host knows (the
-    eigensolver's), else ``None``. A failed block's result is finite and meaningless.
+    columns of ``Qh`` where both are finite and -1 where not (for the caller's one transfer), and per
+    block ``None`` or why it has no result.
     """
     b, d, s = qh.shape
     y0, q = p.double(), qh.double()
+    reasons: list[str | None] = [None] * b
     norms = torch.linalg.vector_norm(y0, dim=(-2, -1))
-    zero_sketch, bad_sketch = norms == 0, ~torch.isfinite(norms)
-    dead = zero_sketch | bad_sketch
-    # a stand-in (L = I) keeps the batched math finite for a dead block; its result is discarded
-    y0 = torch.where(dead[:, None, None], q, y0)
-    nu0 = torch.where(dead, 1.0, torch.finfo(torch.float32).eps * d**0.5 * norms)
+    for j, norm in enumerate(to_host(norms).tolist()):  # the one sync before the loop; a bad qh shows at the end
+        if not math.isfinite(norm):
+            reasons[j] = "nystrom: non-finite sketch"
+        elif not norm > 0.0:
+            reasons[j] = "nystrom: zero sketch"
+    nu = torch.finfo(torch.float32).eps * d**0.5 * norms
+    dead = [j for j, why in enumerate(reasons) if why is not None]
+    if dead:  # a stand-in (L = I) keeps the batched math finite; the block's result is discarded
+        ix = torch.tensor(dead, device=q.device)
+        y0 = y0.index_copy(0, ix, q.index_select(0, ix))
+        nu = nu.index_fill(0, ix, 1.0)
+    nu = nu[:, None, None]
     zero_cols = q.abs().amax(dim=-2) == 0
     unused = torch.diag_embed(zero_cols.to(q.dtype))  # zero columns: identity rows of the Cholesky
-    qp, qq = q.mT @ y0, q.mT @ q
-    eye = torch.eye(s, dtype=q.dtype, device=q.device)
-    c, nu = eye.expand(b, s, s), nu0
-    found = torch.zeros(b, dtype=torch.bool, device=q.device)
-    for t in range(NYSTROM_SHIFTS):  # every try, each block keeping its first success: no host sync
-        nu_t = nu0 * 10.0**t
-        bm = qp + nu_t[:, None, None] * qq
-        c_t, info = torch.linalg.cholesky_ex(0.5 * (bm + bm.mT) + unused)
-        take = (info == 0) & ~found
-        c = torch.where(take[:, None, None], c_t, c)
-        nu = torch.where(take, nu_t, nu)
-        found |= take
-    no_shift = ~found
-    nu = nu[:, None, None]
-    y = torch.where(no_shift[:, None, None], q, y0 + nu * q)
+    for _ in range(NYSTROM_SHIFTS):
+        y = y0 + nu * q
+        bm = q.mT @ y
+        c, info = torch.linalg.cholesky_ex(0.5 * (bm + bm.mT) + unused)
+        failing = info != 0
+        if not bool(failing.any()):
+            break
+        nu = torch.where(failing[:, None, None], 10.0 * nu, nu)
+    else:
+        for j in to_host(failing).nonzero().flatten().tolist():
+            reasons[j] = reasons[j] or "nystrom: cholesky"
+        eye = torch.eye(s, dtype=c.dtype, device=c.device)
+        c = torch.where(failing[:, None, None], eye, c)
+        y = torch.where(failing[:, None, None], q, y)
     f = torch.linalg.solve_triangular(c, y.mT, upper=False).mT  # y C^{-T}
     s2, v, failed = _gram_eigh(f.mT @ f)  # float64 in, float64 out; checked below
-    reasons: list[str | None] = [None] * b
     for j in failed:
-        reasons[j] = "eigh: did not converge"
+        reasons[j] = reasons[j] or "eigh: did not converge"
     s2 = s2.clamp_min(0.0)
     sig = s2.sqrt()
     keep = sig > sig[:, :1] * 1e-7
@@ -470,8 +456,6 @@ def nystrom(qh: Tensor, p: Tensor) -> tuple[Tensor, Tensor, Tensor, list[str | N
     u = u.float()
     finite = torch.isfinite(vals).all(-1) & torch.isfinite(u.sum(dim=(-2, -1), dtype=torch.float64))
     live = torch.where(finite, (~zero_cols).sum(-1), -1)
-    for code, bad in ((-4, no_shift), (-3, bad_sketch), (-2, zero_sketch)):  # the earliest failure wins
-        live = torch.where(bad, code, live)
     return vals, u, live, reasons
 
 
@@ -501,7 +485,8 @@ def refresh_stream(
     for j in range(b):
         n_live = int(host[j, s + 1])  # the block's own columns: the rest are padding (zero eigenvalues)
         eig, total = host[j, : max(n_live, 1)], float(host[j, s])
-        reasons[j] = nystrom_failure(n_live, reasons[j])
+        if reasons[j] is None and n_live < 0:
+            reasons[j] = "nystrom: non-finite result"
         if reasons[j] is None and not total > 0.0:
             reasons[j] = "stream: zero trace" if total == 0.0 else "stream: non-finite trace"
         k = select_rank(eig, total, spectral_mass, rank_min, rank_max) if reasons[j] is None else rank_min
