@@ -93,12 +93,16 @@ def _torch_profile(model: GPT, opt: Any, n: int, batch: int, device: torch.devic
     ]
     launches = sum(e.count for e in ka if "LaunchKernel" in e.key or e.key in ("cuLaunchKernel", "cuLaunchKernelEx"))
     syncs = {e.key: e.count / n for e in ka if any(e.key.startswith(s) for s in SYNC_CALLS)}
-    by_shape = [e for e in prof.key_averages(group_by_input_shape=True) if getattr(e, "self_device_time_total", 0) > 0]
+    by_shape = [  # torch's operators only: their kernels appear under their own names too
+        e
+        for e in prof.key_averages(group_by_input_shape=True)
+        if getattr(e, "self_device_time_total", 0) > 0 and e.key.startswith("aten::")
+    ]
     by_shape.sort(key=lambda e: e.self_device_time_total, reverse=True)
     top_shapes = [
         {"name": e.key, "input_shapes": str(e.input_shapes)[:200], "calls_per_step": e.count / n,
          "device_ms_per_step": e.self_device_time_total / 1e3 / n}
-        for e in by_shape[:25] if e.key.startswith("aten::")
+        for e in by_shape[:25]
     ]  # fmt: skip
     out = {"top_self_cpu": top, "top_device": top_dev, "top_device_by_shape": top_shapes,
            "launches_per_step": launches / n, "sync_calls_per_step": syncs}  # fmt: skip
