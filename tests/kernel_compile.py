@@ -94,7 +94,7 @@ def width_variants(seen: list) -> list[str]:
     """Launch the rotated-space moment steps at every basis width a group allocates (multiples of
     16, ``Side.width_for``), at several row counts, and return a problem for each kernel that would
     need more than one compiled variant across them: a variant first needed when a refresh grows a
-    basis is compiled in the middle of a step (the 320-355 ms stalls of BENCHMARKS.md §0)."""
+    basis is compiled in the middle of a step (the 320-355 ms stalls of BENCHMARKS.md §0c)."""
     from scao_dist import quant
     from scao_dist.kernels import triton_ops
 

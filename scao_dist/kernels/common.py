@@ -192,7 +192,7 @@ SHAPE_ARGS = ["nq", "G", "total"]
 """Size arguments of the group kernels, kept out of Triton's specialisation (``do_not_specialize``):
 a basis that grows by 16 columns at a refresh changes ``n % 32``, ``G == 1`` and ``total % 16``,
 and each of those would otherwise compile a new variant mid-run (measured: 320-355 ms stalls
-in the 405M run, BENCHMARKS.md §0). Only ``NMUL`` (a constexpr) varies: it is 16 for every
+in the 405M run, BENCHMARKS.md §0c). Only ``NMUL`` (a constexpr) varies: it is 16 for every
 width the groups allocate (multiples of 16) except a basis capped at ``d - p``."""
 
 

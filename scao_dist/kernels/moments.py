@@ -33,7 +33,7 @@ from .common import (
 
 BG = 32
 """Scale groups per program (32 x 32 = 1024 values, 8 per thread at 4 warps): 1-19% faster than 64
-on an H200 (``bench.kernels --sweep``, BENCHMARKS.md §0); which program owns a group never changes
+on an H200 (``bench.kernels --sweep``, BENCHMARKS.md §0c); which program owns a group never changes
 its arithmetic."""
 
 
