@@ -170,9 +170,13 @@ def _finite_rows(*ts: Tensor) -> list[bool]:
 
 
 def seeded_normal(shape: tuple[int, ...], seed: int, device: torch.device) -> Tensor:
-    """Gaussian matrix drawn from a generator seeded by ``seed`` (reproducible on resume)."""
-    gen = torch.Generator(device="cpu").manual_seed(seed & 0x7FFFFFFFFFFFFFFF)
-    return torch.randn(shape, generator=gen, dtype=torch.float32).to(device)
+    """Gaussian matrix drawn on ``device`` from a generator seeded by ``seed`` (reproducible on resume;
+    CUDA's generator draws other numbers than the CPU's). Drawn where it is used: drawn on the host,
+    pinned and copied, the probes of the 405M GPT's stream refreshes cost the refresh worker over 4 ms
+    of host time per step (``torch.randn`` alone 4.0 ms, cProfile in BENCHMARKS.md §0) while the GPU
+    waited for them."""
+    gen = torch.Generator(device=device).manual_seed(seed & 0x7FFFFFFFFFFFFFFF)
+    return torch.randn(shape, generator=gen, dtype=torch.float32, device=device)
 
 
 def select_rank(eig: Tensor, total: float, spectral_mass: float, rank_min: int, rank_max: int) -> int:
@@ -269,8 +273,7 @@ def complement_probes(q: Tensor, p: int, seeds: list[int]) -> Tensor:
     b, d, k = q.shape
     if p > d - k:
         raise ValueError(f"complement_probes: {p} probes do not fit beside {k} columns in dimension {d}")
-    gen = [seeded_normal((d, p), s, torch.device("cpu")) for s in seeds]
-    w = to_device(torch.stack(gen), q.device)
+    w = torch.stack([seeded_normal((d, p), s, q.device) for s in seeds])
     for _ in range(2):  # twice is enough (Kahan)
         w = w - q @ (q.mT @ w)
     try:

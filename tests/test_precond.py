@@ -233,3 +233,17 @@ def test_eigh_in_parallel_is_the_batched_eigh(n: int) -> None:
     bad[4] = float("nan")
     with pytest.raises(precond.BasisError):
         precond.eigh_in_parallel(bad, n)
+
+
+def test_seeded_normal_is_reproducible_per_seed_and_drawn_on_its_device() -> None:
+    """The probes' draws: the same seed gives the same numbers (a resumed run refreshes as the
+    original did), another seed others, and on the CPU they are the CPU generator's draws."""
+    cpu = torch.device("cpu")
+    a, b = precond.seeded_normal((50, 3), 7, cpu), precond.seeded_normal((50, 3), 7, cpu)
+    assert torch.equal(a, b) and a.device == cpu and a.dtype == torch.float32
+    assert not torch.equal(a, precond.seeded_normal((50, 3), 8, cpu))
+    assert torch.equal(a, torch.randn((50, 3), generator=torch.Generator().manual_seed(7)))
+    probes = precond.complement_probes(torch.zeros(2, 40, 0), 5, [3, 4])
+    again = precond.complement_probes(torch.zeros(2, 40, 0), 5, [3, 4])
+    assert torch.equal(probes, again)
+    torch.testing.assert_close(probes.mT @ probes, torch.eye(5).expand(2, 5, 5), atol=1e-5, rtol=0)
