@@ -34,8 +34,11 @@ Notation: ``L`` is the EMA factor of one side (``G G^T`` for rows, ``G^T G`` for
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -179,19 +182,22 @@ def seeded_normal(shape: tuple[int, ...], seed: int, device: torch.device) -> Te
     return torch.randn(shape, generator=gen, dtype=torch.float32, device=device)
 
 
-def select_rank(eig: Tensor, total: float, spectral_mass: float, rank_min: int, rank_max: int) -> int:
+def select_rank(eig: Tensor | Sequence[float], total: float, spectral_mass: float, rank_min: int, rank_max: int) -> int:
     """Fewest leading eigenvalues holding ``spectral_mass`` of ``total``, clamped.
 
     ``eig`` is sorted descending; if even all of them fall short of the target, all are kept
-    (the next refresh's probes can grow the basis).
+    (the next refresh's probes can grow the basis). Plain Python on the host (a refresh calls this
+    per block after its one transfer; torch ops here cost the worker ~15 dispatches per block): the
+    running sum in float64, one addition after another, and the first index reaching the target.
     """
-    n = eig.numel()
+    vals = eig.tolist() if isinstance(eig, Tensor) else list(eig)
+    n = len(vals)
     hi = max(1, min(rank_max, n))
     if spectral_mass >= 1.0 or total <= 0.0:
         k = n
     else:
-        cum = torch.cumsum(eig.clamp_min(0.0).double().cpu(), 0)
-        k = int(torch.searchsorted(cum, torch.tensor([spectral_mass * total], dtype=cum.dtype)).item()) + 1
+        cum = list(itertools.accumulate(max(float(x), 0.0) for x in vals))
+        k = bisect.bisect_left(cum, spectral_mass * total) + 1
     return max(min(rank_min, hi), min(k, hi))
 
 
@@ -485,16 +491,16 @@ def refresh_stream(
     vals, u, live, reasons = nystrom(qh, p)
     host = to_host(torch.cat([vals.double(), trace.double().reshape(b, 1), live.double().reshape(b, 1)], 1))
     ks, rhos = [], []
-    for j in range(b):
-        n_live = int(host[j, s + 1])  # the block's own columns: the rest are padding (zero eigenvalues)
-        eig, total = host[j, : max(n_live, 1)], float(host[j, s])
+    for j, row in enumerate(host.tolist()):  # Python floats: no torch dispatch per block
+        n_live = int(row[s + 1])  # the block's own columns: the rest are padding (zero eigenvalues)
+        eig, total = row[: max(n_live, 1)], row[s]
         if reasons[j] is None and n_live < 0:
             reasons[j] = "nystrom: non-finite result"
         if reasons[j] is None and not total > 0.0:
             reasons[j] = "stream: zero trace" if total == 0.0 else "stream: non-finite trace"
         k = select_rank(eig, total, spectral_mass, rank_min, rank_max) if reasons[j] is None else rank_min
         ks.append(k)
-        rhos.append(max(total - float(eig[:k].sum()), 0.0) / max(d - k, 1) if reasons[j] is None else 0.0)
+        rhos.append(max(total - math.fsum(eig[:k]), 0.0) / max(d - k, 1) if reasons[j] is None else 0.0)
     kmax = max(ks)
     live = rank_mask(ks, kmax, u.device)  # (b, kmax)
     qn = torch.where(live[:, None, :], u[..., :kmax], 0.0).nan_to_num(0.0, 0.0, 0.0)

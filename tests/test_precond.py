@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scao_dist import precond
 
@@ -73,6 +75,31 @@ def test_select_rank_keeps_the_spectral_mass() -> None:
     assert precond.select_rank(eig, 10.0, 0.99, 1, 6) == 6
     assert precond.select_rank(eig, 10.0, 0.99, 1, 4) == 4  # capped
     assert precond.select_rank(eig, 10.0, 0.5, 3, 6) == 3  # floored at rank_min
+    assert precond.select_rank(eig.tolist(), 10.0, 0.8, 1, 6) == 2  # the refresh passes host floats
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    eig=st.lists(st.floats(-1.0, 1e3, allow_nan=False), min_size=1, max_size=40),
+    mass=st.floats(0.05, 1.0),
+    rank_min=st.integers(1, 8),
+    rank_max=st.integers(1, 64),
+)
+def test_select_rank_in_python_is_the_cumsum_searchsorted_rule(eig, mass, rank_min, rank_max) -> None:
+    """The host-side rule picks what float64 ``cumsum`` + ``searchsorted`` on the clamped eigenvalues
+    picked (the previous implementation, in torch), for any spectrum, mass and clamps."""
+    eig = sorted(eig, reverse=True)
+    total = max(sum(max(x, 0.0) for x in eig) * 1.05, 0.0)
+    t = torch.tensor(eig, dtype=torch.float64)
+    hi = max(1, min(rank_max, len(eig)))
+    if mass >= 1.0 or total <= 0.0:
+        k = len(eig)
+    else:
+        cum = torch.cumsum(t.clamp_min(0.0), 0)
+        k = int(torch.searchsorted(cum, torch.tensor([mass * total], dtype=cum.dtype)).item()) + 1
+    want = max(min(rank_min, hi), min(k, hi))
+    assert precond.select_rank(eig, total, mass, rank_min, rank_max) == want
+    assert precond.select_rank(t, total, mass, rank_min, rank_max) == want
 
 
 @pytest.mark.parametrize("shape", [(96, 96), (200, 40)])
