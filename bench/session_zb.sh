@@ -43,13 +43,4 @@ for pass in a b; do
   run "new$pass" "$here"
 done
 tar czf "$OUT/session_zb.tgz" -C "$W" --exclude triton_cache .
-python3 - "$W" <<'PY'
-import json, pathlib, sys
-for name in ("olda", "newa", "oldb", "newb"):
-    for f in sorted(pathlib.Path(sys.argv[1], name).rglob("*_s0.json")):
-        d = json.load(open(f))
-        ph = d.get("phases") or {}
-        swap = (ph.get("phases") or {}).get("refresh_swap", {}).get("device_ms")
-        print(name, "ms/step", d["ms_step"]["median"], "p99", d["ms_step"]["p99"], "ms in step()",
-              d["ms_opt_step"]["median"], "worker ms/step", ph.get("refresh_compute_async_ms"), "waiting at swap", swap)
-PY
+python3 -m bench.refresh_summary "$W" olda newa oldb newb

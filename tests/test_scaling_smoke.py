@@ -2,6 +2,8 @@
 writes its JSON and the Markdown table, and SCAO's per-rank optimizer memory halves from N=1 to N=2.
 """
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -130,3 +132,25 @@ def test_slow_steps_summary_names_the_slowest_steps_and_late_variants(tmp_path):
     assert "(0, 900.0)" in lines[0] and lines[1].startswith("  step_ms: slowest (index, ms) [(1, 40.0), (2, 4.0)")
     assert "'refreshes': 3" in lines[2] and "'refresh_late': 0" in lines[2]
     assert lines[3].endswith("from step 2 on: [[12, '_b', 300.0]]") and lines[4].strip() == "b(n: i32)"
+
+
+def test_refresh_summary_reads_the_worker_and_swap_times(tmp_path):
+    """``bench.refresh_summary`` prints each run's step time, its time in ``step()``, the refresh
+    worker's time and the wait at the swap, from the JSON ``bench.compare --profile-phases`` writes."""
+    from bench.refresh_summary import main
+
+    run = {
+        "ms_step": {"median": 70.5, "p99": 101.0},
+        "ms_opt_step": {"median": 45.25},
+        "phases": {"refresh_compute_async_ms": 41.75, "phases": {"refresh_swap": {"device_ms": 17.5}}},
+    }
+    (tmp_path / "newa").mkdir()
+    (tmp_path / "newa" / "large_scao_lr1e-03_s0.json").write_text(json.dumps(run))
+    (tmp_path / "newa" / "large_scao_lr1e-03_s1.json").write_text(json.dumps(run))  # seed 1: not read
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main([str(tmp_path), "newa", "missing"]) == 0
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        "newa: ms/step 70.5 p99 101.0, ms in step() 45.25, refresh worker ms/step 41.75, waiting at the swap 17.5"
+    ]
