@@ -39,7 +39,7 @@ import itertools
 import math
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import torch
@@ -365,9 +365,11 @@ def eigh_in_parallel(gram: Tensor, n: int) -> tuple[Tensor, Tensor]:
             t.record_stream(here)  # made on the chunk's stream, used on ``here``
         return vals, vecs
 
-    parts = list(pool.map(one, range(n), gram.chunk(n)))
+    futures = [pool.submit(one, j, part) for j, part in enumerate(gram.chunk(n))]
+    wait(futures)  # all chunks done before a failing one raises: none still runs when the caller retries
+    parts = [f.result() for f in futures]
     if cuda:
-        for j in range(n):
+        for j in range(len(futures)):  # ``chunk`` may give fewer than ``n`` parts
             here.wait_stream(stream(j))
     return torch.cat([v for v, _ in parts]), torch.cat([q for _, q in parts])
 
