@@ -14,7 +14,6 @@ gradient accumulation and clipping come from the config; ``engine.save_checkpoin
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 
@@ -22,6 +21,7 @@ import torch
 
 import scao_dist.integrations.deepspeed as scao_ds  # registers torch.optim.SCAO
 from scao_dist.demo import GPT, ByteCorpus, GPTConfig, stdlib_corpus
+from scao_dist.shard.comm import closing_process_group
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -118,20 +118,6 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
-def run(argv: list[str] | None = None) -> dict:
-    """:func:`main`, then a clean exit of the process group: every rank finishes its epilogue before any
-    tears the group down. Without the barrier a rank leaving first made another abort inside gloo
-    ("terminate called without an active exception", seen once in CI), as in ``launch/train.py``."""
-    try:
-        summary = main(argv)
-        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-            gc.collect()  # the engine's reference cycles go while their group still exists
-            torch.distributed.barrier()
-        return summary
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-
-
 if __name__ == "__main__":
-    run()
+    with closing_process_group():  # barrier, then destroy: no rank leaves while another still needs the group
+        main()

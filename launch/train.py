@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import importlib
 import importlib.util
 import json
@@ -57,6 +56,7 @@ from tqdm import tqdm
 
 from scao_dist import SCAO, memory_report
 from scao_dist.demo import GPT, ByteCorpus, GPTConfig, stdlib_corpus
+from scao_dist.shard.comm import closing_process_group
 
 ModelFn = Callable[["TrainConfig"], nn.Module]
 BatchFn = Callable[[str, int, "TrainConfig"], tuple[torch.Tensor, torch.Tensor]]
@@ -542,18 +542,8 @@ class _NullCtx:
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(argv)
-    try:
-        summary = train(cfg=cfg)
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            # free the DDP wrapper (kept alive by reference cycles) while its group still exists, and let
-            # every rank finish its own epilogue before the group goes: a rank tearing it down early made
-            # the other abort in gloo ("terminate called without an active exception")
-            gc.collect()
-            dist.barrier()
-        return summary
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    with closing_process_group():  # barrier, then destroy: no rank leaves while another still needs the group
+        return train(cfg=cfg)
 
 
 if __name__ == "__main__":

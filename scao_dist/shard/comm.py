@@ -15,11 +15,14 @@ Buckets: each bucket holds, for every rank, a contiguous chunk of that rank's ow
 gradient bucket is all-reduced and each rank keeps its chunk (CPU tests only; twice the bytes).
 
 With no process group, or a group of one, every call returns at once: one rank is the N=1 case.
+:func:`closing_process_group` ends a launcher's group (``launch/train.py``, ``launch/ds_train.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import gc
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -251,3 +254,20 @@ class Comm:
 
 def _block(t: Tensor, s: BlockSpec) -> Tensor:
     return matrix_view(t)[s.r0 : s.r1, s.c0 : s.c1]
+
+
+@contextlib.contextmanager
+def closing_process_group() -> Iterator[None]:
+    """Run a launcher's body, then tear its process group down cleanly. After a body that returns,
+    every rank drops its reference cycles (a DDP wrapper or DeepSpeed engine still holding the
+    group) and meets the others at a barrier, so no rank destroys the group while another is in its
+    epilogue: that made the other rank abort inside gloo ("terminate called without an active
+    exception"). On any exit the group, if there is one, is destroyed."""
+    try:
+        yield
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            gc.collect()
+            dist.barrier()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
