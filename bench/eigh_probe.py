@@ -18,10 +18,11 @@ import argparse
 import json
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
+
+from scao_dist import precond
 
 
 def grams(b: int, s: int, device: torch.device, seed: int = 0) -> torch.Tensor:
@@ -61,27 +62,12 @@ def candidates(device: torch.device) -> dict[str, Callable[[torch.Tensor], tuple
         return vals.to(a.device), vecs.to(a.device)
 
     def threads(n: int, on_host: bool = False) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        """float64 ``eigh`` of the batch cut into ``n`` chunks, one host thread each (each on its own CUDA
-        stream, or on the host): ``eigh`` synchronises, so one thread runs one small matrix at a time."""
-        pool = ThreadPoolExecutor(n)
-        streams = [torch.cuda.Stream(device) for _ in range(n)] if device.type == "cuda" and not on_host else None
-
-        def one(a: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor]:
-            if on_host:
-                return torch.linalg.eigh(a.cpu())
-            if streams is None:
-                return torch.linalg.eigh(a)
-            streams[j].wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(streams[j]):
-                return torch.linalg.eigh(a)
+        """float64, the batch cut into ``n`` chunks on their own threads: the shipped
+        :func:`scao_dist.precond.eigh_in_parallel` (one CUDA stream per chunk), or on the host."""
 
         def f(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            parts = list(pool.map(one, a.chunk(n), range(n)))
-            if streams is not None:
-                for st in streams:
-                    torch.cuda.current_stream(device).wait_stream(st)
-            vals, vecs = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-            return vals.to(a.device), vecs.to(a.device)
+            vals, vecs = precond.eigh_in_parallel(a.cpu() if on_host else a, n)  # descending
+            return vals.flip(-1).to(a.device), vecs.flip(-1).to(a.device)
 
         return f
 
