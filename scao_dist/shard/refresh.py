@@ -27,8 +27,6 @@ is the same as the async one (used by the tests to prove it).
 from __future__ import annotations
 
 import concurrent.futures as cf
-import os
-import sys
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -50,13 +48,6 @@ class Pending:
     batch: int | None = None  # restored: the global index of the first block of its batch
     ready_event: Any = None  # CUDA: the snapshot is written (main stream)
     done_event: Any = None  # CUDA: the result is written (side stream)
-
-
-SWITCH_INTERVAL = os.environ.get("SCAO_SWITCH_INTERVAL", "")
-"""Seconds; when set, the interpreter's thread switch interval (``sys.setswitchinterval``) once a
-refresh worker starts. Experimental (BENCHMARKS.md §0): the training loop and the worker both
-run Python between torch calls; a thread that wants the interpreter lock waits up to this
-interval (5 ms by default) before it forces a switch."""
 
 
 class RefreshScheduler:
@@ -97,8 +88,6 @@ class RefreshScheduler:
 
     def _executor(self) -> cf.ThreadPoolExecutor:
         if self._pool is None:
-            if SWITCH_INTERVAL:
-                sys.setswitchinterval(float(SWITCH_INTERVAL))
             self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="scao-refresh")
         return self._pool
 
