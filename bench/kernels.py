@@ -79,8 +79,11 @@ def shapes(dry: bool, mb: float) -> list[tuple[str, str, dict[str, Any]]]:
     with rank 144 (the 405M GPT's; ``residual_sumsq`` [4: G read], ``complement_update`` [8: M read, U
     written; 10 applied: M, bf16 weights and int8 bits read, weights and bits written]; the factors add
     (m + n) k x 4 per block). Their products run in TF32, as the training benchmarks set torch's fp32
-    matmuls to.
+    matmuls to. The "bf16" cases read a bf16 gradient, as frame-less groups with bf16 weights pass it
+    [``ema_signed_`` 8.1, ``residual_sumsq`` 2].
     """
+    import torch
+
     if dry:
         return [
             ("ema_signed_", "3-D", dict(shape=(2, 5, 70))),
@@ -102,6 +105,7 @@ def shapes(dry: bool, mb: float) -> list[tuple[str, str, dict[str, Any]]]:
     return [
         ("ema_signed_", "(B,768,3072)", dict(shape=(b(10.125, blk), 768, 3072))),
         ("ema_signed_", "(B,767,3071) odd", dict(shape=(b(10.125, blk), 767, 3071))),
+        ("ema_signed_", "(B,2048,4096) bf16 x", dict(shape=(b(8.125, 2048 * 4096), 2048, 4096), gdtype=torch.bfloat16)),
         ("rotated_adam_", "(B,768,3072) bc per block", dict(shape=(b(14.125, blk), 768, 3072), bc="tensor")),
         ("rotated_adam_", "(B,768,3056) n%32=16", dict(shape=(b(14.125, blk), 768, 3056))),
         ("apply_update_", "bf16+int8", dict(shape=(b(10, blk), 768, 3072), wdtype="bf16", bits=8)),
@@ -113,6 +117,11 @@ def shapes(dry: bool, mb: float) -> list[tuple[str, str, dict[str, Any]]]:
         ("adamw_", "fp32 (B,768)", dict(shape=(b(16.25, 768), 768), wdtype="fp32", bits=0)),
         ("residual_sumsq", "(B,3072,768) k=128", dict(shape=(b(4, blk), 3072, 768), k=128)),
         ("residual_sumsq", "(B,2048,8192) k=144", dict(shape=(b(4, 2048 * 8192), 2048, 8192), k=144)),
+        (
+            "residual_sumsq",
+            "(B,2048,8192) k=144 bf16 G",
+            dict(shape=(b(2, 2048 * 8192), 2048, 8192), k=144, gdtype=torch.bfloat16),
+        ),
         ("residual_sumsq", "(B,3072,768) k=16", dict(shape=(b(4, blk), 3072, 768), k=16)),  # the products' share
         ("residual_sumsq", "(B,3072,768) G alone", dict(shape=(b(4, blk), 3072, 768), k=0)),  # and the tile's
         ("complement_update", "(B,3072,768) k=128", dict(shape=(b(8, blk), 3072, 768), k=128)),
@@ -153,7 +162,7 @@ def make_operands(kernel: str, spec: dict[str, Any], device: Any) -> dict[str, A
         k = spec["k"]
         x, y = rnd(B, M, k) * 30, rnd(B, N, k) * 30
         if kernel == "residual_sumsq":  # k = 0: the sums of G alone (no product in the kernel)
-            return dict(g=rnd(*shape), x=x if k else None, y=y if k else None)
+            return dict(g=rnd(*shape).to(spec.get("gdtype", torch.float32)), x=x if k else None, y=y if k else None)
         bc1: Any = 0.5
         bc2: Any = 0.3
         if spec.get("bc") == "tensor":
@@ -170,7 +179,7 @@ def make_operands(kernel: str, spec: dict[str, Any], device: Any) -> dict[str, A
                     mask=mask, bc1=bc1, bc2=bc2, eps=1e-8, **apply)  # fmt: skip
     if kernel == "ema_signed_":
         codes, scales = quant.encode_signed(rnd(*shape))
-        return dict(codes=codes, scales=scales, x=rnd(*shape), beta=0.9)
+        return dict(codes=codes, scales=scales, x=rnd(*shape).to(spec.get("gdtype", torch.float32)), beta=0.9)
     if kernel == "rotated_adam_":
         codes, scales = quant.encode_sqrt(rnd(*shape).square())
         bc: Any = 0.7
@@ -329,6 +338,10 @@ def verify_on(device: Any, dry: bool, only: Sequence[str] = ()) -> dict[str, Any
             )
             cases["residual_sumsq"].append(verify.case_residual((3, 301, 1001, 40), mode, gen, device))
             cases["residual_sumsq"].append(verify.case_residual((2, 3072, 768, 144), mode, gen, device))
+            cases["residual_sumsq"].append(
+                verify.case_residual((2, 2048, 4096, 144), mode, gen, device, gdtype=torch.bfloat16)
+            )
+        cases["ema_signed_"].append(verify.case_ema((4, 2048, 4096), "state", gen, device, xdtype=torch.bfloat16))
         cases["factor_ema_corr_"].append(verify.case_factor((3,), 777, "boundary", gen, device))
     if only:
         cases = {k: v for k, v in cases.items() if k in only}

@@ -182,10 +182,10 @@ class _Group:
         src = [self.params[self.specs[i].param] for i in idx]
         return torch.stack([self.block_view(i, p.grad if grads else p) for i, p in zip(idx, src)])
 
-    def gather_grads(self, idx: Sequence[int]) -> Tensor:
-        """The blocks' gradients as one fp32 ``(b, m, n)`` tensor (one multi-tensor copy)."""
+    def gather_grads(self, idx: Sequence[int], dtype: torch.dtype = torch.float32) -> Tensor:
+        """The blocks' gradients as one ``(b, m, n)`` tensor of ``dtype`` (one multi-tensor copy)."""
         m, n = self.specs[0].shape
-        out = torch.empty((len(idx), m, n), dtype=torch.float32, device=self.device)
+        out = torch.empty((len(idx), m, n), dtype=dtype, device=self.device)
         views = [self.block_view(i, self.params[self.specs[i].param].grad) for i in idx]
         torch._foreach_copy_(list(out.unbind(0)), views)
         return out
@@ -384,6 +384,15 @@ class KronGroup(RefreshMixin, _Group):
                 self.t[f"{n}.eig"] = torch.zeros(self.B, 0, device=device)
         kl, kr = (s.K for s in self.sides)
         self.vp.alloc(self.t, (self.B, kl, kr), device)
+        # bf16 gradients stay bf16 where every product that reads them has bf16 bases as its other
+        # operand (no dense frame, bf16 stream bases): bf16 x bf16 products are exact in fp32, so
+        # the results are those of the fp32 gradient (up to summation order) at half the bytes
+        modes = [side.mode for side in self.sides]
+        self.grad_dtype = (
+            torch.bfloat16
+            if self.bf16 and self.bdt == torch.bfloat16 and "dense" not in modes and "stream" in modes
+            else torch.float32
+        )
         self._ginv: dict[str, Tensor] = {}  # derived from the stored stream bases (see _gram_inverses)
         self._ginv_stale: dict[str, set[int]] = {}
 
@@ -440,7 +449,7 @@ class KronGroup(RefreshMixin, _Group):
         toy that alone cost most of the progress). Stream sides' truncated bases ``Q`` act inside
         that frame.
         """
-        g = self.gather_grads(idx)
+        g = self.gather_grads(idx, self.grad_dtype)
         w, in_place = self.weights(idx)
         s, whole = self.select(idx)
         for i in idx:
@@ -454,7 +463,8 @@ class KronGroup(RefreshMixin, _Group):
 
         gf = self.rotate(g, fl, fr)
         del g
-        halves = self._stream_halves(gf, qhl, qhr)
+        raw = [s[f"{side.name}.qh"] if side.mode == "stream" else None for side in self.sides]
+        halves = self._stream_halves(gf, *(r if gf.dtype == torch.bfloat16 else q for r, q in zip(raw, (qhl, qhr))))
         g_rot = self._core(gf, halves, ql, qr)
         mf = self.mom.ema(s, gf, hp.beta1)
         m_rot = self.rotate(mf, ql, qr)
@@ -542,13 +552,14 @@ class KronGroup(RefreshMixin, _Group):
         return base + self._device_list(tuple(steps), torch.int64) * SEED_STEP
 
     def _stream_halves(self, gf: Tensor, qhl: Tensor | None, qhr: Tensor | None) -> dict[str, Tensor]:
-        """``Qh_L^T G_F`` and ``G_F Qh_R`` (tracked bases plus probes) of the stream sides, once:
-        the core rotation and the sketch updates both start from them."""
+        """fp32 ``Qh_L^T G_F`` and ``G_F Qh_R`` (tracked bases plus probes) of the stream sides, once:
+        the core rotation and the sketch updates both start from them. ``G_F`` and the bases are
+        both fp32 or both bf16 (:attr:`grad_dtype`)."""
         out = {}
         if qhl is not None:
-            out["L"] = qhl.mT @ gf
+            out["L"] = matmul_f32(qhl.mT, gf)
         if qhr is not None:
-            out["R"] = gf @ qhr
+            out["R"] = matmul_f32(gf, qhr)
         return out
 
     def _core(self, gf: Tensor, halves: dict[str, Tensor], ql: Tensor | None, qr: Tensor | None) -> Tensor:
@@ -692,7 +703,9 @@ class KronGroup(RefreshMixin, _Group):
                     s[f"{n}.fac"].mul_(beta).add_(outer, alpha=1 - beta)
             elif side.mode == "stream":
                 half = halves[n]  # Qh^T G (rows) or G Qh (columns)
-                fresh = g @ half.mT if n == "L" else g.mT @ half
+                if g.dtype == torch.bfloat16:  # G G^T Qh from bf16 operands; the sketch is stored in bf16
+                    half = half.to(torch.bfloat16)
+                fresh = matmul_f32(g, half.mT) if n == "L" else matmul_f32(g.mT, half)
                 sk = s[f"{n}.sketch"].float().mul_(beta).add_(fresh, alpha=1 - beta)
                 s[f"{n}.sketch"].copy_(sk)
                 if sumsq is None:
@@ -793,6 +806,17 @@ class KronGroup(RefreshMixin, _Group):
         self._basis_changed(i)
         self.steps[i] = int(st["step"])
         self.ready[i] = bool(st["ready"])
+
+
+def matmul_f32(a: Tensor, b: Tensor) -> Tensor:
+    """fp32 ``a @ b`` of two fp32 or two bf16 stacks ``(b, ., .)``. bf16 operands are multiplied
+    exactly (8-bit significands) and summed in fp32: cuBLAS's bf16 product with an fp32 result on
+    CUDA, the fp32 product of their exact fp32 values elsewhere."""
+    if a.dtype == torch.bfloat16 and b.dtype == torch.bfloat16:
+        if a.is_cuda:
+            return torch.bmm(a, b, out_dtype=torch.float32)
+        return a.float() @ b.float()
+    return a @ b
 
 
 def _factored(row: Tensor, col: Tensor) -> Tensor:

@@ -35,6 +35,7 @@ NEEDS_NAN_MAX = {"_complement_update_kernel"}
 """Kernels whose maximum must propagate NaN (``max.NaN.f32``, as ``torch.maximum``)."""
 TYPES = {
     torch.float32: "*fp32",
+    torch.bfloat16: "*bf16",
     torch.int8: "*i8",
     torch.uint8: "*u8",
     torch.int16: "*i16",

@@ -208,9 +208,15 @@ def group_layout(x: torch.Tensor) -> tuple[int, int, int, int]:
 
 
 # -------------------------------------------------------------------------- host-side helpers
-def packed_ok(codes: torch.Tensor, scales: torch.Tensor, x: torch.Tensor, code_dtype: torch.dtype) -> bool:
-    """Whether (codes, scales) is the packed layout of an fp32 ``x`` that the group kernels handle."""
-    if x.dim() == 0 or x.dtype != torch.float32 or codes.dtype != code_dtype or scales.dtype != torch.bfloat16:
+def packed_ok(
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    x: torch.Tensor,
+    code_dtype: torch.dtype,
+    x_dtypes: tuple[torch.dtype, ...] = (torch.float32,),
+) -> bool:
+    """Whether (codes, scales) is the packed layout of an ``x`` (one of ``x_dtypes``) that the group kernels handle."""
+    if x.dim() == 0 or x.dtype not in x_dtypes or codes.dtype != code_dtype or scales.dtype != torch.bfloat16:
         return False
     n = x.shape[-1]
     G = (n + 31) // 32

@@ -8,9 +8,9 @@ weight per step, half of the whole step's traffic on the 405M GPT. Here each pro
 ``X`` (B, m, k) and ``Y`` (B, n, k) with ``k <= ~150``, and every [BM, BN] tile of it is formed in
 registers (a ``tl.dot`` over ``k``, fp32 accumulation) where it is consumed:
 
-* :func:`residual_sumsq`: one read of ``G`` gives the row and column sums of squares of ``G`` and
-  of ``G - X Y^T``. Each program writes its tile's partial sums to its own slot; torch adds the
-  slots (a fixed order: deterministic, no atomics).
+* :func:`residual_sumsq`: one read of ``G`` (fp32, or the bf16 gradient of a frame-less group) gives
+  the row and column sums of squares of ``G`` and of ``G - X Y^T``. Each program writes its tile's
+  partial sums to its own slot; torch adds the slots (a fixed order: deterministic, no atomics).
 * :func:`complement_update`: one read of ``M`` and one write give
   ``U = X_u Y_u^T + mask (M - X_m Y_m^T)/bc1 / (sqrt(max(r_i c_j, floor)/bc2) + eps)``, the tail in
   the same fp32 operations and order as :func:`.reference.complement_add_` (IEEE division and
@@ -91,6 +91,7 @@ def _sumsq_kernel(
     mi, mj = i < M, j < N
     b64 = b.to(tl.int64)
     g = tl.load(g_ptr + (b64 * M + i)[:, None] * N + j[None, :], mask=mi[:, None] & mj[None, :], other=0.0)
+    g = g.to(tl.float32)  # fp32 or bf16 G
     rows = (b64 * ntn + tn) * M + i
     cols = (b64 * ntm + tm) * N + j
     gg = g * g
@@ -188,7 +189,7 @@ def residual_sumsq(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Triton twin of :func:`.reference.residual_sumsq` (same signature and results)."""
     back = x is not None and y is not None
-    if g.dim() != 3 or g.dtype != torch.float32:
+    if g.dim() != 3 or g.dtype not in (torch.float32, torch.bfloat16):
         return reference.residual_sumsq(g, x, y)
     B, M, N = g.shape
     if back and not _factors_ok(B, M, N, g.device, (x, y)):

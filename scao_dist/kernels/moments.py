@@ -41,11 +41,11 @@ its arithmetic."""
 def _ema_signed_kernel(
     codes_ptr, scales_ptr, x_ptr, out_ptr, nq, G, total, beta, omb, BG: tl.constexpr, NMUL: tl.constexpr
 ):
-    """m = decode(codes, scales)·beta + x·(1-beta); (codes, scales) <- encode(m); out <- m."""
+    """m = decode(codes, scales)·beta + x·(1-beta); (codes, scales) <- encode(m); out <- m (x fp32 or bf16)."""
     gid, _row, gmask, coff, xoff, valid = group_tile(nq, G, total, BG, NMUL)
     q = tl.load(codes_ptr + coff, mask=gmask[:, None], other=0)
     s = bf16_to_f32(tl.load(scales_ptr + gid, mask=gmask, other=0))
-    x = tl.load(x_ptr + xoff, mask=valid, other=0.0)
+    x = tl.load(x_ptr + xoff, mask=valid, other=0.0).to(tl.float32)
     m = decode_signed(q, s[:, None]) * beta + x * omb
     m = tl.where(valid, m, 0.0)  # the padding of the last group encodes as 0
     qn, sbits, _ = encode_signed(m)
@@ -86,7 +86,8 @@ def _rotated_adam_kernel(
 
 def ema_signed_(codes: torch.Tensor, scales: torch.Tensor, x: torch.Tensor, beta: float) -> torch.Tensor:
     """Triton twin of :func:`.reference.ema_signed_` (same signature, in place, returns fp32 m)."""
-    if not packed_ok(codes, scales, x, torch.int8) or not isinstance(beta, float | int):
+    x_ok = packed_ok(codes, scales, x, torch.int8, (torch.float32, torch.bfloat16))
+    if not x_ok or not isinstance(beta, float | int):
         return reference.ema_signed_(codes, scales, x, beta)
     nq, G, total, nmul = group_layout(x)
     out = new_output(x.shape, x.device)

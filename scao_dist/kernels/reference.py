@@ -47,9 +47,9 @@ from .. import quant
 
 
 def ema_signed_(codes: Tensor, scales: Tensor, x: Tensor, beta: float) -> Tensor:
-    """In-place EMA of an int8 companded moment with ``x`` (B, N); returns the new fp32 value."""
+    """In-place EMA of an int8 companded moment with fp32 or bf16 ``x`` (B, N); returns the new fp32 value."""
     n = x.shape[-1]
-    m = quant.decode_signed(codes, scales, n) * beta + x * (1.0 - beta)
+    m = quant.decode_signed(codes, scales, n) * beta + x.float() * (1.0 - beta)
     c, s = quant.encode_signed(m)
     codes.copy_(c)
     scales.copy_(s)
@@ -221,7 +221,8 @@ def residual_sumsq(
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """Row and column sums of squares of ``G`` (B, m, n) and, given ``X`` (B, m, k) and ``Y`` (B, n, k),
     of the residual ``G - X Y^T``: ``(g_row (B, m), g_col (B, n), r_row, r_col)`` (``None, None``
-    without ``X, Y``). Nothing is updated in place."""
+    without ``X, Y``); ``G`` fp32 or bf16, everything else fp32. Nothing is updated in place."""
+    g = g.float()
     g_row, g_col = sums_of_squares(g)
     if x is None or y is None:
         return g_row, g_col, None, None

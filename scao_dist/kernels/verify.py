@@ -131,8 +131,8 @@ def _bias(kind: str, shape: Sequence[int], gen: torch.Generator, device: torch.d
 
 
 # ------------------------------------------------------------------------------ case builders
-def case_ema(shape, mode, gen, device) -> Case:
-    x = wide(shape, gen, device)
+def case_ema(shape, mode, gen, device, xdtype=torch.float32) -> Case:
+    x = wide(shape, gen, device).to(xdtype)
     if mode == "state":
         codes, scales = _codes_state("signed", shape, gen, device)
         zero_groups(x, gen=gen)
@@ -141,7 +141,8 @@ def case_ema(shape, mode, gen, device) -> Case:
         codes, scales = _codes_state("signed", shape, gen, device)
         codes, scales, beta = _poisoned(codes), _poisoned(scales), 0.0
         zero_groups(x, gen=gen)
-    return Case("ema_signed_", f"{mode} {tuple(shape)}", dict(codes=codes, scales=scales, x=x, beta=beta),
+    label = f"{mode} {tuple(shape)}" + (" bf16 x" if xdtype == torch.bfloat16 else "")
+    return Case("ema_signed_", label, dict(codes=codes, scales=scales, x=x, beta=beta),
                 ("codes", "scales"))  # fmt: skip
 
 
@@ -292,10 +293,11 @@ def _dense_factors(B: int, M: int, N: int, k: int, gen: torch.Generator, device:
     return torch.randn(B, M, k, generator=gen).to(device), torch.randn(B, N, k, generator=gen).to(device)
 
 
-def case_residual(shape, mode, gen, device) -> Case:
+def case_residual(shape, mode, gen, device, gdtype=torch.float32) -> Case:
     """``residual_sumsq`` on (B, m, n) with rank ``k`` factors (``shape = (B, m, n, k)``; ``k = None``:
     no factors, the sums of ``G`` alone). ``exact``: ``G = X Y^T + R`` with ``R`` wide and some zero
-    groups (an exactly zero residual there); ``dense``: random factors and ``G = X Y^T + 10^-3 R``."""
+    groups (an exactly zero residual there); ``dense``: random factors and ``G = X Y^T + 10^-3 R``.
+    ``gdtype`` bf16: ``G`` rounded to bf16 (as the step passes a bf16 gradient)."""
     B, M, N, k = shape
     kk = k or 0
     x, y = (_exact_factors if mode == "exact" else _dense_factors)(B, M, N, kk, gen, device)
@@ -303,7 +305,7 @@ def case_residual(shape, mode, gen, device) -> Case:
     r = wide((B, M, N), gen, device, 6.0) if mode == "exact" else 1e-3 * torch.randn(B, M, N, generator=gen).to(device)
     if mode == "exact":
         zero_groups(r, gen=gen)
-    g = back + r
+    g = (back + r).to(gdtype)
     kw = dict(g=g, x=x if k is not None else None, y=y if k is not None else None)
     rtol = 4.0 * max(M, N, 1) * 2.0**-24  # reordered sums of positive terms
     atol = None
@@ -311,7 +313,8 @@ def case_residual(shape, mode, gen, device) -> Case:
         tol = 2.0**-8 if _tf32_on(device) else 2.0**-16
         mag = g.abs() + x.abs() @ y.abs().mT
         atol = (tol * (g * g).sum(-1), tol * (g * g).sum(-2), tol * (mag * mag).sum(-1), tol * (mag * mag).sum(-2))
-    return Case("residual_sumsq", f"{mode} {tuple(shape)}", kw, (), rtol=rtol, atol=atol)
+    label = f"{mode} {tuple(shape)}" + (" bf16 G" if gdtype == torch.bfloat16 else "")
+    return Case("residual_sumsq", label, kw, (), rtol=rtol, atol=atol)
 
 
 def case_complement_update(shape, mode, gen, device, bc=("float", "float"), k=(40, 40), apply=None) -> Case:
@@ -498,6 +501,11 @@ def small_cases(gen: torch.Generator, device: torch.device) -> dict[str, list[Ca
         case_complement_update((2, 70, 90), "dense", gen, device, k=(37, 70), apply=(torch.bfloat16, 8))
     )
     out["residual_sumsq"].append(case_residual((2, 70, 90, 37), "dense", gen, device))
+    for shape in ((3, 5, 95), (2, 3, 48), (1, 31)):  # the bf16 gradient of a frame-less group
+        out["ema_signed_"].append(case_ema(shape, "state", gen, device, xdtype=torch.bfloat16))
+    for shape in ((3, 19, 300, 16), (1, 33, 17, None), (2, 70, 65, 40)):
+        out["residual_sumsq"].append(case_residual(shape, "exact", gen, device, gdtype=torch.bfloat16))
+    out["residual_sumsq"].append(case_residual((2, 70, 90, 37), "dense", gen, device, gdtype=torch.bfloat16))
     for i, (lead, d) in enumerate(SMALL_FACTORS):
         for mode in ("state", "overwrite"):
             seed_kind = "int" if not lead or i % 3 == 2 else "tensor"

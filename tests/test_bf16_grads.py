@@ -1,0 +1,58 @@
+"""bf16 gradients of frame-less groups stay bf16 through the step (``KronGroup.grad_dtype``).
+
+Every product that reads such a gradient has bf16 bases as its other operand, so it is exact in
+fp32 whatever the operands' storage: the updates must equal those of the fp32-gradient path bit
+for bit (on CPU both run the same fp32 products). Only the sketch update rounds ``Qh^T G`` to bf16
+before its second product; the sketch is stored in bf16 (a relative error of about 2^-9 each
+step either way), so the two paths' sketches agree within that, in norm."""
+
+from __future__ import annotations
+
+import torch
+
+from scao_dist import SCAO
+from scao_dist.groups import KronGroup
+
+
+def _run(bf16_path: bool, steps: int, **kw) -> tuple[torch.Tensor, KronGroup]:
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(96, 80).bfloat16())
+    opt = SCAO([w], lr=1e-2, refresh_lag=0, full_factor_dim=32, rank_max=16, oversample=4, **kw)
+    grp = next(g for g in opt.groups if isinstance(g, KronGroup))
+    assert grp.grad_dtype == torch.bfloat16  # stream sides on both ends, bf16 weights and bases
+    if not bf16_path:
+        grp.grad_dtype = torch.float32
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        w.grad = (torch.randn(96, 8, generator=gen) @ torch.randn(8, 80, generator=gen)).bfloat16()
+        opt.step()
+    return w.detach().clone(), grp
+
+
+def test_bf16_gradient_path_updates_equal_the_fp32_path() -> None:
+    w16, g16 = _run(True, 6, precond_freq=100)  # no refresh reads the sketches yet
+    w32, g32 = _run(False, 6, precond_freq=100)
+    assert torch.equal(w16, w32)
+    assert not torch.equal(w16, _run(True, 0, precond_freq=100)[0])  # the steps moved the weights
+    for side in ("L", "R"):
+        a, b = g16.t[f"{side}.sketch"].float(), g32.t[f"{side}.sketch"].float()
+        assert 0 < (a - b).norm() < 2**-8 * b.norm()  # measured 1.2e-3 = 2^-9.7
+
+
+def test_bf16_gradient_path_trains_through_refreshes() -> None:
+    """With refreshes on the two paths' bases come from slightly different sketches: the weights stay close."""
+    w16, _ = _run(True, 12, precond_freq=3)
+    w32, _ = _run(False, 12, precond_freq=3)
+    start = _run(True, 0, precond_freq=3)[0]
+    moved = (w32.float() - start.float()).norm()
+    assert moved > 0
+    assert (w16.float() - w32.float()).norm() < 0.05 * moved
+
+
+def test_frames_keep_fp32_gradients() -> None:
+    """A dense side rotates G by an fp32 frame first: that group gathers fp32 gradients."""
+    w = torch.nn.Parameter(torch.randn(24, 80).bfloat16())
+    opt = SCAO([w], lr=1e-2, full_factor_dim=32, rank_max=16, oversample=4)
+    grp = next(g for g in opt.groups if isinstance(g, KronGroup))
+    assert [s.mode for s in grp.sides] == ["dense", "stream"]
+    assert grp.grad_dtype == torch.float32
