@@ -40,6 +40,7 @@ READS = {
     "factor_ema_corr_": ("codes", "diag", "outer"),
     "adamw_": ("w", "rho", "g", "m_codes", "m_scales", "v_codes", "v_scales"),
     "residual_sumsq": ("g", "x", "y"),  # + the per-tile partial sums (1/64 of g): not counted
+    "residual_stats": ("g", "x", "y"),  # as residual_sumsq; the O(m + n) statistics: not counted
     "complement_update": ("m", "xu", "yu", "xm", "ym", "w", "rho"),  # + O(m + n) per block: not counted
 }
 WRITES = {
@@ -49,6 +50,7 @@ WRITES = {
     "factor_ema_corr_": ("codes", "diag"),
     "adamw_": ("w", "rho", "m_codes", "m_scales", "v_codes", "v_scales"),
     "residual_sumsq": (),
+    "residual_stats": (),
     "complement_update": ("returned", "w", "rho"),  # U returned, or applied to the weights (and bits)
 }
 
@@ -93,6 +95,7 @@ def shapes(dry: bool, mb: float) -> list[tuple[str, str, dict[str, Any]]]:
             ("factor_ema_corr_", "d=24", dict(batch=2, d=24)),
             ("adamw_", "bf16+int8", dict(shape=(9, 40), wdtype="bf16", bits=8)),
             ("residual_sumsq", "k=7", dict(shape=(3, 5, 70), k=7)),
+            ("residual_stats", "k=7 bf16 G", dict(shape=(3, 5, 70), k=7, gdtype=torch.bfloat16)),
             ("complement_update", "k=7 bc per block", dict(shape=(3, 5, 70), k=7, bc="tensor")),
             ("complement_update", "k=7 applied", dict(shape=(3, 5, 70), k=7, apply=True)),
         ]
@@ -119,6 +122,11 @@ def shapes(dry: bool, mb: float) -> list[tuple[str, str, dict[str, Any]]]:
         ("residual_sumsq", "(B,2048,8192) k=144", dict(shape=(b(4, 2048 * 8192), 2048, 8192), k=144)),
         (
             "residual_sumsq",
+            "(B,2048,8192) k=144 bf16 G",
+            dict(shape=(b(2, 2048 * 8192), 2048, 8192), k=144, gdtype=torch.bfloat16),
+        ),
+        (  # what the 405M step calls: the sums of residual_sumsq, then the statistics of one program per block
+            "residual_stats",
             "(B,2048,8192) k=144 bf16 G",
             dict(shape=(b(2, 2048 * 8192), 2048, 8192), k=144, gdtype=torch.bfloat16),
         ),
@@ -157,12 +165,17 @@ def make_operands(kernel: str, spec: dict[str, Any], device: Any) -> dict[str, A
         seed = torch.arange(B, device=device, dtype=torch.int64)
         return dict(codes=codes, diag=diag, outer=outer, beta=0.95, seed=seed)
     shape = spec["shape"]
-    if kernel in ("residual_sumsq", "complement_update"):  # all blocks truncated, a 1e-3 gradient
+    if kernel in ("residual_sumsq", "residual_stats", "complement_update"):  # all blocks truncated, a 1e-3 gradient
         B, M, N = shape
         k = spec["k"]
         x, y = rnd(B, M, k) * 30, rnd(B, N, k) * 30
+        g = rnd(*shape).to(spec.get("gdtype", torch.float32))
         if kernel == "residual_sumsq":  # k = 0: the sums of G alone (no product in the kernel)
-            return dict(g=rnd(*shape).to(spec.get("gdtype", torch.float32)), x=x if k else None, y=y if k else None)
+            return dict(g=g, x=x if k else None, y=y if k else None)
+        if kernel == "residual_stats":
+            stats = dict(g_row=rnd(B, M).square(), g_col=rnd(B, N).square(), res_row=rnd(B, M).square())
+            mask = torch.ones(B, dtype=torch.bool, device=device)
+            return dict(g=g, x=x, y=y, **stats, res_col=rnd(B, N).square(), mask=mask, beta2=0.95, every=True)
         bc1: Any = 0.5
         bc2: Any = 0.3
         if spec.get("bc") == "tensor":
@@ -314,6 +327,7 @@ def verify_on(device: Any, dry: bool, only: Sequence[str] = ()) -> dict[str, Any
             "residual_sumsq": [
                 verify.case_residual((3, 5, 33, k), m, gen, device) for m, k in (("exact", 40), ("dense", 7))
             ],
+            "residual_stats": [verify.case_residual_stats((3, 5, 33, 40), "exact", gen, device, mask="some")],
             "complement_update": [
                 verify.case_complement_update((3, 5, 33), m, gen, device) for m in ("exact", "dense")
             ],
@@ -340,6 +354,10 @@ def verify_on(device: Any, dry: bool, only: Sequence[str] = ()) -> dict[str, Any
             cases["residual_sumsq"].append(verify.case_residual((2, 3072, 768, 144), mode, gen, device))
             cases["residual_sumsq"].append(
                 verify.case_residual((2, 2048, 4096, 144), mode, gen, device, gdtype=torch.bfloat16)
+            )
+        for mask in ("every", "some"):
+            cases["residual_stats"].append(
+                verify.case_residual_stats((3, 2048, 4096, 144), "exact", gen, device, torch.bfloat16, mask)
             )
         cases["ema_signed_"].append(verify.case_ema((4, 2048, 4096), "state", gen, device, xdtype=torch.bfloat16))
         cases["factor_ema_corr_"].append(verify.case_factor((3,), 777, "boundary", gen, device))

@@ -470,30 +470,27 @@ class KronGroup(RefreshMixin, _Group):
         m_rot = self.rotate(mf, ql, qr)
         u_rot = self.vp.adam(s, g_rot, m_rot, hp.beta2, bc1, bc2, hp.eps)
 
-        b2 = hp.beta2
-        sumsq = None
+        sumsq = stats = None
         trunc = self.truncated(idx)
         factors = None
         if any(trunc):  # the update and the projections of G_F and M as low-rank products X Y^T
             ginv = [self._gram_inverses(side, idx, q) for side, q in zip(self.sides, (ql, qr))]
             factors = self._complement_factors(u_rot, g_rot, m_rot, ql, qr, ginv)
-        if factors is not None or self.cfg.graft == "norm" or any(side.mode == "stream" for side in self.sides):
-            # row/column sums of squares of G_F (and of the residual G_F - Q_L C_G Q_R^T), one read of G_F
-            row_ss, col_ss, res_rows, res_cols = kernels.residual_sumsq(gf, *(factors["g"] if factors else ()))
-        if self.cfg.graft == "norm" or any(side.mode == "stream" for side in self.sides):
-            # row/column mean squares of G_F (the norm graft, the complement's floor) and ||G_F||^2 (stream traces)
-            s["g_row"].mul_(b2).add_(row_ss, alpha=(1 - b2) / self.n_dim)
-            s["g_col"].mul_(b2).add_(col_ss, alpha=(1 - b2) / self.m_dim)
-            sumsq = row_ss.sum(-1)
+        mask = self._device_list(tuple(trunc), torch.bool) if factors is not None else None
+        if self.cfg.graft == "norm" or any(side.mode == "stream" for side in self.sides):  # (truncated => stream)
+            # one read of G_F: its row/column mean squares (the norm graft, the complement's floor), ||G_F||^2
+            # (stream traces) and, with a truncated basis, those of the residual G_F - Q_L C_G Q_R^T
+            sumsq, cs, floor = kernels.residual_stats(
+                gf, *(factors["g"] if factors else (None, None)), s["g_row"], s["g_col"], s["res_row"],
+                s["res_col"], mask, hp.beta2, all(trunc),
+            )  # fmt: skip
+            stats = (cs, floor) if cs is not None and floor is not None else None
         # the update reaches the weights straight from the complement kernel when nothing is left to
         # do to it in between (no dense frame to rotate back, no grafting): it never lands in memory
         fused = factors is not None and fl is None and fr is None and self.cfg.graft == "none"
         if factors is not None:
-            mask = self._device_list(tuple(trunc), torch.bool)
             target = (w, s.get("ebits")) if fused else None
-            uf = self._with_complement(
-                s, mf, factors, res_rows, res_cols, hp, bc1, bc2, mask, every=all(trunc), target=target
-            )
+            uf = self._with_complement(s, mf, factors, hp, bc1, bc2, mask, stats, target=target)
         else:
             uf = self.unrotate(u_rot, ql, qr)
         if not fused:
@@ -612,39 +609,32 @@ class KronGroup(RefreshMixin, _Group):
         s: dict[str, Tensor],
         m: Tensor,
         factors: dict[str, tuple[Tensor, Tensor]],
-        row_ss: Tensor,
-        col_ss: Tensor,
         hp: Hyper,
         bc1: Tensor | float,
         bc2: Tensor | float,
         mask: Tensor,
-        every: bool = False,
+        stats: tuple[Tensor, Tensor] | None,
         target: tuple[Tensor, Tensor | None] | None = None,
     ) -> Tensor | None:
         """``Q_L U' Q_R^T`` plus Adam on what a truncated basis misses, with a factored second moment.
         Given ``target = (weights, correction bits)`` it is applied to them (lr, weight decay of
         ``hp``) and ``None`` returned.
 
-        ``row_ss``/``col_ss``: row/column sums of squares of the gradient's residual ``G_F - Q_L C_G
-        Q_R^T`` (this step's, from :func:`kernels.residual_sumsq`); ``factors``: see
-        :meth:`_complement_factors`. ``mask`` (b,) selects the truncated blocks: the others' complement
-        is empty and their state and update stay untouched (so a block's math never depends on its
-        group); ``every`` says (from the host) that it selects them all. The residual second moment
-        is floored at ``(1e-3)^2`` of the block's mean squared gradient, so arithmetic noise in an
-        empty complement (a rank-deficient gradient whose range the basis holds) stays noise.
+        ``s["res_row"]``/``s["res_col"]``: this step's EMAs of the row/column mean squares of the
+        gradient's residual ``G_F - Q_L C_G Q_R^T``, and ``stats`` the complement's column factor
+        and floor derived from them (both from :func:`kernels.residual_stats`); ``factors``: see
+        :meth:`_complement_factors`. ``mask`` (b,) selects the truncated blocks: the others'
+        complement is empty and their update untouched (so a block's math never depends on its
+        group). The residual second moment is floored at ``(1e-3)^2`` of the block's mean squared
+        gradient, so arithmetic noise in an empty complement (a rank-deficient gradient whose range
+        the basis holds) stays noise.
         """
-        b2 = hp.beta2
-        for key, ss, dim in (("res_row", row_ss, self.n_dim), ("res_col", col_ss, self.m_dim)):
-            if every:  # 3 launches instead of 5, with the same roundings as the masked form
-                s[key].mul_(b2).add_(ss * ((1 - b2) / dim))
-            else:
-                s[key].copy_(torch.where(mask[:, None], s[key] * b2 + ss * ((1 - b2) / dim), s[key]))
         # U = X_u Y_u^T + mask (M - X_m Y_m^T)/bc1 / (sqrt(max(r_i c_j / mean(r), floor) / bc2) + eps), one
         # pass over M (the floor is kernels.reference.RES_FLOOR^2 times the mean squared gradient)
         (xu, yu), (xm, ym) = factors["u"], factors["m"]
         apply = {} if target is None else dict(w=target[0], rho=target[1], lr=hp.lr, wd=hp.weight_decay)
         return kernels.complement_update(
-            m, xu, yu, xm, ym, s["res_row"], s["res_col"], s["g_row"], mask, bc1, bc2, hp.eps, **apply
+            m, xu, yu, xm, ym, s["res_row"], s["res_col"], s["g_row"], mask, bc1, bc2, hp.eps, stats=stats, **apply
         )
 
     def _graft(

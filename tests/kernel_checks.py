@@ -56,6 +56,10 @@ def check_kernels() -> dict[str, list[str]]:
             "residual_sumsq": [
                 verify.case_residual((3, 45, 37, k), m, gen, CPU) for m, k in (("exact", 40), ("dense", 17))
             ],
+            "residual_stats": [
+                verify.case_residual_stats((3, 45, 37, 40), "exact", gen, CPU, mask="some"),
+                verify.case_residual_stats((2, 45, 37, None), "exact", gen, CPU, torch.bfloat16),
+            ],
         }
         for k, errs in verify.run_cases(tiny, triton_ops, log=print).items():
             res[k] += [f"(tiny blocks) {e}" for e in errs]
@@ -132,6 +136,21 @@ def check_fallbacks() -> list[str]:
     kw = {k: v.mT.contiguous().mT for k, v in c.kwargs.items()}
     got, want = triton_ops.residual_sumsq(**kw), reference.residual_sumsq(**c.kwargs)
     errs += [f"strided residual_sumsq {e}" for e in verify.compare("sums", got, want, rtol=c.rtol)]
+    # residual_stats: statistics rows that are strided views are updated through copies; float64 ones fall back
+    c = verify.case_residual_stats((3, 7, 40, 5), "exact", gen, CPU, mask="some")
+    ref = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in c.kwargs.items()}
+    want = reference.residual_stats(**ref)
+    kw = dict(c.kwargs)
+    for k in c.inplace:
+        kw[k] = torch.stack([c.kwargs[k], c.kwargs[k]], dim=-1)[..., 0]
+        assert not kw[k].is_contiguous()
+    got = triton_ops.residual_stats(**kw)
+    errs += [f"strided residual_stats {e}" for e in verify.compare("returned", got, want, rtol=c.rtol)]
+    for k in c.inplace:
+        errs += [f"strided residual_stats {e}" for e in verify.compare(k, kw[k], ref[k], rtol=c.inplace_rtol)]
+    c = verify.case_residual_stats((2, 5, 9, 3), "exact", gen, CPU)
+    c.kwargs["g_col"] = c.kwargs["g_col"].double()
+    errs += verify.run_case(c, triton_ops)
     return errs
 
 
@@ -173,17 +192,17 @@ def check_end_to_end(counter: Counter) -> list[str]:
     2^-8), and the update of each step must still have moved every weight."""
     errs = []
     stream = {"rank_max": 4, "rank_min": 2, "full_factor_dim": 8}  # stream sides with truncated bases
-    quantized = set(verify.KERNELS) - {"complement_update", "residual_sumsq"}
+    quantized = set(verify.KERNELS) - {"complement_update", "residual_sumsq", "residual_stats"}
     variants = [  # (name, dtype, SCAO kwargs, kernels the run must call)
         ("fp32", torch.float32, {}, quantized),
         ("bf16+int8", torch.bfloat16, {}, quantized),
         ("bf16+int16 rank_max 4", torch.bfloat16, {"correction_bits": 16, "rank_max": 4, "rank_min": 2}, quantized),
         ("bf16+int16 stream truncated", torch.bfloat16, {"correction_bits": 16, **stream},
-         quantized - {"factor_ema_corr_", "apply_update_"} | {"complement_update", "residual_sumsq"}),
+         quantized - {"factor_ema_corr_", "apply_update_"} | {"complement_update", "residual_stats"}),
         ("bf16+int8 stream truncated, norm graft (update returned, then applied)", torch.bfloat16,
-         {"graft": "norm", **stream}, quantized - {"factor_ema_corr_"} | {"complement_update", "residual_sumsq"}),
+         {"graft": "norm", **stream}, quantized - {"factor_ema_corr_"} | {"complement_update", "residual_stats"}),
         ("fp32 unquantized stream truncated", torch.float32, {"quantize": False, **stream},
-         {"apply_update_", "complement_update", "residual_sumsq"}),
+         {"apply_update_", "complement_update", "residual_stats"}),
     ]  # fmt: skip
     d = 20
     g = torch.Generator().manual_seed(3)
@@ -208,7 +227,8 @@ def check_end_to_end(counter: Counter) -> list[str]:
                 o_r.zero_grad()
                 (m_r(x.to(dtype)) - y.to(dtype)).float().square().mean().backward()
                 o_r.step()
-        close = used["complement_update"] + used["residual_sumsq"] > 0  # other summation orders (docstring)
+        # other summation orders (docstring)
+        close = used["complement_update"] + used["residual_sumsq"] + used["residual_stats"] > 0
         for (pn, a), b, s in zip(m_k.named_parameters(), m_r.parameters(), start):
             if close and torch.allclose(a.float(), b.float(), rtol=2**-10, atol=1e-6):
                 pass

@@ -79,6 +79,7 @@ KERNELS = [
     "factor_ema_corr_",
     "adamw_",
     "residual_sumsq",
+    "residual_stats",
     "complement_update",
 ]
 

@@ -68,5 +68,9 @@ def residual_sumsq(g, x=None, y=None):
     return backend(g).residual_sumsq(g, x, y)
 
 
+def residual_stats(g, x, y, g_row, g_col, res_row, res_col, mask, beta2, every):
+    return backend(g).residual_stats(g, x, y, g_row, g_col, res_row, res_col, mask, beta2, every)
+
+
 def complement_update(m, xu, yu, xm, ym, row, col, g_row, mask, bc1, bc2, eps, **apply):
     return backend(m).complement_update(m, xu, yu, xm, ym, row, col, g_row, mask, bc1, bc2, eps, **apply)

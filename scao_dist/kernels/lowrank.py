@@ -104,6 +104,68 @@ def _sumsq_kernel(
         tl.store(rcol_ptr + cols, tl.sum(rr, axis=0), mask=mj)
 
 
+@triton.jit(do_not_specialize=["M", "N", "ntm", "ntn"])
+def _stats_kernel(
+    grow_ptr, gcol_ptr, rrow_ptr, rcol_ptr, g_row_ptr, g_col_ptr, res_row_ptr, res_col_ptr, mask_ptr,
+    sumsq_ptr, cs_ptr, floor_ptr,
+    M, N, ntm, ntn, beta2, a_row, a_col, floor_c,
+    BLOCK: tl.constexpr, HAS_BACK: tl.constexpr, EVERY: tl.constexpr,
+):  # fmt: skip
+    """Block b (one program): add up :func:`_sumsq_kernel`'s per-tile partial sums (slots in order),
+    update the row statistics, then the column statistics (see :func:`.reference.residual_stats`;
+    ``a_row = (1-b2)/n``, ``a_col = (1-b2)/m``), and write ``||G||^2`` and, with the residual, the
+    complement's ``cs = res_col / max(mean(res_row), 1e-30)`` and ``floor = floor_c mean(g_row)``."""
+    b64 = tl.program_id(0).to(tl.int64)
+    if HAS_BACK and not EVERY:
+        keep = tl.load(mask_ptr + b64) == 0  # a block without a complement keeps its residual statistics
+    ss_acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    g_acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    r_acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for r0 in range(0, M, BLOCK):
+        i = r0 + tl.arange(0, BLOCK)
+        mi = i < M
+        ss = tl.zeros((BLOCK,), dtype=tl.float32)
+        rs = tl.zeros((BLOCK,), dtype=tl.float32)
+        for t in range(0, ntn):
+            ss += tl.load(grow_ptr + (b64 * ntn + t) * M + i, mask=mi, other=0.0)
+            if HAS_BACK:
+                rs += tl.load(rrow_ptr + (b64 * ntn + t) * M + i, mask=mi, other=0.0)
+        new = tl.load(g_row_ptr + b64 * M + i, mask=mi, other=0.0) * beta2 + ss * a_row
+        tl.store(g_row_ptr + b64 * M + i, new, mask=mi)
+        ss_acc += ss
+        g_acc += tl.where(mi, new, 0.0)
+        if HAS_BACK:
+            old = tl.load(res_row_ptr + b64 * M + i, mask=mi, other=0.0)
+            newr = old * beta2 + rs * a_row
+            if not EVERY:
+                newr = tl.where(keep, old, newr)
+            tl.store(res_row_ptr + b64 * M + i, newr, mask=mi)
+            r_acc += tl.where(mi, newr, 0.0)
+    tl.store(sumsq_ptr + b64, tl.sum(ss_acc, axis=0))
+    if HAS_BACK:
+        mf = M.to(tl.float32)
+        mr = tl.maximum(tl.math.div_rn(tl.sum(r_acc, axis=0), mf), 1e-30)
+        tl.store(floor_ptr + b64, floor_c * tl.math.div_rn(tl.sum(g_acc, axis=0), mf))
+    for c0 in range(0, N, BLOCK):
+        j = c0 + tl.arange(0, BLOCK)
+        mj = j < N
+        cs = tl.zeros((BLOCK,), dtype=tl.float32)
+        rc = tl.zeros((BLOCK,), dtype=tl.float32)
+        for t in range(0, ntm):
+            cs += tl.load(gcol_ptr + (b64 * ntm + t) * N + j, mask=mj, other=0.0)
+            if HAS_BACK:
+                rc += tl.load(rcol_ptr + (b64 * ntm + t) * N + j, mask=mj, other=0.0)
+        new = tl.load(g_col_ptr + b64 * N + j, mask=mj, other=0.0) * beta2 + cs * a_col
+        tl.store(g_col_ptr + b64 * N + j, new, mask=mj)
+        if HAS_BACK:
+            old = tl.load(res_col_ptr + b64 * N + j, mask=mj, other=0.0)
+            newc = old * beta2 + rc * a_col
+            if not EVERY:
+                newc = tl.where(keep, old, newc)
+            tl.store(res_col_ptr + b64 * N + j, newc, mask=mj)
+            tl.store(cs_ptr + b64 * N + j, tl.math.div_rn(newc, mr), mask=mj)
+
+
 @triton.jit
 def _complement_update_kernel(
     out_ptr, m_ptr, xu_ptr, yu_ptr, xm_ptr, ym_ptr, row_ptr, cs_ptr, floor_ptr, scale_ptr, bc2_ptr,
@@ -184,16 +246,15 @@ def _factors_ok(B: int, M: int, N: int, dev: torch.device, *pairs: tuple[torch.T
     return True
 
 
-def residual_sumsq(
-    g: torch.Tensor, x: torch.Tensor | None = None, y: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Triton twin of :func:`.reference.residual_sumsq` (same signature and results)."""
+def _sumsq_parts(g: torch.Tensor, x: torch.Tensor | None, y: torch.Tensor | None) -> list[torch.Tensor] | None:
+    """:func:`_sumsq_kernel`'s per-tile partial sums ``[G rows (B, ntn, m), G columns (B, ntm, n)]``
+    (then the residual's two, given ``X``, ``Y``); ``None`` for operands the kernel does not take."""
     back = x is not None and y is not None
     if g.dim() != 3 or g.dtype not in (torch.float32, torch.bfloat16):
-        return reference.residual_sumsq(g, x, y)
+        return None
     B, M, N = g.shape
     if back and not _factors_ok(B, M, N, g.device, (x, y)):
-        return reference.residual_sumsq(g, x, y)
+        return None
     dev = g.device
     ntm, ntn = triton.cdiv(M, BM), triton.cdiv(N, BN)
     shapes = [(B, ntn, M), (B, ntm, N)] * (2 if back else 1)  # per-tile partial sums: rows, columns (G, then R)
@@ -205,8 +266,72 @@ def residual_sumsq(
             M, N, K, ntm, ntn,
             BM=BM, BN=BN, BK=BK, HAS_BACK=back, PREC=precision(), **LAUNCH,
         )  # fmt: skip
+    return parts
+
+
+def residual_sumsq(
+    g: torch.Tensor, x: torch.Tensor | None = None, y: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Triton twin of :func:`.reference.residual_sumsq` (same signature and results)."""
+    parts = _sumsq_parts(g, x, y)
+    if parts is None:
+        return reference.residual_sumsq(g, x, y)
     sums = [p.sum(1) for p in parts]  # a fixed order: deterministic
-    return (sums[0], sums[1], sums[2], sums[3]) if back else (sums[0], sums[1], None, None)
+    return (sums[0], sums[1], sums[2], sums[3]) if len(sums) == 4 else (sums[0], sums[1], None, None)
+
+
+STATS_BLOCK = 1024
+"""Rows (then columns) per pass of :func:`_stats_kernel`'s one program per block."""
+
+
+def residual_stats(
+    g: torch.Tensor,
+    x: torch.Tensor | None,
+    y: torch.Tensor | None,
+    g_row: torch.Tensor,
+    g_col: torch.Tensor,
+    res_row: torch.Tensor,
+    res_col: torch.Tensor,
+    mask: torch.Tensor | None,
+    beta2: float,
+    every: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Triton twin of :func:`.reference.residual_stats` (same signature and results; the sums in
+    another order): two launches instead of some twenty small torch operations per group step."""
+    args = (g, x, y, g_row, g_col, res_row, res_col, mask, beta2, every)
+    back = x is not None and y is not None
+    if g.dim() != 3 or not isinstance(beta2, float | int):
+        return reference.residual_stats(*args)
+    B, M, N = g.shape
+    dev = g.device
+    states = ((g_row, (B, M)), (g_col, (B, N))) + (((res_row, (B, M)), (res_col, (B, N))) if back else ())
+    if not all(t.dtype == torch.float32 and t.device == dev and tuple(t.shape) == sh for t, sh in states):
+        return reference.residual_stats(*args)
+    if back and not every and not (
+        isinstance(mask, torch.Tensor) and mask.dtype == torch.bool and mask.shape == (B,) and mask.device == dev
+    ):
+        return reference.residual_stats(*args)
+    parts = _sumsq_parts(g, x, y)
+    if parts is None:
+        return reference.residual_stats(*args)
+    sumsq = new_output((B,), dev)
+    cs = new_output((B, N), dev) if back else None
+    floor = new_output((B,), dev) if back else None
+    if B == 0:
+        return sumsq, cs, floor
+    bufs = [writable(t) for t, _ in states]
+    rows = parts[2:] if back else parts[:2]  # stand-ins where there is no residual (never read)
+    _stats_kernel[(B,)](
+        *parts[:2], *rows, *bufs[:2], *(bufs[2:] if back else bufs[:2]),
+        mask.view(torch.uint8) if back and not every else sumsq, sumsq,
+        cs if back else sumsq, floor if back else sumsq,
+        M, N, triton.cdiv(M, BM), triton.cdiv(N, BN),
+        _f32(beta2), _f32((1 - beta2) / N), _f32((1 - beta2) / M), _f32(reference.RES_FLOOR**2),
+        BLOCK=STATS_BLOCK, HAS_BACK=back, EVERY=bool(every), **LAUNCH,
+    )  # fmt: skip
+    for (t, _), buf in zip(states, bufs):
+        write_back(t, buf)
+    return sumsq, cs, floor
 
 
 def _operands(dummy: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -238,11 +363,12 @@ def complement_update(
     rho: torch.Tensor | None = None,
     lr: float = 0.0,
     wd: float = 0.0,
+    stats: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor | None:
     """Triton twin of :func:`.reference.complement_update` (same signature; a new fp32 result, or
     ``None`` with the update applied to ``w``/``rho`` in place)."""
     args = (m, xu, yu, xm, ym, row, col, g_row, mask, bc1, bc2, eps)
-    apply_args = dict(w=w, rho=rho, lr=lr, wd=wd)
+    apply_args = dict(w=w, rho=rho, lr=lr, wd=wd, stats=stats)
     dev = m.device
     B, M, N = m.shape if m.dim() == 3 else (0, 0, 0)
     ok = (
@@ -263,7 +389,10 @@ def complement_update(
     )
     if not ok:
         return reference.complement_update(*args, **apply_args)
-    cs, floor, scale = reference.complement_vectors(row, col, g_row, mask, bc1)
+    if stats is None:
+        cs, floor, scale = reference.complement_vectors(row, col, g_row, mask, bc1)
+    else:
+        (cs, floor), scale = stats, reference.complement_scale(mask, bc1)
     if scale.dtype != torch.float32 or scale.shape != (B, 1, 1):  # e.g. a float64 mask or default dtype
         return reference.complement_update(*args, **apply_args)
     R = correction_r(rho) if w is not None else 0

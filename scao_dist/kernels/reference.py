@@ -152,10 +152,59 @@ def complement_vectors(
     """The per-block pieces of :func:`complement_add_`, shared by the twin and the kernel's wrapper:
     ``col / max(mean(row), 1e-30)`` (B, n), the floor ``RES_FLOOR^2 mean(g_row)`` (B,) and the scale
     ``mask / bc1`` (B, 1, 1) (fp32 for a bool mask and a float or fp32 ``bc1``)."""
+    cs, floor = complement_stats(row, col, g_row)
+    return cs, floor, complement_scale(mask, bc1)
+
+
+def complement_scale(mask: Tensor, bc1: Tensor | float) -> Tensor:
+    """``mask / bc1`` as (B, 1, 1)."""
+    return mask[:, None, None] / bc1
+
+
+def complement_stats(row: Tensor, col: Tensor, g_row: Tensor) -> tuple[Tensor, Tensor]:
+    """``col / max(mean(row), 1e-30)`` (B, n) and ``RES_FLOOR^2 mean(g_row)`` (B,)."""
     cs = col / row.mean(-1, keepdim=True).clamp_min(1e-30)
     floor = (RES_FLOOR**2) * g_row.mean(-1)
-    scale = mask[:, None, None] / bc1
-    return cs, floor, scale
+    return cs, floor
+
+
+def residual_stats(
+    g: Tensor,
+    x: Tensor | None,
+    y: Tensor | None,
+    g_row: Tensor,
+    g_col: Tensor,
+    res_row: Tensor,
+    res_col: Tensor,
+    mask: Tensor | None,
+    beta2: float,
+    every: bool,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Everything a step derives from the row/column sums of squares of ``G`` (B, m, n), in place:
+
+        g_row <- b2 g_row + (1-b2)/n rowsum(G^2)      g_col <- b2 g_col + (1-b2)/m colsum(G^2)
+        res_row <- b2 res_row + (1-b2)/n rowsum(R^2)  res_col likewise,   R = G - X Y^T
+
+    (the residual EMAs only given ``X``, ``Y``, and only for the blocks ``mask`` selects unless
+    ``every``). Returns ``(||G||^2 (B,), cs, floor)``, ``cs, floor`` being
+    :func:`complement_stats` of the new residual and gradient statistics (``None`` without
+    ``X``, ``Y``). The operations and their order are those ``groups.KronGroup`` ran before the
+    kernel existed."""
+    m_dim, n_dim = g.shape[-2:]
+    row_ss, col_ss, res_rows, res_cols = residual_sumsq(g, x, y)
+    g_row.mul_(beta2).add_(row_ss, alpha=(1 - beta2) / n_dim)
+    g_col.mul_(beta2).add_(col_ss, alpha=(1 - beta2) / m_dim)
+    sumsq = row_ss.sum(-1)
+    if res_rows is None or res_cols is None:
+        return sumsq, None, None
+    for st, ss, dim in ((res_row, res_rows, n_dim), (res_col, res_cols, m_dim)):
+        if every:
+            st.mul_(beta2).add_(ss * ((1 - beta2) / dim))
+        else:
+            assert mask is not None
+            st.copy_(torch.where(mask[:, None], st * beta2 + ss * ((1 - beta2) / dim), st))
+    cs, floor = complement_stats(res_row, res_col, g_row)
+    return sumsq, cs, floor
 
 
 def complement_add_(
@@ -169,6 +218,7 @@ def complement_add_(
     bc1: Tensor | float,
     bc2: Tensor | float,
     eps: float,
+    stats: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """``u += mask (m - back_m)/bc1 / (sqrt(max(row_i (col_j / mr), floor) / bc2) + eps)``, in place; returns ``u``.
 
@@ -186,10 +236,14 @@ def complement_add_(
     A float ``bc2`` divides as a 0-d fp32 tensor: on CPU that is the same as dividing by the
     float; on CUDA it keeps the division IEEE (torch multiplies by ``1/bc2`` for a Python
     scalar), as the kernel's. ``torch.maximum`` propagates NaN. The square root: see
-    :func:`ieee_sqrt`.
+    :func:`ieee_sqrt`. ``stats``: ``(cs, floor)`` as :func:`residual_stats` returned them (else
+    computed here from ``row``, ``col``, ``g_row``).
     """
     res_m = back_m.neg_().add_(m)
-    cs, floor, scale = complement_vectors(row, col, g_row, mask, bc1)
+    if stats is None:
+        cs, floor, scale = complement_vectors(row, col, g_row, mask, bc1)
+    else:
+        (cs, floor), scale = stats, complement_scale(mask, bc1)
     if not isinstance(bc2, Tensor):
         bc2 = torch.full((), bc2, dtype=torch.float32, device=u.device)
     denom = torch.mul(row.unsqueeze(-1), cs.unsqueeze(-2))
@@ -247,12 +301,14 @@ def complement_update(
     rho: Tensor | None = None,
     lr: float = 0.0,
     wd: float = 0.0,
+    stats: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor | None:
     """The update of a truncated basis with its complement: ``U = X_u Y_u^T`` (the basis' Adam step
     mapped back) plus :func:`complement_add_` of the first moment's residual ``M - X_m Y_m^T``.
     Returns ``U`` as a new fp32 (B, m, n) tensor; or, given the weights ``w`` (and correction bits
-    ``rho``), applies it with :func:`apply_update_` and returns ``None``. ``m`` is not changed."""
-    u = complement_add_(lowrank(xu, yu), lowrank(xm, ym), m, row, col, g_row, mask, bc1, bc2, eps)
+    ``rho``), applies it with :func:`apply_update_` and returns ``None``. ``m`` is not changed.
+    ``stats``: see :func:`complement_add_`."""
+    u = complement_add_(lowrank(xu, yu), lowrank(xm, ym), m, row, col, g_row, mask, bc1, bc2, eps, stats)
     if w is None:
         return u
     apply_update_(w, rho, u, lr, wd)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from .adamw import adamw_
 from .apply import apply_update_
 from .factor import factor_ema_corr_
-from .lowrank import complement_update, residual_sumsq
+from .lowrank import complement_update, residual_stats, residual_sumsq
 from .moments import ema_signed_, rotated_adam_
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "complement_update",
     "ema_signed_",
     "factor_ema_corr_",
+    "residual_stats",
     "residual_sumsq",
     "rotated_adam_",
 ]

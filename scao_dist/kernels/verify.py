@@ -56,6 +56,7 @@ KERNELS = (
     "factor_ema_corr_",
     "adamw_",
     "residual_sumsq",
+    "residual_stats",
     "complement_update",
 )
 
@@ -77,6 +78,8 @@ class Case:
     """Relative tolerance of fp32 outputs compared within a tolerance."""
     atol: Any = None
     """Absolute tolerance of the returned value (a tensor, or a tuple like it), on top of ``rtol``."""
+    inplace_rtol: float = FP32_RTOL
+    """Relative tolerance of fp32 in-place tensors (not in ``exact``)."""
 
 
 # ------------------------------------------------------------------------------ random data
@@ -317,6 +320,34 @@ def case_residual(shape, mode, gen, device, gdtype=torch.float32) -> Case:
     return Case("residual_sumsq", label, kw, (), rtol=rtol, atol=atol)
 
 
+def case_residual_stats(shape, mode, gen, device, gdtype=torch.float32, mask="every") -> Case:
+    """``residual_stats`` on (B, m, n) with rank ``k`` factors (``shape = (B, m, n, k)``; ``k = None``:
+    no residual, only the gradient's statistics) and positive random old statistics. ``G`` as in
+    :func:`case_residual` (``"exact"``: the products and so the residual exact; sums with inexact
+    products are :func:`case_residual`'s ``"dense"`` cases, same kernel). ``mask``: ``"every"``
+    (all blocks truncated) or ``"some"`` (a random mask, block 0 off). The sums over tiles and rows
+    run in another order than the twin's, all of positive terms: fp32 outputs within
+    ``4 (m + n) 2^-24`` relative."""
+    B, M, N, _ = shape
+    base = case_residual(shape, mode, gen, device, gdtype)
+    kw = dict(base.kwargs)
+
+    def stat(*s: int) -> Tensor:
+        return torch.pow(10.0, torch.rand(*s, generator=gen) * 6 - 3).to(device)
+
+    kw.update(g_row=stat(B, M), g_col=stat(B, N), res_row=stat(B, M), res_col=stat(B, N), beta2=0.95)
+    if mask == "every":
+        kw.update(mask=torch.ones(B, dtype=torch.bool, device=device), every=True)
+    else:
+        pick = torch.rand(B, generator=gen) < 0.5
+        pick[0] = False
+        kw.update(mask=pick.to(device), every=False)
+    rtol = 4.0 * (M + N + 2) * 2.0**-24
+    label = f"{mode} {tuple(shape)} {mask}" + (" bf16 G" if gdtype == torch.bfloat16 else "")
+    inplace = ("g_row", "g_col", "res_row", "res_col")
+    return Case("residual_stats", label, kw, inplace, rtol=rtol, inplace_rtol=rtol)
+
+
 def case_complement_update(shape, mode, gen, device, bc=("float", "float"), k=(40, 40), apply=None) -> Case:
     """``complement_update`` on (B, m, n), ``k = (k_u, k_m)`` the ranks of ``X_u Y_u^T`` and ``X_m Y_m^T``.
 
@@ -449,7 +480,7 @@ def run_case(case: Case, ops: Any) -> list[str]:
         out_r = getattr(reference, case.kernel)(**kw_r)
     errs = compare("returned", out_k, out_r, exact=case.rtol == 0.0, rtol=case.rtol, atol=case.atol)
     for name in case.inplace:
-        errs += compare(name, kw_k[name], kw_r[name], exact=name in case.exact)
+        errs += compare(name, kw_k[name], kw_r[name], exact=name in case.exact, rtol=case.inplace_rtol)
     if "master_atol" in case.extra:  # weights updated by a U known only within a tolerance
         got, want = (_master(kw["w"], kw["rho"]) for kw in (kw_k, kw_r))
         errs += compare("weights", got, want, rtol=case.extra["master_rtol"], atol=case.extra["master_atol"])
@@ -506,6 +537,10 @@ def small_cases(gen: torch.Generator, device: torch.device) -> dict[str, list[Ca
     for shape in ((3, 19, 300, 16), (1, 33, 17, None), (2, 70, 65, 40)):
         out["residual_sumsq"].append(case_residual(shape, "exact", gen, device, gdtype=torch.bfloat16))
     out["residual_sumsq"].append(case_residual((2, 70, 90, 37), "dense", gen, device, gdtype=torch.bfloat16))
+    for i, shape in enumerate(((1, 1, 1, 1), (3, 1, 7, 5), (3, 19, 300, 16), (2, 70, 65, None), (4, 33, 17, 40))):
+        gd = torch.bfloat16 if i % 2 else torch.float32
+        for mask in ("every", "some"):
+            out["residual_stats"].append(case_residual_stats(shape, "exact", gen, device, gd, mask))
     for i, (lead, d) in enumerate(SMALL_FACTORS):
         for mode in ("state", "overwrite"):
             seed_kind = "int" if not lead or i % 3 == 2 else "tensor"
