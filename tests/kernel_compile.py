@@ -28,8 +28,8 @@ FORBIDDEN = {
 }
 NO_DIVISION = {"_apply_kernel", "_factor_corr_kernel"}
 """Kernels without a tensor division (the rest must show IEEE ``div.rn.f32``)."""
-NO_DIVISION |= {"_sumsq_kernel"}
-DIVISION_IF = {"_stats_kernel": "HAS_BACK"}
+NO_DIVISION |= {"_sumsq_kernel", "_stats_kernel"}
+DIVISION_IF = {"_stats_finish_kernel": "HAS_BACK"}
 """Kernels that divide only in the variants where this constexpr is true."""
 NEEDS_SQRT = {"_factor_diag_kernel", "_complement_update_kernel"}
 """Kernels whose square root must show up as IEEE ``sqrt.rn.f32``."""
@@ -148,6 +148,7 @@ def main() -> int:
         (adamw, "_adamw_kernel"),
         (lowrank, "_sumsq_kernel"),
         (lowrank, "_stats_kernel"),
+        (lowrank, "_stats_finish_kernel"),
         (lowrank, "_complement_update_kernel"),
     }
     for mod, name in kernels:

@@ -104,66 +104,96 @@ def _sumsq_kernel(
         tl.store(rcol_ptr + cols, tl.sum(rr, axis=0), mask=mj)
 
 
-@triton.jit(do_not_specialize=["M", "N", "ntm", "ntn"])
+@triton.jit
+def _slot_sum(ptr, b64, nslot, L, k, mk):
+    """Entries ``k`` of block ``b``'s partial sums ``ptr`` (B, nslot, L), added up over the slots in order."""
+    acc = tl.zeros(k.shape, dtype=tl.float32)
+    for t in range(0, nslot):
+        acc += tl.load(ptr + (b64 * nslot + t) * L + k, mask=mk, other=0.0)
+    return acc
+
+
+@triton.jit(do_not_specialize=["M", "N", "ntm", "ntn", "nrc", "ncc"])
 def _stats_kernel(
-    grow_ptr, gcol_ptr, rrow_ptr, rcol_ptr, g_row_ptr, g_col_ptr, res_row_ptr, res_col_ptr, mask_ptr,
-    sumsq_ptr, cs_ptr, floor_ptr,
-    M, N, ntm, ntn, beta2, a_row, a_col, floor_c,
+    grow_ptr, gcol_ptr, rrow_ptr, rcol_ptr, g_row_ptr, g_col_ptr, res_row_ptr, res_col_ptr, mask_ptr, part_ptr,
+    M, N, ntm, ntn, nrc, ncc, beta2, a_row, a_col,
     BLOCK: tl.constexpr, HAS_BACK: tl.constexpr, EVERY: tl.constexpr,
 ):  # fmt: skip
-    """Block b (one program): add up :func:`_sumsq_kernel`'s per-tile partial sums (slots in order),
-    update the row statistics, then the column statistics (see :func:`.reference.residual_stats`;
-    ``a_row = (1-b2)/n``, ``a_col = (1-b2)/m``), and write ``||G||^2`` and, with the residual, the
-    complement's ``cs = res_col / max(mean(res_row), 1e-30)`` and ``floor = floor_c mean(g_row)``."""
-    b64 = tl.program_id(0).to(tl.int64)
+    """Program (b, c): chunk c of block b's rows (c < nrc) or of its columns. Adds up
+    :func:`_sumsq_kernel`'s per-tile partial sums (slots in order) and updates that chunk's
+    statistics (see :func:`.reference.residual_stats`; ``a_row = (1-b2)/n``, ``a_col = (1-b2)/m``).
+    A row chunk also writes its sums of ``rowsum(G^2)``, the new ``g_row`` and the new ``res_row``
+    to ``part[b, c]`` for :func:`_stats_finish_kernel`."""
+    pid = tl.program_id(0)
+    b = pid // (nrc + ncc)
+    c = pid - b * (nrc + ncc)
+    b64 = b.to(tl.int64)
     if HAS_BACK and not EVERY:
         keep = tl.load(mask_ptr + b64) == 0  # a block without a complement keeps its residual statistics
-    ss_acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    g_acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    r_acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for r0 in range(0, M, BLOCK):
-        i = r0 + tl.arange(0, BLOCK)
+    if c < nrc:
+        i = c * BLOCK + tl.arange(0, BLOCK)
         mi = i < M
-        ss = tl.zeros((BLOCK,), dtype=tl.float32)
-        rs = tl.zeros((BLOCK,), dtype=tl.float32)
-        for t in range(0, ntn):
-            ss += tl.load(grow_ptr + (b64 * ntn + t) * M + i, mask=mi, other=0.0)
-            if HAS_BACK:
-                rs += tl.load(rrow_ptr + (b64 * ntn + t) * M + i, mask=mi, other=0.0)
+        ss = _slot_sum(grow_ptr, b64, ntn, M, i, mi)
         new = tl.load(g_row_ptr + b64 * M + i, mask=mi, other=0.0) * beta2 + ss * a_row
         tl.store(g_row_ptr + b64 * M + i, new, mask=mi)
-        ss_acc += ss
-        g_acc += tl.where(mi, new, 0.0)
+        pbase = part_ptr + (b64 * nrc + c) * 3
+        tl.store(pbase, tl.sum(ss, axis=0))
+        tl.store(pbase + 1, tl.sum(tl.where(mi, new, 0.0), axis=0))
         if HAS_BACK:
             old = tl.load(res_row_ptr + b64 * M + i, mask=mi, other=0.0)
-            newr = old * beta2 + rs * a_row
+            newr = old * beta2 + _slot_sum(rrow_ptr, b64, ntn, M, i, mi) * a_row
             if not EVERY:
                 newr = tl.where(keep, old, newr)
             tl.store(res_row_ptr + b64 * M + i, newr, mask=mi)
-            r_acc += tl.where(mi, newr, 0.0)
-    tl.store(sumsq_ptr + b64, tl.sum(ss_acc, axis=0))
-    if HAS_BACK:
-        mf = M.to(tl.float32)
-        mr = tl.maximum(tl.math.div_rn(tl.sum(r_acc, axis=0), mf), 1e-30)
-        tl.store(floor_ptr + b64, floor_c * tl.math.div_rn(tl.sum(g_acc, axis=0), mf))
-    for c0 in range(0, N, BLOCK):
-        j = c0 + tl.arange(0, BLOCK)
+            tl.store(pbase + 2, tl.sum(tl.where(mi, newr, 0.0), axis=0))
+    else:
+        j = (c - nrc) * BLOCK + tl.arange(0, BLOCK)
         mj = j < N
-        cs = tl.zeros((BLOCK,), dtype=tl.float32)
-        rc = tl.zeros((BLOCK,), dtype=tl.float32)
-        for t in range(0, ntm):
-            cs += tl.load(gcol_ptr + (b64 * ntm + t) * N + j, mask=mj, other=0.0)
-            if HAS_BACK:
-                rc += tl.load(rcol_ptr + (b64 * ntm + t) * N + j, mask=mj, other=0.0)
+        cs = _slot_sum(gcol_ptr, b64, ntm, N, j, mj)
         new = tl.load(g_col_ptr + b64 * N + j, mask=mj, other=0.0) * beta2 + cs * a_col
         tl.store(g_col_ptr + b64 * N + j, new, mask=mj)
         if HAS_BACK:
             old = tl.load(res_col_ptr + b64 * N + j, mask=mj, other=0.0)
-            newc = old * beta2 + rc * a_col
+            newc = old * beta2 + _slot_sum(rcol_ptr, b64, ntm, N, j, mj) * a_col
             if not EVERY:
                 newc = tl.where(keep, old, newc)
             tl.store(res_col_ptr + b64 * N + j, newc, mask=mj)
-            tl.store(cs_ptr + b64 * N + j, tl.math.div_rn(newc, mr), mask=mj)
+
+
+@triton.jit(do_not_specialize=["M", "N", "nrc", "ncc"])
+def _stats_finish_kernel(
+    part_ptr, res_col_ptr, sumsq_ptr, cs_ptr, floor_ptr, M, N, nrc, ncc, floor_c,
+    BLOCK: tl.constexpr, PBLOCK: tl.constexpr, HAS_BACK: tl.constexpr,
+):  # fmt: skip
+    """Program (b, c): adds block b's row-chunk sums (in chunk order); chunk c = 0 writes ``||G||^2``
+    and the floor ``floor_c mean(g_row)``; with the residual, column chunk c of
+    ``cs = res_col / max(mean(res_row), 1e-30)``."""
+    pid = tl.program_id(0)
+    b = pid // ncc
+    c = pid - b * ncc
+    b64 = b.to(tl.int64)
+    k = tl.arange(0, PBLOCK)
+    acc_ss = tl.zeros((PBLOCK,), dtype=tl.float32)
+    acc_g = tl.zeros((PBLOCK,), dtype=tl.float32)
+    acc_r = tl.zeros((PBLOCK,), dtype=tl.float32)
+    for p0 in range(0, nrc, PBLOCK):
+        mk = p0 + k < nrc
+        pbase = part_ptr + (b64 * nrc + p0 + k) * 3
+        acc_ss += tl.load(pbase, mask=mk, other=0.0)
+        if HAS_BACK:
+            acc_g += tl.load(pbase + 1, mask=mk, other=0.0)
+            acc_r += tl.load(pbase + 2, mask=mk, other=0.0)
+    if c == 0:
+        tl.store(sumsq_ptr + b64, tl.sum(acc_ss, axis=0))
+    if HAS_BACK:
+        mf = M.to(tl.float32)
+        if c == 0:
+            tl.store(floor_ptr + b64, floor_c * tl.math.div_rn(tl.sum(acc_g, axis=0), mf))
+        mr = tl.maximum(tl.math.div_rn(tl.sum(acc_r, axis=0), mf), 1e-30)
+        j = c * BLOCK + tl.arange(0, BLOCK)
+        mj = j < N
+        col = tl.load(res_col_ptr + b64 * N + j, mask=mj, other=0.0)
+        tl.store(cs_ptr + b64 * N + j, tl.math.div_rn(col, mr), mask=mj)
 
 
 @triton.jit
@@ -280,8 +310,8 @@ def residual_sumsq(
     return (sums[0], sums[1], sums[2], sums[3]) if len(sums) == 4 else (sums[0], sums[1], None, None)
 
 
-STATS_BLOCK = 1024
-"""Rows (then columns) per pass of :func:`_stats_kernel`'s one program per block."""
+STATS_BLOCK = 512
+"""Rows or columns per program of :func:`_stats_kernel` (and columns per :func:`_stats_finish_kernel`)."""
 
 
 def residual_stats(
@@ -297,7 +327,7 @@ def residual_stats(
     every: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Triton twin of :func:`.reference.residual_stats` (same signature and results; the sums in
-    another order): two launches instead of some twenty small torch operations per group step."""
+    another order): three launches instead of some twenty small torch operations per group step."""
     args = (g, x, y, g_row, g_col, res_row, res_col, mask, beta2, every)
     back = x is not None and y is not None
     if g.dim() != 3 or not isinstance(beta2, float | int):
@@ -321,13 +351,20 @@ def residual_stats(
         return sumsq, cs, floor
     bufs = [writable(t) for t, _ in states]
     rows = parts[2:] if back else parts[:2]  # stand-ins where there is no residual (never read)
-    _stats_kernel[(B,)](
+    nrc, ncc = triton.cdiv(M, STATS_BLOCK), triton.cdiv(N, STATS_BLOCK)
+    part = new_output((B, nrc, 3), dev)
+    _stats_kernel[(B * (nrc + ncc),)](
         *parts[:2], *rows, *bufs[:2], *(bufs[2:] if back else bufs[:2]),
-        mask.view(torch.uint8) if back and not every else sumsq, sumsq,
-        cs if back else sumsq, floor if back else sumsq,
-        M, N, triton.cdiv(M, BM), triton.cdiv(N, BN),
-        _f32(beta2), _f32((1 - beta2) / N), _f32((1 - beta2) / M), _f32(reference.RES_FLOOR**2),
+        mask.view(torch.uint8) if back and not every else part, part,
+        M, N, triton.cdiv(M, BM), triton.cdiv(N, BN), nrc, ncc,
+        _f32(beta2), _f32((1 - beta2) / N), _f32((1 - beta2) / M),
         BLOCK=STATS_BLOCK, HAS_BACK=back, EVERY=bool(every), **LAUNCH,
+    )  # fmt: skip
+    fin = ncc if back else 1
+    _stats_finish_kernel[(B * fin,)](
+        part, bufs[3] if back else part, sumsq, cs if back else sumsq, floor if back else sumsq,
+        M, N, nrc, fin, _f32(reference.RES_FLOOR**2),
+        BLOCK=STATS_BLOCK, PBLOCK=16, HAS_BACK=back, **LAUNCH,
     )  # fmt: skip
     for (t, _), buf in zip(states, bufs):
         write_back(t, buf)
