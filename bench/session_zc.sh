@@ -2,6 +2,7 @@
 # GPU call (device tool, nvidia-h200): does the interpreter's thread switch interval hold the training loop back
 # while the refresh worker runs Python? SCAO_SWITCH_INTERVAL (seconds; unset = Python's 5 ms) on the 405M GPT at
 # precond_freq 5 (bench.compare --profile-phases 10, 40 timed steps) and the 43M GPT (300 steps), alternating.
+# The knob was removed again (6df4857): run this from a checkout of b594d53.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/session_zc}

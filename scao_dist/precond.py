@@ -176,7 +176,7 @@ def seeded_normal(shape: tuple[int, ...], seed: int, device: torch.device) -> Te
     """Gaussian matrix drawn on ``device`` from a generator seeded by ``seed`` (reproducible on resume;
     CUDA's generator draws other numbers than the CPU's). Drawn where it is used: drawn on the host,
     pinned and copied, the probes of the 405M GPT's stream refreshes cost the refresh worker over 4 ms
-    of host time per step (``torch.randn`` alone 4.0 ms, cProfile in BENCHMARKS.md §0) while the GPU
+    of host time per step (``torch.randn`` alone 4.0 ms, cProfile in BENCHMARKS.md §0d) while the GPU
     waited for them."""
     gen = torch.Generator(device=device).manual_seed(seed & 0x7FFFFFFFFFFFFFFF)
     return torch.randn(shape, generator=gen, dtype=torch.float32, device=device)
