@@ -113,6 +113,19 @@ def _slot_sum(ptr, b64, nslot, L, k, mk):
     return acc
 
 
+@triton.jit
+def _ema_slots(state_ptr, slots_ptr, b64, nslot, L, k, mk, beta2, a, keep, MASKED: tl.constexpr):
+    """``state[b, k] <- state[b, k]·beta2 + (sum of the slots of entries k)·a``, unchanged where
+    ``keep`` when ``MASKED``; returns (the new values, the slots' sum)."""
+    ss = _slot_sum(slots_ptr, b64, nslot, L, k, mk)
+    old = tl.load(state_ptr + b64 * L + k, mask=mk, other=0.0)
+    new = old * beta2 + ss * a
+    if MASKED:
+        new = tl.where(keep, old, new)
+    tl.store(state_ptr + b64 * L + k, new, mask=mk)
+    return new, ss
+
+
 @triton.jit(do_not_specialize=["M", "N", "ntm", "ntn", "nrc", "ncc"])
 def _stats_kernel(
     grow_ptr, gcol_ptr, rrow_ptr, rcol_ptr, g_row_ptr, g_col_ptr, res_row_ptr, res_col_ptr, mask_ptr, part_ptr,
@@ -128,36 +141,26 @@ def _stats_kernel(
     b = pid // (nrc + ncc)
     c = pid - b * (nrc + ncc)
     b64 = b.to(tl.int64)
-    if HAS_BACK and not EVERY:
+    masked: tl.constexpr = HAS_BACK and not EVERY
+    keep = False
+    if masked:
         keep = tl.load(mask_ptr + b64) == 0  # a block without a complement keeps its residual statistics
     if c < nrc:
         i = c * BLOCK + tl.arange(0, BLOCK)
         mi = i < M
-        ss = _slot_sum(grow_ptr, b64, ntn, M, i, mi)
-        new = tl.load(g_row_ptr + b64 * M + i, mask=mi, other=0.0) * beta2 + ss * a_row
-        tl.store(g_row_ptr + b64 * M + i, new, mask=mi)
+        new, ss = _ema_slots(g_row_ptr, grow_ptr, b64, ntn, M, i, mi, beta2, a_row, keep, False)
         pbase = part_ptr + (b64 * nrc + c) * 3
         tl.store(pbase, tl.sum(ss, axis=0))
         tl.store(pbase + 1, tl.sum(tl.where(mi, new, 0.0), axis=0))
         if HAS_BACK:
-            old = tl.load(res_row_ptr + b64 * M + i, mask=mi, other=0.0)
-            newr = old * beta2 + _slot_sum(rrow_ptr, b64, ntn, M, i, mi) * a_row
-            if not EVERY:
-                newr = tl.where(keep, old, newr)
-            tl.store(res_row_ptr + b64 * M + i, newr, mask=mi)
+            newr, _ = _ema_slots(res_row_ptr, rrow_ptr, b64, ntn, M, i, mi, beta2, a_row, keep, masked)
             tl.store(pbase + 2, tl.sum(tl.where(mi, newr, 0.0), axis=0))
     else:
         j = (c - nrc) * BLOCK + tl.arange(0, BLOCK)
         mj = j < N
-        cs = _slot_sum(gcol_ptr, b64, ntm, N, j, mj)
-        new = tl.load(g_col_ptr + b64 * N + j, mask=mj, other=0.0) * beta2 + cs * a_col
-        tl.store(g_col_ptr + b64 * N + j, new, mask=mj)
+        _ema_slots(g_col_ptr, gcol_ptr, b64, ntm, N, j, mj, beta2, a_col, keep, False)
         if HAS_BACK:
-            old = tl.load(res_col_ptr + b64 * N + j, mask=mj, other=0.0)
-            newc = old * beta2 + _slot_sum(rcol_ptr, b64, ntm, N, j, mj) * a_col
-            if not EVERY:
-                newc = tl.where(keep, old, newc)
-            tl.store(res_col_ptr + b64 * N + j, newc, mask=mj)
+            _ema_slots(res_col_ptr, rcol_ptr, b64, ntm, N, j, mj, beta2, a_col, keep, masked)
 
 
 @triton.jit(do_not_specialize=["M", "N", "nrc", "ncc"])
