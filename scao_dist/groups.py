@@ -798,13 +798,24 @@ class KronGroup(RefreshMixin, _Group):
         self.ready[i] = bool(st["ready"])
 
 
+_BMM_OUT_DTYPE: bool | None = None
+"""Whether this torch has ``torch.bmm(..., out_dtype=)`` (added in 2.8; ``None``: not tried yet)."""
+
+
 def matmul_f32(a: Tensor, b: Tensor) -> Tensor:
     """fp32 ``a @ b`` of two fp32 or two bf16 stacks ``(b, ., .)``. bf16 operands are multiplied
     exactly (8-bit significands) and summed in fp32: cuBLAS's bf16 product with an fp32 result on
-    CUDA, the fp32 product of their exact fp32 values elsewhere."""
+    CUDA, the fp32 product of their exact fp32 values elsewhere (and on a torch older than 2.8)."""
+    global _BMM_OUT_DTYPE
     if a.dtype == torch.bfloat16 and b.dtype == torch.bfloat16:
-        if a.is_cuda:
-            return torch.bmm(a, b, out_dtype=torch.float32)
+        if a.is_cuda and _BMM_OUT_DTYPE is not False:
+            try:
+                out = torch.bmm(a, b, out_dtype=torch.float32)
+            except TypeError:  # no out_dtype keyword in this torch
+                _BMM_OUT_DTYPE = False
+            else:
+                _BMM_OUT_DTYPE = True
+                return out
         return a.float() @ b.float()
     return a @ b
 
