@@ -22,6 +22,9 @@ Per block of a :class:`KronGroup` (G is the m x n gradient block). A *dense* sid
     F^T L F <- bs F^T L F + (1-bs) G_F G_F^T      (dense sides: the factor in its own frame)
     P <- bs P + (1-bs) G_F G_F^T Qh                (stream sides: a sketch of the factor)
 
+Without a dense side, a bf16 gradient stays bf16 (``KronGroup.grad_dtype``): it only meets bf16
+stream bases, and bf16 x bf16 products are exact in fp32.
+
 With complete bases this is SOAP: holding M in the eigenbasis frame and turning it with the
 frame at a refresh is SOAP's rotated momentum. Holding it there matters for int8 storage:
 rounding noise of a moment kept in original coordinates spreads evenly over the eigen-
@@ -401,10 +404,13 @@ class KronGroup(RefreshMixin, _Group):
         """fp32 ``(b, d, d)`` eigenbasis of a dense side: the frame the block's state lives in."""
         return s[f"{side.name}.q"].float() if side.mode == "dense" else None
 
-    def tracked(self, s: dict[str, Tensor], side: Side) -> Tensor | None:
+    def tracked(self, s: dict[str, Tensor], side: Side, stored: bool = False) -> Tensor | None:
         """fp32 ``(b, d, K + p)`` tracked basis of a stream side, probes last (original coordinates);
-        its first ``K`` columns are the truncated basis ``Q``."""
-        return s[f"{side.name}.qh"].float() if side.mode == "stream" else None
+        its first ``K`` columns are the truncated basis ``Q``. ``stored``: in its stored dtype."""
+        if side.mode != "stream":
+            return None
+        q = s[f"{side.name}.qh"]
+        return q if stored else q.float()
 
     def rotate(self, x: Tensor, ql: Tensor | None, qr: Tensor | None) -> Tensor:
         """``Q_L^T x Q_R`` (a ``None`` side is the identity)."""
@@ -463,8 +469,10 @@ class KronGroup(RefreshMixin, _Group):
 
         gf = self.rotate(g, fl, fr)
         del g
-        raw = [s[f"{side.name}.qh"] if side.mode == "stream" else None for side in self.sides]
-        halves = self._stream_halves(gf, *(r if gf.dtype == torch.bfloat16 else q for r, q in zip(raw, (qhl, qhr))))
+        if gf.dtype == torch.bfloat16:  # bf16 G_F (grad_dtype) meets the bases as stored, in bf16
+            halves = self._stream_halves(gf, *(self.tracked(s, side, stored=True) for side in self.sides))
+        else:
+            halves = self._stream_halves(gf, qhl, qhr)
         g_rot = self._core(gf, halves, ql, qr)
         mf = self.mom.ema(s, gf, hp.beta1)
         m_rot = self.rotate(mf, ql, qr)

@@ -201,7 +201,8 @@ def residual_stats(
         if every:
             st.mul_(beta2).add_(ss * ((1 - beta2) / dim))
         else:
-            assert mask is not None
+            if mask is None:
+                raise ValueError("residual_stats: pass the (B,) mask of truncated blocks, or every=True")
             st.copy_(torch.where(mask[:, None], st * beta2 + ss * ((1 - beta2) / dim), st))
     cs, floor = complement_stats(res_row, res_col, g_row)
     return sumsq, cs, floor
