@@ -56,3 +56,29 @@ def test_frames_keep_fp32_gradients() -> None:
     grp = next(g for g in opt.groups if isinstance(g, KronGroup))
     assert [s.mode for s in grp.sides] == ["dense", "stream"]
     assert grp.grad_dtype == torch.float32
+
+
+def test_matmul_f32_falls_back_without_bmm_out_dtype(monkeypatch) -> None:
+    """On CUDA the bf16 products ask ``torch.bmm`` for an fp32 result; a torch without that keyword
+    (before 2.8) raises TypeError, and the products then run on fp32 copies, with the same values."""
+    from scao_dist import groups
+
+    class OnCuda(torch.Tensor):  # a CPU tensor that takes the CUDA branch
+        @property
+        def is_cuda(self) -> bool:
+            return True
+
+    def old_bmm(*args, **kw):
+        if "out_dtype" in kw:
+            raise TypeError("bmm() got an unexpected keyword argument 'out_dtype'")
+        return torch.ops.aten.bmm(*args)
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(2, 5, 7, generator=gen).bfloat16()
+    b = torch.randn(2, 7, 3, generator=gen).bfloat16()
+    monkeypatch.setattr(groups, "_BMM_OUT_DTYPE", None)
+    monkeypatch.setattr(torch, "bmm", old_bmm)
+    out = groups.matmul_f32(a.as_subclass(OnCuda), b)
+    assert groups._BMM_OUT_DTYPE is False
+    assert out.dtype == torch.float32
+    assert torch.equal(out.as_subclass(torch.Tensor), a.float() @ b.float())
