@@ -173,9 +173,10 @@ def make_operands(kernel: str, spec: dict[str, Any], device: Any) -> dict[str, A
         if kernel == "residual_sumsq":  # k = 0: the sums of G alone (no product in the kernel)
             return dict(g=g, x=x if k else None, y=y if k else None)
         if kernel == "residual_stats":
-            stats = dict(g_row=rnd(B, M).square(), g_col=rnd(B, N).square(), res_row=rnd(B, M).square())
-            mask = torch.ones(B, dtype=torch.bool, device=device)
-            return dict(g=g, x=x, y=y, **stats, res_col=rnd(B, N).square(), mask=mask, beta2=0.95, every=True)
+            rows = dict(g_row=rnd(B, M).square(), res_row=rnd(B, M).square())
+            cols = dict(g_col=rnd(B, N).square(), res_col=rnd(B, N).square())
+            mask = torch.ones(B, dtype=torch.bool, device=device)  # every block truncated, as at 405M
+            return dict(g=g, x=x, y=y, **rows, **cols, mask=mask, beta2=0.95, every=True)
         bc1: Any = 0.5
         bc2: Any = 0.3
         if spec.get("bc") == "tensor":

@@ -429,10 +429,7 @@ def complement_update(
     )
     if not ok:
         return reference.complement_update(*args, **apply_args)
-    if stats is None:
-        cs, floor, scale = reference.complement_vectors(row, col, g_row, mask, bc1)
-    else:
-        (cs, floor), scale = stats, reference.complement_scale(mask, bc1)
+    cs, floor, scale = reference.complement_vectors(row, col, g_row, mask, bc1, stats)
     if scale.dtype != torch.float32 or scale.shape != (B, 1, 1):  # e.g. a float64 mask or default dtype
         return reference.complement_update(*args, **apply_args)
     R = correction_r(rho) if w is not None else 0

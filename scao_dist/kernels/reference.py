@@ -147,18 +147,19 @@ def ieee_sqrt(flag: bool = True) -> Iterator[None]:
 
 
 def complement_vectors(
-    row: Tensor, col: Tensor, g_row: Tensor, mask: Tensor, bc1: Tensor | float
+    row: Tensor,
+    col: Tensor,
+    g_row: Tensor,
+    mask: Tensor,
+    bc1: Tensor | float,
+    stats: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The per-block pieces of :func:`complement_add_`, shared by the twin and the kernel's wrapper:
     ``col / max(mean(row), 1e-30)`` (B, n), the floor ``RES_FLOOR^2 mean(g_row)`` (B,) and the scale
-    ``mask / bc1`` (B, 1, 1) (fp32 for a bool mask and a float or fp32 ``bc1``)."""
-    cs, floor = complement_stats(row, col, g_row)
-    return cs, floor, complement_scale(mask, bc1)
-
-
-def complement_scale(mask: Tensor, bc1: Tensor | float) -> Tensor:
-    """``mask / bc1`` as (B, 1, 1)."""
-    return mask[:, None, None] / bc1
+    ``mask / bc1`` (B, 1, 1) (fp32 for a bool mask and a float or fp32 ``bc1``). ``stats``: the first
+    two as :func:`residual_stats` returned them (then only the scale is formed here)."""
+    cs, floor = complement_stats(row, col, g_row) if stats is None else stats
+    return cs, floor, mask[:, None, None] / bc1
 
 
 def complement_stats(row: Tensor, col: Tensor, g_row: Tensor) -> tuple[Tensor, Tensor]:
@@ -241,10 +242,7 @@ def complement_add_(
     computed here from ``row``, ``col``, ``g_row``).
     """
     res_m = back_m.neg_().add_(m)
-    if stats is None:
-        cs, floor, scale = complement_vectors(row, col, g_row, mask, bc1)
-    else:
-        (cs, floor), scale = stats, complement_scale(mask, bc1)
+    cs, floor, scale = complement_vectors(row, col, g_row, mask, bc1, stats)
     if not isinstance(bc2, Tensor):
         bc2 = torch.full((), bc2, dtype=torch.float32, device=u.device)
     denom = torch.mul(row.unsqueeze(-1), cs.unsqueeze(-2))
