@@ -5,7 +5,9 @@ Triton reads ``TRITON_INTERPRET`` when the kernels are decorated, and the rest o
 
     TRITON_INTERPRET=1 SCAO_TRITON_ON_CPU=1 python tests/kernel_checks.py --out results.json
 
-The JSON maps each check name to a list of failure messages (empty = passed).
+The JSON maps each check name to a list of failure messages (empty = passed): one per kernel (its
+cases vs the twin, ``hyper`` cases included), ``fallbacks``, ``hyper`` (each kernel given a
+``StepScalars`` row == the same kernel given the floats, bit for bit) and ``end_to_end``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from scao_dist import SCAO, kernels
 from scao_dist.kernels import adamw, apply, factor, lowrank, moments, reference, triton_ops, verify
 
 CPU = torch.device("cpu")
+HYPER_KERNELS = ("rotated_adam_", "apply_update_", "adamw_", "complement_update")
+"""The kernels that take ``hyper`` (a :class:`scao_dist.kernels.scalars.StepScalars` row)."""
 # the interpreter runs the kernels in numpy, which warns where fp32 overflows on purpose (poisoned
 # 1e30 scales squared); the GPU and torch saturate the same way silently
 warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)
@@ -33,7 +37,11 @@ warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)
 def check_kernels() -> dict[str, list[str]]:
     """Every kernel vs its twin at small odd shapes; then again with tiny blocks (many programs, ragged tails)."""
     gen = torch.Generator().manual_seed(1234)
-    res = verify.run_cases(verify.small_cases(gen, CPU), triton_ops, log=print)
+    cases = verify.small_cases(gen, CPU)
+    res = verify.run_cases(cases, triton_ops, log=print)
+    for k in HYPER_KERNELS:  # the suite (also the GPU's, bench.kernels) must hold hyper cases of each
+        if not any("hyper" in c.kwargs for c in cases[k]):
+            res[k].append(f"{k}: verify.small_cases has no hyper case")
     saved = moments.BG, adamw.BG, apply.BLOCK, factor.MAX_BJ, factor.TILE, factor.DIAG_BLOCK
     saved_l = lowrank.BM, lowrank.BN, lowrank.BK, lowrank.STATS_BLOCK
     # factor: [4, 16] tiles (not square, so the diagonal crosses tiles off their corners), 16-row diagonal pass
@@ -43,16 +51,22 @@ def check_kernels() -> dict[str, list[str]]:
     try:
         tiny = {
             "ema_signed_": [verify.case_ema((3, 2, 100), m, gen, CPU) for m in ("state", "overwrite")],
-            "rotated_adam_": [verify.case_rotated_adam((3, 2, 100), m, gen, CPU) for m in ("state", "overwrite")],
-            "apply_update_": [verify.case_apply((5, 77), m, gen, CPU) for m in ("state", "overwrite")],
+            "rotated_adam_": [verify.case_rotated_adam((3, 2, 100), m, gen, CPU) for m in ("state", "overwrite")]
+            + [verify.case_rotated_adam((3, 2, 100), "state", gen, CPU, hyper=True)],
+            "apply_update_": [verify.case_apply((5, 77), m, gen, CPU) for m in ("state", "overwrite")]
+            + [verify.case_apply((5, 77), "state", gen, CPU, torch.bfloat16, 16, hyper=True)],
             "factor_ema_corr_": [verify.case_factor((3,), 45, m, gen, CPU) for m in ("state", "overwrite")]
             + [verify.case_factor((1,), 64, "state", gen, CPU), verify.case_factor((2, 2), 33, "state", gen, CPU)],
             "adamw_": [
                 verify.case_adamw((3, 130), m, gen, CPU, bc=("tensor", "tensor")) for m in ("state", "overwrite")
-            ],
+            ]
+            + [verify.case_adamw((3, 130), "state", gen, CPU, torch.float32, 0, hyper=True)],
             "complement_update": [
                 verify.case_complement_update((3, 45, 37), "exact", gen, CPU, bc=("tensor", "float"), k=(17, 40)),
                 verify.case_complement_update((2, 45, 37), "dense", gen, CPU, bc=("float", "tensor"), k=(9, 33)),
+                verify.case_complement_update(
+                    (3, 45, 37), "exact", gen, CPU, k=(17, 40), apply=(torch.bfloat16, 8), hyper=True
+                ),
             ],
             "residual_sumsq": [
                 verify.case_residual((3, 45, 37, k), m, gen, CPU) for m, k in (("exact", 40), ("dense", 17))
@@ -155,6 +169,87 @@ def check_fallbacks() -> list[str]:
     return errs
 
 
+HYPER_STEPS = [(1e-3, 0.1, 1), (3e-4, 0.0, 2), (2e-2, 0.01, 7), (0.37, 1.3, 30), (1e-2, 0.1, 1000)]
+"""(lr, wd, t) of :func:`check_hyper`, with ``bc1 = 1 - 0.9^t``, ``bc2 = 1 - 0.95^t``."""
+
+
+def hyper_cases(gen: torch.Generator, device: torch.device = CPU) -> list[verify.Case]:
+    """Fresh random cases of every kernel that takes ``hyper``, at odd shapes, for each of
+    :data:`HYPER_STEPS` (:func:`verify.with_hyper`: the row holds the step's values, the float
+    arguments decoys)."""
+    rows = [(1, 1), (3, 33), (2, 5, 95), (7, 64), (3, 18), (4099,)]
+    comp = [(3, 5, 95), (1, 33, 17), (2, 70, 65), (3, 19, 300), (1, 3, 7)]
+    weights = ((torch.bfloat16, 8), (torch.bfloat16, 16), (torch.float32, 0))
+    out = []
+    for i, (lr, wd, t) in enumerate(HYPER_STEPS):
+        bc1, bc2 = 1 - 0.9**t, 1 - 0.95**t
+        shape = rows[i % len(rows)]
+        mode = ("state", "overwrite")[i % 2]
+        built = [verify.case_rotated_adam(shape, mode, gen, device, bc=("float", "float"))]
+        for wdtype, bits in weights:
+            built.append(verify.case_apply(shape, "state", gen, device, wdtype, bits))
+            built.append(verify.case_adamw(rows[(i + 1) % len(rows)], "state", gen, device, wdtype, bits))
+        ks = ((16, 33), (1, 40), (0, 5), (40, 2), (3, 7))[i]
+        shape3 = comp[i % len(comp)]
+        built.append(verify.case_complement_update(shape3, "exact", gen, device, k=ks))
+        built.append(verify.case_complement_update(shape3, "exact", gen, device, k=ks, apply=weights[i % 3]))
+        if i < 2:  # inexact products: the same on both sides, as both run the kernel
+            built.append(verify.case_complement_update((2, 70, 90), "dense", gen, device, k=(37, 70), apply=weights[i]))
+        out += [verify.with_hyper(c, lr, wd, bc1, bc2) for c in built]
+    return out
+
+
+def check_hyper(device: torch.device = CPU) -> list[str]:
+    """Each kernel that takes ``hyper`` gives, with the step's values in a ``StepScalars`` row, bit for bit
+    what it gives with them as floats (every in-place tensor and the returned one). Not vacuous: neither
+    call may fall back to the twin, and the call with the decoys as floats must give something else."""
+    gen = torch.Generator().manual_seed(2024)
+    errs: list[str] = []
+    fell_back: list[str] = []
+    saved = {k: getattr(reference, k) for k in HYPER_KERNELS}
+
+    def recorder(name, fn):
+        def wrapped(*a, **kw):
+            fell_back.append(name)
+            return fn(*a, **kw)
+
+        return wrapped
+
+    def run(case, kw):
+        kw = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+        out = getattr(triton_ops, case.kernel)(**kw)
+        return kw, out
+
+    cases = hyper_cases(gen, device)
+    try:
+        for k in HYPER_KERNELS:
+            setattr(reference, k, recorder(k, saved[k]))
+        for case in cases:
+            tag = f"{case.kernel} [{case.label}]"
+            kw_h, out_h = run(case, case.kwargs)
+            kw_f, out_f = run(case, verify.float_kwargs(case))
+            decoys = {k: v for k, v in case.kwargs.items() if k != "hyper"}
+            kw_d, out_d = run(case, decoys)
+            if fell_back:
+                errs.append(f"{tag}: fell back to the twin ({fell_back})")
+                fell_back.clear()
+            tensors = [k for k, v in case.kwargs.items() if isinstance(v, torch.Tensor)]  # in place or not
+            found = verify.compare("returned", out_h, out_f, exact=True)
+            for name in tensors:
+                found += verify.compare(name, kw_h[name], kw_f[name], exact=True)
+            errs += [f"{tag} hyper vs floats: {e}" for e in found]
+            moved = verify.compare("returned", out_d, out_f, exact=True)
+            for name in tensors:
+                moved += verify.compare(name, kw_d[name], kw_f[name], exact=True)
+            if not moved:
+                errs.append(f"{tag}: the decoy floats give the same results (the check would not see them read)")
+    finally:
+        for k, fn in saved.items():
+            setattr(reference, k, fn)
+    print(f"hyper: {len(cases)} cases, {'ok' if not errs else f'{len(errs)} mismatches'}")
+    return errs
+
+
 class Counter:
     """Counts calls into the Triton ops and into the twins, to prove the end-to-end run used the kernels."""
 
@@ -254,7 +349,7 @@ def main() -> int:
         return 2
     results: dict[str, list[str]] = {}
     t0 = time.perf_counter()
-    for name, fn in (("kernels", check_kernels), ("fallbacks", check_fallbacks)):
+    for name, fn in (("kernels", check_kernels), ("fallbacks", check_fallbacks), ("hyper", check_hyper)):
         try:
             out = fn()
             results.update(out if isinstance(out, dict) else {name: out})

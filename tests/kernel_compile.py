@@ -5,7 +5,8 @@ This script (run by ``tests/test_kernels.py`` in a process *without* ``TRITON_IN
 the wrappers on the interpreter suite's operands with the kernels replaced by a recorder, then
 compiles each recorded launch (same argument types, 16-byte-aligned pointers, the real launch
 options) to PTX + cubin and checks that the fp32 arithmetic is the IEEE one the twins use: no
-approximate division or square root, no flush-to-zero, no contracted FMA.
+approximate division or square root, no flush-to-zero, no contracted FMA. The suite's ``hyper``
+cases (step scalars from a ``StepScalars`` row) give the ``HP_DEV`` variants.
 
     python tests/kernel_compile.py --out results.json
 """
@@ -97,9 +98,14 @@ def width_variants(seen: list) -> list[str]:
     """Launch the rotated-space moment steps at every basis width a group allocates (multiples of
     16, ``Side.width_for``), at several row counts, and return a problem for each kernel that would
     need more than one compiled variant across them: a variant first needed when a refresh grows a
-    basis is compiled in the middle of a step (the 320-355 ms stalls of BENCHMARKS.md §0c)."""
+    basis is compiled in the middle of a step (the 320-355 ms stalls of BENCHMARKS.md §0c). Counted
+    per ``HP_DEV``: a captured step reads its scalars from a ``StepScalars`` row (one variant more,
+    which must not multiply either)."""
     from scao_dist import quant
     from scao_dist.kernels import triton_ops
+    from scao_dist.kernels.scalars import StepScalars
+
+    hyper = StepScalars.of(1e-3, 0.1, 0.5, 0.25)
 
     start = len(seen)
     gen = torch.Generator().manual_seed(1)
@@ -112,13 +118,20 @@ def width_variants(seen: list) -> list[str]:
             i8 = torch.zeros(*lead, groups * 32, dtype=torch.int8)
             sc = torch.ones(*lead, groups, dtype=torch.bfloat16)
             triton_ops.rotated_adam_(u8, sc, g, m, 0.99, 0.5, 0.25, 1e-8)
+            triton_ops.rotated_adam_(u8, sc, g, m, 0.99, 0.5, 0.25, 1e-8, hyper=hyper)
             triton_ops.ema_signed_(i8, sc.clone(), g, 0.9)
-    keys: dict[str, set] = {}
+    keys: dict[tuple[str, bool], set] = {}
     for fn, a, kw in seen[start:]:
         sig, consts, attrs, _ = signature(fn, a, kw)
-        keys.setdefault(fn.__name__, set()).add(variant_key(sig, consts, attrs))
+        keys.setdefault((fn.__name__, bool(consts.get("HP_DEV"))), set()).add(variant_key(sig, consts, attrs))
     del seen[start:]
-    return [f"{name}: {len(k)} variants across basis widths 16..512" for name, k in sorted(keys.items()) if len(k) != 1]
+    if len(keys) != 3:  # ema_signed_, rotated_adam_ with floats and with the row
+        return [f"expected 3 (kernel, HP_DEV) pairs across basis widths, got {sorted(keys)}"]
+    return [
+        f"{name} (HP_DEV={hp}): {len(k)} variants across basis widths 16..512"
+        for (name, hp), k in sorted(keys.items())
+        if len(k) != 1
+    ]
 
 
 def main() -> int:
@@ -166,6 +179,9 @@ def main() -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         for bc in (("float", "float"), ("tensor", "tensor")):
             triton_ops.complement_update(**verify.case_complement_update((2, 40, 768), "exact", gen, cpu, bc=bc).kwargs)
+        for ap in (None, (torch.bfloat16, 16)):  # a captured step's: the scalars from a StepScalars row
+            c = verify.case_complement_update((2, 40, 768), "exact", gen, cpu, apply=ap, hyper=True)
+            triton_ops.complement_update(**c.kwargs)
         triton_ops.residual_sumsq(**verify.case_residual((2, 40, 768, 40), "exact", gen, cpu).kwargs)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32

@@ -2,8 +2,9 @@
 
 Triton reads ``TRITON_INTERPRET`` when kernels are decorated, and the rest of the suite imports
 ``scao_dist`` without it, so the comparisons run in child processes (started together, once per
-module): ``tests/kernel_checks.py`` (every kernel on small odd shapes with poisoned outputs, the
-fallbacks, and SCAO end to end through the kernels vs through the twins),
+module): ``tests/kernel_checks.py`` (every kernel on small odd shapes with poisoned outputs, with
+the step's scalars as floats and from a ``StepScalars`` row, the fallbacks, each kernel with a row vs
+with the floats, and SCAO end to end through the kernels vs through the twins),
 ``python -m bench.kernels --dry-run`` (the benchmark's CPU-side logic), and, without the
 interpreter, ``tests/kernel_compile.py`` (every launched variant compiled for sm_90, PTX checked
 for IEEE arithmetic). Tolerances: integer and bf16 outputs bit for bit, fp32 outputs within 2^-22
@@ -86,8 +87,17 @@ KERNELS = [
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_kernel_matches_twin(runs, kernel):
-    """Bit-exact codes/bits/scales/weights, fp32 within 2-4 ulp, nothing left unwritten."""
+    """Bit-exact codes/bits/scales/weights, fp32 within 2-4 ulp, nothing left unwritten; with ``hyper``
+    (a ``StepScalars`` row) for rotated_adam_, apply_update_, adamw_ and complement_update too, each of
+    which must have such cases in ``verify.small_cases``."""
     _assert_clean(runs, kernel)
+
+
+def test_kernels_with_step_scalars_match_kernels_with_floats(runs):
+    """Each kernel reading lr, 1 - lr wd and the bias corrections from a ``StepScalars`` row gives, bit for
+    bit, what it gives with them as float arguments (odd shapes, t = 1 .. 1000); without falling back to
+    the twin, and with decoy floats that would change the result."""
+    _assert_clean(runs, "hyper")
 
 
 def test_uncovered_operands_fall_back_and_strided_operands_work(runs):

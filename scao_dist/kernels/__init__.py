@@ -5,6 +5,11 @@ call while ``SCAO_REFERENCE_KERNELS=1`` is set or :func:`use_reference` is activ
 plain-torch twins in :mod:`scao_dist.kernels.reference`. ``SCAO_TRITON_ON_CPU=1`` (with
 ``TRITON_INTERPRET=1``) sends CPU tensors to the kernels too, to run a whole optimizer through
 the Triton interpreter.
+
+``hyper`` (:class:`.scalars.StepScalars`, :func:`rotated_adam_`, :func:`apply_update_`, :func:`adamw_`,
+:func:`complement_update`): the step's lr and bias corrections as fp32 values on the device, read by
+the kernels instead of the float arguments (which are then ignored), so a captured (CUDA-graph) step
+can change them between replays. Same results, bit for bit, as the floats.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Iterator
 from torch import Tensor
 
 from . import reference
+from .scalars import StepScalars
 
 _FORCE_REFERENCE = os.environ.get("SCAO_REFERENCE_KERNELS", "0") == "1"
 _TRITON_ON_CPU = os.environ.get("SCAO_TRITON_ON_CPU", "0") == "1"
@@ -48,12 +54,12 @@ def ema_signed_(codes, scales, x, beta):
     return backend(x).ema_signed_(codes, scales, x, beta)
 
 
-def rotated_adam_(codes, scales, g, m, beta2, bc1, bc2, eps):
-    return backend(g).rotated_adam_(codes, scales, g, m, beta2, bc1, bc2, eps)
+def rotated_adam_(codes, scales, g, m, beta2, bc1, bc2, eps, hyper: StepScalars | None = None):
+    return backend(g).rotated_adam_(codes, scales, g, m, beta2, bc1, bc2, eps, hyper=hyper)
 
 
-def apply_update_(w, rho, u, lr, wd):
-    return backend(u).apply_update_(w, rho, u, lr, wd)
+def apply_update_(w, rho, u, lr, wd, hyper: StepScalars | None = None):
+    return backend(u).apply_update_(w, rho, u, lr, wd, hyper=hyper)
 
 
 def factor_ema_corr_(codes, diag, outer, beta, seed):

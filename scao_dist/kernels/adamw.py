@@ -9,7 +9,9 @@ Per [BG, 32] tile of scale groups: read g, the int8 m (codes + scales), the uint
     x = x (1 - lr wd) - lr u                 -> fp32 w, or bf16 w + rho
 
 and write every state once. Many small params of one shape are the rows of one (B, n) group: one
-launch. Twin: :func:`.reference.adamw_` (= ema_signed_ + rotated_adam_ + apply_update_).
+launch. With ``hyper`` (:class:`.scalars.StepScalars`) the kernel loads ``1/bc1``, ``1/bc2``,
+``c = 1 - lr wd`` and ``lr`` from it (b1, b2, eps stay arguments).
+Twin: :func:`.reference.adamw_` (= ema_signed_ + rotated_adam_ + apply_update_).
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ import triton.language as tl
 from . import reference
 from .apply import correction_r, master_update, weights_ok
 from .common import (
+    HP_C,
+    HP_IB1,
+    HP_IB2,
+    HP_LR,
     LAUNCH,
     SHAPE_ARGS,
     bf16_bits,
@@ -32,10 +38,12 @@ from .common import (
     encode_sqrt,
     group_layout,
     group_tile,
+    hyper_row,
     packed_ok,
     writable,
     write_back,
 )
+from .scalars import StepScalars
 
 BG = 32
 """Scale groups per program (32 x 32 = 1024 values; this kernel holds more live state)."""
@@ -43,10 +51,18 @@ BG = 32
 
 @triton.jit(do_not_specialize=SHAPE_ARGS)
 def _adamw_kernel(
-    w_ptr, rho_ptr, g_ptr, mc_ptr, ms_ptr, vc_ptr, vs_ptr, ib1_ptr, ib2_ptr,
+    w_ptr, rho_ptr, g_ptr, mc_ptr, ms_ptr, vc_ptr, vs_ptr, ib1_ptr, ib2_ptr, hp_ptr,
     nq, G, total, beta1, omb1, beta2, omb2, ib1, ib2, eps, c, lr,
     BG: tl.constexpr, NMUL: tl.constexpr, BC1_ROWS: tl.constexpr, BC2_ROWS: tl.constexpr, R: tl.constexpr,
+    HP_DEV: tl.constexpr,
 ):  # fmt: skip
+    """The module docstring's step on a [BG, 32] tile of groups; ``HP_DEV``: ``ib1``, ``ib2``, ``c``, ``lr``
+    loaded from the step scalars at ``hp_ptr``."""
+    if HP_DEV:
+        ib1 = tl.load(hp_ptr + HP_IB1)
+        ib2 = tl.load(hp_ptr + HP_IB2)
+        c = tl.load(hp_ptr + HP_C)
+        lr = tl.load(hp_ptr + HP_LR)
     gid, row, gmask, coff, xoff, valid = group_tile(nq, G, total, BG, NMUL)
     g = tl.load(g_ptr + xoff, mask=valid, other=0.0)
     # first moment (ema_signed_)
@@ -97,22 +113,30 @@ def adamw_(
     bc2: float,
     eps: float,
     wd: float,
+    hyper: StepScalars | None = None,
 ) -> None:
     """Triton twin of :func:`.reference.adamw_` (same signature, everything in place)."""
     lead = tuple(g.shape[:-1])
-    ib1, ib2 = bias_rows(bc1, lead, g.device), bias_rows(bc2, lead, g.device)
+    if hyper is None:
+        ib1, ib2 = bias_rows(bc1, lead, g.device), bias_rows(bc2, lead, g.device)
+        floats = (lr, beta1, beta2, eps, wd)
+    else:  # ib1, ib2, c, lr: never read, the kernel loads them from the row
+        ib1 = ib2 = 1.0
+        floats = (beta1, beta2, eps)
+    hp = hyper_row(hyper, g.device, g)
     ok = (
         packed_ok(m_codes, m_scales, g, torch.int8)
         and packed_ok(v_codes, v_scales, g, torch.uint8)
         and weights_ok(w, rho, g)
         and ib1 is not None
         and ib2 is not None
-        and all(isinstance(h, float | int) for h in (lr, beta1, beta2, eps, wd))
+        and hp is not None
+        and all(isinstance(h, float | int) for h in floats)
     )
     if not ok:
         return reference.adamw_(
             w, rho, g, m_codes, m_scales, v_codes, v_scales,
-            lr=lr, beta1=beta1, beta2=beta2, bc1=bc1, bc2=bc2, eps=eps, wd=wd,
+            lr=lr, beta1=beta1, beta2=beta2, bc1=bc1, bc2=bc2, eps=eps, wd=wd, hyper=hyper,
         )  # fmt: skip
     nq, G, total, nmul = group_layout(g)
     if total == 0:
@@ -122,13 +146,14 @@ def adamw_(
     wb, mc, ms, vc, vs = bufs
     rb = writable(rho) if rho is not None else None
     rows1, rows2 = isinstance(ib1, torch.Tensor), isinstance(ib2, torch.Tensor)
+    c, lr = (1.0, 0.0) if hyper is not None else (1.0 - lr * wd, float(lr))
     grid = (triton.cdiv(total, BG),)
     _adamw_kernel[grid](
         bf16_bits(wb) if R else wb, rb if R else wb, g.contiguous(), mc, bf16_bits(ms), vc, bf16_bits(vs),
-        ib1 if rows1 else g, ib2 if rows2 else g,
+        ib1 if rows1 else g, ib2 if rows2 else g, hp,
         nq, G, total, float(beta1), 1.0 - beta1, float(beta2), 1.0 - beta2,
-        1.0 if rows1 else ib1, 1.0 if rows2 else ib2, float(eps), 1.0 - lr * wd, float(lr),
-        BG=BG, NMUL=nmul, BC1_ROWS=rows1, BC2_ROWS=rows2, R=R, **LAUNCH,
+        1.0 if rows1 else ib1, 1.0 if rows2 else ib2, float(eps), c, lr,
+        BG=BG, NMUL=nmul, BC1_ROWS=rows1, BC2_ROWS=rows2, R=R, HP_DEV=hyper is not None, **LAUNCH,
     )  # fmt: skip
     for dst, buf in zip((w, m_codes, m_scales, v_codes, v_scales), bufs):
         write_back(dst, buf)

@@ -4,6 +4,7 @@ fp32 weights are updated in place. bf16 weights carry correction bits ``rho`` (i
 int16, R = 32767; see ``quant.split_master``): the kernel reads ``w``, ``rho`` and ``u`` once,
 rebuilds ``x = w + rho·ulp(w)/2R``, updates it, and writes back ``w' = bf16(x')`` and
 ``rho' = round(2R (x' - w') / ulp(w'))``. Elementwise over every leading dim: one launch.
+With ``hyper`` (:class:`.scalars.StepScalars`) the kernel loads ``c = 1 - lr wd`` and ``lr`` from it.
 Twin: :func:`.reference.apply_update_`.
 """
 
@@ -14,7 +15,20 @@ import triton
 import triton.language as tl
 
 from . import reference
-from .common import LAUNCH, bf16_bits, bf16_to_f32, bf16_ulp, f32_to_bf16, rint, writable, write_back
+from .common import (
+    HP_C,
+    HP_LR,
+    LAUNCH,
+    bf16_bits,
+    bf16_to_f32,
+    bf16_ulp,
+    f32_to_bf16,
+    hyper_row,
+    rint,
+    writable,
+    write_back,
+)
+from .scalars import StepScalars
 
 BLOCK = 2048
 """Elements per program."""
@@ -35,8 +49,12 @@ def master_update(wb, rf, u, c, lr, R: tl.constexpr):
 
 
 @triton.jit
-def _apply_kernel(w_ptr, rho_ptr, u_ptr, N, c, lr, R: tl.constexpr, BLOCK: tl.constexpr):
-    """R == 0: fp32 weights, w <- w·c - u·lr.  R > 0: bf16 bits + correction of range R."""
+def _apply_kernel(w_ptr, rho_ptr, u_ptr, hp_ptr, N, c, lr, R: tl.constexpr, BLOCK: tl.constexpr, HP_DEV: tl.constexpr):
+    """R == 0: fp32 weights, w <- w·c - u·lr.  R > 0: bf16 bits + correction of range R.
+    ``HP_DEV``: ``c``, ``lr`` loaded from the step scalars at ``hp_ptr``."""
+    if HP_DEV:
+        c = tl.load(hp_ptr + HP_C)
+        lr = tl.load(hp_ptr + HP_LR)
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     u = tl.load(u_ptr + offs, mask=mask, other=0.0)
@@ -67,10 +85,20 @@ def weights_ok(w: torch.Tensor, rho: torch.Tensor | None, like: torch.Tensor) ->
     return w.dtype == torch.bfloat16 and rho.shape == w.shape and rho.device == w.device
 
 
-def apply_update_(w: torch.Tensor, rho: torch.Tensor | None, u: torch.Tensor, lr: float, wd: float) -> None:
+def apply_update_(
+    w: torch.Tensor,
+    rho: torch.Tensor | None,
+    u: torch.Tensor,
+    lr: float,
+    wd: float,
+    hyper: StepScalars | None = None,
+) -> None:
     """Triton twin of :func:`.reference.apply_update_` (same signature, in place)."""
-    if not weights_ok(w, rho, u) or u.dtype != torch.float32 or not isinstance(lr, float | int):
-        return reference.apply_update_(w, rho, u, lr, wd)
+    u = u.contiguous() if u.dtype == torch.float32 else u
+    hp = hyper_row(hyper, u.device, u)
+    floats = hyper is not None or (isinstance(lr, float | int) and isinstance(wd, float | int))
+    if not weights_ok(w, rho, u) or u.dtype != torch.float32 or hp is None or not floats:
+        return reference.apply_update_(w, rho, u, lr, wd, hyper=hyper)
     N = w.numel()
     if N == 0:
         return None
@@ -78,9 +106,10 @@ def apply_update_(w: torch.Tensor, rho: torch.Tensor | None, u: torch.Tensor, lr
     wbuf = writable(w)
     rbuf = writable(rho) if rho is not None else None
     grid = (triton.cdiv(N, BLOCK),)
+    c, lr = (1.0, 0.0) if hyper is not None else (1.0 - lr * wd, float(lr))  # with hyper: never read
     _apply_kernel[grid](
-        bf16_bits(wbuf) if R else wbuf, rbuf if R else wbuf, u.contiguous(), N, 1.0 - lr * wd, float(lr),
-        R=R, BLOCK=BLOCK, **LAUNCH,
+        bf16_bits(wbuf) if R else wbuf, rbuf if R else wbuf, u, hp, N, c, lr,
+        R=R, BLOCK=BLOCK, HP_DEV=hyper is not None, **LAUNCH,
     )  # fmt: skip
     write_back(w, wbuf)
     if rho is not None:

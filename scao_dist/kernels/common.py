@@ -10,6 +10,10 @@ operations, so the kernels match the torch twins bit for bit:
   every bf16 rounding is done on the bits, so no conversion mode of the backend matters;
 * ``round`` (half to even, as ``torch.round``) is the magic-number trick ``(v + 1.5·2^23) - 1.5·2^23``,
   exact for ``|v| <= 2^22`` (every value rounded here is below 2^16).
+
+Step scalars: a kernel launched with ``HP_DEV`` reads ``lr``, ``c = 1 - lr wd`` and ``1/bc`` (or ``bc``)
+with ``tl.load(hp_ptr + HP_*)`` from a :class:`.scalars.StepScalars` row instead of taking them as fp32
+arguments; the row holds the fp32 values those arguments would round to, so the results are the same.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import scalars
+
 GROUP: tl.constexpr = tl.constexpr(32)
 """Values per scale of the moment codecs (``quant.GROUP``)."""
 
@@ -28,6 +34,13 @@ INV127: tl.constexpr = tl.constexpr(1.0 / 127.0)
 INV255: tl.constexpr = tl.constexpr(1.0 / 255.0)
 FMAX: tl.constexpr = tl.constexpr(torch.finfo(torch.float32).max)
 RINT_MAGIC: tl.constexpr = tl.constexpr(12582912.0)  # 1.5 * 2^23
+
+HP_LR: tl.constexpr = tl.constexpr(scalars.LR)
+HP_C: tl.constexpr = tl.constexpr(scalars.C)
+HP_BC2: tl.constexpr = tl.constexpr(scalars.BC2)
+HP_IB1: tl.constexpr = tl.constexpr(scalars.IB1)
+HP_IB2: tl.constexpr = tl.constexpr(scalars.IB2)
+"""Offsets of the :class:`.scalars.StepScalars` values the kernels load (``hp_ptr + HP_*``)."""
 
 LAUNCH = dict(num_warps=4, enable_fp_fusion=False)
 """Options of every launch. No FMA contraction: the torch twins round every product."""
@@ -223,6 +236,15 @@ def packed_ok(
     lead = tuple(x.shape[:-1])
     same_dev = codes.device == x.device and scales.device == x.device
     return same_dev and tuple(codes.shape) == (*lead, G * 32) and tuple(scales.shape) == (*lead, G)
+
+
+def hyper_row(hyper: scalars.StepScalars | None, device: torch.device, dummy: torch.Tensor) -> torch.Tensor | None:
+    """What a kernel takes as ``hp_ptr``: ``hyper``'s row, or ``dummy`` (any fp32 tensor, never read)
+    without one; ``None`` for a row on another device than the operands (the caller then uses the
+    reference)."""
+    if hyper is None:
+        return dummy
+    return hyper.row if hyper.device == device else None
 
 
 def bias_rows(bc: torch.Tensor | float, lead: tuple[int, ...], device: torch.device) -> torch.Tensor | float | None:

@@ -17,7 +17,9 @@ registers (a ``tl.dot`` over ``k``, fp32 accumulation) where it is consumed:
   square root, no FMA, NaN-propagating maximum). Given the weights it applies ``U`` to them at once
   (``x <- x (1 - lr wd) - lr U``, :func:`.apply.master_update` on bf16 weights and their correction
   bits), so ``U`` never reaches memory: ``M``, ``w`` and the bits are read once and the weights and
-  bits written once.
+  bits written once. With ``hyper`` (:class:`.scalars.StepScalars`) the scale ``mask/bc1`` comes from
+  the row (:func:`.reference.hyper_scale`) and the kernel loads ``bc2``, ``c = 1 - lr wd`` and ``lr``
+  from it.
 
 The products run on tensor cores in TF32 when torch's fp32 matmuls may
 (``torch.backends.cuda.matmul.allow_tf32``), else in full fp32 (``input_precision="ieee"``), as
@@ -35,7 +37,8 @@ import triton.language as tl
 
 from . import reference
 from .apply import correction_r, master_update, weights_ok
-from .common import LAUNCH, bf16_bits, new_output, writable, write_back
+from .common import HP_BC2, HP_C, HP_LR, LAUNCH, bf16_bits, hyper_row, new_output, writable, write_back
+from .scalars import StepScalars
 
 BM = 64
 """Rows per tile."""
@@ -202,13 +205,18 @@ def _stats_finish_kernel(
 @triton.jit
 def _complement_update_kernel(
     out_ptr, m_ptr, xu_ptr, yu_ptr, xm_ptr, ym_ptr, row_ptr, cs_ptr, floor_ptr, scale_ptr, bc2_ptr,
-    rho_ptr, M, N, KU, KM, ntm, ntn, bc2, eps, c, lr,
+    rho_ptr, hp_ptr, M, N, KU, KM, ntm, ntn, bc2, eps, c, lr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BC2_ROWS: tl.constexpr, PREC: tl.constexpr,
-    APPLY: tl.constexpr, R: tl.constexpr,
+    APPLY: tl.constexpr, R: tl.constexpr, HP_DEV: tl.constexpr,
 ):  # fmt: skip
     """Tile (tm, tn) of block b:
     U = X_u Y_u^T + ((m - X_m Y_m^T) / (sqrt(max(row_i cs_j, floor_b) / bc2) + eps)) scale_b,
-    stored in ``out`` (APPLY false) or applied to the weights ``out`` (and bits ``rho`` for R > 0)."""
+    stored in ``out`` (APPLY false) or applied to the weights ``out`` (and bits ``rho`` for R > 0).
+    ``HP_DEV``: ``bc2``, ``c``, ``lr`` loaded from the step scalars at ``hp_ptr``."""
+    if HP_DEV:
+        bc2 = tl.load(hp_ptr + HP_BC2)
+        c = tl.load(hp_ptr + HP_C)
+        lr = tl.load(hp_ptr + HP_LR)
     pid = tl.program_id(0)
     per = ntm * ntn
     b = pid // per
@@ -340,8 +348,12 @@ def residual_stats(
     states = ((g_row, (B, M)), (g_col, (B, N))) + (((res_row, (B, M)), (res_col, (B, N))) if back else ())
     if not all(t.dtype == torch.float32 and t.device == dev and tuple(t.shape) == sh for t, sh in states):
         return reference.residual_stats(*args)
-    if back and not every and not (
-        isinstance(mask, torch.Tensor) and mask.dtype == torch.bool and mask.shape == (B,) and mask.device == dev
+    if (
+        back
+        and not every
+        and not (
+            isinstance(mask, torch.Tensor) and mask.dtype == torch.bool and mask.shape == (B,) and mask.device == dev
+        )
     ):
         return reference.residual_stats(*args)
     parts = _sumsq_parts(g, x, y)
@@ -404,13 +416,17 @@ def complement_update(
     lr: float = 0.0,
     wd: float = 0.0,
     stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+    hyper: StepScalars | None = None,
 ) -> torch.Tensor | None:
     """Triton twin of :func:`.reference.complement_update` (same signature; a new fp32 result, or
     ``None`` with the update applied to ``w``/``rho`` in place)."""
     args = (m, xu, yu, xm, ym, row, col, g_row, mask, bc1, bc2, eps)
-    apply_args = dict(w=w, rho=rho, lr=lr, wd=wd, stats=stats)
+    apply_args = dict(w=w, rho=rho, lr=lr, wd=wd, stats=stats, hyper=hyper)
     dev = m.device
     B, M, N = m.shape if m.dim() == 3 else (0, 0, 0)
+    hp = hyper_row(hyper, dev, m)
+    if hyper is not None:  # the floats are ignored: placeholders, never read
+        bc1, bc2, lr, wd = 1.0, 1.0, 0.0, 0.0
     ok = (
         m.dim() == 3
         and m.dtype == torch.float32
@@ -426,10 +442,11 @@ def complement_update(
         and (isinstance(bc1, float | int) or _per_block(bc1, B, dev) is not None)
         and (isinstance(bc2, float | int) or _per_block(bc2, B, dev) is not None)
         and (w is None or (weights_ok(w, rho, m) and isinstance(lr, float | int) and isinstance(wd, float | int)))
+        and hp is not None
     )
     if not ok:
         return reference.complement_update(*args, **apply_args)
-    cs, floor, scale = reference.complement_vectors(row, col, g_row, mask, bc1, stats)
+    cs, floor, scale = reference.complement_vectors(row, col, g_row, mask, bc1, stats, hyper)
     if scale.dtype != torch.float32 or scale.shape != (B, 1, 1):  # e.g. a float64 mask or default dtype
         return reference.complement_update(*args, **apply_args)
     R = correction_r(rho) if w is not None else 0
@@ -446,11 +463,11 @@ def complement_update(
         _complement_update_kernel[(B * ntm * ntn,)](
             bf16_bits(out) if R else out, m.contiguous(), xu_k, yu_k, xm_k, ym_k,
             row.contiguous(), cs.contiguous(), floor.contiguous(), scale.reshape(B).contiguous(),
-            bc2_rows if bc2_rows is not None else floor, rbuf if R else floor,
+            bc2_rows if bc2_rows is not None else floor, rbuf if R else floor, floor if hyper is None else hp,
             M, N, ku, km, ntm, ntn,
             1.0 if bc2_rows is not None else _f32(bc2), _f32(eps), 1.0 - lr * wd, float(lr),
             BM=BM, BN=BN, BK=BK, BC2_ROWS=bc2_rows is not None, PREC=precision(), APPLY=w is not None, R=R,
-            **LAUNCH,
+            HP_DEV=hyper is not None, **LAUNCH,
         )  # fmt: skip
     if w is None:
         return out

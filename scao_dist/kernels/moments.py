@@ -3,7 +3,8 @@
 One program owns ``BG`` whole scale groups (a [BG, 32] tile), so the per-group absmax, the bf16
 round-up of the scale and the re-encode happen in registers: each kernel reads its codes, scales
 and fp32 operands once and writes codes, scales and the fp32 result once. All leading dims are
-flattened into rows, so a group of stacked blocks is one launch. Twins: :mod:`.reference`.
+flattened into rows, so a group of stacked blocks is one launch. ``rotated_adam_`` with ``hyper``
+(:class:`.scalars.StepScalars`) loads ``1/bc1``, ``1/bc2`` from it. Twins: :mod:`.reference`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import triton.language as tl
 
 from . import reference
 from .common import (
+    HP_IB1,
+    HP_IB2,
     LAUNCH,
     SHAPE_ARGS,
     bf16_bits,
@@ -25,11 +28,13 @@ from .common import (
     encode_sqrt,
     group_layout,
     group_tile,
+    hyper_row,
     new_output,
     packed_ok,
     writable,
     write_back,
 )
+from .scalars import StepScalars
 
 BG = 32
 """Scale groups per program (32 x 32 = 1024 values, 8 per thread at 4 warps): 1-19% faster than 64
@@ -56,14 +61,15 @@ def _ema_signed_kernel(
 
 @triton.jit(do_not_specialize=SHAPE_ARGS)
 def _rotated_adam_kernel(
-    codes_ptr, scales_ptr, g_ptr, m_ptr, out_ptr, ib1_ptr, ib2_ptr,
+    codes_ptr, scales_ptr, g_ptr, m_ptr, out_ptr, ib1_ptr, ib2_ptr, hp_ptr,
     nq, G, total, beta2, omb2, ib1, ib2, eps,
-    BG: tl.constexpr, NMUL: tl.constexpr, BC1_ROWS: tl.constexpr, BC2_ROWS: tl.constexpr,
+    BG: tl.constexpr, NMUL: tl.constexpr, BC1_ROWS: tl.constexpr, BC2_ROWS: tl.constexpr, HP_DEV: tl.constexpr,
 ):  # fmt: skip
     """v = decode(codes)·b2 + g²·(1-b2); codes <- encode(v); u = (m/bc1) / (sqrt(v̂/bc2) + eps).
 
     ``v̂`` is the stored value, decoded with the zero-code floor. ``ib1``/``ib2`` are ``1/bc`` as
-    scalars, or per row (``BC*_ROWS``: loaded from ``ib*_ptr[row]``).
+    scalars, per row (``BC*_ROWS``: loaded from ``ib*_ptr[row]``), or from the step scalars at
+    ``hp_ptr`` (``HP_DEV``).
     """
     gid, row, gmask, coff, xoff, valid = group_tile(nq, G, total, BG, NMUL)
     q = tl.load(codes_ptr + coff, mask=gmask[:, None], other=0)
@@ -75,6 +81,9 @@ def _rotated_adam_kernel(
     tl.store(codes_ptr + coff, qn, mask=gmask[:, None])
     tl.store(scales_ptr + gid, sbits, mask=gmask)
     vq = decode_sqrt(qn, sn[:, None], True)
+    if HP_DEV:
+        ib1 = tl.load(hp_ptr + HP_IB1)
+        ib2 = tl.load(hp_ptr + HP_IB2)
     if BC1_ROWS:
         ib1 = tl.load(ib1_ptr + row, mask=gmask, other=1.0)[:, None]
     if BC2_ROWS:
@@ -112,13 +121,18 @@ def rotated_adam_(
     bc1: torch.Tensor | float,
     bc2: torch.Tensor | float,
     eps: float,
+    hyper: StepScalars | None = None,
 ) -> torch.Tensor:
     """Triton twin of :func:`.reference.rotated_adam_` (same signature, in place, returns fp32 u)."""
     lead = tuple(g.shape[:-1])
-    ib1, ib2 = bias_rows(bc1, lead, g.device), bias_rows(bc2, lead, g.device)
+    if hyper is None:
+        ib1, ib2 = bias_rows(bc1, lead, g.device), bias_rows(bc2, lead, g.device)
+    else:
+        ib1 = ib2 = 1.0  # never read: the kernel loads them from the row
+    hp = hyper_row(hyper, g.device, g)
     ok = packed_ok(codes, scales, g, torch.uint8) and m.shape == g.shape and m.dtype == torch.float32
-    if not ok or ib1 is None or ib2 is None or m.device != g.device:
-        return reference.rotated_adam_(codes, scales, g, m, beta2, bc1, bc2, eps)
+    if not ok or ib1 is None or ib2 is None or hp is None or m.device != g.device:
+        return reference.rotated_adam_(codes, scales, g, m, beta2, bc1, bc2, eps, hyper=hyper)
     nq, G, total, nmul = group_layout(g)
     out = new_output(g.shape, g.device)
     if total == 0:
@@ -128,9 +142,9 @@ def rotated_adam_(
     grid = (triton.cdiv(total, BG),)
     _rotated_adam_kernel[grid](
         c, bf16_bits(s), g.contiguous(), m.contiguous(), out,
-        ib1 if rows1 else out, ib2 if rows2 else out,
+        ib1 if rows1 else out, ib2 if rows2 else out, out if hyper is None else hp,
         nq, G, total, float(beta2), 1.0 - beta2, 1.0 if rows1 else ib1, 1.0 if rows2 else ib2, float(eps),
-        BG=BG, NMUL=nmul, BC1_ROWS=rows1, BC2_ROWS=rows2, **LAUNCH,
+        BG=BG, NMUL=nmul, BC1_ROWS=rows1, BC2_ROWS=rows2, HP_DEV=hyper is not None, **LAUNCH,
     )  # fmt: skip
     write_back(codes, c)
     write_back(scales, s)

@@ -33,6 +33,13 @@ take full-size tensors: their kernels form each [BM, BN] tile of the product on 
 ``tl.dot`` over ``k``) and never write it, so only ``G`` or ``M`` and the result cross memory. The
 products are fp32 matmuls in both (TF32 where torch's matmuls are), in different orders, so these
 two agree with their kernels within a tolerance set by the size of the products, not bit for bit.
+
+``hyper``: :func:`rotated_adam_`, :func:`apply_update_`, :func:`adamw_`, :func:`complement_add_` and
+:func:`complement_update` take the step's ``lr``, ``c = 1 - lr wd``, ``bc1``, ``bc2``, ``1/bc1`` and
+``1/bc2`` from a :class:`.scalars.StepScalars` (fp32 0-d tensors, for a captured step) instead of their
+float arguments, which they then ignore. The row holds exactly the fp32 values the float path
+rounds its scalars to, so both give the same bits; the one float the float path divides by as a
+Python scalar, ``bc1`` in the complement's ``mask / bc1``, is matched by :func:`hyper_scale`.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ import torch
 from torch import Tensor
 
 from .. import quant
+from .scalars import StepScalars
 
 
 def ema_signed_(codes: Tensor, scales: Tensor, x: Tensor, beta: float) -> Tensor:
@@ -65,10 +73,12 @@ def rotated_adam_(
     bc1: Tensor | float,
     bc2: Tensor | float,
     eps: float,
+    hyper: StepScalars | None = None,
 ) -> Tensor:
     """In-place EMA of the uint8 sqrt-companded ``v`` with ``g^2``; returns the Adam direction.
 
-    ``g`` and ``m`` are (B, N) fp32; ``bc1``/``bc2`` are floats or (B, 1) tensors.
+    ``g`` and ``m`` are (B, N) fp32; ``bc1``/``bc2`` are floats or (B, 1) tensors, or ignored for
+    ``hyper`` (``u = (m ib1) / (sqrt(v ib2) + eps)`` with its ``ib1 = 1/bc1``, ``ib2 = 1/bc2``).
     """
     n = g.shape[-1]
     v = quant.decode_sqrt(codes, scales, n) * beta2 + (g * g) * (1.0 - beta2)
@@ -76,15 +86,21 @@ def rotated_adam_(
     codes.copy_(c)
     scales.copy_(s)
     vq = quant.decode_sqrt(c, s, n, floor_zero=True)  # the denominator sees the stored value
+    if hyper is not None:
+        return (m * hyper.ib1) / (quant.sqrt_rn(vq * hyper.ib2) + eps)
     return (m * (1.0 / bc1)) / (quant.sqrt_rn(vq * (1.0 / bc2)) + eps)
 
 
-def apply_update_(w: Tensor, rho: Tensor | None, u: Tensor, lr: float, wd: float) -> None:
-    """In-place decoupled-weight-decay step on ``w`` (fp32, or bf16 with correction ``rho``)."""
+def apply_update_(
+    w: Tensor, rho: Tensor | None, u: Tensor, lr: float, wd: float, hyper: StepScalars | None = None
+) -> None:
+    """In-place decoupled-weight-decay step ``x <- x c - u lr``, ``c = 1 - lr wd``, on ``w`` (fp32, or
+    bf16 with correction ``rho``); ``c`` and ``lr`` from ``hyper`` when given (``lr``, ``wd`` ignored)."""
+    c, lr = (hyper.c, hyper.lr) if hyper is not None else (1.0 - lr * wd, lr)
     if rho is None:
-        w.mul_(1.0 - lr * wd).sub_(u * lr)
+        w.mul_(c).sub_(u * lr)
         return
-    x = quant.join_master(w, rho) * (1.0 - lr * wd) - u * lr
+    x = quant.join_master(w, rho) * c - u * lr
     bits = 8 if rho.dtype == torch.int8 else 16
     nw, nr = quant.split_master(x, bits)
     w.copy_(nw)
@@ -115,11 +131,13 @@ def adamw_(
     bc2: float,
     eps: float,
     wd: float,
+    hyper: StepScalars | None = None,
 ) -> None:
-    """AdamW on (B, N) blocks with int8 moments and bf16+correction (or fp32) weights."""
+    """AdamW on (B, N) blocks with int8 moments and bf16+correction (or fp32) weights; ``lr``,
+    ``wd``, ``bc1``, ``bc2`` from ``hyper`` when given (:func:`rotated_adam_`, :func:`apply_update_`)."""
     m = ema_signed_(m_codes, m_scales, g, beta1)
-    u = rotated_adam_(v_codes, v_scales, g, m, beta2, bc1, bc2, eps)
-    apply_update_(w, rho, u, lr, wd)
+    u = rotated_adam_(v_codes, v_scales, g, m, beta2, bc1, bc2, eps, hyper=hyper)
+    apply_update_(w, rho, u, lr, wd, hyper=hyper)
 
 
 RES_FLOOR = 1e-3
@@ -153,13 +171,44 @@ def complement_vectors(
     mask: Tensor,
     bc1: Tensor | float,
     stats: tuple[Tensor, Tensor] | None = None,
+    hyper: StepScalars | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The per-block pieces of :func:`complement_add_`, shared by the twin and the kernel's wrapper:
     ``col / max(mean(row), 1e-30)`` (B, n), the floor ``RES_FLOOR^2 mean(g_row)`` (B,) and the scale
-    ``mask / bc1`` (B, 1, 1) (fp32 for a bool mask and a float or fp32 ``bc1``). ``stats``: the first
-    two as :func:`residual_stats` returned them (then only the scale is formed here)."""
+    ``mask / bc1`` (B, 1, 1) (fp32 for a bool mask and a float or fp32 ``bc1``; with ``hyper``,
+    :func:`hyper_scale`). ``stats``: the first two as :func:`residual_stats` returned them (then only
+    the scale is formed here)."""
     cs, floor = complement_stats(row, col, g_row) if stats is None else stats
-    return cs, floor, mask[:, None, None] / bc1
+    return cs, floor, mask[:, None, None] / bc1 if hyper is None else hyper_scale(mask, hyper)
+
+
+_RECIPROCAL_SCALAR_DIV: dict[str, bool] = {}
+
+
+def scalar_div_by_reciprocal(device: torch.device) -> bool:
+    """Does torch compute ``x / b``, for an fp32 tensor ``x`` on ``device`` and a Python float ``b``, as
+    ``x * fp32(1/b)`` (the reciprocal taken in float64 and rounded once, the row's ``ib1``: CUDA, seen
+    with torch 2.11) rather than as the IEEE fp32 division ``x / fp32(b)`` (CPU)? The two differ by an
+    ulp for about one ``b = 1 - 0.9^t`` in eight. Found out once per device type, from ``b = 1 - 0.9^7``
+    (where they differ); on CUDA the first call must not be inside a graph capture (it reads the
+    result back), which the eager step before a capture sees to."""
+    kind = torch.device(device).type
+    if kind not in _RECIPROCAL_SCALAR_DIV:
+        b = 1 - 0.9**7
+        got = (torch.ones((), device=device) / b).cpu()
+        _RECIPROCAL_SCALAR_DIV[kind] = bool(got == torch.tensor(1.0 / b, dtype=torch.float32))
+    return _RECIPROCAL_SCALAR_DIV[kind]
+
+
+def hyper_scale(mask: Tensor, hyper: StepScalars) -> Tensor:
+    """``mask / bc1`` (B, 1, 1) with ``bc1`` from the row, bit for bit what the float path's
+    ``mask / float(bc1)`` gives on ``mask``'s device (``mask`` is 0 or 1, so only how torch divides by
+    a float matters, :func:`scalar_div_by_reciprocal`): ``mask * ib1`` where it multiplies by the
+    float64 reciprocal, else the IEEE division ``mask / bc1`` by the row's fp32 ``bc1``."""
+    dev = mask.device
+    if scalar_div_by_reciprocal(dev):
+        return mask[:, None, None] * hyper.ib1.to(dev)
+    return mask[:, None, None] / hyper.bc1.to(dev)
 
 
 def complement_stats(row: Tensor, col: Tensor, g_row: Tensor) -> tuple[Tensor, Tensor]:
@@ -221,6 +270,7 @@ def complement_add_(
     bc2: Tensor | float,
     eps: float,
     stats: tuple[Tensor, Tensor] | None = None,
+    hyper: StepScalars | None = None,
 ) -> Tensor:
     """``u += mask (m - back_m)/bc1 / (sqrt(max(row_i (col_j / mr), floor) / bc2) + eps)``, in place; returns ``u``.
 
@@ -239,10 +289,13 @@ def complement_add_(
     float; on CUDA it keeps the division IEEE (torch multiplies by ``1/bc2`` for a Python
     scalar), as the kernel's. ``torch.maximum`` propagates NaN. The square root: see
     :func:`ieee_sqrt`. ``stats``: ``(cs, floor)`` as :func:`residual_stats` returned them (else
-    computed here from ``row``, ``col``, ``g_row``).
+    computed here from ``row``, ``col``, ``g_row``). ``hyper``: ``bc2`` is its 0-d fp32 ``bc2``
+    (on ``u``'s device) and the scale :func:`hyper_scale`, the float ``bc1``, ``bc2`` ignored.
     """
+    if hyper is not None:
+        bc2 = hyper.bc2.to(u.device)
     res_m = back_m.neg_().add_(m)
-    cs, floor, scale = complement_vectors(row, col, g_row, mask, bc1, stats)
+    cs, floor, scale = complement_vectors(row, col, g_row, mask, bc1, stats, hyper)
     if not isinstance(bc2, Tensor):
         bc2 = torch.full((), bc2, dtype=torch.float32, device=u.device)
     denom = torch.mul(row.unsqueeze(-1), cs.unsqueeze(-2))
@@ -301,14 +354,16 @@ def complement_update(
     lr: float = 0.0,
     wd: float = 0.0,
     stats: tuple[Tensor, Tensor] | None = None,
+    hyper: StepScalars | None = None,
 ) -> Tensor | None:
     """The update of a truncated basis with its complement: ``U = X_u Y_u^T`` (the basis' Adam step
     mapped back) plus :func:`complement_add_` of the first moment's residual ``M - X_m Y_m^T``.
     Returns ``U`` as a new fp32 (B, m, n) tensor; or, given the weights ``w`` (and correction bits
     ``rho``), applies it with :func:`apply_update_` and returns ``None``. ``m`` is not changed.
-    ``stats``: see :func:`complement_add_`."""
-    u = complement_add_(lowrank(xu, yu), lowrank(xm, ym), m, row, col, g_row, mask, bc1, bc2, eps, stats)
+    ``stats``: see :func:`complement_add_`. ``hyper``: ``bc1``, ``bc2`` (and ``lr``, ``c = 1 - lr wd``
+    for the weights) from it, the float arguments ignored."""
+    u = complement_add_(lowrank(xu, yu), lowrank(xm, ym), m, row, col, g_row, mask, bc1, bc2, eps, stats, hyper)
     if w is None:
         return u
-    apply_update_(w, rho, u, lr, wd)
+    apply_update_(w, rho, u, lr, wd, hyper=hyper)
     return None

@@ -31,13 +31,20 @@ the gradient close to ``X Y^T`` (cancellation, as in training) and compare withi
 by the magnitudes involved: ``2^-16`` of them in full fp32, ``2^-8`` with TF32 products. On CPU
 ``complement_update``'s twin runs under :func:`reference.ieee_sqrt` (CPU ``torch.sqrt`` is not IEEE;
 the kernel's ``sqrt_rn`` and CUDA's are).
+
+``hyper`` cases (``rotated_adam_``, ``apply_update_``, ``adamw_``, ``complement_update``; the builders'
+``hyper=True``, :func:`with_hyper`) call both sides as a captured step does: the step's ``lr``,
+``1 - lr wd`` and bias corrections in a :class:`.scalars.StepScalars` row on the case's device, and
+decoys (:data:`HYPER_DECOYS`) in the float arguments, which both sides must ignore.
+``extra["floats"]`` keeps the floats, so :func:`float_kwargs` gives the same call without the row
+(bit for bit the same results: ``tests/kernel_checks.py``, ``tests/test_step_scalars.py``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -45,6 +52,7 @@ from torch import Tensor
 
 from .. import quant
 from . import common, reference
+from .scalars import StepScalars
 
 FP32_RTOL = 2.0**-22
 """Relative tolerance of fp32 outputs: 4 x fp32's unit roundoff 2^-24 (2-4 ulp)."""
@@ -133,6 +141,27 @@ def _bias(kind: str, shape: Sequence[int], gen: torch.Generator, device: torch.d
     return (0.05 + 0.95 * torch.rand(shape[0], *([1] * (len(shape) - 1)), generator=gen)).to(device)
 
 
+HYPER_DECOYS = dict(lr=0.75, wd=0.5, bc1=0.3, bc2=0.7)
+"""What a ``hyper`` case passes as the float arguments its :class:`StepScalars` replaces: values the
+call must ignore (one that read them would compute something else)."""
+
+
+def with_hyper(case: Case, lr: float, wd: float, bc1: float, bc2: float) -> Case:
+    """``case`` called as a captured step calls it: ``hyper`` = ``StepScalars.of(lr, wd, bc1, bc2)`` on the
+    case's device, :data:`HYPER_DECOYS` for the float arguments it stands for; ``extra["floats"]``: those
+    arguments' true values (see :func:`float_kwargs`)."""
+    device = next(v.device for v in case.kwargs.values() if isinstance(v, Tensor))
+    floats = {k: v for k, v in dict(lr=lr, wd=wd, bc1=bc1, bc2=bc2).items() if k in case.kwargs}
+    kw = {**case.kwargs, **{k: HYPER_DECOYS[k] for k in floats}, "hyper": StepScalars.of(lr, wd, bc1, bc2, device)}
+    return replace(case, label=f"{case.label} hyper", kwargs=kw, extra={**case.extra, "floats": floats})
+
+
+def float_kwargs(case: Case) -> dict[str, Any]:
+    """The keyword arguments of a :func:`with_hyper` case's call without ``hyper``: the floats instead."""
+    kw = {k: v for k, v in case.kwargs.items() if k != "hyper"}
+    return {**kw, **case.extra["floats"]}
+
+
 # ------------------------------------------------------------------------------ case builders
 def case_ema(shape, mode, gen, device, xdtype=torch.float32) -> Case:
     x = wide(shape, gen, device).to(xdtype)
@@ -149,7 +178,9 @@ def case_ema(shape, mode, gen, device, xdtype=torch.float32) -> Case:
                 ("codes", "scales"))  # fmt: skip
 
 
-def case_rotated_adam(shape, mode, gen, device, bc=("float", "tensor")) -> Case:
+def case_rotated_adam(shape, mode, gen, device, bc=("float", "tensor"), hyper=False) -> Case:
+    """``hyper``: float bias corrections, passed as a :class:`StepScalars` (:func:`with_hyper`)."""
+    bc = ("float", "float") if hyper else bc
     g = wide(shape, gen, device, decades=10.0)
     m = wide(shape, gen, device)
     codes, scales = _codes_state("sqrt", shape, gen, device)
@@ -159,7 +190,8 @@ def case_rotated_adam(shape, mode, gen, device, bc=("float", "tensor")) -> Case:
         codes, scales, beta2 = _poisoned(codes), _poisoned(scales), 0.0
     kw = dict(codes=codes, scales=scales, g=g, m=m, beta2=beta2,
               bc1=_bias(bc[0], shape, gen, device), bc2=_bias(bc[1], shape, gen, device), eps=1e-8)  # fmt: skip
-    return Case("rotated_adam_", f"{mode} {tuple(shape)} bc={bc}", kw, ("codes", "scales"))
+    case = Case("rotated_adam_", f"{mode} {tuple(shape)} bc={bc}", kw, ("codes", "scales"))
+    return with_hyper(case, 1e-2, 0.1, kw["bc1"], kw["bc2"]) if hyper else case
 
 
 def _weights(wdtype, bits, shape, gen, device, mode) -> tuple[Tensor, Tensor | None]:
@@ -177,14 +209,19 @@ def _weights(wdtype, bits, shape, gen, device, mode) -> tuple[Tensor, Tensor | N
     return w, rho
 
 
-def case_apply(shape, mode, gen, device, wdtype=torch.bfloat16, bits=8) -> Case:
+def case_apply(shape, mode, gen, device, wdtype=torch.bfloat16, bits=8, hyper=False) -> Case:
+    """``hyper``: ``lr``, ``wd`` passed as a :class:`StepScalars` (:func:`with_hyper`)."""
     w, rho = _weights(wdtype, bits, shape, gen, device, mode)
     ref_mag = w.float().abs() if mode == "state" else torch.ones(shape, device=device)
     decade = float(torch.randint(-6, 2, (), generator=gen))
     u = torch.randn(*shape, generator=gen).to(device) * (1.0 + ref_mag) * 10.0**decade
     lr, wd = (1e-2, 0.1) if mode == "state" else (1.0, 1.0)  # overwrite: x' = -u, the old w is multiplied by 0
     label = f"{mode} {tuple(shape)} {str(wdtype)[6:]}" + (f"+int{bits}" if rho is not None else "")
-    return Case("apply_update_", label, dict(w=w, rho=rho, u=u, lr=lr, wd=wd), ("w", "rho"))
+    case = Case("apply_update_", label, dict(w=w, rho=rho, u=u, lr=lr, wd=wd), ("w", "rho"))
+    if not hyper:
+        return case
+    bc1, bc2 = (0.1 + 0.9 * float(torch.rand((), generator=gen)) for _ in range(2))  # not read by this step
+    return with_hyper(case, lr, wd, bc1, bc2)
 
 
 def _psd(lead: Sequence[int], d: int, gen: torch.Generator, device: torch.device, k: int = 5) -> Tensor:
@@ -254,7 +291,9 @@ def case_factor(lead, d, mode, gen, device, seed_kind="tensor") -> Case:
                 exact=("diag",))  # fmt: skip
 
 
-def case_adamw(shape, mode, gen, device, wdtype=torch.bfloat16, bits=8, bc=("float", "float")) -> Case:
+def case_adamw(shape, mode, gen, device, wdtype=torch.bfloat16, bits=8, bc=("float", "float"), hyper=False) -> Case:
+    """``hyper``: ``lr``, ``wd`` and float bias corrections passed as a :class:`StepScalars` (:func:`with_hyper`)."""
+    bc = ("float", "float") if hyper else bc
     w, rho = _weights(wdtype, bits, shape, gen, device, mode)
     g = wide(shape, gen, device, decades=10.0)
     zero_groups(g, gen=gen)
@@ -267,7 +306,8 @@ def case_adamw(shape, mode, gen, device, wdtype=torch.bfloat16, bits=8, bc=("flo
     kw = dict(w=w, rho=rho, g=g, m_codes=mc, m_scales=ms, v_codes=vc, v_scales=vs,
               bc1=_bias(bc[0], shape, gen, device), bc2=_bias(bc[1], shape, gen, device), **hp)  # fmt: skip
     label = f"{mode} {tuple(shape)} {str(wdtype)[6:]}" + (f"+int{bits}" if rho is not None else "") + f" bc={bc}"
-    return Case("adamw_", label, kw, ("w", "rho", "m_codes", "m_scales", "v_codes", "v_scales"))
+    case = Case("adamw_", label, kw, ("w", "rho", "m_codes", "m_scales", "v_codes", "v_scales"))
+    return with_hyper(case, kw["lr"], kw["wd"], kw["bc1"], kw["bc2"]) if hyper else case
 
 
 def _tf32_on(device: torch.device) -> bool:
@@ -348,7 +388,9 @@ def case_residual_stats(shape, mode, gen, device, gdtype=torch.float32, mask="ev
     return Case("residual_stats", label, kw, inplace, rtol=rtol, inplace_rtol=rtol)
 
 
-def case_complement_update(shape, mode, gen, device, bc=("float", "float"), k=(40, 40), apply=None) -> Case:
+def case_complement_update(
+    shape, mode, gen, device, bc=("float", "float"), k=(40, 40), apply=None, hyper=False
+) -> Case:
     """``complement_update`` on (B, m, n), ``k = (k_u, k_m)`` the ranks of ``X_u Y_u^T`` and ``X_m Y_m^T``.
 
     * ``exact``: exact products (:func:`_exact_factors`), ``m`` wide with random signs and equal to
@@ -365,7 +407,10 @@ def case_complement_update(shape, mode, gen, device, bc=("float", "float"), k=(4
     :func:`case_apply`'s ``state`` mode) in place instead of returned; ``exact`` compares them bit
     for bit, ``dense`` the fp32 values they stand for, within ``lr`` times ``U``'s tolerance plus
     one rounding of the stored weight.
+
+    ``hyper``: float bias corrections (and ``lr``, ``wd``) passed as a :class:`StepScalars` (:func:`with_hyper`).
     """
+    bc = ("float", "float") if hyper else bc
     B, M, N = shape
     make = _dense_factors if mode == "dense" else _exact_factors
     xu, yu = make(B, M, N, k[0], gen, device)
@@ -401,20 +446,24 @@ def case_complement_update(shape, mode, gen, device, bc=("float", "float"), k=(4
     elif mode == "exact":
         rtol = 0.0  # bit for bit
     label = f"{mode} {tuple(shape)} k={k} bc={bc}"
+
+    def done(case: Case) -> Case:
+        return with_hyper(case, 1e-2, 0.1, kw["bc1"], kw["bc2"]) if hyper else case
+
     if apply is None:
-        return Case("complement_update", label, kw, (), rtol=rtol, atol=atol)
+        return done(Case("complement_update", label, kw, (), rtol=rtol, atol=atol))
     wdtype, bits = apply
     w, rho = _weights(wdtype, bits, shape, gen, device, "state")
     kw.update(w=w, rho=rho, lr=1e-2, wd=0.1)
     label += f" applied to {str(wdtype)[6:]}" + (f"+int{bits}" if rho is not None else "")
     if mode == "exact":
-        return Case("complement_update", label, kw, ("w", "rho"), exact=("w",), rtol=FP32_RTOL)
+        return done(Case("complement_update", label, kw, ("w", "rho"), exact=("w",), rtol=FP32_RTOL))
     # U is compared within ``atol``: the weights then differ by up to lr·atol plus one rounding of the
     # stored weight (bf16 + bits: about 2^-(8 + bits) relative; twice that allowed), so compare the
     # weights they stand for
     master_rtol = FP32_RTOL if rho is None else 2.0 ** -(7 + 8 * rho.element_size())
     extra = {"master_atol": kw["lr"] * atol, "master_rtol": master_rtol}
-    return Case("complement_update", label, kw, (), extra=extra)
+    return done(Case("complement_update", label, kw, (), extra=extra))
 
 
 # ------------------------------------------------------------------------------ comparison
@@ -548,6 +597,23 @@ def small_cases(gen: torch.Generator, device: torch.device) -> dict[str, list[Ca
     for lead, d in (((2,), 64), ((1,), 130)):
         out["factor_ema_corr_"].append(case_factor(lead, d, "boundary", gen, device))
     out["apply_update_"].append(case_apply((4099,), "state", gen, device))  # 1-D, 2 programs + tail
+    # the step's scalars from a StepScalars row (a captured step), decoys in the float arguments
+    weights = ((torch.bfloat16, 8), (torch.bfloat16, 16), (torch.float32, 0))
+    for i, shape in enumerate(SMALL_ROWS):
+        wdtype, bits = weights[i % 3]
+        for mode in ("state", "overwrite"):
+            out["rotated_adam_"].append(case_rotated_adam(shape, mode, gen, device, hyper=True))
+            out["apply_update_"].append(case_apply(shape, mode, gen, device, wdtype, bits, hyper=True))
+            out["adamw_"].append(case_adamw(shape, mode, gen, device, wdtype, bits, hyper=True))
+    for i, shape in enumerate(SMALL_COMPLEMENT):
+        ks = SMALL_RANKS[i % len(SMALL_RANKS)]
+        ap = (None, *weights)[i % 4]
+        out["complement_update"].append(case_complement_update(shape, "exact", gen, device, k=ks, apply=ap, hyper=True))
+    out["complement_update"].append(case_complement_update((3, 6, 40), "nan", gen, device, hyper=True))
+    for ap in (None, (torch.bfloat16, 16)):
+        out["complement_update"].append(
+            case_complement_update((2, 70, 90), "dense", gen, device, k=(37, 70), apply=ap, hyper=True)
+        )
     return out
 
 
