@@ -36,6 +36,7 @@ gradient (``r_i c_j / mean(r)``, O(m + n) memory), so those directions keep trai
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -44,9 +45,20 @@ from . import kernels, precond, quant
 from .blocks import BlockSpec, matrix_view, write_block
 from .config import Config, Hyper
 from .group_refresh import Refresh, RefreshMixin
+from .kernels.scalars import StepScalars
 from .stacked import SEED_STEP, block_rows, block_seed, round32
 
 CATEGORIES = ("moments", "scales", "factors", "bases", "error_bits", "other")
+
+
+@dataclass
+class DeviceInputs:
+    """What a captured step (:mod:`scao_dist.capture`) reads from the device instead of host values:
+    this step's lr and bias corrections (``hyper``) and, per dense side with int8 factors, the
+    dither seeds of the stepped blocks (``seeds[side]``, (b,) int64)."""
+
+    hyper: StepScalars
+    seeds: dict[str, Tensor] = field(default_factory=dict)
 
 
 def _category(name: str) -> str:
@@ -118,10 +130,15 @@ class Packed:
         bc1: Tensor | float,
         bc2: Tensor | float,
         eps: float,
+        hyper: StepScalars | None = None,
     ) -> Tensor:
-        """Second moment ``v <- beta2 v + (1 - beta2) g^2``; returns ``(m/bc1) / (sqrt(v/bc2) + eps)``."""
+        """Second moment ``v <- beta2 v + (1 - beta2) g^2``; returns ``(m/bc1) / (sqrt(v/bc2) + eps)``
+        (bias corrections from ``hyper`` when given: only the int8 path takes it)."""
         if self.quantize:
-            return kernels.rotated_adam_(t[f"{self.name}.codes"], t[f"{self.name}.scales"], g, m, beta2, bc1, bc2, eps)
+            codes, scales = t[f"{self.name}.codes"], t[f"{self.name}.scales"]
+            return kernels.rotated_adam_(codes, scales, g, m, beta2, bc1, bc2, eps, hyper=hyper)
+        if hyper is not None:
+            raise ValueError("device-side step scalars need the int8 second moment (quantize it)")
         v = t[self.name].mul_(beta2).addcmul_(g, g, value=1 - beta2)
         return (m / bc1) / ((v / bc2).sqrt() + eps)
 
@@ -286,6 +303,16 @@ class _Group:
         bc2 = (1.0 - hp.beta2**t).float().reshape(shape).to(self.device)
         return bc1, bc2
 
+    # -- captured steps (scao_dist.capture) --------------------------------------------------
+    def capture_key(self) -> tuple:
+        """Host-side facts a captured step's launches depend on, beyond its state tensors."""
+        wbuf = getattr(self, "wbuf", None)
+        return (None if wbuf is None else wbuf.data_ptr(),)
+
+    def derived_tensors(self) -> list[Tensor]:
+        """Cached tensors (not state) that a captured step reads: kept alive with its graph."""
+        return list(self.__dict__.get("_consts", {}).values())
+
     def nbytes(self) -> dict[str, int]:
         out = dict.fromkeys(CATEGORIES, 0)
         for k, v in self.t.items():
@@ -312,27 +339,48 @@ class AdamGroup(_Group):
             self.t["ebits"] = torch.zeros(self.B, n, dtype=bits, device=device)
 
     def step(self, idx: Sequence[int], hp: Hyper) -> list[int]:
-        g = self.gather_grads(idx).reshape(len(idx), self.n)
-        w3, in_place = self.weights(idx)
-        w = w3.reshape(len(idx), self.n)
-        s, whole = self.select(idx)
+        g = self.gather_grads(idx)
         for i in idx:
             self.steps[i] += 1
         bc1, bc2 = self.bias(idx, hp, 2)
+        self.update(idx, hp, g, bc1, bc2)
+        return []
+
+    def capturable(self) -> bool:
+        """Can a step of this group read its scalars from the device (:mod:`scao_dist.capture`)?"""
+        return self.m.quantize and self.v.quantize
+
+    def update(
+        self,
+        idx: Sequence[int],
+        hp: Hyper,
+        g: Tensor,
+        bc1: Tensor | float,
+        bc2: Tensor | float,
+        dev: DeviceInputs | None = None,
+    ) -> None:
+        """The device work of a step of blocks ``idx`` from their gradients ``g`` (b, m, n), with the
+        step counts already advanced (lr and bias corrections from ``dev`` when given)."""
+        g = g.reshape(len(idx), self.n)
+        w3, in_place = self.weights(idx)
+        w = w3.reshape(len(idx), self.n)
+        s, whole = self.select(idx)
         rho = s.get("ebits")
         if self.m.quantize and self.v.quantize:
             kernels.adamw_(
                 w, rho, g, s["m.codes"], s["m.scales"], s["v.codes"], s["v.scales"],
                 lr=hp.lr, beta1=hp.beta1, beta2=hp.beta2, bc1=bc1, bc2=bc2, eps=hp.eps, wd=hp.weight_decay,
+                hyper=dev.hyper if dev is not None else None,
             )  # fmt: skip
         else:
+            if dev is not None:
+                raise ValueError("device-side step scalars need int8 moments (quantize m and v)")
             m = self.m.ema(s, g, hp.beta1)
             u = self.v.adam(s, g, m, hp.beta2, bc1, bc2, hp.eps)
             kernels.apply_update_(w, rho, u, hp.lr, hp.weight_decay)
         self.put_back(idx, s, whole)
         if not in_place:
             self.scatter_params(idx, w.reshape(len(idx), *self.specs[0].shape))
-        return []
 
     def block_state(self, i: int) -> dict[str, Tensor]:
         out = {k: v[i].clone() for k, v in self.t.items()}
@@ -456,11 +504,38 @@ class KronGroup(RefreshMixin, _Group):
         that frame.
         """
         g = self.gather_grads(idx, self.grad_dtype)
-        w, in_place = self.weights(idx)
-        s, whole = self.select(idx)
         for i in idx:
             self.steps[i] += 1
         bc1, bc2 = self.bias(idx, hp, 3)
+        self.update(idx, hp, g, bc1, bc2)
+        return self.due(idx, hp)
+
+    def due(self, idx: Sequence[int], hp: Hyper) -> list[int]:
+        """The blocks of ``idx`` whose refresh is due after the step just taken."""
+        return [i for i in idx if (self.steps[i] + self.phase[i]) % hp.precond_freq == 0]
+
+    def capturable(self) -> bool:
+        """Can a step of this group read its scalars from the device (:mod:`scao_dist.capture`)?
+        Needs the int8 moments (their kernels take them) and no grafting (its torch math reads
+        the bias corrections as floats)."""
+        return self.mom.quantize and self.vp.quantize and self.cfg.graft == "none"
+
+    def update(
+        self,
+        idx: Sequence[int],
+        hp: Hyper,
+        g: Tensor,
+        bc1: Tensor | float,
+        bc2: Tensor | float,
+        dev: DeviceInputs | None = None,
+    ) -> None:
+        """The device work of a step of warm blocks ``idx`` from their gradients ``g`` (b, m, n) of
+        :attr:`grad_dtype`, with the step counts already advanced. With ``dev`` the lr, bias
+        corrections and dither seeds come from the device (a captured step: ``hp``'s lr and weight
+        decay and ``bc1``/``bc2`` are then not read)."""
+        hyper = dev.hyper if dev is not None else None
+        w, in_place = self.weights(idx)
+        s, whole = self.select(idx)
         fl, fr = (self.frame(s, side) for side in self.sides)
         qhl, qhr = (self.tracked(s, side) for side in self.sides)  # fp32 once per step
         kl, kr = (side.K for side in self.sides)
@@ -476,7 +551,7 @@ class KronGroup(RefreshMixin, _Group):
         g_rot = self._core(gf, halves, ql, qr)
         mf = self.mom.ema(s, gf, hp.beta1)
         m_rot = self.rotate(mf, ql, qr)
-        u_rot = self.vp.adam(s, g_rot, m_rot, hp.beta2, bc1, bc2, hp.eps)
+        u_rot = self.vp.adam(s, g_rot, m_rot, hp.beta2, bc1, bc2, hp.eps, hyper=hyper)
 
         sumsq = stats = None
         trunc = self.truncated(idx)
@@ -498,17 +573,43 @@ class KronGroup(RefreshMixin, _Group):
         fused = factors is not None and fl is None and fr is None and self.cfg.graft == "none"
         if factors is not None:
             target = (w, s.get("ebits")) if fused else None
-            uf = self._with_complement(s, mf, factors, hp, bc1, bc2, mask, stats, target=target)
+            uf = self._with_complement(s, mf, factors, hp, bc1, bc2, mask, stats, target=target, hyper=hyper)
         else:
             uf = self.unrotate(u_rot, ql, qr)
         if not fused:
+            if hyper is not None and self.cfg.graft != "none":
+                raise ValueError("device-side step scalars do not cover grafting (graft='none' only)")
             uf = self._graft(s, uf, mf, hp, bc1, bc2)
-            kernels.apply_update_(w, s.get("ebits"), self.unrotate(uf, fl, fr), hp.lr, hp.weight_decay)
+            u = self.unrotate(uf, fl, fr)
+            kernels.apply_update_(w, s.get("ebits"), u, hp.lr, hp.weight_decay, hyper=hyper)
         if not in_place:
             self.scatter_params(idx, w)
-        self._update_factors(s, idx, gf, hp, self.sides, halves, sumsq)
+        seeds = dev.seeds if dev is not None else None
+        self._update_factors(s, idx, gf, hp, self.sides, halves, sumsq, seeds)
         self.put_back(idx, s, whole)
-        return [i for i in idx if (self.steps[i] + self.phase[i]) % hp.precond_freq == 0]
+
+    def capture_key(self) -> tuple:
+        widths = tuple(side.K for side in self.sides)
+        ginv = tuple((k, v.data_ptr()) for k, v in self._ginv.items())
+        return (*super().capture_key(), widths, tuple(self.truncated(range(self.B))), ginv)
+
+    def derived_tensors(self) -> list[Tensor]:
+        return super().derived_tensors() + list(self._ginv.values())
+
+    def prepare_captured(self, runs: Sequence[Sequence[int]]) -> None:
+        """The host-side part of a step that a captured step cannot hold: the Gram inverses of the
+        bases swapped in since the last step (the graph reads them from the cache), computed from
+        the same fp32 bases as :meth:`update` would."""
+        for run in runs:
+            if not any(self.truncated(run)):
+                continue
+            for side in self.sides:
+                if side.mode != "stream":
+                    continue
+                cache, stale = self._ginv.get(side.name), self._ginv_stale.get(side.name, set())
+                if cache is None or cache.shape[-1] != side.K or any(i in stale for i in run):
+                    q = block_rows(self.t[f"{side.name}.qh"], list(run))[..., : side.K].float()
+                    self._gram_inverses(side, run, q)
 
     def _gram_inverses(self, side: Side, idx: Sequence[int], q: Tensor | None) -> Tensor | None:
         """``(Q^T Q)^-1`` of the blocks ``idx`` of a stream side (``q`` = their fp32 ``(b, d, K)``
@@ -543,6 +644,8 @@ class KronGroup(RefreshMixin, _Group):
         cache = self.__dict__.setdefault("_consts", {})
         key = (values, dtype)
         if key not in cache:
+            if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                raise RuntimeError(f"{key} is not cached: a captured step must not copy host data (warm it up first)")
             if len(cache) > 64:
                 cache.clear()
             cache[key] = torch.tensor(values, dtype=dtype, device=self.device)
@@ -623,6 +726,7 @@ class KronGroup(RefreshMixin, _Group):
         mask: Tensor,
         stats: tuple[Tensor, Tensor] | None,
         target: tuple[Tensor, Tensor | None] | None = None,
+        hyper: StepScalars | None = None,
     ) -> Tensor | None:
         """``Q_L U' Q_R^T`` plus Adam on what a truncated basis misses, with a factored second moment.
         Given ``target = (weights, correction bits)`` it is applied to them (lr, weight decay of
@@ -642,8 +746,9 @@ class KronGroup(RefreshMixin, _Group):
         (xu, yu), (xm, ym) = factors["u"], factors["m"]
         apply = {} if target is None else dict(w=target[0], rho=target[1], lr=hp.lr, wd=hp.weight_decay)
         return kernels.complement_update(
-            m, xu, yu, xm, ym, s["res_row"], s["res_col"], s["g_row"], mask, bc1, bc2, hp.eps, stats=stats, **apply
-        )
+            m, xu, yu, xm, ym, s["res_row"], s["res_col"], s["g_row"], mask, bc1, bc2, hp.eps,
+            stats=stats, hyper=hyper, **apply,
+        )  # fmt: skip
 
     def _graft(
         self, s: dict[str, Tensor], u: Tensor, m: Tensor, hp: Hyper, bc1: Tensor | float, bc2: Tensor | float
@@ -681,12 +786,14 @@ class KronGroup(RefreshMixin, _Group):
         sides: Sequence[Side],
         halves: dict[str, Tensor] | None = None,
         sumsq: Tensor | None = None,
+        seeds: dict[str, Tensor] | None = None,
     ) -> None:
         """``g`` is the gradient in the block's frame (``G_F``; ``G`` itself before the first basis).
 
         Dense: ``F^T L F <- bs F^T L F + (1-bs) G_F G_F^T`` (the factor in its own eigenbasis frame;
         ``F_R`` orthogonal drops out); stream: ``P <- bs P + (1-bs) G_F G_F^T Qh`` and the trace
-        ``tr(L) <- bs tr(L) + (1-bs) ||G_F||^2`` (``sumsq``, when the caller has it already)."""
+        ``tr(L) <- bs tr(L) + (1-bs) ||G_F||^2`` (``sumsq``, when the caller has it already). ``seeds``:
+        the int8 factors' dither seeds per dense side, when they come from the device."""
         beta = hp.shampoo_beta
         halves = halves or {}
         for side in sides:
@@ -695,8 +802,8 @@ class KronGroup(RefreshMixin, _Group):
                 a = g if n == "L" else g.mT
                 outer = a @ a.mT
                 if self.cfg.q("factors"):
-                    seeds = self._seeds(idx, n)
-                    kernels.factor_ema_corr_(s[f"{n}.fac.codes"], s[f"{n}.fac.diag"], outer, beta, seeds)
+                    seed = seeds[n] if seeds is not None else self._seeds(idx, n)
+                    kernels.factor_ema_corr_(s[f"{n}.fac.codes"], s[f"{n}.fac.diag"], outer, beta, seed)
                 else:
                     s[f"{n}.fac"].mul_(beta).add_(outer, alpha=1 - beta)
             elif side.mode == "stream":

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from .blocks import BlockSpec, split_param
+from .capture import GroupGraphs
 from .config import GROUP_DEFAULTS, Config, Hyper, quantize_pieces, validate_group
 from .groups import AdamGroup, KronGroup, make_group
 from .shard.comm import Comm, build_buckets
@@ -107,6 +108,12 @@ class SCAO(torch.optim.Optimizer):
             reduce-scatter from the backward hooks as soon as its last gradient is ready, so the
             traffic overlaps the rest of the backward. Accumulating over micro-batches then needs
             ``with opt.no_sync():`` around all but the last backward (as with DDP).
+        cuda_graph: record each group's step on a CUDA device once as a CUDA graph and replay it
+            (:mod:`scao_dist.capture`): the same results, bit for bit, with one launch per group
+            instead of some forty. lr, bias corrections, seeds and gradients reach the graph
+            through fixed device buffers; a refresh that widens a basis triggers a new capture.
+            Costs one extra copy of the gradients plus one group step's temporaries. Groups that
+            cannot be captured (grafting, fp32 moments, blocks at different steps) step eagerly.
     """
 
     def __init__(
@@ -144,6 +151,7 @@ class SCAO(torch.optim.Optimizer):
         overlap_comm: bool = False,
         grad_comm_dtype: torch.dtype | None = None,
         stacked_weights: bool = True,
+        cuda_graph: bool = False,
         amsgrad: bool = False,
         maximize: bool = False,
         foreach: bool | None = None,
@@ -202,6 +210,7 @@ class SCAO(torch.optim.Optimizer):
         self._max_step_numel = int(max_step_numel)
         self._overlap = bool(overlap_comm)
         self._stacked_weights = bool(stacked_weights)
+        self._cuda_graph = bool(cuda_graph)
         self._no_sync = False
         self._overlap_hooks: list[Any] = []
         self._max_skips = max_consecutive_skips
@@ -312,6 +321,13 @@ class SCAO(torch.optim.Optimizer):
         if cfg.grad_release:
             self._install_release_hooks(params)
         self._install_overlap_hooks(params)
+        self._graphs: dict[torch.device, GroupGraphs] = {}
+        if self._cuda_graph and not cfg.grad_release:
+            by_device: dict[torch.device, list[KronGroup | AdamGroup]] = defaultdict(list)
+            for grp in self.groups:
+                if grp.device.type == "cuda":
+                    by_device[grp.device].append(grp)
+            self._graphs = {dev: GroupGraphs(members, dev) for dev, members in by_device.items()}
         self._built = True
 
     # ----------------------------------------------------------------------------- step
@@ -346,10 +362,21 @@ class SCAO(torch.optim.Optimizer):
         self._consecutive_skips = 0
         self.comm.reduce_grads(self, with_grad)
         self._reset_overlap()
+        captured: dict[torch.device, list[tuple[KronGroup | AdamGroup, list[int], Hyper, list[list[int]]]]] = {}
         for grp in self.groups:
             idx = [i for i, s in enumerate(grp.specs) if s.param in with_grad]
-            if idx:
+            if not idx:
+                continue
+            graphs = self._graphs.get(grp.device)
+            if graphs is not None and graphs.eligible(grp, idx):
+                captured.setdefault(grp.device, []).append((grp, idx, self._hyper(grp), self._runs(grp, idx)))
+            else:
                 self._run_group(grp, idx)
+        for dev, work in captured.items():
+            self._graphs[dev].counters = self.counters  # (load_state_dict replaces the dict)
+            due = self._graphs[dev].step(work)
+            for grp, _, hp, _ in work:
+                self._note_due(grp, hp, due[id(grp)])
         self._submit_due()
         self.comm.gather_params(self)
         self.comm.end_step()
@@ -364,6 +391,15 @@ class SCAO(torch.optim.Optimizer):
         (contiguous runs of blocks, so their state rows are views): the step's fp32 temporaries
         scale with the chunk, not with the group."""
         hp = self._hyper(grp)
+        due = [b for run in self._runs(grp, idx) for b in grp.step(run, hp)]
+        for reason in getattr(grp, "failure_log", ()):
+            self.count_basis_failure(reason)
+        if isinstance(grp, KronGroup):
+            grp.failure_log.clear()
+        self._note_due(grp, hp, due)
+
+    def _runs(self, grp: KronGroup | AdamGroup, idx: list[int]) -> list[list[int]]:
+        """``idx`` cut into contiguous runs of at most ``max_step_numel`` elements."""
         per = max(1, self._max_step_numel // max(grp.specs[0].numel, 1))
         runs: list[list[int]] = []
         for i in idx:
@@ -371,11 +407,9 @@ class SCAO(torch.optim.Optimizer):
                 runs[-1].append(i)
             else:
                 runs.append([i])
-        due = [b for run in runs for b in grp.step(run, hp)]
-        for reason in getattr(grp, "failure_log", ()):
-            self.count_basis_failure(reason)
-        if isinstance(grp, KronGroup):
-            grp.failure_log.clear()
+        return runs
+
+    def _note_due(self, grp: KronGroup | AdamGroup, hp: Hyper, due: list[int]) -> None:
         if due:  # submitted at the end of the step, with the group's other due blocks
             self._due.setdefault(id(grp), (grp, hp, []))[2].extend(due)
 

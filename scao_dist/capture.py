@@ -1,0 +1,229 @@
+"""Captured group steps: each group's step recorded once as a CUDA graph, then replayed.
+
+A group step is some forty launches (products, Triton kernels, small torch ops), each costing the
+host a few microseconds of Python and driver work; on the 405M GPT the host needs longer to
+launch a step than the GPU needs to run it. A group whose step is the same launches on the same
+tensors every time is recorded once (``torch.cuda.CUDAGraph``) and replayed with one launch.
+
+What changes from step to step lives in fixed device buffers, filled before the replays:
+
+* the gradients: copied into one stacked buffer per group (one multi-tensor copy for all groups);
+* lr and the bias corrections: one :class:`~scao_dist.kernels.scalars.StepScalars` row per group,
+  all in one table written by one copy (the kernels load them: ``hyper=``);
+* the dither seeds of int8 factors (dense sides): one int64 table, one copy.
+
+Everything that decides which launches run, on which tensors and with which shapes, is the
+group's *key*: the addresses and shapes of its state tensors (a refresh that widens a basis
+reallocates them), which blocks have a truncated basis, the weights' buffer, the constant
+hyperparameters, the matmul precision flags and the kernel backend (Triton or the torch twins).
+On a new key the group runs one eager step with the device inputs (the same results as a replay;
+it also compiles and loads every kernel and fills the group's caches), captures at the next step,
+and replays after that. What a step must compute on the host first (the Gram inverses of bases a
+refresh swapped in) is done before the replay.
+
+A group is captured when it is on a CUDA device, all its blocks step together at the same step
+count and are warm (their first bases built), its moments are int8 and it does not graft
+(:meth:`KronGroup.capturable`); anything else runs eagerly, in the same step, as before. The
+graphs share one memory pool: a group's temporaries are only alive during its replay, and the
+replays run one after the other on one stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import kernels
+from .config import Hyper
+from .groups import AdamGroup, DeviceInputs, KronGroup
+from .kernels import scalars
+from .kernels.scalars import StepScalars
+from .stacked import block_seed
+
+Group = KronGroup | AdamGroup
+
+NAN_HYPER = {"lr": math.nan, "weight_decay": math.nan}
+"""The host lr and weight decay a captured step is given: every use must read the device row, and
+a use that does not shows up as NaN weights instead of as a silently stale lr."""
+
+
+ROW_STRIDE = 8
+"""Values per group row of the scalars table (6 used): 32-byte rows keep every row equally aligned."""
+
+
+@dataclasses.dataclass
+class _Entry:
+    """One group's capture: its device inputs, the key they were recorded under, the graph."""
+
+    grads: Tensor  # (B, m, n) in the group's gradient dtype
+    dev: DeviceInputs
+    seed_slots: dict[str, tuple[int, int]]  # side -> rows of the seed table
+    key: tuple | None = None
+    graph: torch.cuda.CUDAGraph | None = None
+    failed: bool = False  # a capture raised: this group steps eagerly
+    keep: list[Tensor] = dataclasses.field(default_factory=list)  # tensors the graph reads, kept alive
+
+
+class GroupGraphs:
+    """The captured steps of an optimizer's groups on one CUDA device (see the module docstring)."""
+
+    def __init__(self, groups: Sequence[Group], device: torch.device, record: bool = True) -> None:
+        """``record=False``: everything but the graphs (device inputs, keys, the eager step with the
+        device inputs at every step), on any device: what the CPU tests check against eager steps."""
+        self.device = device
+        self.record = record
+        self.groups = list(groups)
+        self.pos = {id(g): j for j, g in enumerate(self.groups)}
+        # rows padded to 8 values (32 bytes): every row's address equally aligned, so one kernel variant
+        self.table = torch.zeros(len(self.groups), ROW_STRIDE, device=device)
+        seed_rows = 0
+        self.seed_layout: dict[int, dict[str, tuple[int, int]]] = {}
+        for g in self.groups:
+            slots = {}
+            if isinstance(g, KronGroup) and g.cfg.q("factors"):
+                for side in g.sides:
+                    if side.mode == "dense":
+                        slots[side.name] = (seed_rows, seed_rows + g.B)
+                        seed_rows += g.B
+            self.seed_layout[id(g)] = slots
+        self.seeds = torch.zeros(max(seed_rows, 1), dtype=torch.int64, device=device)
+        self.entries: dict[int, _Entry] = {}
+        self.stream = torch.cuda.Stream(device) if record else None
+        self.pool = torch.cuda.graph_pool_handle() if record else None
+        self.counts = {"eager": 0, "captures": 0, "replays": 0}
+        self.counters: dict[str, int] | None = None  # the optimizer's counters, also incremented
+
+    # ------------------------------------------------------------------------ eligibility
+    def eligible(self, grp: Group, idx: Sequence[int]) -> bool:
+        if grp.device != self.device or id(grp) not in self.pos or len(idx) != grp.B or not grp.capturable():
+            return False
+        if isinstance(grp, KronGroup) and not all(grp.ready):
+            return False
+        return all(t == grp.steps[0] for t in grp.steps)
+
+    def _entry(self, grp: Group) -> _Entry:
+        e = self.entries.get(id(grp))
+        if e is None:
+            m, n = grp.specs[0].shape
+            dtype = grp.grad_dtype if isinstance(grp, KronGroup) else torch.float32
+            slots = self.seed_layout[id(grp)]
+            row = StepScalars(self.table[self.pos[id(grp)], : len(scalars.FIELDS)])
+            dev = DeviceInputs(row, {k: self.seeds[a:b] for k, (a, b) in slots.items()})
+            e = self.entries[id(grp)] = _Entry(torch.empty(grp.B, m, n, dtype=dtype, device=self.device), dev, slots)
+        return e
+
+    # ------------------------------------------------------------------------------ step
+    def step(self, work: Sequence[tuple[Group, list[int], Hyper, list[list[int]]]]) -> dict[int, list[int]]:
+        """Step every ``(group, idx, hp, runs)`` of ``work`` (all eligible, ``idx`` = all blocks, ``runs``
+        the chunks the eager step would take); returns the refreshes due, per group id."""
+        values = [[0.0] * ROW_STRIDE for _ in self.groups]
+        seed_vals = [0] * self.seeds.numel()
+        due: dict[int, list[int]] = {}
+        for grp, idx, hp, _ in work:
+            for i in idx:
+                grp.steps[i] += 1
+            t = grp.steps[0]
+            bc1, bc2 = 1.0 - hp.beta1**t, 1.0 - hp.beta2**t  # as _Group.bias computes them
+            row = scalars.host_values(hp.lr, hp.weight_decay, bc1, bc2)
+            values[self.pos[id(grp)]] = row + [0.0] * (ROW_STRIDE - len(row))
+            for side, (a, _) in self.seed_layout[id(grp)].items():
+                for j, spec in enumerate(grp.specs):
+                    seed_vals[a + j] = block_seed(spec.index, side, t)
+            due[id(grp)] = grp.due(idx, hp) if isinstance(grp, KronGroup) else []
+        self.table.copy_(torch.tensor(values, dtype=torch.float32), non_blocking=True)
+        if any(self.seed_layout[id(grp)] for grp, *_ in work):
+            self.seeds.copy_(torch.tensor(seed_vals, dtype=torch.int64), non_blocking=True)
+        dst, src = [], []
+        for grp, idx, _, _ in work:
+            e = self._entry(grp)
+            dst += list(e.grads.unbind(0))
+            src += [grp.block_view(i, grp.params[grp.specs[i].param].grad) for i in idx]
+        if dst:
+            torch._foreach_copy_(dst, src)
+        for grp, _, hp, runs in work:
+            self._run(grp, hp, runs)
+        return due
+
+    def _run(self, grp: Group, hp: Hyper, runs: list[list[int]]) -> None:
+        e = self._entry(grp)
+        if isinstance(grp, KronGroup):
+            grp.prepare_captured(runs)
+        key = self.key(grp, hp, runs)
+        if key != e.key:  # new launches: one eager step with the device inputs, capture at the next
+            e.key, e.graph, e.keep = key, None, []
+            self._on_side_stream(lambda: self._body(grp, hp, runs, e))
+            self._count("eager")
+            return
+        if e.failed or not self.record:
+            self._on_side_stream(lambda: self._body(grp, hp, runs, e))
+            self._count("eager")
+            return
+        if e.graph is None:
+            graph = torch.cuda.CUDAGraph()
+            cur = torch.cuda.current_stream(self.device)
+            self.stream.wait_stream(cur)
+            try:
+                with torch.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"):
+                    self._body(grp, hp, runs, e)
+            except Exception as err:  # nothing ran: step eagerly, and from now on for this group
+                e.failed = True
+                warnings.warn(
+                    f"SCAO(cuda_graph=True): capturing a step of a group of {grp.B} blocks of shape "
+                    f"{tuple(grp.specs[0].shape)} failed ({type(err).__name__}: {err}); it steps eagerly "
+                    "from now on (same results, more host time).",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                self._on_side_stream(lambda: self._body(grp, hp, runs, e))
+                self._count("eager")
+                return
+            cur.wait_stream(self.stream)
+            e.graph = graph
+            e.keep = [*grp.t.values(), e.grads, *grp.derived_tensors()]
+            self._count("captures")
+        e.graph.replay()
+        self._count("replays")
+
+    def _count(self, what: str) -> None:
+        self.counts[what] += 1
+        if self.counters is not None:
+            self.counters[f"cuda_graph_{what}"] += 1
+
+    def _on_side_stream(self, fn: Any) -> None:
+        if self.stream is None:
+            fn()
+            return
+        cur = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(cur)
+        with torch.cuda.stream(self.stream):
+            fn()
+        cur.wait_stream(self.stream)
+
+    @staticmethod
+    def _body(grp: Group, hp: Hyper, runs: list[list[int]], e: _Entry) -> None:
+        """The recorded work: the group's update over its chunks, every per-step value from the device."""
+        nan_hp = dataclasses.replace(hp, **NAN_HYPER)
+        for run in runs:
+            a, b = run[0], run[-1] + 1
+            dev = DeviceInputs(e.dev.hyper, {k: v[a:b] for k, v in e.dev.seeds.items()})
+            grp.update(run, nan_hp, e.grads[a:b], math.nan, math.nan, dev)
+
+    @staticmethod
+    def key(grp: Group, hp: Hyper, runs: list[list[int]]) -> tuple:
+        """What the recorded launches depend on, besides the device inputs (see the module docstring)."""
+        ts = tuple((k, v.data_ptr(), tuple(v.shape), v.dtype) for k, v in grp.t.items())
+        consts = (hp.beta1, hp.beta2, hp.eps, hp.shampoo_beta)
+        weights = tuple(grp.params[s.param].data_ptr() for s in grp.specs)
+        mm = torch.backends.cuda.matmul
+        math_modes = (
+            mm.allow_tf32,
+            mm.allow_bf16_reduced_precision_reduction,
+            kernels.backend(next(iter(grp.t.values()))).__name__,
+        )
+        return (ts, consts, weights, math_modes, tuple(map(tuple, runs)), grp.capture_key())

@@ -1,0 +1,130 @@
+"""The captured step's machinery (``scao_dist.capture``) against eager steps, on CPU.
+
+CUDA graphs need a GPU (``bench/capture_check.py`` replays them there, bit for bit against eager
+steps). What the CPU can check is everything around the graph: the gradients copied into fixed
+buffers, lr / bias corrections / dither seeds read from device tables (the host hands the update
+NaN for lr and weight decay, so any stale host value would poison the weights), the Gram
+inverses prepared before the step, the key that forces a new capture, the chunked runs, the
+refreshes due. ``GroupGraphs(record=False)`` runs the recorded body eagerly at every step; the
+weights and the whole state must equal a plain optimizer's bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from scao_dist import SCAO
+from scao_dist.capture import GroupGraphs
+from scao_dist.groups import AdamGroup, KronGroup
+
+
+def _model(dtype: torch.dtype) -> list[torch.nn.Parameter]:
+    torch.manual_seed(0)
+    shapes = [(48, 40), (48, 40), (20, 48), (40,), (40,), (12, 6)]
+    return [torch.nn.Parameter((torch.randn(s) * 0.3).to(dtype)) for s in shapes]
+
+
+def _grads(params: list[torch.nn.Parameter], gen: torch.Generator) -> None:
+    for p in params:
+        if p.dim() == 2:  # low rank plus noise: truncated bases with a complement to train
+            m, n = p.shape
+            g = torch.randn(m, 3, generator=gen) @ torch.randn(3, n, generator=gen)
+            g = g + 0.05 * torch.randn(m, n, generator=gen)
+        else:
+            g = torch.randn(p.shape, generator=gen)
+        p.grad = g.to(p.dtype)
+
+
+def _run(captured: bool, dtype: torch.dtype, steps: int, **kw) -> tuple[list[torch.Tensor], SCAO]:
+    params = _model(dtype)
+    opt = SCAO(params, lr=1e-2, refresh_lag=0, precond_freq=2, full_factor_dim=24, oversample=4, rank_max=12, **kw)
+    if captured:
+        opt._graphs = {torch.device("cpu"): GroupGraphs(opt.groups, torch.device("cpu"), record=False)}
+    gen = torch.Generator().manual_seed(1)
+    for t in range(steps):
+        for g in opt.param_groups:  # a schedule: lr changes at every step
+            g["lr"] = 1e-2 * (0.5 + 0.5 * math.cos(t / steps * math.pi))
+        _grads(params, gen)
+        opt.step()
+    return [p.detach().clone() for p in params], opt
+
+
+def _states_equal(a: SCAO, b: SCAO) -> None:
+    sa, sb = a.state_dict()["state"], b.state_dict()["state"]
+    assert sa.keys() == sb.keys()
+    for pid in sa:
+        for blk in sa[pid]:
+            for k, v in sa[pid][blk].items():
+                assert torch.equal(v, sb[pid][blk][k]), (pid, blk, k)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_device_inputs_step_equals_eager(dtype: torch.dtype) -> None:
+    w_eager, eager = _run(False, dtype, 14)
+    w_cap, cap = _run(True, dtype, 14)
+    for a, b in zip(w_eager, w_cap):
+        assert torch.isfinite(b.float()).all()
+        assert torch.equal(a, b)
+    _states_equal(eager, cap)
+    graphs = cap._graphs[torch.device("cpu")]
+    kinds = {type(g) for g in graphs.groups if id(g) in graphs.entries}
+    assert kinds == {KronGroup, AdamGroup}  # both group kinds went through the device-input path
+    assert graphs.counts["eager"] >= 12 * len(graphs.entries) // 2
+    modes = {side.mode for g in graphs.groups if isinstance(g, KronGroup) for side in g.sides}
+    assert {"dense", "stream"} <= modes  # dense sides read their seeds from the device table
+    assert any(any(g.truncated(range(g.B))) for g in graphs.groups if isinstance(g, KronGroup))
+    assert eager.counters["steps"] == cap.counters["steps"] == 14
+
+
+def test_chunked_runs_and_first_steps_match() -> None:
+    """Chunks of one block each (``max_step_numel``), and a group whose blocks are not all warm
+    (steps eagerly until they are)."""
+    w_eager, eager = _run(False, torch.bfloat16, 8, max_step_numel=1000)
+    w_cap, cap = _run(True, torch.bfloat16, 8, max_step_numel=1000)
+    for a, b in zip(w_eager, w_cap):
+        assert torch.equal(a, b)
+    _states_equal(eager, cap)
+
+
+def test_key_changes_when_a_basis_widens() -> None:
+    """A refresh that widens a basis reallocates the group's state: the key changes (the next step
+    runs eagerly, the one after captures again) and the steps still equal eager ones."""
+    runs = {}
+    for captured in (False, True):
+        params = _model(torch.bfloat16)
+        opt = SCAO(params, lr=1e-2, refresh_lag=0, precond_freq=2, full_factor_dim=24, oversample=4, rank_max=12)
+        graphs = GroupGraphs(opt.groups, torch.device("cpu"), record=False)
+        if captured:
+            opt._graphs = {torch.device("cpu"): graphs}
+        gen = torch.Generator().manual_seed(1)
+        grp = next(g for g in opt.groups if isinstance(g, KronGroup) and g.sides[1].mode == "stream")
+        keys = []
+        for t in range(8):
+            if t == 4:
+                grp._grow(grp.sides[1], grp.sides[1].K + 16)  # what apply_bases does for a wider basis
+            _grads(params, gen)
+            opt.step()
+            if captured:  # (no entry at step 1: the first step builds the bases, eagerly)
+                keys.append(graphs.entries[id(grp)].key if id(grp) in graphs.entries else None)
+        runs[captured] = [p.detach().clone() for p in params]
+    assert all(torch.equal(a, b) for a, b in zip(runs[False], runs[True]))
+    assert keys[0] is None and keys[1] is not None
+    assert keys[3] != keys[4] and keys[4] == keys[5]  # a new key at the widening step, then stable
+    assert keys[4] == graphs.key(grp, opt._hyper(grp), opt._runs(grp, list(range(grp.B))))
+
+
+def test_ineligible_groups_step_eagerly() -> None:
+    """Grafting reads the bias corrections as floats: such groups are never captured."""
+    params = _model(torch.float32)
+    opt = SCAO(params, lr=1e-2, refresh_lag=0, graft="norm", full_factor_dim=24, oversample=4)
+    graphs = GroupGraphs(opt.groups, torch.device("cpu"), record=False)
+    opt._graphs = {torch.device("cpu"): graphs}
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        _grads(params, gen)
+        opt.step()
+    assert all(isinstance(graphs.groups[graphs.pos[gid]], AdamGroup) for gid in graphs.entries)
+    assert not any(isinstance(g, KronGroup) and g.capturable() for g in opt.groups)
