@@ -271,3 +271,15 @@ def test_device_timeline_counts_busy_time_and_idle_gaps() -> None:
     assert tl["span_ms_per_step"] == round(50 / 1e3 / 2, 3)
     assert tl["gaps_per_step"] == 1.0 and tl["longest_gaps_us"][0] == [25, "c"]
     assert tl["gap_ms_per_step_over_20us"] == round(25 / 1e3 / 2, 3)
+
+
+def test_capture_check_smoke(tmp_path) -> None:
+    """bench.capture_check on CPU (the device-input path without graphs for "graph"): runs, writes its
+    JSON, and finds the three optimizers equal bit for bit (exit status 0)."""
+    from bench import capture_check
+
+    out = tmp_path / "capture.json"
+    assert capture_check.main(["--size", "tiny", "--steps", "4", "--batch", "2", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["bit_exact"] and res["state_mismatch_counts"] == {"inputs": 0, "graph": 0}
+    assert res["graph_counts"]["eager"] > 0 and all(_finite(v) for v in res["step_ms_median"].values())
