@@ -7,7 +7,10 @@ tensors every time is recorded once (``torch.cuda.CUDAGraph``) and replayed with
 
 What changes from step to step lives in fixed device buffers, filled before the replays:
 
-* the gradients: copied into one stacked buffer per group (one multi-tensor copy for all groups);
+* the gradients: one stacked buffer per group. ``SCAO.zero_grad`` makes the parameters' ``.grad``
+  views of it (:meth:`GroupGraphs.install_grad_views`), so autograd accumulates into it; where
+  that is not so (the first step, a ``model.zero_grad()``, dtypes that differ) the gradients are
+  copied in (one multi-tensor copy for all groups);
 * lr and the bias corrections: one :class:`~scao_dist.kernels.scalars.StepScalars` row per group,
   all in one table written by one copy (the kernels load them: ``hyper=``);
 * the dither seeds of int8 factors (dense sides): one int64 table, one copy.
@@ -68,6 +71,7 @@ class _Entry:
     graph: torch.cuda.CUDAGraph | None = None
     failed: bool = False  # a capture raised: this group steps eagerly
     keep: list[Tensor] = dataclasses.field(default_factory=list)  # tensors the graph reads, kept alive
+    views: list[tuple[Tensor, Tensor]] = dataclasses.field(default_factory=list)  # (param, its rows of grads)
 
 
 class GroupGraphs:
@@ -115,8 +119,24 @@ class GroupGraphs:
             slots = self.seed_layout[id(grp)]
             row = StepScalars(self.table[self.pos[id(grp)], : len(scalars.FIELDS)])
             dev = DeviceInputs(row, {k: self.seeds[a:b] for k, (a, b) in slots.items()})
-            e = self.entries[id(grp)] = _Entry(torch.empty(grp.B, m, n, dtype=dtype, device=self.device), dev, slots)
+            grads = torch.zeros(grp.B, m, n, dtype=dtype, device=self.device)
+            e = self.entries[id(grp)] = _Entry(grads, dev, slots, views=_grad_views(grp, grads))
         return e
+
+    def install_grad_views(self) -> None:
+        """Zero every gradient buffer that can hold its parameters' gradients whole and make those
+        parameters' ``.grad`` views into it (:meth:`SCAO.zero_grad`): autograd then accumulates into
+        the buffer in place, and the step copies nothing (as DDP's ``gradient_as_bucket_view``)."""
+        for e in self.entries.values():
+            if e.views:
+                e.grads.zero_()
+                for p, view in e.views:
+                    p.grad = view
+
+    @staticmethod
+    def _aliased(e: _Entry) -> bool:
+        """Are the gradients the buffer's views (the last ``zero_grad`` installed them, autograd kept them)?"""
+        return bool(e.views) and all(p.grad is not None and p.grad.data_ptr() == v.data_ptr() for p, v in e.views)
 
     # ------------------------------------------------------------------------------ step
     def step(self, work: Sequence[tuple[Group, list[int], Hyper, list[list[int]]]]) -> dict[int, list[int]]:
@@ -142,6 +162,8 @@ class GroupGraphs:
         dst, src = [], []
         for grp, idx, _, _ in work:
             e = self._entry(grp)
+            if self._aliased(e):
+                continue
             dst += list(e.grads.unbind(0))
             src += [grp.block_view(i, grp.params[grp.specs[i].param].grad) for i in idx]
         if dst:
@@ -227,3 +249,16 @@ class GroupGraphs:
             kernels.backend(next(iter(grp.t.values()))).__name__,
         )
         return (ts, consts, weights, math_modes, tuple(map(tuple, runs)), grp.capture_key())
+
+
+def _grad_views(grp: Group, grads: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """``(param, view of grads shaped like it)`` for every parameter of the group, when each is the
+    group's whole rows (:meth:`whole_rows`) and has the buffer's dtype; ``[]`` otherwise (the step
+    then copies the gradients in)."""
+    out = []
+    for pid, pos in grp.param_runs().items():
+        p = grp.params[pid]
+        if p.dtype != grads.dtype or p.device != grads.device or not grp.whole_rows(pos):
+            return []
+        out.append((p, grads[pos[0] : pos[-1] + 1].view(p.shape)))
+    return out

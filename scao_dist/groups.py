@@ -229,9 +229,7 @@ class _Group:
         wrapper), the group notices and falls back to copying.
         """
         self.wbuf: Tensor | None = None
-        runs: dict[int, list[int]] = {}  # param -> its block positions in this group
-        for i, s in enumerate(self.specs):
-            runs.setdefault(s.param, []).append(i)
+        runs = self.param_runs()
         if not all(self._adoptable(pos) for pos in runs.values()):
             return
         m, n = self.specs[0].shape
@@ -246,20 +244,34 @@ class _Group:
         self._ptrs = [self.params[s.param].data_ptr() for s in self.specs]
 
     def _adoptable(self, pos: list[int]) -> bool:
-        """Blocks ``pos`` (in order) are one whole parameter, cut along rows only, consecutive here."""
-        specs = [self.specs[i] for i in pos]
-        p = self.params[specs[0].param]
-        rows, cols = matrix_view(p).shape
+        """Blocks ``pos`` (in order) are one whole parameter that owns its storage (:meth:`whole_rows`)."""
+        p = self.params[self.specs[pos[0]].param]
         return (
             p.device == self.device
             and p.is_contiguous()
             and p.storage_offset() == 0
             and p.untyped_storage().nbytes() == p.numel() * p.element_size()
-            and pos == list(range(pos[0], pos[0] + len(pos)))
+            and self.whole_rows(pos)
+        )
+
+    def whole_rows(self, pos: Sequence[int]) -> bool:
+        """Blocks ``pos`` (in order) are one whole parameter, cut along rows only, consecutive here: its
+        2-D view is then rows ``pos[0] .. pos[-1]`` of a stacked ``(B, m, n)`` buffer."""
+        specs = [self.specs[i] for i in pos]
+        rows, cols = matrix_view(self.params[specs[0].param]).shape
+        return (
+            list(pos) == list(range(pos[0], pos[0] + len(pos)))
             and all(s.c0 == 0 and s.c1 == cols for s in specs)
             and [s.r0 for s in specs] == [k * specs[0].shape[0] for k in range(len(specs))]
             and specs[-1].r1 == rows
         )
+
+    def param_runs(self) -> dict[int, list[int]]:
+        """Each parameter of the group -> its blocks' positions here, in order."""
+        runs: dict[int, list[int]] = {}
+        for i, s in enumerate(self.specs):
+            runs.setdefault(s.param, []).append(i)
+        return runs
 
     def weights(self, idx: Sequence[int]) -> tuple[Tensor, bool]:
         """``(b, m, n)`` weights of blocks ``idx`` and whether they are the parameters themselves

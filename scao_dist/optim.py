@@ -112,8 +112,11 @@ class SCAO(torch.optim.Optimizer):
             (:mod:`scao_dist.capture`): the same results, bit for bit, with one launch per group
             instead of some forty. lr, bias corrections, seeds and gradients reach the graph
             through fixed device buffers; a refresh that widens a basis triggers a new capture.
-            Costs one extra copy of the gradients plus one group step's temporaries. Groups that
-            cannot be captured (grafting, fp32 moments, blocks at different steps) step eagerly.
+            ``zero_grad`` makes the gradients views of those buffers (autograd accumulates into
+            them; a parameter without a gradient in a backward then steps with zeros, as after
+            ``zero_grad(set_to_none=False)``). Costs the graphs' memory pool: one group step's
+            temporaries, held (``max_step_numel`` bounds them). Groups that cannot be captured
+            (grafting, fp32 moments, blocks at different steps) step eagerly.
     """
 
     def __init__(
@@ -397,6 +400,15 @@ class SCAO(torch.optim.Optimizer):
         if isinstance(grp, KronGroup):
             grp.failure_log.clear()
         self._note_due(grp, hp, due)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """As :meth:`torch.optim.Optimizer.zero_grad`; with ``cuda_graph=True``, the parameters of
+        captured groups get zeroed views of their group's gradient buffer as ``.grad`` instead
+        (whatever ``set_to_none`` says): the backward accumulates into the buffer the graph reads,
+        so the step copies no gradient and no second copy of them is held."""
+        super().zero_grad(set_to_none)
+        for graphs in self._graphs.values():
+            graphs.install_grad_views()
 
     def _runs(self, grp: KronGroup | AdamGroup, idx: list[int]) -> list[list[int]]:
         """``idx`` cut into contiguous runs of at most ``max_step_numel`` elements."""

@@ -128,3 +128,41 @@ def test_ineligible_groups_step_eagerly() -> None:
         opt.step()
     assert all(isinstance(graphs.groups[graphs.pos[gid]], AdamGroup) for gid in graphs.entries)
     assert not any(isinstance(g, KronGroup) and g.capturable() for g in opt.groups)
+
+
+def _mlp_run(captured: bool, steps: int) -> tuple[list[torch.Tensor], SCAO, list[bool]]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(48, 40), torch.nn.ReLU(), torch.nn.Linear(40, 48), torch.nn.ReLU(), torch.nn.Linear(48, 40)
+    ).to(torch.bfloat16)
+    opt = SCAO(model.parameters(), lr=1e-2, refresh_lag=0, precond_freq=2, full_factor_dim=24, oversample=4)
+    if captured:
+        opt._graphs = {torch.device("cpu"): GroupGraphs(opt.groups, torch.device("cpu"), record=False)}
+    gen = torch.Generator().manual_seed(1)
+    aliased = []
+    for _ in range(steps):
+        for _ in range(2):  # two micro-batches: the second backward accumulates
+            x = torch.randn(8, 48, generator=gen).to(torch.bfloat16)
+            model(x).float().square().mean().backward()
+        if captured:
+            graphs = opt._graphs[torch.device("cpu")]
+            aliased.append(any(graphs._aliased(e) for e in graphs.entries.values()))
+        opt.step()
+        opt.zero_grad()
+    return [p.detach().clone() for p in model.parameters()], opt, aliased
+
+
+def test_gradients_accumulate_into_the_graph_buffers() -> None:
+    """After ``zero_grad`` the captured groups' parameters hold zeroed views of the gradient buffer as
+    ``.grad``; backward accumulates into them (two micro-batches), the step copies nothing, and the
+    updates equal eager ones with torch's ``zero_grad``."""
+    w_eager, _, _ = _mlp_run(False, 8)
+    w_cap, cap, aliased = _mlp_run(True, 8)
+    for a, b in zip(w_eager, w_cap):
+        assert torch.equal(a, b)
+    assert not aliased[0] and aliased[-1]  # the first steps copy; once views are installed, none
+    graphs = cap._graphs[torch.device("cpu")]
+    e = next(e for e in graphs.entries.values() if e.views)
+    for p, view in e.views:
+        assert p.grad is view and not p.grad.any()  # zeroed views after zero_grad
+    assert all(p.grad is None for p in cap._all_params() if not any(p is q for q, _ in e.views) and p.dim() < 2)
