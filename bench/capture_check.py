@@ -7,7 +7,8 @@ Three optimizers on three copies of one GPT step with the same gradients (comput
 first copy, and copied to the others) and the same lr schedule (it changes at every step):
 ``eager`` (the default), ``inputs`` (the device-input path of :mod:`scao_dist.capture` run eagerly,
 ``GroupGraphs(record=False)``: separates kernel exactness from capture) and ``graph``
-(``cuda_graph=True``; on CPU it falls back to ``inputs``'s machinery). After every step the
+(``cuda_graph=True``; on CPU it falls back to ``inputs``'s machinery). The gradients reach the
+copies through whatever ``.grad`` their ``zero_grad`` left (the graphs' buffers, for ``graph``). After every step the
 weights of each must equal ``eager``'s bit for bit; at the end the whole optimizer states too. Each
 ``step()`` is timed device-synchronised before and after, the three in a rotating order; their
 refresh workers share the process, so these times are rough (``bench.compare`` and
@@ -84,7 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         loss.backward()
         for n in NAMES[1:]:
             for p, q in zip(params["eager"], params[n], strict=True):
-                q.grad = None if p.grad is None else p.grad.clone()
+                if p.grad is None:
+                    q.grad = None
+                elif q.grad is not None:  # into the views zero_grad installed (the graphs' buffers)
+                    q.grad.copy_(p.grad)
+                else:
+                    q.grad = p.grad.clone()
         lr = args.lr * (0.5 + 0.5 * math.cos(math.pi * t / args.steps))
         graphs = next(iter(opts["graph"]._graphs.values()), None)
         before = dict(graphs.counts) if graphs is not None else {}
