@@ -78,6 +78,21 @@ def run_sharded(rank, world, layers, steps, kwargs):
     }
 
 
+def run_sharded_device_inputs(rank, world, layers, steps, captured):
+    """``run_sharded`` with int8 states, the group steps through scao_dist.capture's device inputs
+    (``GroupGraphs(record=False)``: no graphs on CPU) when ``captured``."""
+    from scao_dist.capture import GroupGraphs
+
+    model = make_model(layers)
+    opt = SCAO(model.parameters(), lr=1e-2, min_precond_dim=2, precond_freq=4)
+    if captured:
+        cpu = torch.device("cpu")
+        opt._graphs = {cpu: GroupGraphs(opt.groups, cpu, record=False)}
+    train(model, opt, global_batches(steps), rank, world)
+    counts = opt._graphs[torch.device("cpu")].counts if captured else {}
+    return {"params": params_of(model), "owned": sorted(opt.owned_blocks()), "counts": counts}
+
+
 def run_sharded_losses(rank, world, layers, steps, kwargs):
     kwargs = {k: (getattr(torch, v) if k == "grad_comm_dtype" else v) for k, v in kwargs.items()}
     model = make_model(layers)
