@@ -33,6 +33,7 @@ replays run one after the other on one stream.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import warnings
@@ -72,6 +73,8 @@ class _Entry:
     failed: bool = False  # a capture raised: this group steps eagerly
     keep: list[Tensor] = dataclasses.field(default_factory=list)  # tensors the graph reads, kept alive
     views: list[tuple[Tensor, Tensor]] = dataclasses.field(default_factory=list)  # (param, its rows of grads)
+    retired: list[Any] = dataclasses.field(default_factory=list)  # replaced graphs (and what they read), kept
+    # alive until the next capture synchronises the device: their last replay may still be running
 
 
 class GroupGraphs:
@@ -168,8 +171,9 @@ class GroupGraphs:
             src += [grp.block_view(i, grp.params[grp.specs[i].param].grad) for i in idx]
         if dst:
             torch._foreach_copy_(dst, src)
-        for grp, _, hp, runs in work:
-            self._run(grp, hp, runs)
+        with torch.cuda.device(self.device) if self.record else contextlib.nullcontext():
+            for grp, _, hp, runs in work:
+                self._run(grp, hp, runs)
         return due
 
     def _run(self, grp: Group, hp: Hyper, runs: list[list[int]]) -> None:
@@ -178,6 +182,8 @@ class GroupGraphs:
             grp.prepare_captured(runs)
         key = self.key(grp, hp, runs)
         if key != e.key:  # new launches: one eager step with the device inputs, capture at the next
+            if e.graph is not None:
+                e.retired.append((e.graph, e.keep))
             e.key, e.graph, e.keep = key, None, []
             self._on_side_stream(lambda: self._body(grp, hp, runs, e))
             self._count("eager")
@@ -206,7 +212,7 @@ class GroupGraphs:
                 self._count("eager")
                 return
             cur.wait_stream(self.stream)
-            e.graph = graph
+            e.graph, e.retired = graph, []  # (capturing synchronised the device: no old replay is running)
             e.keep = [*grp.t.values(), e.grads, *grp.derived_tensors()]
             self._count("captures")
         e.graph.replay()
