@@ -331,6 +331,15 @@ class SCAO(torch.optim.Optimizer):
                 if grp.device.type == "cuda":
                     by_device[grp.device].append(grp)
             self._graphs = {dev: GroupGraphs(members, dev) for dev, members in by_device.items()}
+        if self._cuda_graph and not self._graphs:
+            why = (
+                "grad_release=True steps each parameter from its backward hook"
+                if cfg.grad_release
+                else "no parameter is on a CUDA device"
+            )
+            warnings.warn(
+                f"SCAO(cuda_graph=True) has no effect here: {why}; steps run eagerly.", RuntimeWarning, stacklevel=3
+            )
         self._built = True
 
     # ----------------------------------------------------------------------------- step

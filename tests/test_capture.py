@@ -204,3 +204,12 @@ def test_resume_through_the_captured_path_is_bit_exact() -> None:
     run(fresh, fresh_opt, grads[6:])
     assert all(torch.equal(a, b) for a, b in zip(params, fresh))
     assert fresh_opt._graphs[torch.device("cpu")].counts["eager"] > 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, why", [({}, "no parameter is on a CUDA device"), ({"grad_release": True}, "grad_release")]
+)
+def test_cuda_graph_without_effect_says_so(kwargs, why) -> None:
+    with pytest.warns(RuntimeWarning, match=why):
+        opt = SCAO(_model(torch.float32), lr=1e-2, cuda_graph=True, **kwargs)
+    assert opt._graphs == {}
