@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     base = GPT(getattr(GPTConfig, args.size)()).to(device).to(torch.bfloat16)
     models = {n: (base if n == "eager" else copy.deepcopy(base)) for n in NAMES}
-    opts = {n: SCAO(models[n].parameters(), lr=args.lr, cuda_graph=(n == "graph"), **kw) for n in NAMES}
+    graphs_on = device.type == "cuda"  # (on CPU "graph" gets the machinery without graphs, below)
+    opts = {n: SCAO(models[n].parameters(), lr=args.lr, cuda_graph=graphs_on and n == "graph", **kw) for n in NAMES}
     for n in ("inputs",) + (("graph",) if device.type != "cuda" else ()):
         opts[n]._graphs = {device: GroupGraphs(opts[n].groups, device, record=False)}
     params = {n: list(m.parameters()) for n, m in models.items()}
