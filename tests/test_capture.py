@@ -213,3 +213,26 @@ def test_cuda_graph_without_effect_says_so(kwargs, why) -> None:
     with pytest.warns(RuntimeWarning, match=why):
         opt = SCAO(_model(torch.float32), lr=1e-2, cuda_graph=True, **kwargs)
     assert opt._graphs == {}
+
+
+def test_steps_with_a_missing_gradient_stay_equal() -> None:
+    """A parameter without a gradient at some steps: its group steps eagerly then (not every block
+    steps) and afterwards too (its blocks are at different step counts); the others stay captured."""
+    runs = {}
+    for captured in (False, True):
+        params = _model(torch.bfloat16)
+        opt = SCAO(params, lr=1e-2, refresh_lag=0, precond_freq=2, full_factor_dim=24, oversample=4, rank_max=12)
+        graphs = GroupGraphs(opt.groups, torch.device("cpu"), record=False)
+        if captured:
+            opt._graphs = {torch.device("cpu"): graphs}
+        gen = torch.Generator().manual_seed(1)
+        for t in range(9):
+            _grads(params, gen)
+            if t in (3, 6):
+                params[1].grad = None
+            opt.step()
+        runs[captured] = [p.detach().clone() for p in params]
+    assert all(torch.equal(a, b) for a, b in zip(runs[False], runs[True]))
+    steps = {tuple(g.steps) for g in opt.groups if isinstance(g, KronGroup) and len(set(g.steps)) > 1}
+    assert steps  # a group with blocks at different step counts: it steps eagerly from then on
+    assert graphs.counts["eager"] > 0
