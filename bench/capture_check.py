@@ -13,7 +13,8 @@ weights of each must equal ``eager``'s bit for bit; at the end the whole optimiz
 ``step()`` is timed device-synchronised before and after, the three in a rotating order; their
 refresh workers share the process, so these times are rough (``bench.compare`` and
 ``bench.step_profile`` time one optimizer per process).
-Refreshes run as in training (``precond_freq`` 5, lagged on the worker, waited for).
+Refreshes run as in training (``precond_freq`` 5, lagged on the worker, waited for). ``--grow-at``
+widens the stream bases mid-run, so groups are captured again while the refresh worker runs.
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument(
+        "--grow-at", type=int, action="append", default=[], metavar="STEP",
+        help="before this step, widen every stream side by 16 columns in all three (what a refresh that grows a "
+        "basis does): the captured groups get a new key and are captured again, with the refresh worker running",
+    )  # fmt: skip
     ap.add_argument("--scao-kwargs", default="{}", help="JSON: more SCAO keyword arguments for all three")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -80,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     first_diff: dict[str, int | None] = {"inputs": None, "graph": None}
     capture_steps = []
     for t in range(args.steps):
+        if t in args.grow_at:
+            for opt in opts.values():
+                for grp in opt.groups:
+                    for side in getattr(grp, "sides", ()):
+                        if side.mode == "stream" and side.d - side.p >= side.K + 16:
+                            grp._grow(side, side.K + 16)
         x = torch.randint(0, base.cfg.vocab, (args.batch, base.cfg.seq_len + 1), generator=gen).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = models["eager"](x[:, :-1], x[:, 1:])

@@ -274,12 +274,14 @@ def test_device_timeline_counts_busy_time_and_idle_gaps() -> None:
 
 
 def test_capture_check_smoke(tmp_path) -> None:
-    """bench.capture_check on CPU (the device-input path without graphs for "graph"): runs, writes its
-    JSON, and finds the three optimizers equal bit for bit (exit status 0)."""
+    """bench.capture_check on CPU (the device-input path without graphs for "graph"), with stream bases
+    widened mid-run: runs, writes its JSON, and finds the three optimizers equal bit for bit."""
     from bench import capture_check
 
     out = tmp_path / "capture.json"
-    assert capture_check.main(["--size", "tiny", "--steps", "4", "--batch", "2", "--out", str(out)]) == 0
+    args = ["--size", "tiny", "--steps", "5", "--batch", "2", "--grow-at", "3"]
+    args += ["--scao-kwargs", '{"full_factor_dim": 64}']
+    assert capture_check.main([*args, "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["bit_exact"] and res["state_mismatch_counts"] == {"inputs": 0, "graph": 0}
     assert res["graph_counts"]["eager"] > 0 and all(_finite(v) for v in res["step_ms_median"].values())
