@@ -152,8 +152,8 @@ class GroupGraphs:
             for i in idx:
                 grp.steps[i] += 1
             t = grp.steps[0]
-            bc1, bc2 = 1.0 - hp.beta1**t, 1.0 - hp.beta2**t  # as _Group.bias computes them
-            row = scalars.host_values(hp.lr, hp.weight_decay, bc1, bc2)
+            bc1, bc2 = grp.bias(idx, hp, 2)  # floats: every block is at step t (eligible)
+            row = scalars.host_values(hp.lr, hp.weight_decay, float(bc1), float(bc2))
             values[self.pos[id(grp)]] = row + [0.0] * (ROW_STRIDE - len(row))
             for side, (a, _) in self.seed_layout[id(grp)].items():
                 for j, spec in enumerate(grp.specs):

@@ -38,11 +38,20 @@ def _grads(params: list[torch.nn.Parameter], gen: torch.Generator) -> None:
         p.grad = g.to(p.dtype)
 
 
+def _opt(params: list[torch.nn.Parameter], captured: bool, **kw) -> tuple[SCAO, GroupGraphs]:
+    """The tests' SCAO (refreshes every 2 steps, in line; stream sides above 24) and a
+    ``GroupGraphs(record=False)``, installed as the optimizer's when ``captured``."""
+    kw = {"refresh_lag": 0, "precond_freq": 2, "full_factor_dim": 24, "oversample": 4, "rank_max": 12, **kw}
+    opt = SCAO(params, lr=1e-2, **kw)
+    graphs = GroupGraphs(opt.groups, torch.device("cpu"), record=False)
+    if captured:
+        opt._graphs = {torch.device("cpu"): graphs}
+    return opt, graphs
+
+
 def _run(captured: bool, dtype: torch.dtype, steps: int, **kw) -> tuple[list[torch.Tensor], SCAO]:
     params = _model(dtype)
-    opt = SCAO(params, lr=1e-2, refresh_lag=0, precond_freq=2, full_factor_dim=24, oversample=4, rank_max=12, **kw)
-    if captured:
-        opt._graphs = {torch.device("cpu"): GroupGraphs(opt.groups, torch.device("cpu"), record=False)}
+    opt, _ = _opt(params, captured, **kw)
     gen = torch.Generator().manual_seed(1)
     for t in range(steps):
         for g in opt.param_groups:  # a schedule: lr changes at every step
@@ -95,10 +104,7 @@ def test_key_changes_when_a_basis_widens() -> None:
     runs = {}
     for captured in (False, True):
         params = _model(torch.bfloat16)
-        opt = SCAO(params, lr=1e-2, refresh_lag=0, precond_freq=2, full_factor_dim=24, oversample=4, rank_max=12)
-        graphs = GroupGraphs(opt.groups, torch.device("cpu"), record=False)
-        if captured:
-            opt._graphs = {torch.device("cpu"): graphs}
+        opt, graphs = _opt(params, captured)
         gen = torch.Generator().manual_seed(1)
         grp = next(g for g in opt.groups if isinstance(g, KronGroup) and g.sides[1].mode == "stream")
         keys = []
@@ -175,9 +181,7 @@ def test_resume_through_the_captured_path_is_bit_exact() -> None:
 
     def make() -> tuple[list[torch.nn.Parameter], SCAO]:
         params = _model(torch.bfloat16)
-        opt = SCAO(params, lr=1e-2, refresh_lag=0, precond_freq=2, full_factor_dim=24, oversample=4, rank_max=12)
-        opt._graphs = {torch.device("cpu"): GroupGraphs(opt.groups, torch.device("cpu"), record=False)}
-        return params, opt
+        return params, _opt(params, True)[0]
 
     gen = torch.Generator().manual_seed(3)
     shapes = [p.shape for p in _model(torch.bfloat16)]
@@ -221,10 +225,7 @@ def test_steps_with_a_missing_gradient_stay_equal() -> None:
     runs = {}
     for captured in (False, True):
         params = _model(torch.bfloat16)
-        opt = SCAO(params, lr=1e-2, refresh_lag=0, precond_freq=2, full_factor_dim=24, oversample=4, rank_max=12)
-        graphs = GroupGraphs(opt.groups, torch.device("cpu"), record=False)
-        if captured:
-            opt._graphs = {torch.device("cpu"): graphs}
+        opt, graphs = _opt(params, captured)
         gen = torch.Generator().manual_seed(1)
         for t in range(9):
             _grads(params, gen)
