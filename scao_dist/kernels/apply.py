@@ -39,13 +39,31 @@ def master_update(wb, rf, u, c, lr, R: tl.constexpr):
     """(bf16 bits, fp32 rho, update) -> (new bf16 bits, new fp32 rho): join, step, split.
 
     x = (w + rho·(ulp(w)·(1/2R)))·c - u·lr ; w' = bf16(x) ; rho' = clamp(round((x - w')·2R / ulp(w')), ±R)
+
+    The division by the power of two ``ulp(w')`` is a product (:func:`over_bf16_ulp`), same bits.
     """
     w = bf16_to_f32(wb)
     x = (w + rf * (bf16_ulp(w) * (1.0 / (2.0 * R)))) * c - u * lr
     nb = f32_to_bf16(x)
     nw = bf16_to_f32(nb)
-    r = rint(tl.math.div_rn((x - nw) * (2.0 * R), bf16_ulp(nw)))
+    r = rint(over_bf16_ulp((x - nw) * (2.0 * R), nw))
     return nb, tl.minimum(tl.maximum(r, -R), R)
+
+
+@triton.jit
+def over_bf16_ulp(a, w):
+    """``a / bf16_ulp(w)``, bit for bit as ``div_rn`` gives it, without a division.
+
+    ``bf16_ulp(w) = 2^(E-134)`` (E = max(exponent field, 1)), so the quotient is ``a`` times the power
+    of two ``2^(134-E)``: one product, rounded once like the division (both round the same real
+    number). For E < 7 that factor overflows fp32; ``a 2^64`` first (exact: only ``a``'s exponent
+    moves, and ``|a| <= 2^8 ulp(w)`` cannot overflow), then ``2^(70-E)``.
+    """
+    e = tl.maximum((w.to(tl.int32, bitcast=True) >> 23) & 0xFF, 1)
+    small = e < 7
+    pre = tl.where(small, 18446744073709551616.0, 1.0)  # 2^64
+    inv = (tl.where(small, 197 - e, 261 - e) << 23).to(tl.float32, bitcast=True)  # 2^(70-E) or 2^(134-E)
+    return (a * pre) * inv
 
 
 @triton.jit

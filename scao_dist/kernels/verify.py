@@ -215,6 +215,8 @@ def case_apply(shape, mode, gen, device, wdtype=torch.bfloat16, bits=8, hyper=Fa
     ref_mag = w.float().abs() if mode == "state" else torch.ones(shape, device=device)
     decade = float(torch.randint(-6, 2, (), generator=gen))
     u = torch.randn(*shape, generator=gen).to(device) * (1.0 + ref_mag) * 10.0**decade
+    if mode == "state" and u.numel() >= 14:  # where _weights put bf16 subnormals they stay subnormal (the
+        u.view(-1)[:: u.numel() // 7] = 0.0  # ulp's smallest exponents, for the old and the new weight)
     lr, wd = (1e-2, 0.1) if mode == "state" else (1.0, 1.0)  # overwrite: x' = -u, the old w is multiplied by 0
     label = f"{mode} {tuple(shape)} {str(wdtype)[6:]}" + (f"+int{bits}" if rho is not None else "")
     case = Case("apply_update_", label, dict(w=w, rho=rho, u=u, lr=lr, wd=wd), ("w", "rho"))
@@ -543,6 +545,9 @@ rows of every alignment the group kernels are told (``common.group_layout``'s ``
 16; 48 is a basis width 16 off the 32-column grid)."""
 SMALL_COMPLEMENT = [(1, 1, 1), (3, 1, 7), (1, 33, 17), (3, 5, 95), (3, 19, 300), (1, 3, 513), (2, 70, 65)]
 """(B, m, n) of the low-rank cases: B = 1 and 3, n = 1, odd, above one [64, 64] tile in each dim."""
+BF16_8 = (torch.bfloat16, 8)
+EVEN_COMPLEMENT = [(2, 64, 128), (1, 128, 64)]
+"""(B, m, n) of low-rank cases whose [64, 64] tiles divide the block (the kernels then mask nothing)."""
 SMALL_RANKS = [(0, 5), (1, 40), (16, 33), (40, 2)]
 """(k_u, k_m) of the complement cases: an empty basis, one rank, a full chunk, past the first chunk."""
 SMALL_FACTORS = [((1,), 1), ((3,), 1), ((1,), 7), ((3,), 7), ((1,), 33), ((3,), 33), ((1,), 130), ((3,), 130), ((), 9)]
@@ -581,6 +586,14 @@ def small_cases(gen: torch.Generator, device: torch.device) -> dict[str, list[Ca
         case_complement_update((2, 70, 90), "dense", gen, device, k=(37, 70), apply=(torch.bfloat16, 8))
     )
     out["residual_sumsq"].append(case_residual((2, 70, 90, 37), "dense", gen, device))
+    for even in EVEN_COMPLEMENT:  # whole [64, 64] tiles: the kernels' unmasked loads and stores
+        cu = out["complement_update"]
+        cu.append(case_complement_update(even, "exact", gen, device, k=(16, 40)))
+        cu.append(case_complement_update(even, "exact", gen, device, bc=("tensor", "float"), k=(40, 2), apply=BF16_8))
+        cu.append(case_complement_update(even, "dense", gen, device, k=(33, 64), apply=(torch.float32, 0)))
+        out["residual_sumsq"].append(case_residual((*even, 40), "exact", gen, device))
+        out["residual_sumsq"].append(case_residual((*even, 33), "dense", gen, device, gdtype=torch.bfloat16))
+        out["residual_stats"].append(case_residual_stats((*even, 16), "exact", gen, device, torch.float32, "some"))
     for shape in ((3, 5, 95), (2, 3, 48), (1, 31)):  # the bf16 gradient of a frame-less group
         out["ema_signed_"].append(case_ema(shape, "state", gen, device, xdtype=torch.bfloat16))
     for shape in ((3, 19, 300, 16), (1, 33, 17, None), (2, 70, 65, 40)):
