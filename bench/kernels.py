@@ -275,12 +275,14 @@ def sweep_configs(kernel: str) -> list[dict[str, Any]]:
     if kernel == "apply_update_":
         return [{"apply.BLOCK": bl, "num_warps": w} for bl in (1024, 2048, 4096) for w in (4, 8)]
     if kernel in ("residual_sumsq", "complement_update"):  # tile shape, warps, software-pipeline depth
+        tile = "lowrank.BM" if kernel == "complement_update" else "lowrank.SUMSQ_BM"  # each its own settings
         return [
-            {"lowrank.BM": bm, "lowrank.BN": bn, "lowrank.BK": bk, "num_warps": w, "num_stages": st}
+            {tile: bm, "lowrank.BN": bn, "lowrank.BK": bk, "num_stages": st}
+            | ({"lowrank.COMPLEMENT_WARPS": (w, w)} if kernel == "complement_update" else {"num_warps": w})
             for bm, bn in ((64, 64), (64, 128), (128, 64))
-            for bk in (32,)
+            for bk in (16, 32)
             for w in (4, 8)
-            for st in (1, 2, 3)
+            for st in (2, 3)
         ]
     return [
         {"factor.MAX_BJ": bj, "factor.TILE": t, "num_warps": w}

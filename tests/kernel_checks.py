@@ -43,10 +43,11 @@ def check_kernels() -> dict[str, list[str]]:
         if not any("hyper" in c.kwargs for c in cases[k]):
             res[k].append(f"{k}: verify.small_cases has no hyper case")
     saved = moments.BG, adamw.BG, apply.BLOCK, factor.MAX_BJ, factor.TILE, factor.DIAG_BLOCK
-    saved_l = lowrank.BM, lowrank.BN, lowrank.BK, lowrank.STATS_BLOCK
+    saved_l = lowrank.BM, lowrank.SUMSQ_BM, lowrank.BN, lowrank.BK, lowrank.STATS_BLOCK
     # factor: [4, 16] tiles (not square, so the diagonal crosses tiles off their corners), 16-row diagonal pass
     moments.BG, adamw.BG, apply.BLOCK, factor.MAX_BJ, factor.TILE, factor.DIAG_BLOCK = 2, 4, 64, 16, 64, 16
-    lowrank.BM, lowrank.BN, lowrank.BK = 16, 32, 16  # [16, 32] tiles, 16-wide dot chunks, ragged everywhere
+    # [16, 32] tiles ([32, 32] for the sums), 16-wide dot chunks, ragged everywhere but the (2, 64, 64) blocks
+    lowrank.BM, lowrank.SUMSQ_BM, lowrank.BN, lowrank.BK = 16, 32, 32, 16
     lowrank.STATS_BLOCK = 8  # statistics: more row chunks than one pass of the finishing kernel adds (16)
     try:
         tiny = {
@@ -67,10 +68,12 @@ def check_kernels() -> dict[str, list[str]]:
                 verify.case_complement_update(
                     (3, 45, 37), "exact", gen, CPU, k=(17, 40), apply=(torch.bfloat16, 8), hyper=True
                 ),
+                verify.case_complement_update((2, 64, 64), "exact", gen, CPU, k=(17, 40), apply=(torch.bfloat16, 8)),
             ],
             "residual_sumsq": [
                 verify.case_residual((3, 45, 37, k), m, gen, CPU) for m, k in (("exact", 40), ("dense", 17))
-            ],
+            ]
+            + [verify.case_residual((2, 64, 64, 17), "exact", gen, CPU)],
             "residual_stats": [
                 verify.case_residual_stats((3, 145, 37, 40), "exact", gen, CPU, mask="some"),
                 verify.case_residual_stats((2, 45, 37, None), "exact", gen, CPU, torch.bfloat16),
@@ -80,7 +83,7 @@ def check_kernels() -> dict[str, list[str]]:
             res[k] += [f"(tiny blocks) {e}" for e in errs]
     finally:
         moments.BG, adamw.BG, apply.BLOCK, factor.MAX_BJ, factor.TILE, factor.DIAG_BLOCK = saved
-        lowrank.BM, lowrank.BN, lowrank.BK, lowrank.STATS_BLOCK = saved_l
+        lowrank.BM, lowrank.SUMSQ_BM, lowrank.BN, lowrank.BK, lowrank.STATS_BLOCK = saved_l
     return res
 
 

@@ -44,35 +44,71 @@ BM = 64
 """Rows per tile."""
 BN = 64
 """Columns per tile."""
-BK = 32
-"""Inner (rank) dimension per ``tl.dot``."""
+BK = 16
+"""Inner (rank) dimension per ``tl.dot``; the ranks are padded to a multiple of it. Basis widths are
+multiples of 16 (``groups.Side.width_for``), so 16 pads nothing in a step (32 copied both factors
+of every product, ``session_zm``)."""
+SUMSQ_BM = 128
+"""Rows per :func:`_sumsq_kernel` tile (its columns: :data:`BN`): 128x64 ran in 0.81x the time of 64x64
+at rank 144 on an H200, fp32 and bf16 ``G`` alike (``bench.kernels --sweep``, ``session_zn``)."""
+COMPLEMENT_WARPS = (8, 4)
+"""Warps per :func:`_complement_update_kernel` program returning ``U`` and applying it: at rank 144 on
+an H200, 8 warps ran the returning kernel in 0.96x the time of 4, and 4 the applying one (more
+registers live: the weights and bits) in 0.90x the time of 8 (``session_zn``)."""
+
+
+def _even(M: int, N: int, bm: int) -> bool:
+    """Do the [bm, BN] tiles divide an M x N block (then no tile load or store is masked)?"""
+    return M % bm == 0 and N % BN == 0
+
+
+def _sumsq_tiles(M: int, N: int) -> tuple[int, int]:
+    """Tiles of :func:`_sumsq_kernel` along the rows and the columns (its partial sums' slots)."""
+    return triton.cdiv(M, SUMSQ_BM), triton.cdiv(N, BN)
 
 
 @triton.jit
 def lowrank_tile(x_ptr, y_ptr, b64, i, j, M, N, K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                  PREC: tl.constexpr):  # fmt: skip
-    """Rows ``i``, columns ``j`` of ``X_b Y_b^T`` for contiguous ``X`` (B, M, K), ``Y`` (B, N, K); zero
-    outside ``M x N``."""
+    """Rows ``i``, columns ``j`` of ``X_b Y_b^T`` for contiguous ``X`` (B, M, K), ``Y`` (B, N, K) with ``K``
+    a multiple of ``BK`` (:func:`_operands` pads the rank with zero columns). Rows ``i >= M`` (columns
+    ``j >= N``) repeat row ``M - 1`` (column ``N - 1``): the callers never keep them. So no load is
+    masked, which saves the per-element predicates (the kernels' integer work, ``session_zm``)."""
     acc = tl.zeros((BM, BN), dtype=tl.float32)
-    xrow = x_ptr + (b64 * M + i)[:, None] * K
-    ycol = y_ptr + (b64 * N + j)[None, :] * K
-    mi, mj = (i < M)[:, None], (j < N)[None, :]
+    xrow = x_ptr + (b64 * M + tl.minimum(i, M - 1))[:, None] * K
+    ycol = y_ptr + (b64 * N + tl.minimum(j, N - 1))[None, :] * K
     for k0 in range(0, K, BK):
         kk = k0 + tl.arange(0, BK)
-        a = tl.load(xrow + kk[None, :], mask=mi & (kk[None, :] < K), other=0.0)
-        c = tl.load(ycol + kk[:, None], mask=(kk[:, None] < K) & mj, other=0.0)
+        a = tl.load(xrow + kk[None, :])
+        c = tl.load(ycol + kk[:, None])
         acc = tl.dot(a, c, acc, input_precision=PREC)
     return acc
 
 
+@triton.jit
+def load_tile(ptr, mask, other, EVEN: tl.constexpr):
+    """``tl.load`` of a tile, unmasked when ``EVEN`` (the tiles divide the block: every element is in)."""
+    if EVEN:
+        return tl.load(ptr)
+    return tl.load(ptr, mask=mask, other=other)
+
+
+@triton.jit
+def store_tile(ptr, value, mask, EVEN: tl.constexpr):
+    """``tl.store`` of a tile, unmasked when ``EVEN``."""
+    if EVEN:
+        tl.store(ptr, value)
+    else:
+        tl.store(ptr, value, mask=mask)
+
+
 RANK_ARGS = ("K", "KU", "KM")
-"""The kernels' rank arguments; never launched equal to 1 (:func:`_operands` pads a rank-1 pair with
-a zero column). Triton compiles an integer argument equal to 1 in as a constant; the one-chunk
-loop is then unrolled and ``u + dot(X, Y, 0)`` folded into ``dot(X, Y, u)``, so the tensor cores
-add the tail to the product in their own rounding, not IEEE round-to-nearest (seen on an H200:
-1-ulp differences from the twin in a fifth of the elements at rank 1, none at rank 16).
-``do_not_specialize`` would avoid that too, but it also drops the divisible-by-16 hint and with it
-the vector loads along the rank: both kernels ran at half speed."""
+"""The kernels' rank arguments: multiples of :data:`BK` (zero-padded by :func:`_operands`), never 1.
+Triton compiles an integer argument equal to 1 in as a constant; the one-chunk loop is then
+unrolled and ``u + dot(X, Y, 0)`` folded into ``dot(X, Y, u)``, so the tensor cores add the tail to
+the product in their own rounding, not IEEE round-to-nearest (seen on an H200 at rank 1, before
+the padding). ``do_not_specialize`` would avoid that too, but it also drops the divisible-by-16
+hint and with it the vector loads along the rank: both kernels ran at half speed."""
 
 
 @triton.jit
@@ -80,6 +116,7 @@ def _sumsq_kernel(
     g_ptr, x_ptr, y_ptr, grow_ptr, gcol_ptr, rrow_ptr, rcol_ptr,
     M, N, K, ntm, ntn,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HAS_BACK: tl.constexpr, PREC: tl.constexpr,
+    EVEN: tl.constexpr,
 ):  # fmt: skip
     """Tile (tm, tn) of block b: partial row sums of squares into slot tn of the (B, ntn, M) outputs,
     partial column sums into slot tm of the (B, ntm, N) outputs; of G, and of G - X Y^T."""
@@ -93,7 +130,8 @@ def _sumsq_kernel(
     j = tn * BN + tl.arange(0, BN)
     mi, mj = i < M, j < N
     b64 = b.to(tl.int64)
-    g = tl.load(g_ptr + (b64 * M + i)[:, None] * N + j[None, :], mask=mi[:, None] & mj[None, :], other=0.0)
+    inside = mi[:, None] & mj[None, :]
+    g = load_tile(g_ptr + (b64 * M + i)[:, None] * N + j[None, :], inside, 0.0, EVEN)
     g = g.to(tl.float32)  # fp32 or bf16 G
     rows = (b64 * ntn + tn) * M + i
     cols = (b64 * ntm + tm) * N + j
@@ -102,6 +140,8 @@ def _sumsq_kernel(
     tl.store(gcol_ptr + cols, tl.sum(gg, axis=0), mask=mj)
     if HAS_BACK:
         r = g - lowrank_tile(x_ptr, y_ptr, b64, i, j, M, N, K, BM, BN, BK, PREC)
+        if not EVEN:
+            r = tl.where(inside, r, 0.0)  # the product's rows/columns past the block are copies, not zeros
         rr = r * r
         tl.store(rrow_ptr + rows, tl.sum(rr, axis=1), mask=mi)
         tl.store(rcol_ptr + cols, tl.sum(rr, axis=0), mask=mj)
@@ -207,12 +247,13 @@ def _complement_update_kernel(
     out_ptr, m_ptr, xu_ptr, yu_ptr, xm_ptr, ym_ptr, row_ptr, cs_ptr, floor_ptr, scale_ptr, bc2_ptr,
     rho_ptr, hp_ptr, M, N, KU, KM, ntm, ntn, bc2, eps, c, lr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BC2_ROWS: tl.constexpr, PREC: tl.constexpr,
-    APPLY: tl.constexpr, R: tl.constexpr, HP_DEV: tl.constexpr,
+    APPLY: tl.constexpr, R: tl.constexpr, HP_DEV: tl.constexpr, EVEN: tl.constexpr,
 ):  # fmt: skip
     """Tile (tm, tn) of block b:
     U = X_u Y_u^T + ((m - X_m Y_m^T) / (sqrt(max(row_i cs_j, floor_b) / bc2) + eps)) scale_b,
     stored in ``out`` (APPLY false) or applied to the weights ``out`` (and bits ``rho`` for R > 0).
-    ``HP_DEV``: ``bc2``, ``c``, ``lr`` loaded from the step scalars at ``hp_ptr``."""
+    ``HP_DEV``: ``bc2``, ``c``, ``lr`` loaded from the step scalars at ``hp_ptr``. ``EVEN``: the tiles
+    divide the block (no masks)."""
     if HP_DEV:
         bc2 = tl.load(hp_ptr + HP_BC2)
         c = tl.load(hp_ptr + HP_C)
@@ -236,22 +277,22 @@ def _complement_update_kernel(
         bc2 = tl.load(bc2_ptr + b)
     off = (b64 * M + i)[:, None] * N + j[None, :]
     mask = mi[:, None] & mj[None, :]
-    m = tl.load(m_ptr + off, mask=mask, other=0.0)
+    m = load_tile(m_ptr + off, mask, 0.0, EVEN)
     r = m - bm  # == (-bm) + m, the twin's spelling, bit for bit (signed zeros included)
     v = tl.maximum(r_i * c_j, floor, propagate_nan=tl.PropagateNan.ALL)
     d = tl.sqrt_rn(tl.math.div_rn(v, bc2)) + eps
     u = u + tl.math.div_rn(r, d) * scale
     if not APPLY:
-        tl.store(out_ptr + off, u, mask=mask)
+        store_tile(out_ptr + off, u, mask, EVEN)
     elif R == 0:  # fp32 weights
-        w = tl.load(out_ptr + off, mask=mask, other=0.0)
-        tl.store(out_ptr + off, w * c - u * lr, mask=mask)
+        w = load_tile(out_ptr + off, mask, 0.0, EVEN)
+        store_tile(out_ptr + off, w * c - u * lr, mask, EVEN)
     else:
-        wb = tl.load(out_ptr + off, mask=mask, other=0)
-        rf = tl.load(rho_ptr + off, mask=mask, other=0).to(tl.float32)
+        wb = load_tile(out_ptr + off, mask, 0, EVEN)
+        rf = load_tile(rho_ptr + off, mask, 0, EVEN).to(tl.float32)
         nb, nr = master_update(wb, rf, u, c, lr, R)
-        tl.store(out_ptr + off, nb, mask=mask)
-        tl.store(rho_ptr + off, nr.to(rho_ptr.dtype.element_ty), mask=mask)
+        store_tile(out_ptr + off, nb, mask, EVEN)
+        store_tile(rho_ptr + off, nr.to(rho_ptr.dtype.element_ty), mask, EVEN)
 
 
 def _f32(x: float) -> float:
@@ -297,7 +338,7 @@ def _sumsq_parts(g: torch.Tensor, x: torch.Tensor | None, y: torch.Tensor | None
     if back and not _factors_ok(B, M, N, g.device, (x, y)):
         return None
     dev = g.device
-    ntm, ntn = triton.cdiv(M, BM), triton.cdiv(N, BN)
+    ntm, ntn = _sumsq_tiles(M, N)
     shapes = [(B, ntn, M), (B, ntm, N)] * (2 if back else 1)  # per-tile partial sums: rows, columns (G, then R)
     parts = [new_output(s, dev) for s in shapes]
     if B * M * N:
@@ -305,7 +346,7 @@ def _sumsq_parts(g: torch.Tensor, x: torch.Tensor | None, y: torch.Tensor | None
         _sumsq_kernel[(B * ntm * ntn,)](
             g.contiguous(), x_k, y_k, *parts[:2], *parts[2 if back else 0 :][:2],
             M, N, K, ntm, ntn,
-            BM=BM, BN=BN, BK=BK, HAS_BACK=back, PREC=precision(), **LAUNCH,
+            BM=SUMSQ_BM, BN=BN, BK=BK, HAS_BACK=back, PREC=precision(), EVEN=_even(M, N, SUMSQ_BM), **LAUNCH,
         )  # fmt: skip
     return parts
 
@@ -371,7 +412,7 @@ def residual_stats(
     _stats_kernel[(B * (nrc + ncc),)](
         *parts[:2], *rows, *bufs[:2], *(bufs[2:] if back else bufs[:2]),
         mask.view(torch.uint8) if back and not every else part, part,
-        M, N, triton.cdiv(M, BM), triton.cdiv(N, BN), nrc, ncc,
+        M, N, *_sumsq_tiles(M, N), nrc, ncc,
         _f32(beta2), _f32((1 - beta2) / N), _f32((1 - beta2) / M),
         BLOCK=STATS_BLOCK, HAS_BACK=back, EVERY=bool(every), **LAUNCH,
     )  # fmt: skip
@@ -387,14 +428,16 @@ def residual_stats(
 
 
 def _operands(dummy: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Contiguous ``X``, ``Y`` and their rank ``k`` for a launch (``k = 0``: never read, so a
-    non-empty stand-in replaces the empty tensors; ``k = 1``: a zero column makes it 2, see
-    :data:`RANK_ARGS`)."""
+    """Contiguous ``X``, ``Y`` and their rank for a launch, the rank padded with zero columns to a
+    multiple of :data:`BK` (the kernels load whole ``BK`` chunks unmasked; zeros add nothing to the
+    products, which the masked loads also read as zeros). Rank 0: never read, so a non-empty
+    stand-in replaces the empty tensors."""
     k = x.shape[2]
     if k == 0:
         return dummy, dummy, 0
-    if k == 1:
-        return torch.nn.functional.pad(x, (0, 1)), torch.nn.functional.pad(y, (0, 1)), 2
+    pad = -k % BK
+    if pad:
+        return torch.nn.functional.pad(x, (0, pad)), torch.nn.functional.pad(y, (0, pad)), k + pad
     return x.contiguous(), y.contiguous(), k
 
 
@@ -467,7 +510,7 @@ def complement_update(
             M, N, ku, km, ntm, ntn,
             1.0 if bc2_rows is not None else _f32(bc2), _f32(eps), 1.0 - lr * wd, float(lr),
             BM=BM, BN=BN, BK=BK, BC2_ROWS=bc2_rows is not None, PREC=precision(), APPLY=w is not None, R=R,
-            HP_DEV=hyper is not None, **LAUNCH,
+            HP_DEV=hyper is not None, EVEN=_even(M, N, BM), **{**LAUNCH, "num_warps": COMPLEMENT_WARPS[w is not None]},
         )  # fmt: skip
     if w is None:
         return out
