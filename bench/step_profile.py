@@ -67,15 +67,16 @@ def _torch_profile(model: GPT, opt: Any, n: int, batch: int, device: torch.devic
     acts = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         acts.append(torch.profiler.ProfilerActivity.CUDA)
-    grads = []
+    grads: list[list[torch.Tensor | None]] = []
     for i in range(n):  # gradients outside the profile window
         _grads(model, batch, device, 10_000 + i)
         grads.append([p.grad.clone() if p.grad is not None else None for p in model.parameters()])
         opt.zero_grad(set_to_none=True)
+    opt.zero_grad(set_to_none=True)
     with torch.profiler.profile(activities=acts, record_shapes=True) as prof:
         for g in grads:
-            for p, gi in zip(model.parameters(), g, strict=True):
-                p.grad = gi
+            _load_grads(model, g)
+            _sync(device)
             opt.step()
             _sync(device)
             opt.zero_grad(set_to_none=True)
@@ -110,8 +111,58 @@ def _torch_profile(model: GPT, opt: Any, n: int, batch: int, device: torch.devic
         with tempfile.TemporaryDirectory() as tmp:
             prof.export_chrome_trace(f"{tmp}/trace.json")
             with open(f"{tmp}/trace.json") as f:
-                out["device_timeline"] = device_timeline(json.load(f), n)
+                trace = json.load(f)
+            out["device_timeline"] = device_timeline(trace, n)
+            out["step_windows"] = step_windows(trace, n)
     return out
+
+
+def _load_grads(model: GPT, grads: list[torch.Tensor | None]) -> None:
+    """Stored gradients where backward would put them: into the ``.grad`` tensors that ``zero_grad``
+    left (SCAO's views into its gradient buffers with ``cuda_graph``, so its step copies nothing, as
+    in training), else as the tensors themselves."""
+    for p, g in zip(model.parameters(), grads, strict=True):
+        if g is not None and p.grad is not None:
+            p.grad.copy_(g)
+        else:
+            p.grad = g
+
+
+def step_windows(trace: dict[str, Any], n: int) -> dict[str, Any]:
+    """Each ``Optimizer.step#...`` call of a Chrome trace, from its start on the host to the end of the
+    last GPU work that started before the next call: ``wall_ms`` (what the step costs when nothing
+    overlaps it), ``busy_ms`` (the GPU's share of it) and ``host_lead_ms`` (host time before its first
+    kernel). ``wall - busy`` is the time the GPU waited for the host inside the step."""
+    ev = trace.get("traceEvents", [])
+    steps = sorted(  # the host's annotation, not its copy on the GPU's timeline ("gpu_user_annotation")
+        e["ts"]
+        for e in ev
+        if e.get("ph") == "X"
+        and str(e.get("name", "")).startswith("Optimizer.step#")
+        and not str(e.get("cat", "")).startswith("gpu")
+    )
+    gpu = sorted((e for e in ev if e.get("ph") == "X" and e.get("cat") in DEVICE_CATS), key=lambda e: e["ts"])
+    if not steps or not gpu:
+        return {}
+    walls, busys, leads = [], [], []
+    for k, t0 in enumerate(steps):
+        t_next = steps[k + 1] if k + 1 < len(steps) else float("inf")
+        mine = [e for e in gpu if t0 <= e["ts"] < t_next]
+        if not mine:
+            continue
+        busy, end = 0.0, mine[0]["ts"]
+        for e in mine:
+            a, b = e["ts"], e["ts"] + e.get("dur", 0)
+            busy += max(0.0, b - max(a, end))
+            end = max(end, b)
+        walls.append(end - t0)
+        busys.append(busy)
+        leads.append(mine[0]["ts"] - t0)
+    if not walls:
+        return {}
+    med = statistics.median
+    return {"steps": len(walls), "wall_ms": round(med(walls) / 1e3, 3), "busy_ms": round(med(busys) / 1e3, 3),
+            "host_lead_ms": round(med(leads) / 1e3, 3)}  # fmt: skip
 
 
 def device_timeline(trace: dict[str, Any], n: int, top: int = 12) -> dict[str, Any]:
@@ -211,6 +262,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"   GPU busy {tl_['busy_ms_per_step']} of {tl_['span_ms_per_step']} ms per step "
                       f"({tl_['gaps_per_step']} idle gaps, {tl_['gap_ms_per_step_over_20us']} ms in gaps > 20 us); "
                       f"longest (us, next kernel): {tl_['longest_gaps_us'][:6]}")  # fmt: skip
+            if tp.get("step_windows"):
+                sw = tp["step_windows"]
+                print(
+                    f"   inside step(): wall {sw['wall_ms']} ms, GPU busy {sw['busy_ms']} ms, "
+                    f"first kernel after {sw['host_lead_ms']} ms (medians of {sw['steps']})"
+                )
             print("   -- device time per step (all streams)")
             for row in tp["top_device"][:20]:
                 print(f"   {row['device_ms_per_step']:8.2f} ms {row['calls_per_step']:7.1f}x  {row['name']}")

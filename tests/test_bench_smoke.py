@@ -273,6 +273,27 @@ def test_device_timeline_counts_busy_time_and_idle_gaps() -> None:
     assert tl["gap_ms_per_step_over_20us"] == round(25 / 1e3 / 2, 3)
 
 
+def test_step_windows_time_each_step_from_its_host_start_to_its_last_kernel() -> None:
+    """A step's window opens at its host call and takes the GPU work that starts before the next call."""
+    from bench.step_profile import step_windows
+
+    def k(ts, dur, name="k", cat="kernel"):
+        return {"ph": "X", "cat": cat, "ts": ts, "dur": dur, "name": name}
+
+    def step(ts):
+        return {"ph": "X", "cat": "user_annotation", "ts": ts, "dur": 5, "name": "Optimizer.step#SCAO.step"}
+
+    trace = {"traceEvents": [
+        k(-50, 10),  # before the first step (a gradient copy): not counted
+        step(0), k(10, 20), k(25, 10), k(60, 10, cat="gpu_memcpy"),  # wall 70, busy 25 + 10, first at 10
+        step(100), k(130, 30),  # wall 60, busy 30, first kernel at 30
+        step(300), k(302, 8),  # wall 10, busy 8, first kernel at 2
+        {**step(301), "cat": "gpu_user_annotation"},  # the annotation's copy on the GPU timeline: not a step
+    ]}  # fmt: skip
+    sw = step_windows(trace, n=3)
+    assert sw == {"steps": 3, "wall_ms": 0.06, "busy_ms": 0.03, "host_lead_ms": 0.01}  # medians
+
+
 def test_capture_check_smoke(tmp_path) -> None:
     """bench.capture_check on CPU (the device-input path without graphs for "graph"), with stream bases
     widened mid-run: runs, writes its JSON, and finds the three optimizers equal bit for bit."""
