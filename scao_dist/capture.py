@@ -171,8 +171,11 @@ class GroupGraphs:
             src += [grp.block_view(i, grp.params[grp.specs[i].param].grad) for i in idx]
         if dst:
             torch._foreach_copy_(dst, src)
+        # the largest groups first: the host prepares each next replay (keys, Gram inverses) while the GPU
+        # runs a long one, instead of waiting on small groups' short replays (the groups are independent)
+        order = sorted(work, key=lambda w: -sum(w[0].specs[i].numel for i in w[1]))
         with torch.cuda.device(self.device) if self.record else contextlib.nullcontext():
-            for grp, _, hp, runs in work:
+            for grp, _, hp, runs in order:
                 self._run(grp, hp, runs)
         return due
 
