@@ -62,11 +62,22 @@ def matrix_view(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(1, -1)
 
 
+def block_matrix(t: torch.Tensor, s: BlockSpec) -> torch.Tensor:
+    """The 2-D view of ``t`` that block ``s`` indexes: :func:`matrix_view`, or ``(1, numel)`` for the
+    AdamW kind (a matrix too small to precondition is one flat block, like a 1-D parameter)."""
+    return t.reshape(1, -1) if s.kind == "adam" else matrix_view(t)
+
+
+def block_of(t: torch.Tensor, s: BlockSpec) -> torch.Tensor:
+    """Block ``s`` of ``t`` (a parameter or its gradient): ``block_matrix(t, s)[r0:r1, c0:c1]``."""
+    return block_matrix(t, s)[s.r0 : s.r1, s.c0 : s.c1]
+
+
 def write_block(t: torch.Tensor, s: BlockSpec, value: torch.Tensor) -> None:
-    """``matrix_view(t)[block] = value``, also when the 2-D view of ``t`` is a copy (a tensor that
-    is not contiguous, e.g. a channels-last conv kernel): then the whole tensor is rewritten,
-    keeping its memory format."""
-    view = matrix_view(t)  # a view of t when t is contiguous
+    """``block_of(t, s) = value``, also when the 2-D view of ``t`` is a copy (a tensor that is not
+    contiguous, e.g. a channels-last conv kernel): then the whole tensor is rewritten, keeping its
+    memory format."""
+    view = block_matrix(t, s)  # a view of t when t is contiguous
     view[s.r0 : s.r1, s.c0 : s.c1] = value
     if not t.is_contiguous():  # the 2-D view was a copy: write it back
         t.copy_(view.reshape(t.shape))

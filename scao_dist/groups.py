@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from . import kernels, precond, quant
-from .blocks import BlockSpec, matrix_view, write_block
+from .blocks import BlockSpec, block_matrix, block_of, write_block
 from .config import Config, Hyper
 from .group_refresh import Refresh, RefreshMixin
 from .kernels.scalars import StepScalars
@@ -195,7 +195,7 @@ class _Group:
     # -- params -------------------------------------------------------------------------
     def block_view(self, i: int, tensor: Tensor) -> Tensor:
         s = self.specs[i]
-        return matrix_view(tensor)[s.r0 : s.r1, s.c0 : s.c1]
+        return block_of(tensor, s)
 
     def gather(self, idx: Sequence[int], grads: bool) -> Tensor:
         """Stack the blocks ``idx`` of the params (or of their grads) into ``(b, m, n)``."""
@@ -258,7 +258,7 @@ class _Group:
         """Blocks ``pos`` (in order) are one whole parameter, cut along rows only, consecutive here: its
         2-D view is then rows ``pos[0] .. pos[-1]`` of a stacked ``(B, m, n)`` buffer."""
         specs = [self.specs[i] for i in pos]
-        rows, cols = matrix_view(self.params[specs[0].param]).shape
+        rows, cols = block_matrix(self.params[specs[0].param], specs[0]).shape
         return (
             list(pos) == list(range(pos[0], pos[0] + len(pos)))
             and all(s.c0 == 0 and s.c1 == cols for s in specs)

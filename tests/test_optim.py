@@ -483,6 +483,33 @@ def test_non_contiguous_parameters_are_updated_in_their_own_layout():
     assert torch.equal(conv_a.weight, conv_b.weight)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_matrix_too_small_to_precondition_steps_as_its_flat_vector(dtype):
+    """A matrix with both sides below ``min_precond_dim`` takes the AdamW path as one flat block: its
+    steps are bit for bit those of the same values as a 1-D parameter (it used to fail: its block was
+    indexed in the matrix's 2-D view). Also in a channels-last conv kernel's layout."""
+    torch.manual_seed(0)
+    mat = torch.nn.Parameter((torch.randn(6, 5) * 0.5).to(dtype))
+    conv = torch.nn.Parameter((torch.randn(4, 3, 1, 2) * 0.5).to(dtype).to(memory_format=torch.channels_last))
+    flat = [torch.nn.Parameter(p.detach().reshape(-1).clone()) for p in (mat, conv)]
+    o_m = SCAO([mat, conv], lr=1e-2)
+    o_f = SCAO(flat, lr=1e-2)
+    assert {g.specs[0].kind for g in o_m.groups} == {"adam"}
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        grads = [torch.randn(p.shape, generator=g).to(dtype) for p in (mat, conv)]
+        for p, gr in zip((mat, conv), grads):
+            p.grad = gr.contiguous(memory_format=torch.channels_last) if gr.ndim == 4 else gr.clone()
+        for p, gr in zip(flat, grads):
+            p.grad = gr.reshape(-1).clone()
+        o_m.step()
+        o_f.step()
+    for p, q in zip((mat, conv), flat):
+        assert torch.equal(p.detach().reshape(-1), q.detach())
+        assert not torch.equal(q.detach(), q.detach().clone().zero_())
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_7b_shaped_layer_factors_and_bases_fit_half_a_byte():
     """DESIGN.md section 2: Kronecker factors + bases <= 0.5 B/param on a 7B-shaped model. One
     LLaMA-7B layer on the meta device, every basis at its widest (no memory is allocated)."""

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..blocks import BlockSpec, matrix_view, write_block
+from ..blocks import BlockSpec, block_of, write_block
 
 
 @dataclass
@@ -253,7 +253,7 @@ class Comm:
 
 
 def _block(t: Tensor, s: BlockSpec) -> Tensor:
-    return matrix_view(t)[s.r0 : s.r1, s.c0 : s.c1]
+    return block_of(t, s)
 
 
 @contextlib.contextmanager
