@@ -49,6 +49,10 @@ BG = 32
 """Scale groups per program (32 x 32 = 1024 values; this kernel holds more live state)."""
 
 
+GRAD_DTYPES = (torch.float32, torch.bfloat16)
+"""Gradients the kernel reads (a bf16 one is widened to fp32 exactly, as the twin does)."""
+
+
 @triton.jit(do_not_specialize=SHAPE_ARGS)
 def _adamw_kernel(
     w_ptr, rho_ptr, g_ptr, mc_ptr, ms_ptr, vc_ptr, vs_ptr, ib1_ptr, ib2_ptr, hp_ptr,
@@ -64,7 +68,7 @@ def _adamw_kernel(
         c = tl.load(hp_ptr + HP_C)
         lr = tl.load(hp_ptr + HP_LR)
     gid, row, gmask, coff, xoff, valid = group_tile(nq, G, total, BG, NMUL)
-    g = tl.load(g_ptr + xoff, mask=valid, other=0.0)
+    g = tl.load(g_ptr + xoff, mask=valid, other=0.0).to(tl.float32)  # fp32 or bf16 (widened exactly)
     # first moment (ema_signed_)
     qm = tl.load(mc_ptr + coff, mask=gmask[:, None], other=0)
     sm = bf16_to_f32(tl.load(ms_ptr + gid, mask=gmask, other=0))
@@ -125,8 +129,8 @@ def adamw_(
         floats = (beta1, beta2, eps)
     hp = hyper_row(hyper, g.device, g)
     ok = (
-        packed_ok(m_codes, m_scales, g, torch.int8)
-        and packed_ok(v_codes, v_scales, g, torch.uint8)
+        packed_ok(m_codes, m_scales, g, torch.int8, GRAD_DTYPES)
+        and packed_ok(v_codes, v_scales, g, torch.uint8, GRAD_DTYPES)
         and weights_ok(w, rho, g)
         and ib1 is not None
         and ib2 is not None

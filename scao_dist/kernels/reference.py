@@ -134,7 +134,9 @@ def adamw_(
     hyper: StepScalars | None = None,
 ) -> None:
     """AdamW on (B, N) blocks with int8 moments and bf16+correction (or fp32) weights; ``lr``,
-    ``wd``, ``bc1``, ``bc2`` from ``hyper`` when given (:func:`rotated_adam_`, :func:`apply_update_`)."""
+    ``wd``, ``bc1``, ``bc2`` from ``hyper`` when given (:func:`rotated_adam_`, :func:`apply_update_`).
+    ``g``: fp32, or bf16 (widened to fp32 first, exactly)."""
+    g = g.float()
     m = ema_signed_(m_codes, m_scales, g, beta1)
     u = rotated_adam_(v_codes, v_scales, g, m, beta2, bc1, bc2, eps, hyper=hyper)
     apply_update_(w, rho, u, lr, wd, hyper=hyper)

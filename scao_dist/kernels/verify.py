@@ -293,12 +293,15 @@ def case_factor(lead, d, mode, gen, device, seed_kind="tensor") -> Case:
                 exact=("diag",))  # fmt: skip
 
 
-def case_adamw(shape, mode, gen, device, wdtype=torch.bfloat16, bits=8, bc=("float", "float"), hyper=False) -> Case:
-    """``hyper``: ``lr``, ``wd`` and float bias corrections passed as a :class:`StepScalars` (:func:`with_hyper`)."""
+def case_adamw(shape, mode, gen, device, wdtype=torch.bfloat16, bits=8, bc=("float", "float"), hyper=False,
+               gdtype=torch.float32) -> Case:  # fmt: skip
+    """``hyper``: ``lr``, ``wd`` and float bias corrections passed as a :class:`StepScalars` (:func:`with_hyper`);
+    ``gdtype``: the gradient's dtype (bf16: what a group of bf16 parameters passes)."""
     bc = ("float", "float") if hyper else bc
     w, rho = _weights(wdtype, bits, shape, gen, device, mode)
     g = wide(shape, gen, device, decades=10.0)
     zero_groups(g, gen=gen)
+    g = g.to(gdtype)
     mc, ms = _codes_state("signed", shape, gen, device)
     vc, vs = _codes_state("sqrt", shape, gen, device)
     hp = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, wd=0.1)
@@ -308,6 +311,7 @@ def case_adamw(shape, mode, gen, device, wdtype=torch.bfloat16, bits=8, bc=("flo
     kw = dict(w=w, rho=rho, g=g, m_codes=mc, m_scales=ms, v_codes=vc, v_scales=vs,
               bc1=_bias(bc[0], shape, gen, device), bc2=_bias(bc[1], shape, gen, device), **hp)  # fmt: skip
     label = f"{mode} {tuple(shape)} {str(wdtype)[6:]}" + (f"+int{bits}" if rho is not None else "") + f" bc={bc}"
+    label += " bf16 g" if gdtype == torch.bfloat16 else ""
     case = Case("adamw_", label, kw, ("w", "rho", "m_codes", "m_scales", "v_codes", "v_scales"))
     return with_hyper(case, kw["lr"], kw["wd"], kw["bc1"], kw["bc2"]) if hyper else case
 
@@ -596,6 +600,8 @@ def small_cases(gen: torch.Generator, device: torch.device) -> dict[str, list[Ca
         out["residual_stats"].append(case_residual_stats((*even, 16), "exact", gen, device, torch.float32, "some"))
     for shape in ((3, 5, 95), (2, 3, 48), (1, 31)):  # the bf16 gradient of a frame-less group
         out["ema_signed_"].append(case_ema(shape, "state", gen, device, xdtype=torch.bfloat16))
+    for shape, hyper in (((5, 77), False), ((3, 130), True), ((1, 31), False)):  # bf16 parameters' AdamW
+        out["adamw_"].append(case_adamw(shape, "state", gen, device, hyper=hyper, gdtype=torch.bfloat16))
     for shape in ((3, 19, 300, 16), (1, 33, 17, None), (2, 70, 65, 40)):
         out["residual_sumsq"].append(case_residual(shape, "exact", gen, device, gdtype=torch.bfloat16))
     out["residual_sumsq"].append(case_residual((2, 70, 90, 37), "dense", gen, device, gdtype=torch.bfloat16))
