@@ -9,8 +9,9 @@ What changes from step to step lives in fixed device buffers, filled before the 
 
 * the gradients: one stacked buffer per group. ``SCAO.zero_grad`` makes the parameters' ``.grad``
   views of it (:meth:`GroupGraphs.install_grad_views`), so autograd accumulates into it; where
-  that is not so (the first step, a ``model.zero_grad()``, dtypes that differ) the gradients are
-  copied in (one multi-tensor copy for all groups);
+  that is not so (the first step, a ``model.zero_grad()``, a parameter cut into column blocks,
+  dtypes that differ) the gradients are copied in (one multi-tensor copy for all groups). The
+  non-finite check then reads the views' buffers instead of the views (``SCAO._grads_to_check``);
 * lr and the bias corrections: one :class:`~scao_dist.kernels.scalars.StepScalars` row per group,
   all in one table written by one copy (the kernels load them: ``hyper=``);
 * the dither seeds of int8 factors (dense sides): one int64 table, one copy.
@@ -118,7 +119,7 @@ class GroupGraphs:
         e = self.entries.get(id(grp))
         if e is None:
             m, n = grp.specs[0].shape
-            dtype = grp.grad_dtype if isinstance(grp, KronGroup) else torch.float32
+            dtype = grp.grad_dtype
             slots = self.seed_layout[id(grp)]
             row = StepScalars(self.table[self.pos[id(grp)], : len(scalars.FIELDS)])
             dev = DeviceInputs(row, {k: self.seeds[a:b] for k, (a, b) in slots.items()})
@@ -135,6 +136,12 @@ class GroupGraphs:
                 e.grads.zero_()
                 for p, view in e.views:
                     p.grad = view
+
+    def aliased_buffers(self) -> list[tuple[Tensor, list[Tensor]]]:
+        """``(gradient buffer, its parameters)`` of every group whose parameters' ``.grad`` are all
+        views into its buffer now: the buffer holds exactly their gradients (checking it for
+        non-finite values checks them, in one tensor instead of one per parameter)."""
+        return [(e.grads, [p for p, _ in e.views]) for e in self.entries.values() if self._aliased(e)]
 
     @staticmethod
     def _aliased(e: _Entry) -> bool:

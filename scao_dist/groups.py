@@ -349,9 +349,12 @@ class AdamGroup(_Group):
         if self.bf16:
             bits = torch.int8 if cfg.correction_bits == 8 else torch.int16
             self.t["ebits"] = torch.zeros(self.B, n, dtype=bits, device=device)
+        # bf16 parameters' gradients stay bf16 where the fused AdamW kernel reads them (it widens them
+        # exactly, so the step is the fp32 gradient's): half the bytes, and .grad can be a buffer view
+        self.grad_dtype = torch.bfloat16 if self.bf16 and self.capturable() else torch.float32
 
     def step(self, idx: Sequence[int], hp: Hyper) -> list[int]:
-        g = self.gather_grads(idx)
+        g = self.gather_grads(idx, self.grad_dtype)
         for i in idx:
             self.steps[i] += 1
         bc1, bc2 = self.bias(idx, hp, 2)

@@ -365,7 +365,7 @@ class SCAO(torch.optim.Optimizer):
         for pid in with_grad:
             if params[pid].grad.is_sparse:
                 raise TypeError("SCAO does not support sparse gradients")
-        bad = self.comm.nonfinite_ranks([params[pid].grad for pid in sorted(with_grad)])
+        bad = self.comm.nonfinite_ranks(self._grads_to_check(params, with_grad))
         if bad:
             self.comm.discard_in_flight()
             self._reset_overlap()
@@ -397,6 +397,18 @@ class SCAO(torch.optim.Optimizer):
         if self._check_sync_every and self._t % self._check_sync_every == 0:
             self.comm.check_in_sync([params[s.param] for s in self.specs])
         return loss
+
+    def _grads_to_check(self, params: list[Tensor], with_grad: set[int]) -> list[Tensor]:
+        """Every gradient of this step, for the non-finite check: a captured group's gradient buffer
+        in place of its parameters' ``.grad`` when those are views into it (a few large tensors
+        instead of hundreds: the check's launch cost is per tensor), the other gradients as they are."""
+        out: list[Tensor] = []
+        covered: set[int] = set()
+        for graphs in self._graphs.values():
+            for buf, ps in graphs.aliased_buffers():
+                out.append(buf)
+                covered.update(id(p) for p in ps)
+        return out + [params[pid].grad for pid in sorted(with_grad) if id(params[pid]) not in covered]
 
     def _run_group(self, grp: KronGroup | AdamGroup, idx: list[int]) -> None:
         """Step the blocks ``idx`` of a group, in chunks of at most ``max_step_numel`` elements

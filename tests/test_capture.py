@@ -168,10 +168,50 @@ def test_gradients_accumulate_into_the_graph_buffers() -> None:
         assert torch.equal(a, b)
     assert not aliased[0] and aliased[-1]  # the first steps copy; once views are installed, none
     graphs = cap._graphs[torch.device("cpu")]
-    e = next(e for e in graphs.entries.values() if e.views)
-    for p, view in e.views:
-        assert p.grad is view and not p.grad.any()  # zeroed views after zero_grad
-    assert all(p.grad is None for p in cap._all_params() if not any(p is q for q, _ in e.views) and p.dim() < 2)
+    with_views = [e for e in graphs.entries.values() if e.views]
+    viewed = [p for e in with_views for p, _ in e.views]
+    for e in with_views:
+        for p, view in e.views:
+            assert p.grad is view and not p.grad.any()  # zeroed views after zero_grad
+    # the 1-D parameters' AdamW group too: bf16 gradients, as the parameters (its kernel widens them)
+    adam = [g for g in cap.groups if isinstance(g, AdamGroup)]
+    assert adam and all(graphs.entries[id(g)].views for g in adam)
+    assert all(p.grad is None for p in cap._all_params() if not any(p is q for q in viewed))
+
+
+@pytest.mark.parametrize("where", ["a view into a buffer", "a gradient replaced by the user"])
+def test_a_nonfinite_gradient_skips_the_step_through_the_buffers(where: str) -> None:
+    """With the gradients in the captured groups' buffers (views), the non-finite check reads the
+    buffers: a NaN in one of them, or in a gradient that is no longer a view (replaced after the
+    backward), skips the whole step, states and weights untouched."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(48, 40), torch.nn.ReLU(), torch.nn.Linear(40, 48)).to(torch.bfloat16)
+    params = list(model.parameters())
+    opt = SCAO(params, lr=1e-2, refresh_lag=0, precond_freq=2, full_factor_dim=24, oversample=4)
+    graphs = GroupGraphs(opt.groups, torch.device("cpu"), record=False)
+    opt._graphs = {torch.device("cpu"): graphs}
+    gen = torch.Generator().manual_seed(1)
+
+    def backward() -> None:
+        model(torch.randn(8, 48, generator=gen).to(torch.bfloat16)).float().square().mean().backward()
+
+    for _ in range(4):
+        backward()
+        opt.step()
+        opt.zero_grad()
+    backward()
+    target = model[0].weight
+    if where != "a view into a buffer":
+        target.grad = target.grad.clone()  # e.g. a clipping helper that returns new tensors
+    viewed = {id(p) for _, ps in graphs.aliased_buffers() for p in ps}
+    assert id(model[2].weight) in viewed and (id(target) in viewed) == (where == "a view into a buffer")
+    target.grad.view(-1)[3] = float("nan")
+    before = [p.detach().clone() for p in params]
+    state = {(id(g), k): v.clone() for g in opt.groups for k, v in g.t.items()}
+    opt.step()
+    assert opt.counters["skipped_steps"] == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, params))
+    assert all(torch.equal(state[(id(g), k)], v) for g in opt.groups for k, v in g.t.items())
 
 
 def test_resume_through_the_captured_path_is_bit_exact() -> None:
