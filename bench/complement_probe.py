@@ -4,7 +4,10 @@
 (fp32 ``M`` read; weights and bits read and written) but ran at ~30% of the copy bandwidth on an
 H200, also at rank 16 (BENCHMARKS §0c), so its two low-rank products alone do not explain it. This
 probe times copies of that kernel with one stage at a time left out or cheapened, side by side in
-one run, after checking that the unchanged copy gives the library kernel's bits:
+one run, after checking that the unchanged copy gives the library kernel's bits (true as of
+``session_zm``; since then the library forms the denominator from row and column roots,
+:func:`scao_dist.kernels.reference.complement_roots`, so the copy is the earlier kernel and the check
+reports the rounding difference):
 
 * ``prod`` 2 / 1 / 0: both low-rank tiles, only ``X_u Y_u^T``, none;
 * ``hoist``: the loads of ``M``, the weights and the bits issued before the products;

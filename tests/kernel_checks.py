@@ -101,14 +101,18 @@ def check_fallbacks() -> list[str]:
     c = verify.case_factor((2,), 9, "state", gen, CPU)
     c.kwargs["outer"] = c.kwargs["outer"].double()  # not fp32
     errs += verify.run_case(c, triton_ops)
-    with reference.ieee_sqrt():  # the fallback runs the twin: let both sides take the same square root
-        c = verify.case_complement_update((3, 4, 9), "exact", gen, CPU)
-        c.kwargs["bc2"] = 0.5 + torch.rand(3, 4, 1, generator=gen)  # per row, not per block
-        errs += verify.run_case(c, triton_ops)
-        c = verify.case_complement_update((2, 4, 9), "exact", gen, CPU)
-        c.kwargs["m"] = c.kwargs["m"].double()  # not fp32
-        c.kwargs["xm"], c.kwargs["ym"] = c.kwargs["xm"].double(), c.kwargs["ym"].double()
-        errs += verify.run_case(c, triton_ops)
+    c = verify.case_complement_update((3, 4, 9), "exact", gen, CPU)
+    c.kwargs["bc2"] = 0.5 + torch.rand(3, 4, 1, generator=gen)  # per row, not per block: the twin refuses it
+    try:
+        triton_ops.complement_update(**c.kwargs)
+        errs.append("complement_update with a bc2 per row did not raise")
+    except ValueError as e:
+        if "bc2" not in str(e):
+            errs.append(f"complement_update with a bc2 per row: unclear error {e}")
+    c = verify.case_complement_update((2, 4, 9), "exact", gen, CPU)
+    c.kwargs["m"] = c.kwargs["m"].double()  # not fp32
+    c.kwargs["xm"], c.kwargs["ym"] = c.kwargs["xm"].double(), c.kwargs["ym"].double()
+    errs += verify.run_case(c, triton_ops)
     c = verify.case_residual((2, 4, 9, 3), "exact", gen, CPU)
     c.kwargs["y"] = c.kwargs["y"][:, :, :2]  # ranks of X and Y differ: the twin's matmul error, not a silent kernel
     try:
@@ -144,8 +148,7 @@ def check_fallbacks() -> list[str]:
     c = verify.case_complement_update((3, 7, 40), "exact", gen, CPU, bc=("tensor", "tensor"), k=(3, 5))
     kw = {k: v.mT.contiguous().mT if isinstance(v, torch.Tensor) and v.dim() == 3 else v for k, v in c.kwargs.items()}
     assert not kw["m"].is_contiguous() and not kw["xu"].is_contiguous()
-    with reference.ieee_sqrt():
-        want = reference.complement_update(**c.kwargs)
+    want = reference.complement_update(**c.kwargs)
     errs += [
         f"strided complement_update {e}"
         for e in verify.compare("u", triton_ops.complement_update(**kw), want, exact=True)
@@ -282,9 +285,7 @@ def _mlp(d: int, dtype: torch.dtype) -> torch.nn.Module:
 def check_end_to_end(counter: Counter) -> list[str]:
     """SCAO steps through the kernels (interpreter) == SCAO steps through the twins, bit for bit.
 
-    The twins run under ``reference.ieee_sqrt()``: ``complement_update``'s twin otherwise takes CPU
-    ``torch.sqrt`` (not IEEE on CPU, what the optimizer's CPU path has always used), the kernel
-    IEEE ``sqrt_rn``. ``complement_update`` only runs with truncated bases. Where it or
+    ``complement_update`` only runs with truncated bases. Where it or
     ``residual_sumsq`` (stream sides) runs, products and sums of squares are summed in another
     order by the kernels than by torch, so those runs match within a tolerance: 2^-10
     of each weight plus 1e-6 (a few fp32 ulps of the update, through a few steps; a bf16 ulp is
@@ -322,7 +323,7 @@ def check_end_to_end(counter: Counter) -> list[str]:
                 used[k] += counter.calls[("triton", k)]
                 if counter.calls[("reference", k)]:
                     errs.append(f"{name}: kernel path fell back to the twin for {k}")
-            with kernels.use_reference(), reference.ieee_sqrt():
+            with kernels.use_reference():
                 o_r.zero_grad()
                 (m_r(x.to(dtype)) - y.to(dtype)).float().square().mean().backward()
                 o_r.step()

@@ -32,7 +32,7 @@ NO_DIVISION = {"_apply_kernel", "_factor_corr_kernel"}
 NO_DIVISION |= {"_sumsq_kernel", "_stats_kernel"}
 DIVISION_IF = {"_stats_finish_kernel": "HAS_BACK"}
 """Kernels that divide only in the variants where this constexpr is true."""
-NEEDS_SQRT = {"_factor_diag_kernel", "_complement_update_kernel"}
+NEEDS_SQRT = {"_factor_diag_kernel"}
 """Kernels whose square root must show up as IEEE ``sqrt.rn.f32``."""
 NEEDS_NAN_MAX = {"_complement_update_kernel"}
 """Kernels whose maximum must propagate NaN (``max.NaN.f32``, as ``torch.maximum``)."""

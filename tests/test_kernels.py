@@ -146,19 +146,36 @@ def test_moment_kernels_compile_once_for_every_basis_width(runs):
 
 
 def _old_complement_tail(u, back_m, m, row, col, g_row, mask, bc1, bc2, eps):
-    """The tail of ``KronGroup._with_complement`` before ``kernels.complement_add_`` replaced it, verbatim."""
+    """The tail of ``KronGroup._with_complement`` before ``kernels.complement_add_`` replaced it, verbatim
+    (its square root taken in float64, correctly rounded, as the kernel then did)."""
     res_m = back_m.neg_().add_(m)
     floor = (1e-3**2) * g_row.mean(-1)
     denom = torch.mul(row.unsqueeze(-1), (col / row.mean(-1, keepdim=True).clamp_min(1e-30)).unsqueeze(-2))
-    denom = torch.maximum(denom, floor[:, None, None]).div_(bc2).sqrt_().add_(eps)
+    denom = torch.maximum(denom, floor[:, None, None]).div_(bc2).double().sqrt_().float().add_(eps)
     res_m.div_(denom).mul_(mask[:, None, None] / bc1)
     return u.add_(res_m)
 
 
-def test_complement_twin_is_the_old_expression_bit_for_bit():
-    """``reference.complement_add_`` (what the CPU optimizer now runs) == the code it replaced, bit for bit:
-    random signs and wide magnitudes, zero rows/cols/blocks/residuals, mixed masks, float and per-block bc,
-    odd sizes, B = 1 and 3; plus the in-place contract (``u`` returned, updated in place)."""
+def _written_out_complement_tail(u, back_m, m, row, col, g_row, mask, bc1, bc2, eps):
+    """The twin's expression, written out: the denominator from per-row and per-column roots."""
+    res_m = back_m.neg_().add_(m)
+    floor = (1e-3**2) * g_row.mean(-1)
+    cs = col / row.mean(-1, keepdim=True).clamp_min(1e-30)
+    per = (bc2 if isinstance(bc2, torch.Tensor) else torch.tensor(bc2, dtype=torch.float32)).reshape(-1)
+    a = (row / per[:, None]).double().sqrt().float()
+    b = cs.double().sqrt().float()
+    f = (floor / per).double().sqrt().float()
+    denom = torch.maximum(a[:, :, None] * b[:, None, :], f[:, None, None]).add_(eps)
+    res_m.div_(denom).mul_(mask[:, None, None] / bc1)
+    return u.add_(res_m)
+
+
+def test_complement_twin_is_its_expression_and_the_old_one_within_ulps():
+    """``reference.complement_add_`` (what the CPU optimizer runs) == its expression written out, bit for
+    bit, and == the code it replaced (``sqrt(max(r c, floor) / bc2)`` per element) within a few fp32 ulps
+    (the square root of a product is the product of the roots, rounded differently): random signs and
+    wide magnitudes, zero rows/cols/blocks/residuals, mixed masks, float and per-block bc, odd sizes,
+    B = 1 and 3; plus the in-place contract (``u`` returned, updated in place)."""
     from scao_dist.kernels import reference
 
     gen = torch.Generator().manual_seed(11)
@@ -168,6 +185,7 @@ def test_complement_twin_is_the_old_expression_bit_for_bit():
 
     assert reference.RES_FLOOR == 1e-3
     checked = moved = 0
+    worst = 0.0
     for trial, (B, M, N) in enumerate([(1, 1, 1), (3, 1, 7), (1, 33, 17), (3, 19, 300), (3, 64, 96), (1, 40, 129)]):
         for bc_kind in ("float", "tensor"):
             u, back_m, m = wide(B, M, N), wide(B, M, N), wide(B, M, N)
@@ -188,11 +206,17 @@ def test_complement_twin_is_the_old_expression_bit_for_bit():
                 bc1 = 0.05 + torch.rand(B, 1, 1, generator=gen)
                 bc2 = 0.001 + torch.rand(B, 1, 1, generator=gen)
             args = (row, col, g_row, mask, bc1, bc2, 1e-8)
-            want = _old_complement_tail(u.clone(), back_m.clone(), m.clone(), *args)
+            want = _written_out_complement_tail(u.clone(), back_m.clone(), m.clone(), *args)
             got_u = u.clone()
             got = reference.complement_add_(got_u, back_m.clone(), m.clone(), *args)
             assert got is got_u
             assert torch.equal(got.view(torch.int32), want.view(torch.int32)), (B, M, N, bc_kind)
+            zeros = torch.zeros_like(u)  # the complement's term alone: u = 0 adds it exactly
+            term_new = reference.complement_add_(zeros.clone(), back_m.clone(), m.clone(), *args).double()
+            term_old = _old_complement_tail(zeros.clone(), back_m.clone(), m.clone(), *args).double()
+            scale = term_old.abs().clamp_min(torch.finfo(torch.float32).tiny)
+            worst = max(worst, float(((term_new - term_old).abs() / scale).max()))
             checked += got.numel()
             moved += int((got != u).sum())
     assert checked > 30_000 and moved > checked // 4  # not vacuous: the update changes most of u
+    assert 0.0 < worst < 2.0**-20, worst  # a few ulps of the term; not bit for bit (the roots round apart)

@@ -12,14 +12,16 @@ registers (a ``tl.dot`` over ``k``, fp32 accumulation) where it is consumed:
   the row and column sums of squares of ``G`` and of ``G - X Y^T``. Each program writes its tile's
   partial sums to its own slot; torch adds the slots (a fixed order: deterministic, no atomics).
 * :func:`complement_update`: one read of ``M`` and one write give
-  ``U = X_u Y_u^T + mask (M - X_m Y_m^T)/bc1 / (sqrt(max(r_i c_j, floor)/bc2) + eps)``, the tail in
-  the same fp32 operations and order as :func:`.reference.complement_add_` (IEEE division and
-  square root, no FMA, NaN-propagating maximum). Given the weights it applies ``U`` to them at once
-  (``x <- x (1 - lr wd) - lr U``, :func:`.apply.master_update` on bf16 weights and their correction
-  bits), so ``U`` never reaches memory: ``M``, ``w`` and the bits are read once and the weights and
-  bits written once. With ``hyper`` (:class:`.scalars.StepScalars`) the scale ``mask/bc1`` comes from
-  the row (:func:`.reference.hyper_scale`) and the kernel loads ``bc2``, ``c = 1 - lr wd`` and ``lr``
-  from it.
+  ``U = X_u Y_u^T + mask (M - X_m Y_m^T)/bc1 / (sqrt(max(r_i c_j, floor)/bc2) + eps)``, the
+  denominator as ``max(a_i b_j, f) + eps`` from per-row and per-column square roots
+  (:func:`.reference.complement_roots`, formed by torch), the tail in the same fp32 operations and
+  order as :func:`.reference.complement_add_` (IEEE division, no FMA, NaN-propagating maximum).
+  Given the weights it applies ``U`` to them at once (``x <- x (1 - lr wd) - lr U``,
+  :func:`.apply.master_update` on bf16 weights and their correction bits), so ``U`` never reaches
+  memory: ``M``, ``w`` and the bits are read once and the weights and bits written once. With
+  ``hyper`` (:class:`.scalars.StepScalars`) the scale ``mask/bc1`` comes from the row
+  (:func:`.reference.hyper_scale`), ``bc2`` too (in the roots), and the kernel loads
+  ``c = 1 - lr wd`` and ``lr`` from it.
 
 The products run on tensor cores in TF32 when torch's fp32 matmuls may
 (``torch.backends.cuda.matmul.allow_tf32``), else in full fp32 (``input_precision="ieee"``), as
@@ -37,7 +39,7 @@ import triton.language as tl
 
 from . import reference
 from .apply import correction_r, master_update, weights_ok
-from .common import HP_BC2, HP_C, HP_LR, LAUNCH, bf16_bits, hyper_row, new_output, writable, write_back
+from .common import HP_C, HP_LR, LAUNCH, bf16_bits, hyper_row, new_output, writable, write_back
 from .scalars import StepScalars
 
 BM = 64
@@ -244,18 +246,17 @@ def _stats_finish_kernel(
 
 @triton.jit
 def _complement_update_kernel(
-    out_ptr, m_ptr, xu_ptr, yu_ptr, xm_ptr, ym_ptr, row_ptr, cs_ptr, floor_ptr, scale_ptr, bc2_ptr,
-    rho_ptr, hp_ptr, M, N, KU, KM, ntm, ntn, bc2, eps, c, lr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BC2_ROWS: tl.constexpr, PREC: tl.constexpr,
+    out_ptr, m_ptr, xu_ptr, yu_ptr, xm_ptr, ym_ptr, a_ptr, bv_ptr, f_ptr, scale_ptr,
+    rho_ptr, hp_ptr, M, N, KU, KM, ntm, ntn, eps, c, lr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
     APPLY: tl.constexpr, R: tl.constexpr, HP_DEV: tl.constexpr, EVEN: tl.constexpr,
 ):  # fmt: skip
     """Tile (tm, tn) of block b:
-    U = X_u Y_u^T + ((m - X_m Y_m^T) / (sqrt(max(row_i cs_j, floor_b) / bc2) + eps)) scale_b,
+    U = X_u Y_u^T + ((m - X_m Y_m^T) / (max(a_i bv_j, f_b) + eps)) scale_b,
     stored in ``out`` (APPLY false) or applied to the weights ``out`` (and bits ``rho`` for R > 0).
-    ``HP_DEV``: ``bc2``, ``c``, ``lr`` loaded from the step scalars at ``hp_ptr``. ``EVEN``: the tiles
-    divide the block (no masks)."""
+    ``a``, ``bv``, ``f``: :func:`.reference.complement_roots`. ``HP_DEV``: ``c``, ``lr`` loaded from the
+    step scalars at ``hp_ptr``. ``EVEN``: the tiles divide the block (no masks)."""
     if HP_DEV:
-        bc2 = tl.load(hp_ptr + HP_BC2)
         c = tl.load(hp_ptr + HP_C)
         lr = tl.load(hp_ptr + HP_LR)
     pid = tl.program_id(0)
@@ -269,18 +270,15 @@ def _complement_update_kernel(
     b64 = b.to(tl.int64)
     u = lowrank_tile(xu_ptr, yu_ptr, b64, i, j, M, N, KU, BM, BN, BK, PREC)
     bm = lowrank_tile(xm_ptr, ym_ptr, b64, i, j, M, N, KM, BM, BN, BK, PREC)
-    r_i = tl.load(row_ptr + b64 * M + i, mask=mi, other=0.0)[:, None]
-    c_j = tl.load(cs_ptr + b64 * N + j, mask=mj, other=0.0)[None, :]
-    floor = tl.load(floor_ptr + b)
+    a_i = tl.load(a_ptr + b64 * M + i, mask=mi, other=0.0)[:, None]
+    b_j = tl.load(bv_ptr + b64 * N + j, mask=mj, other=0.0)[None, :]
+    f = tl.load(f_ptr + b)
     scale = tl.load(scale_ptr + b)
-    if BC2_ROWS:
-        bc2 = tl.load(bc2_ptr + b)
     off = (b64 * M + i)[:, None] * N + j[None, :]
     mask = mi[:, None] & mj[None, :]
     m = load_tile(m_ptr + off, mask, 0.0, EVEN)
     r = m - bm  # == (-bm) + m, the twin's spelling, bit for bit (signed zeros included)
-    v = tl.maximum(r_i * c_j, floor, propagate_nan=tl.PropagateNan.ALL)
-    d = tl.sqrt_rn(tl.math.div_rn(v, bc2)) + eps
+    d = tl.maximum(a_i * b_j, f, propagate_nan=tl.PropagateNan.ALL) + eps
     u = u + tl.math.div_rn(r, d) * scale
     if not APPLY:
         store_tile(out_ptr + off, u, mask, EVEN)
@@ -490,7 +488,9 @@ def complement_update(
     if not ok:
         return reference.complement_update(*args, **apply_args)
     cs, floor, scale = reference.complement_vectors(row, col, g_row, mask, bc1, stats, hyper)
-    if scale.dtype != torch.float32 or scale.shape != (B, 1, 1):  # e.g. a float64 mask or default dtype
+    a, bv, f = reference.complement_roots(row, cs, floor, hyper.bc2 if hyper is not None else bc2)
+    vectors = ((a, (B, M)), (bv, (B, N)), (f, (B,)), (scale, (B, 1, 1)))
+    if not all(t.dtype == torch.float32 and tuple(t.shape) == sh for t, sh in vectors):  # e.g. a float64 mask
         return reference.complement_update(*args, **apply_args)
     R = correction_r(rho) if w is not None else 0
     if w is None:
@@ -499,17 +499,15 @@ def complement_update(
         out = writable(w)
         rbuf = writable(rho) if rho is not None else None
     if m.numel():
-        bc2_rows = _per_block(bc2, B, dev) if isinstance(bc2, torch.Tensor) else None
         ntm, ntn = triton.cdiv(M, BM), triton.cdiv(N, BN)
         xu_k, yu_k, ku = _operands(m, xu, yu)
         xm_k, ym_k, km = _operands(m, xm, ym)
         _complement_update_kernel[(B * ntm * ntn,)](
             bf16_bits(out) if R else out, m.contiguous(), xu_k, yu_k, xm_k, ym_k,
-            row.contiguous(), cs.contiguous(), floor.contiguous(), scale.reshape(B).contiguous(),
-            bc2_rows if bc2_rows is not None else floor, rbuf if R else floor, floor if hyper is None else hp,
-            M, N, ku, km, ntm, ntn,
-            1.0 if bc2_rows is not None else _f32(bc2), _f32(eps), 1.0 - lr * wd, float(lr),
-            BM=BM, BN=BN, BK=BK, BC2_ROWS=bc2_rows is not None, PREC=precision(), APPLY=w is not None, R=R,
+            a.contiguous(), bv.contiguous(), f.contiguous(), scale.reshape(B).contiguous(),
+            rbuf if R else f, f if hyper is None else hp,
+            M, N, ku, km, ntm, ntn, _f32(eps), 1.0 - lr * wd, float(lr),
+            BM=BM, BN=BN, BK=BK, PREC=precision(), APPLY=w is not None, R=R,
             HP_DEV=hyper is not None, EVEN=_even(M, N, BM), **{**LAUNCH, "num_warps": COMPLEMENT_WARPS[w is not None]},
         )  # fmt: skip
     if w is None:

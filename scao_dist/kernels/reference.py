@@ -8,10 +8,8 @@ the kernels agree bit for bit (see :mod:`scao_dist.quant`). Shapes: leading dims
 stacked blocks of a group, the codecs group the flattened trailing values in groups of
 ``quant.GROUP``.
 
-The exception is :func:`complement_add_`: it restates the optimizer's earlier torch code exactly
-(true divisions by ``bc2``, ``Tensor.sqrt_``), so the CPU optimizer's results did not change when
-the kernel came. CPU ``torch.sqrt`` is not IEEE, so on CPU it equals its kernel only under
-:func:`ieee_sqrt` (the tests' setting); on CUDA it does as it is.
+:func:`complement_add_` divides by ``bc2`` truly (IEEE, as a 0-d tensor) and takes its square roots
+on per-row and per-column vectors (:func:`complement_roots`).
 
 The math, per element (``t`` = Adam step, ``bc1 = 1 - b1^t``, ``bc2 = 1 - b2^t``):
 
@@ -43,9 +41,6 @@ Python scalar, ``bc1`` in the complement's ``mask / bc1``, is matched by :func:`
 """
 
 from __future__ import annotations
-
-import contextlib
-from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -144,26 +139,6 @@ def adamw_(
 
 RES_FLOOR = 1e-3
 """The complement's second moment is floored at ``(RES_FLOOR * RMS gradient)^2`` per block."""
-
-_IEEE_SQRT = False
-
-
-@contextlib.contextmanager
-def ieee_sqrt(flag: bool = True) -> Iterator[None]:
-    """Make :func:`complement_add_` take its (fp32) square root with :func:`quant.sqrt_rn` inside the block.
-
-    :func:`complement_add_` restates the optimizer's original torch code, which used
-    ``Tensor.sqrt_``: IEEE on CUDA, but up to 1 ulp off for ~17% of inputs on CPU (see
-    :func:`quant.sqrt_rn`). The kernel's ``sqrt_rn`` is IEEE, so on CPU the kernel equals this
-    twin only with the switch on (the interpreter tests and the end-to-end check use it); on CUDA
-    the switch changes nothing.
-    """
-    global _IEEE_SQRT
-    old, _IEEE_SQRT = _IEEE_SQRT, flag
-    try:
-        yield
-    finally:
-        _IEEE_SQRT = old
 
 
 def complement_vectors(
@@ -281,31 +256,44 @@ def complement_add_(
     bool: the blocks with a complement; ``bc1``/``bc2``: floats or fp32 (B, 1, 1);
     ``mr = max(mean(row), 1e-30)``, ``floor = RES_FLOOR^2 mean(g_row)``. **``back_m`` is
     overwritten** (with the scaled residual). The operations, in order (all fp32, every one
-    rounded; the exact code ``groups.KronGroup._with_complement`` ran before the kernel existed)::
+    rounded), with the denominator in the factors of :func:`complement_roots`::
 
         r = (-back_m) + m
-        d = sqrt(max(row_i * cs_j, floor) / bc2) + eps        cs = col / mr
+        d = max(a_i * b_j, f) + eps        a = sqrt(row / bc2), b = sqrt(cs), f = sqrt(floor / bc2), cs = col / mr
         u = u + (r / d) * (mask / bc1)
 
-    A float ``bc2`` divides as a 0-d fp32 tensor: on CPU that is the same as dividing by the
-    float; on CUDA it keeps the division IEEE (torch multiplies by ``1/bc2`` for a Python
-    scalar), as the kernel's. ``torch.maximum`` propagates NaN. The square root: see
-    :func:`ieee_sqrt`. ``stats``: ``(cs, floor)`` as :func:`residual_stats` returned them (else
-    computed here from ``row``, ``col``, ``g_row``). ``hyper``: ``bc2`` is its 0-d fp32 ``bc2``
-    (on ``u``'s device) and the scale :func:`hyper_scale`, the float ``bc1``, ``bc2`` ignored.
+    Per element that is one product, a maximum, a sum and one division, where the square root of
+    ``max(row_i cs_j, floor) / bc2`` took a division and a square root more: in the kernel those two
+    IEEE operations were a fifth of the time (``bench.complement_probe``, BENCHMARKS.md §0).
+    ``torch.maximum`` propagates NaN. ``stats``: ``(cs, floor)`` as :func:`residual_stats` returned
+    them (else computed here from ``row``, ``col``, ``g_row``). ``hyper``: ``bc2`` is its 0-d fp32
+    ``bc2`` and the scale :func:`hyper_scale`, the float ``bc1``, ``bc2`` ignored.
     """
-    if hyper is not None:
-        bc2 = hyper.bc2.to(u.device)
     res_m = back_m.neg_().add_(m)
     cs, floor, scale = complement_vectors(row, col, g_row, mask, bc1, stats, hyper)
-    if not isinstance(bc2, Tensor):
-        bc2 = torch.full((), bc2, dtype=torch.float32, device=u.device)
-    denom = torch.mul(row.unsqueeze(-1), cs.unsqueeze(-2))
-    denom = torch.maximum(denom, floor[:, None, None]).div_(bc2)
-    ieee = _IEEE_SQRT and denom.dtype == torch.float32
-    denom = (denom.copy_(quant.sqrt_rn(denom)) if ieee else denom.sqrt_()).add_(eps)
+    a, b, f = complement_roots(row, cs, floor, hyper.bc2 if hyper is not None else bc2)
+    denom = torch.maximum(a.unsqueeze(-1) * b.unsqueeze(-2), f[:, None, None]).add_(eps)
     res_m.div_(denom).mul_(scale)
     return u.add_(res_m)
+
+
+def complement_roots(row: Tensor, cs: Tensor, floor: Tensor, bc2: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:
+    """The complement's denominator in factors: ``sqrt(row_i / bc2)`` (B, m), ``sqrt(cs_j)`` (B, n) and
+    ``sqrt(floor / bc2)`` (B,), so that ``sqrt(max(row_i cs_j, floor) / bc2) = max(a_i b_j, f)``
+    (the square root is monotone: the maximum commutes with it). Square roots correctly rounded
+    (:func:`quant.sqrt_rn`) and divisions IEEE (a float ``bc2`` as a 0-d fp32 tensor; ``bc2`` per
+    block (B, 1, 1) divides its block's rows), so every device forms the same vectors; shared by the
+    twin and the kernel's wrapper."""
+    if not isinstance(bc2, Tensor):
+        bc2 = torch.full((), bc2, dtype=torch.float32, device=row.device)
+    if bc2.numel() not in (1, row.shape[0]) or any(d != 1 for d in bc2.shape[1:]):
+        raise ValueError(
+            f"the complement's bc2 must be a float or one value per block (shape (B, 1, 1)), got shape "
+            f"{tuple(bc2.shape)}: a bias correction that varies inside a block does not factor into row "
+            "and column roots"
+        )
+    per = bc2.to(row.device).reshape(-1)  # (1,) or (B,)
+    return quant.sqrt_rn(row / per[:, None]), quant.sqrt_rn(cs), quant.sqrt_rn(floor / per)
 
 
 def lowrank(x: Tensor, y: Tensor) -> Tensor:

@@ -28,9 +28,7 @@ for bit (its tail restates :func:`reference.complement_add_`; the returned tenso
 so an unwritten element fails); ``residual_sumsq``'s sums within the reordering bound of a sum of
 ``n`` positive terms (``n`` x 2^-24 relative). Their ``"dense"`` cases use full random factors with
 the gradient close to ``X Y^T`` (cancellation, as in training) and compare within a tolerance scaled
-by the magnitudes involved: ``2^-16`` of them in full fp32, ``2^-8`` with TF32 products. On CPU
-``complement_update``'s twin runs under :func:`reference.ieee_sqrt` (CPU ``torch.sqrt`` is not IEEE;
-the kernel's ``sqrt_rn`` and CUDA's are).
+by the magnitudes involved: ``2^-16`` of them in full fp32, ``2^-8`` with TF32 products.
 
 ``hyper`` cases (``rotated_adam_``, ``apply_update_``, ``adamw_``, ``complement_update``; the builders'
 ``hyper=True``, :func:`with_hyper`) call both sides as a captured step does: the step's ``lr``,
@@ -447,8 +445,7 @@ def case_complement_update(
     if mode == "dense":
         tol = 2.0**-8 if _tf32_on(device) else 2.0**-16
         mag = dict(kw, m=torch.zeros_like(m), xu=xu.abs(), yu=yu.abs(), xm=-xm.abs(), ym=ym.abs())
-        with reference.ieee_sqrt(device.type == "cpu"):
-            atol = tol * reference.complement_update(**mag)
+        atol = tol * reference.complement_update(**mag)
     elif mode == "exact":
         rtol = 0.0  # bit for bit
     label = f"{mode} {tuple(shape)} k={k} bc={bc}"
@@ -530,9 +527,7 @@ def run_case(case: Case, ops: Any) -> list[str]:
         out_k = getattr(ops, case.kernel)(**kw_k)
     finally:
         common.POISON_OUTPUTS = old
-    on_cpu = any(isinstance(v, Tensor) and v.device.type == "cpu" for v in case.kwargs.values())
-    with reference.ieee_sqrt(on_cpu):  # only complement_update reads it (see the module docstring)
-        out_r = getattr(reference, case.kernel)(**kw_r)
+    out_r = getattr(reference, case.kernel)(**kw_r)
     errs = compare("returned", out_k, out_r, exact=case.rtol == 0.0, rtol=case.rtol, atol=case.atol)
     for name in case.inplace:
         errs += compare(name, kw_k[name], kw_r[name], exact=name in case.exact, rtol=case.inplace_rtol)
