@@ -72,7 +72,6 @@ def _torch_profile(model: GPT, opt: Any, n: int, batch: int, device: torch.devic
         _grads(model, batch, device, 10_000 + i)
         grads.append([p.grad.clone() if p.grad is not None else None for p in model.parameters()])
         opt.zero_grad(set_to_none=True)
-    opt.zero_grad(set_to_none=True)
     with torch.profiler.profile(activities=acts, record_shapes=True) as prof:
         for g in grads:
             _load_grads(model, g)
@@ -141,7 +140,7 @@ def step_windows(trace: dict[str, Any], n: int) -> dict[str, Any]:
         and str(e.get("name", "")).startswith("Optimizer.step#")
         and not str(e.get("cat", "")).startswith("gpu")
     )
-    gpu = sorted((e for e in ev if e.get("ph") == "X" and e.get("cat") in DEVICE_CATS), key=lambda e: e["ts"])
+    gpu = _gpu_events(trace)
     if not steps or not gpu:
         return {}
     walls, busys, leads = [], [], []
@@ -150,11 +149,7 @@ def step_windows(trace: dict[str, Any], n: int) -> dict[str, Any]:
         mine = [e for e in gpu if t0 <= e["ts"] < t_next]
         if not mine:
             continue
-        busy, end = 0.0, mine[0]["ts"]
-        for e in mine:
-            a, b = e["ts"], e["ts"] + e.get("dur", 0)
-            busy += max(0.0, b - max(a, end))
-            end = max(end, b)
+        busy, end, _ = _merged(mine)
         walls.append(end - t0)
         busys.append(busy)
         leads.append(mine[0]["ts"] - t0)
@@ -170,17 +165,10 @@ def device_timeline(trace: dict[str, Any], n: int, top: int = 12) -> dict[str, A
     memcpy/memset intervals per step (``busy_ms``) against the span from the first to the last
     (``span_ms``), and the longest idle gaps inside it with the GPU work that ended the gap. A step
     whose ``busy_ms`` is well below its time is waiting for the host (launches, Python, syncs)."""
-    ev = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and e.get("cat") in DEVICE_CATS]
-    ev.sort(key=lambda e: e["ts"])
+    ev = _gpu_events(trace)
     if not ev:
         return {}
-    busy, gaps, end = 0.0, [], ev[0]["ts"]
-    for e in ev:
-        t0, t1 = e["ts"], e["ts"] + e.get("dur", 0)
-        if t0 > end:
-            gaps.append((t0 - end, e["name"][:80]))
-        busy += max(0.0, t1 - max(t0, end))
-        end = max(end, t1)
+    busy, end, gaps = _merged(ev)
     idle = sorted(gaps, reverse=True)[:top]
     return {
         "busy_ms_per_step": round(busy / 1e3 / n, 3),
@@ -193,6 +181,25 @@ def device_timeline(trace: dict[str, Any], n: int, top: int = 12) -> dict[str, A
 
 DEVICE_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
 """Chrome-trace categories of GPU work."""
+
+
+def _gpu_events(trace: dict[str, Any]) -> list[dict[str, Any]]:
+    """The GPU work of a Chrome trace (:data:`DEVICE_CATS`), in order of start."""
+    ev = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and e.get("cat") in DEVICE_CATS]
+    return sorted(ev, key=lambda e: e["ts"])
+
+
+def _merged(ev: list[dict[str, Any]]) -> tuple[float, float, list[tuple[float, str]]]:
+    """Events sorted by start, as one timeline: (time covered by at least one, end of the last,
+    the idle gaps between them as ``(length, name of the event that ended the gap)``)."""
+    busy, gaps, end = 0.0, [], ev[0]["ts"]
+    for e in ev:
+        t0, t1 = e["ts"], e["ts"] + e.get("dur", 0)
+        if t0 > end:
+            gaps.append((t0 - end, e["name"][:80]))
+        busy += max(0.0, t1 - max(t0, end))
+        end = max(end, t1)
+    return busy, end, gaps
 
 
 def _cprofile(model: GPT, opt: Any, n: int, batch: int, device: torch.device) -> str:
