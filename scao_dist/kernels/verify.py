@@ -544,7 +544,6 @@ rows of every alignment the group kernels are told (``common.group_layout``'s ``
 16; 48 is a basis width 16 off the 32-column grid)."""
 SMALL_COMPLEMENT = [(1, 1, 1), (3, 1, 7), (1, 33, 17), (3, 5, 95), (3, 19, 300), (1, 3, 513), (2, 70, 65)]
 """(B, m, n) of the low-rank cases: B = 1 and 3, n = 1, odd, above one [64, 64] tile in each dim."""
-BF16_8 = (torch.bfloat16, 8)
 EVEN_COMPLEMENT = [(2, 64, 128), (1, 128, 64)]
 """(B, m, n) of low-rank cases whose [64, 64] tiles divide the block (the kernels then mask nothing)."""
 SMALL_RANKS = [(0, 5), (1, 40), (16, 33), (40, 2)]
@@ -588,7 +587,8 @@ def small_cases(gen: torch.Generator, device: torch.device) -> dict[str, list[Ca
     for even in EVEN_COMPLEMENT:  # whole [64, 64] tiles: the kernels' unmasked loads and stores
         cu = out["complement_update"]
         cu.append(case_complement_update(even, "exact", gen, device, k=(16, 40)))
-        cu.append(case_complement_update(even, "exact", gen, device, bc=("tensor", "float"), k=(40, 2), apply=BF16_8))
+        bf16_8 = (torch.bfloat16, 8)
+        cu.append(case_complement_update(even, "exact", gen, device, bc=("tensor", "float"), k=(40, 2), apply=bf16_8))
         cu.append(case_complement_update(even, "dense", gen, device, k=(33, 64), apply=(torch.float32, 0)))
         out["residual_sumsq"].append(case_residual((*even, 40), "exact", gen, device))
         out["residual_sumsq"].append(case_residual((*even, 33), "dense", gen, device, gdtype=torch.bfloat16))
