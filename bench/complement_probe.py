@@ -72,9 +72,9 @@ def _probe_kernel(
     u = tl.zeros((BM, BN), dtype=tl.float32)
     bm = tl.zeros((BM, BN), dtype=tl.float32)
     if PROD >= 1:
-        u = lowrank_tile(xu_ptr, yu_ptr, b64, i, j, M, N, KU, BM, BN, BK, PREC)
+        u = lowrank_tile(xu_ptr, yu_ptr, b64, i, j, M, N, KU, KU, KU, BM, BN, BK, PREC)  # (contiguous: stride = rank)
     if PROD >= 2:
-        bm = lowrank_tile(xm_ptr, ym_ptr, b64, i, j, M, N, KM, BM, BN, BK, PREC)
+        bm = lowrank_tile(xm_ptr, ym_ptr, b64, i, j, M, N, KM, KM, KM, BM, BN, BK, PREC)
     r_i = tl.load(row_ptr + b64 * M + i, mask=mi, other=0.0)[:, None]
     c_j = tl.load(cs_ptr + b64 * N + j, mask=mj, other=0.0)[None, :]
     floor = tl.load(floor_ptr + b)
@@ -130,8 +130,9 @@ def probe(ops: dict[str, Any], hyper: StepScalars, cfg: dict[str, Any]) -> None:
     cs, floor, scale = reference.complement_vectors(ops["row"], ops["col"], ops["g_row"], ops["mask"], 1.0, None, hyper)
     bm, bn = cfg.get("BM", 64), cfg.get("BN", 64)
     ntm, ntn = triton.cdiv(M, bm), triton.cdiv(N, bn)
-    xu, yu, k = _operands(m, ops["xu"], ops["yu"])  # the rank padded to a multiple of BK, as the library does
-    xm, ym, _ = _operands(m, ops["xm"], ops["ym"])
+    # the rank padded to a multiple of BK, as the library does; the probe's fp32 factors are contiguous
+    xu, _, yu, _, k = _operands(m, ops["xu"].contiguous(), ops["yu"].contiguous())
+    xm, _, ym, _, _ = _operands(m, ops["xm"].contiguous(), ops["ym"].contiguous())
     _probe_kernel[(B * ntm * ntn,)](
         bf16_bits(ops["w"]), m, xu, yu, xm, ym, ops["row"], cs, floor.reshape(B),
         scale.reshape(B), ops["rho"], hyper.row, M, N, k, k, ntm, ntn, 1e-8,

@@ -82,7 +82,10 @@ def shapes(dry: bool, mb: float) -> list[tuple[str, str, dict[str, Any]]]:
     written; 10 applied: M, bf16 weights and int8 bits read, weights and bits written]; the factors add
     (m + n) k x 4 per block). Their products run in TF32, as the training benchmarks set torch's fp32
     matmuls to. The "bf16" cases read a bf16 gradient, as frame-less groups with bf16 weights pass it
-    [``ema_signed_`` 8.1, ``residual_sumsq`` 2].
+    [``ema_signed_`` 8.1, ``residual_sumsq`` 2]. The "bf16 Q_R" cases pass the right factor as the step
+    does with bf16 stream bases: the stored bf16 basis (its first k columns, read in place), shared by both
+    products of the complement, whose M is then bf16 as well [``complement_update`` applied 8; the
+    ``ema_signed_`` that returns that M: 6.1].
     """
     import torch
 
@@ -109,6 +112,11 @@ def shapes(dry: bool, mb: float) -> list[tuple[str, str, dict[str, Any]]]:
         ("ema_signed_", "(B,768,3072)", dict(shape=(b(10.125, blk), 768, 3072))),
         ("ema_signed_", "(B,767,3071) odd", dict(shape=(b(10.125, blk), 767, 3071))),
         ("ema_signed_", "(B,2048,4096) bf16 x", dict(shape=(b(8.125, 2048 * 4096), 2048, 4096), gdtype=torch.bfloat16)),
+        (
+            "ema_signed_",
+            "(B,2048,4096) bf16 x, bf16 out",
+            dict(shape=(b(6.125, 2048 * 4096), 2048, 4096), gdtype=torch.bfloat16, out_dtype=torch.bfloat16),
+        ),
         ("rotated_adam_", "(B,768,3072) bc per block", dict(shape=(b(14.125, blk), 768, 3072), bc="tensor")),
         ("rotated_adam_", "(B,768,3056) n%32=16", dict(shape=(b(14.125, blk), 768, 3056))),
         ("apply_update_", "bf16+int8", dict(shape=(b(10, blk), 768, 3072), wdtype="bf16", bits=8)),
@@ -130,6 +138,11 @@ def shapes(dry: bool, mb: float) -> list[tuple[str, str, dict[str, Any]]]:
             "(B,2048,8192) k=144 bf16 G",
             dict(shape=(b(2, 2048 * 8192), 2048, 8192), k=144, gdtype=torch.bfloat16),
         ),
+        (
+            "residual_stats",
+            "(B,2048,8192) k=144 bf16 G, bf16 Q_R",
+            dict(shape=(b(2, 2048 * 8192), 2048, 8192), k=144, gdtype=torch.bfloat16, basis="bf16"),
+        ),
         ("residual_sumsq", "(B,3072,768) k=16", dict(shape=(b(4, blk), 3072, 768), k=16)),  # the products' share
         ("residual_sumsq", "(B,3072,768) G alone", dict(shape=(b(4, blk), 3072, 768), k=0)),  # and the tile's
         ("complement_update", "(B,3072,768) k=128", dict(shape=(b(8, blk), 3072, 768), k=128)),
@@ -143,6 +156,11 @@ def shapes(dry: bool, mb: float) -> list[tuple[str, str, dict[str, Any]]]:
             "complement_update",
             "(B,2048,8192) k=144 applied bf16+int8",
             dict(shape=(b(10, 2048 * 8192), 2048, 8192), k=144, bc="tensor", apply=True),
+        ),
+        (  # ... with bf16 stream bases: Q_R read as stored, once for both products, and a bf16 M
+            "complement_update",
+            "(B,2048,8192) k=144 applied, bf16 Q_R, bf16 M",
+            dict(shape=(b(8, 2048 * 8192), 2048, 8192), k=144, bc="tensor", apply=True, basis="bf16"),
         ),
     ]
 
@@ -169,6 +187,11 @@ def make_operands(kernel: str, spec: dict[str, Any], device: Any) -> dict[str, A
         B, M, N = shape
         k = spec["k"]
         x, y = rnd(B, M, k) * 30, rnd(B, N, k) * 30
+        bf16_basis = spec.get("basis") == "bf16"
+        if bf16_basis:  # the first k columns of a stored (B, N, k + probes) bf16 basis
+            stored = torch.zeros(B, N, k + 16, dtype=torch.bfloat16, device=device)
+            stored[..., :k] = y
+            y = stored[..., :k]
         g = rnd(*shape).to(spec.get("gdtype", torch.float32))
         if kernel == "residual_sumsq":  # k = 0: the sums of G alone (no product in the kernel)
             return dict(g=g, x=x if k else None, y=y if k else None)
@@ -189,11 +212,13 @@ def make_operands(kernel: str, spec: dict[str, Any], device: Any) -> dict[str, A
         else:
             apply = {}
         row, col, g_row = rnd(B, M).square(), rnd(B, N).square(), rnd(B, M).square()
-        return dict(m=rnd(*shape), xu=x, yu=y, xm=rnd(B, M, k) * 30, ym=y, row=row, col=col, g_row=g_row,
+        m = rnd(*shape).to(torch.bfloat16 if bf16_basis else torch.float32)
+        return dict(m=m, xu=x, yu=y, xm=rnd(B, M, k) * 30, ym=y, row=row, col=col, g_row=g_row,
                     mask=mask, bc1=bc1, bc2=bc2, eps=1e-8, **apply)  # fmt: skip
     if kernel == "ema_signed_":
         codes, scales = quant.encode_signed(rnd(*shape))
-        return dict(codes=codes, scales=scales, x=rnd(*shape).to(spec.get("gdtype", torch.float32)), beta=0.9)
+        x = rnd(*shape).to(spec.get("gdtype", torch.float32))
+        return dict(codes=codes, scales=scales, x=x, beta=0.9, out_dtype=spec.get("out_dtype", torch.float32))
     if kernel == "rotated_adam_":
         codes, scales = quant.encode_sqrt(rnd(*shape).square())
         bc: Any = 0.7
@@ -222,8 +247,10 @@ def moved_bytes(kernel: str, ops: dict[str, Any]) -> int:
             return 0  # applied to the weights instead
         if name == "returned":
             src = ops["x"] if kernel == "ema_signed_" else ops["m"] if kernel == "complement_update" else ops["g"]
-            return src.numel() * 4
+            return src.numel() * (2 if ops.get("out_dtype") == torch.bfloat16 else 4)
         t = ops.get(name)
+        if name == "ym" and t is ops.get("yu"):
+            return 0  # one Y for both products: read once
         return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
 
     return sum(nb(k) for k in READS[kernel]) + sum(nb(k) for k in WRITES[kernel])
@@ -358,11 +385,22 @@ def verify_on(device: Any, dry: bool, only: Sequence[str] = ()) -> dict[str, Any
             cases["residual_sumsq"].append(
                 verify.case_residual((2, 2048, 4096, 144), mode, gen, device, gdtype=torch.bfloat16)
             )
+            # as a 405M step with bf16 stream bases: Q_R read as stored (and shared), bf16 M
+            cases["residual_sumsq"].append(
+                verify.case_residual((2, 2048, 4096, 144), mode, gen, device, torch.bfloat16, bf16="y")
+            )
+            big = verify.case_complement_update(
+                (2, 2048, 4096), mode, gen, device, bc=bc, k=(144, 144), apply=(torch.bfloat16, 8), bf16="shared"
+            )
+            cases["complement_update"].append(big)
         for mask in ("every", "some"):
             cases["residual_stats"].append(
                 verify.case_residual_stats((3, 2048, 4096, 144), "exact", gen, device, torch.bfloat16, mask)
             )
         cases["ema_signed_"].append(verify.case_ema((4, 2048, 4096), "state", gen, device, xdtype=torch.bfloat16))
+        cases["ema_signed_"].append(
+            verify.case_ema((4, 2048, 4096), "state", gen, device, torch.bfloat16, out_dtype=torch.bfloat16)
+        )
         cases["factor_ema_corr_"].append(verify.case_factor((3,), 777, "boundary", gen, device))
     if only:
         cases = {k: v for k, v in cases.items() if k in only}

@@ -115,10 +115,11 @@ class Packed:
     def names(self) -> tuple[str, ...]:
         return (f"{self.name}.codes", f"{self.name}.scales") if self.quantize else (self.name,)
 
-    def ema(self, t: dict[str, Tensor], x: Tensor, beta: float) -> Tensor:
-        """First moment: ``m <- beta m + (1 - beta) x``; returns fp32 ``m``."""
+    def ema(self, t: dict[str, Tensor], x: Tensor, beta: float, out_dtype: torch.dtype = torch.float32) -> Tensor:
+        """First moment: ``m <- beta m + (1 - beta) x``; returns ``m``, in ``out_dtype`` when quantised (the
+        int8 codes are the state; the value returned feeds this step only), else the fp32 state."""
         if self.quantize:
-            return kernels.ema_signed_(t[f"{self.name}.codes"], t[f"{self.name}.scales"], x, beta)
+            return kernels.ema_signed_(t[f"{self.name}.codes"], t[f"{self.name}.scales"], x, beta, out_dtype)
         return t[self.name].mul_(beta).add_(x, alpha=1 - beta)
 
     def adam(
@@ -459,6 +460,8 @@ class KronGroup(RefreshMixin, _Group):
             if self.bf16 and self.bdt == torch.bfloat16 and "dense" not in modes and "stream" in modes
             else torch.float32
         )
+        # the first moment as the step's products read it: bf16 with the bf16 gradient (_rotate_moment)
+        self.m_dtype = self.grad_dtype
         self._ginv: dict[str, Tensor] = {}  # derived from the stored stream bases (see _gram_inverses)
         self._ginv_stale: dict[str, set[int]] = {}
 
@@ -490,6 +493,26 @@ class KronGroup(RefreshMixin, _Group):
         if qr is not None:
             x = x @ qr.mT
         return x
+
+    def _rotate_moment(
+        self, m: Tensor, ql: Tensor | None, qr: Tensor | None, stored: tuple[Tensor | None, Tensor | None]
+    ) -> Tensor:
+        """``Q_L^T M Q_R`` (fp32). A bf16 ``M`` (:attr:`m_dtype`, bf16 with :attr:`grad_dtype`: bf16 stream
+        bases, no dense frame) meets the bases as stored in its full-size product, exactly and at half
+        the bytes of fp32.
+
+        The step rounds ``M`` to bf16 once, in :func:`kernels.ema_signed_`, and uses that same ``M``
+        here and in the complement (``M - Q_L C_M Q_R^T``, whose cancellation needs one ``M`` in
+        both). Its relative error, at most ``2^-9``, is under the int8 code's own (``2/q`` at code
+        ``q``, ``>= 2^-6``), and ``M`` is written and read three times per step: 6 bytes a weight
+        fewer than in fp32."""
+        if m.dtype != torch.bfloat16:
+            return self.rotate(m, ql, qr)
+        qls, qrs = stored
+        if qls is not None:
+            x = matmul_f32(qls.mT, m)
+            return x @ qr if qr is not None else x
+        return matmul_f32(m, qrs) if qrs is not None else m.float()
 
     def truncated(self, idx: Sequence[int]) -> list[bool]:
         """Per block: does some rotated side keep fewer basis vectors than its dimension?"""
@@ -553,19 +576,21 @@ class KronGroup(RefreshMixin, _Group):
         s, whole = self.select(idx)
         fl, fr = (self.frame(s, side) for side in self.sides)
         qhl, qhr = (self.tracked(s, side) for side in self.sides)  # fp32 once per step
+        stored = tuple(self.tracked(s, side, stored=True) for side in self.sides)  # bf16 with bf16 bases
         kl, kr = (side.K for side in self.sides)
         ql = qhl[..., :kl] if qhl is not None else None
         qr = qhr[..., :kr] if qhr is not None else None
+        qls, qrs = (q[..., :k] if q is not None else None for q, k in zip(stored, (kl, kr)))
 
         gf = self.rotate(g, fl, fr)
         del g
         if gf.dtype == torch.bfloat16:  # bf16 G_F (grad_dtype) meets the bases as stored, in bf16
-            halves = self._stream_halves(gf, *(self.tracked(s, side, stored=True) for side in self.sides))
+            halves = self._stream_halves(gf, *stored)
         else:
             halves = self._stream_halves(gf, qhl, qhr)
         g_rot = self._core(gf, halves, ql, qr)
-        mf = self.mom.ema(s, gf, hp.beta1)
-        m_rot = self.rotate(mf, ql, qr)
+        mf = self.mom.ema(s, gf, hp.beta1, self.m_dtype)
+        m_rot = self._rotate_moment(mf, ql, qr, (qls, qrs))
         u_rot = self.vp.adam(s, g_rot, m_rot, hp.beta2, bc1, bc2, hp.eps, hyper=hyper)
 
         sumsq = stats = None
@@ -573,7 +598,7 @@ class KronGroup(RefreshMixin, _Group):
         factors = None
         if any(trunc):  # the update and the projections of G_F and M as low-rank products X Y^T
             ginv = [self._gram_inverses(side, idx, q) for side, q in zip(self.sides, (ql, qr))]
-            factors = self._complement_factors(u_rot, g_rot, m_rot, ql, qr, ginv)
+            factors = self._complement_factors(u_rot, g_rot, m_rot, ql, qr, ginv, (qls, qrs))
         mask = self._device_list(tuple(trunc), torch.bool) if factors is not None else None
         if self.cfg.graft == "norm" or any(side.mode == "stream" for side in self.sides):  # (truncated => stream)
             # one read of G_F: its row/column mean squares (the norm graft, the complement's floor), ||G_F||^2
@@ -606,7 +631,7 @@ class KronGroup(RefreshMixin, _Group):
     def capture_key(self) -> tuple:
         widths = tuple(side.K for side in self.sides)
         ginv = tuple((k, v.data_ptr()) for k, v in self._ginv.items())
-        return (*super().capture_key(), widths, tuple(self.truncated(range(self.B))), ginv)
+        return (*super().capture_key(), widths, tuple(self.truncated(range(self.B))), ginv, self.m_dtype)
 
     def derived_tensors(self) -> list[Tensor]:
         return super().derived_tensors() + list(self._ginv.values())
@@ -706,6 +731,7 @@ class KronGroup(RefreshMixin, _Group):
         ql: Tensor | None,
         qr: Tensor | None,
         ginv: Sequence[Tensor | None],
+        stored: tuple[Tensor | None, Tensor | None],
     ) -> dict[str, tuple[Tensor, Tensor]]:
         """``Q_L C Q_R^T`` for the three cores as ``X Y^T`` (``X`` (b, m, k), ``Y`` (b, n, k)): the update
         ``U'``, and the projections of ``G_F`` and ``M`` onto the basis, ``C = (Q_L^T Q_L)^-1 Q_L^T G_F
@@ -715,19 +741,23 @@ class KronGroup(RefreshMixin, _Group):
         ``Q^T Q = I + E`` with ``|E| ~ 2^-9``, and ``G - Q Q^T G Q_R Q_R^T`` would leave a residual
         of that size that the Adam normalisation blows up to a full-size step. ``(I + E)^-1 ~ I - E
         + E^2`` costs two k x k products. The full-size products are never formed here: the kernels
-        build them tile by tile (:mod:`.kernels.lowrank`)."""
+        build them tile by tile (:mod:`.kernels.lowrank`). A basis that is a factor as it stands
+        (``Y = Q_R``, or ``X = Q_L`` of a one-sided block) is passed as stored (``stored``: the bases'
+        first ``K`` columns in their stored dtype): the kernels read bf16 bases at half the bytes, and
+        the three products of a two-sided block share one ``Y``."""
         core = torch.stack([g_rot, m_rot])
         if ql is not None:
             core = (ginv[0] if ginv[0] is not None else _gram_inverse(ql)) @ core
         if qr is not None:
             core = core @ (ginv[1] if ginv[1] is not None else _gram_inverse(qr))
         cores = torch.cat([u_rot.unsqueeze(0), core])  # (3, b, kl, kr)
+        qls, qrs = stored
         if ql is not None and qr is not None:
-            xs, ys = ql @ cores, (qr, qr, qr)
+            xs, ys = ql @ cores, (qrs, qrs, qrs)
         elif ql is not None:
-            xs, ys = (ql, ql, ql), cores.mT
+            xs, ys = (qls, qls, qls), cores.mT
         else:
-            xs, ys = cores, (qr, qr, qr)
+            xs, ys = cores, (qrs, qrs, qrs)
         return {key: (xs[j], ys[j]) for j, key in enumerate(("u", "g", "m"))}
 
     def _with_complement(
@@ -789,7 +819,8 @@ class KronGroup(RefreshMixin, _Group):
             target = self.cfg.graft_rms * (self.m_dim * self.n_dim) ** 0.5
         else:
             gms = s["g_row"].mean(-1).clamp_min(1e-30)  # EMA of the mean squared gradient (frame-invariant)
-            target = torch.linalg.vector_norm(m, dim=(-2, -1)) * (_flat(bc2) / gms).sqrt() / _flat(bc1)
+            mnorm = torch.linalg.vector_norm(m, dim=(-2, -1), dtype=torch.float32)
+            target = mnorm * (_flat(bc2) / gms).sqrt() / _flat(bc1)
         return u.mul_((target / unorm)[:, None, None])
 
     def _update_factors(

@@ -183,6 +183,12 @@ def main() -> int:
             c = verify.case_complement_update((2, 40, 768), "exact", gen, cpu, apply=ap, hyper=True)
             triton_ops.complement_update(**c.kwargs)
         triton_ops.residual_sumsq(**verify.case_residual((2, 40, 768, 40), "exact", gen, cpu).kwargs)
+        # the step's products on a bf16 basis: the fp32 core split in two bf16 terms (three in "ieee")
+        c = verify.case_complement_update((2, 64, 128), "exact", gen, cpu, k=(32, 32), apply=(torch.bfloat16, 8),
+                                          hyper=True, bf16="shared")  # fmt: skip
+        triton_ops.complement_update(**c.kwargs)
+        c = verify.case_residual((2, 40, 768, 32), "exact", gen, cpu, torch.bfloat16, bf16="y")
+        triton_ops.residual_sumsq(**c.kwargs)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
 
@@ -204,7 +210,7 @@ def main() -> int:
                                options=options)  # fmt: skip
             ptx = k.asm["ptx"]
         except Exception:
-            res["compile"].append(f"{label}: compile failed\n{traceback.format_exc()[-3000:]}")
+            res["compile"].append(f"{label}: compile failed\n{traceback.format_exc()[-9000:]}")
             continue
         for what, pat in FORBIDDEN.items():
             if what == "contracted FMA" and "'ieee'" in str(consts):

@@ -18,6 +18,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
+import torch
 from torch import Tensor
 
 from . import reference
@@ -50,8 +51,8 @@ def backend(t: Tensor) -> object:
     return reference
 
 
-def ema_signed_(codes, scales, x, beta):
-    return backend(x).ema_signed_(codes, scales, x, beta)
+def ema_signed_(codes, scales, x, beta, out_dtype=torch.float32):
+    return backend(x).ema_signed_(codes, scales, x, beta, out_dtype)
 
 
 def rotated_adam_(codes, scales, g, m, beta2, bc1, bc2, eps, hyper: StepScalars | None = None):

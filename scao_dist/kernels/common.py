@@ -50,11 +50,13 @@ POISON_OUTPUTS = os.environ.get("SCAO_POISON_OUTPUTS", "0") == "1"
 element a kernel forgets to write shows up as NaN."""
 
 
-def new_output(shape: torch.Size | tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """fp32 tensor for a kernel to fill (NaN-poisoned when :data:`POISON_OUTPUTS` is set)."""
+def new_output(
+    shape: torch.Size | tuple[int, ...], device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """fp32 (or ``dtype``) tensor for a kernel to fill (NaN-poisoned when :data:`POISON_OUTPUTS` is set)."""
     if POISON_OUTPUTS:
-        return torch.full(shape, float("nan"), dtype=torch.float32, device=device)
-    return torch.empty(shape, dtype=torch.float32, device=device)
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def writable(t: torch.Tensor) -> torch.Tensor:

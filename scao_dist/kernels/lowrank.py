@@ -23,14 +23,18 @@ registers (a ``tl.dot`` over ``k``, fp32 accumulation) where it is consumed:
   (:func:`.reference.hyper_scale`), ``bc2`` too (in the roots), and the kernel loads
   ``c = 1 - lr wd`` and ``lr`` from it.
 
-The products run on tensor cores in TF32 when torch's fp32 matmuls may
-(``torch.backends.cuda.matmul.allow_tf32``), else in full fp32 (``input_precision="ieee"``), as
-the twin's ``torch.matmul`` does. The twins (:mod:`.reference`) form the products with
-``torch.matmul``; the sums differ in order, so the two agree within a tolerance, and bit for bit
-where the products are exact (:mod:`.verify`).
+The factors are fp32 or bf16. Two fp32 factors multiply on tensor cores in TF32 when torch's fp32
+matmuls may (``torch.backends.cuda.matmul.allow_tf32``), else in full fp32 (``input_precision="ieee"``),
+as the twin's ``torch.matmul`` does. A bf16 factor (a stored basis, ``Q_R`` or ``Q_L``) is read as
+stored, at half the bytes, and its fp32 partner split into two bf16 terms (three without TF32), each
+product exact (:func:`dot_chunk`): as fast as TF32, more precise. The twins (:mod:`.reference`) form
+the products with ``torch.matmul`` of the exact fp32 values; the sums differ in order, so the two agree
+within a tolerance, and bit for bit where the products are exact (:mod:`.verify`).
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import torch
@@ -39,7 +43,18 @@ import triton.language as tl
 
 from . import reference
 from .apply import correction_r, master_update, weights_ok
-from .common import HP_C, HP_LR, LAUNCH, bf16_bits, hyper_row, new_output, writable, write_back
+from .common import (
+    HP_C,
+    HP_LR,
+    LAUNCH,
+    bf16_bits,
+    bf16_to_f32,
+    f32_to_bf16,
+    hyper_row,
+    new_output,
+    writable,
+    write_back,
+)
 from .scalars import StepScalars
 
 BM = 64
@@ -69,22 +84,114 @@ def _sumsq_tiles(M: int, N: int) -> tuple[int, int]:
     return triton.cdiv(M, SUMSQ_BM), triton.cdiv(N, BN)
 
 
+BF16_MMA = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
+"""Multiply bf16 chunks as bf16 (tensor cores). The Triton interpreter multiplies bf16 tiles wrongly
+and rounds fp32 to bf16 by truncation (Triton 3.9): under it the pieces are rounded with
+:func:`.common.f32_to_bf16` and multiplied as their exact fp32 values, the same products and sums."""
+
+
 @triton.jit
-def lowrank_tile(x_ptr, y_ptr, b64, i, j, M, N, K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                 PREC: tl.constexpr):  # fmt: skip
-    """Rows ``i``, columns ``j`` of ``X_b Y_b^T`` for contiguous ``X`` (B, M, K), ``Y`` (B, N, K) with ``K``
-    a multiple of ``BK`` (:func:`_operands` pads the rank with zero columns). Rows ``i >= M`` (columns
-    ``j >= N``) repeat row ``M - 1`` (column ``N - 1``): the callers never keep them. So no load is
-    masked, which saves the per-element predicates (the kernels' integer work, ``session_zm``)."""
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
-    xrow = x_ptr + (b64 * M + tl.minimum(i, M - 1))[:, None] * K
-    ycol = y_ptr + (b64 * N + tl.minimum(j, N - 1))[None, :] * K
-    for k0 in range(0, K, BK):
-        kk = k0 + tl.arange(0, BK)
-        a = tl.load(xrow + kk[None, :])
-        c = tl.load(ycol + kk[:, None])
+def _bf16_piece(x):
+    """``x`` rounded to bf16 (to nearest even): bf16 on the GPU, its exact fp32 value under the interpreter."""
+    if BF16_MMA:  # (if/else: the branches' types differ, so no early return)
+        piece = x.to(tl.bfloat16)
+    else:
+        piece = bf16_to_f32(f32_to_bf16(x))
+    return piece
+
+
+@triton.jit
+def _mma(a, c, acc):
+    """``acc + a c`` for chunks holding bf16 values: exact products, fp32 sums (:data:`BF16_MMA`)."""
+    if BF16_MMA:
+        acc = tl.dot(a, c, acc)
+    else:
+        acc = tl.dot(a.to(tl.float32), c.to(tl.float32), acc, input_precision="ieee")
+    return acc
+
+
+@triton.jit
+def _split_bf16(x, PIECES: tl.constexpr):
+    """fp32 ``x`` as ``PIECES`` (2 or 3) bf16 terms ``hi + mid (+ lo)``, each the rounded remainder of
+    the ones before: 2 hold 16 significant bits (the rest under ``2^-17 |x|``), 3 all 24 of fp32."""
+    hi = _bf16_piece(x)
+    rest = x - hi.to(tl.float32)  # exact (the remainder of a rounding)
+    mid = _bf16_piece(rest)
+    lo = mid
+    if PIECES == 3:
+        lo = _bf16_piece(rest - mid.to(tl.float32))
+    return hi, mid, lo
+
+
+@triton.jit
+def dot_chunk(a, c, acc, PREC: tl.constexpr):
+    """``acc + a c`` for rank chunks ``a`` [BM, BK] and ``c`` [BK, BN], fp32 accumulation.
+
+    fp32 x fp32: one ``tl.dot`` in ``PREC``. bf16 x bf16: one exact bf16 product. bf16 x fp32
+    (either way round, a stored bf16 basis against an fp32 core): the fp32 chunk split into bf16
+    terms (:func:`_split_bf16`: two under TF32, three under ``"ieee"``), each multiplied exactly
+    against the bf16 one. Two bf16 products cost one TF32 product's tensor-core time and keep 16
+    bits of the fp32 operand where TF32 keeps 11; the bf16 operand is read at half the bytes."""
+    # (if/else throughout: Triton compiles the statements after a constexpr-true early return too)
+    if a.dtype == tl.bfloat16 and c.dtype == tl.bfloat16:
+        acc = _mma(a, c, acc)
+    elif a.dtype == tl.bfloat16:
+        pieces: tl.constexpr = 3 if PREC == "ieee" else 2
+        hi, mid, lo = _split_bf16(c, pieces)
+        acc = _mma(a, mid, _mma(a, hi, acc))
+        if pieces == 3:
+            acc = _mma(a, lo, acc)
+    elif c.dtype == tl.bfloat16:
+        pieces: tl.constexpr = 3 if PREC == "ieee" else 2
+        hi, mid, lo = _split_bf16(a, pieces)
+        acc = _mma(mid, c, _mma(hi, c, acc))
+        if pieces == 3:
+            acc = _mma(lo, c, acc)
+    else:
         acc = tl.dot(a, c, acc, input_precision=PREC)
     return acc
+
+
+@triton.jit
+def _rows(ptr, b64, r, R, S):
+    """Row pointers ``ptr[b, min(r, R - 1), :]`` of a (B, R, K) operand with row stride ``S`` (a slice
+    of the last dim of a contiguous tensor); rows past ``R`` repeat the last (never kept)."""
+    return ptr + (b64 * R + tl.minimum(r, R - 1)) * S
+
+
+@triton.jit
+def lowrank_tile(x_ptr, y_ptr, b64, i, j, M, N, K, SX, SY, BM: tl.constexpr, BN: tl.constexpr,
+                 BK: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+    """Rows ``i``, columns ``j`` of ``X_b Y_b^T`` for ``X`` (B, M, K), ``Y`` (B, N, K) of row strides ``SX``,
+    ``SY``, each fp32 or bf16 (:func:`dot_chunk`), ``K`` a multiple of ``BK`` (:func:`_operand` pads the
+    rank with zero columns). Rows ``i >= M`` (columns ``j >= N``) repeat row ``M - 1`` (column ``N - 1``):
+    the callers never keep them. So no load is masked, which saves the per-element predicates (the
+    kernels' integer work, ``session_zm``)."""
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    xrow = _rows(x_ptr, b64, i, M, SX)[:, None]
+    ycol = _rows(y_ptr, b64, j, N, SY)[None, :]
+    for k0 in range(0, K, BK):
+        kk = k0 + tl.arange(0, BK)
+        acc = dot_chunk(tl.load(xrow + kk[None, :]), tl.load(ycol + kk[:, None]), acc, PREC)
+    return acc
+
+
+@triton.jit
+def lowrank_pair(xu_ptr, xm_ptr, y_ptr, b64, i, j, M, N, K, SXU, SXM, SY, BM: tl.constexpr, BN: tl.constexpr,
+                 BK: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+    """:func:`lowrank_tile` of ``X_u Y^T`` and ``X_m Y^T`` with one ``Y`` (both cores of a two-sided basis
+    end in ``Q_R^T``): each chunk of ``Y`` is loaded once for both products."""
+    acc_u = tl.zeros((BM, BN), dtype=tl.float32)
+    acc_m = tl.zeros((BM, BN), dtype=tl.float32)
+    urow = _rows(xu_ptr, b64, i, M, SXU)[:, None]
+    mrow = _rows(xm_ptr, b64, i, M, SXM)[:, None]
+    ycol = _rows(y_ptr, b64, j, N, SY)[None, :]
+    for k0 in range(0, K, BK):
+        kk = k0 + tl.arange(0, BK)
+        c = tl.load(ycol + kk[:, None])
+        acc_u = dot_chunk(tl.load(urow + kk[None, :]), c, acc_u, PREC)
+        acc_m = dot_chunk(tl.load(mrow + kk[None, :]), c, acc_m, PREC)
+    return acc_u, acc_m
 
 
 @triton.jit
@@ -116,7 +223,7 @@ hint and with it the vector loads along the rank: both kernels ran at half speed
 @triton.jit
 def _sumsq_kernel(
     g_ptr, x_ptr, y_ptr, grow_ptr, gcol_ptr, rrow_ptr, rcol_ptr,
-    M, N, K, ntm, ntn,
+    M, N, K, SX, SY, ntm, ntn,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HAS_BACK: tl.constexpr, PREC: tl.constexpr,
     EVEN: tl.constexpr,
 ):  # fmt: skip
@@ -141,7 +248,7 @@ def _sumsq_kernel(
     tl.store(grow_ptr + rows, tl.sum(gg, axis=1), mask=mi)
     tl.store(gcol_ptr + cols, tl.sum(gg, axis=0), mask=mj)
     if HAS_BACK:
-        r = g - lowrank_tile(x_ptr, y_ptr, b64, i, j, M, N, K, BM, BN, BK, PREC)
+        r = g - lowrank_tile(x_ptr, y_ptr, b64, i, j, M, N, K, SX, SY, BM, BN, BK, PREC)
         if not EVEN:
             r = tl.where(inside, r, 0.0)  # the product's rows/columns past the block are copies, not zeros
         rr = r * r
@@ -247,15 +354,16 @@ def _stats_finish_kernel(
 @triton.jit
 def _complement_update_kernel(
     out_ptr, m_ptr, xu_ptr, yu_ptr, xm_ptr, ym_ptr, a_ptr, bv_ptr, f_ptr, scale_ptr,
-    rho_ptr, hp_ptr, M, N, KU, KM, ntm, ntn, eps, c, lr,
+    rho_ptr, hp_ptr, M, N, KU, KM, SXU, SYU, SXM, SYM, ntm, ntn, eps, c, lr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
-    APPLY: tl.constexpr, R: tl.constexpr, HP_DEV: tl.constexpr, EVEN: tl.constexpr,
+    APPLY: tl.constexpr, R: tl.constexpr, HP_DEV: tl.constexpr, EVEN: tl.constexpr, SHARED_Y: tl.constexpr,
 ):  # fmt: skip
     """Tile (tm, tn) of block b:
     U = X_u Y_u^T + ((m - X_m Y_m^T) / (max(a_i bv_j, f_b) + eps)) scale_b,
     stored in ``out`` (APPLY false) or applied to the weights ``out`` (and bits ``rho`` for R > 0).
     ``a``, ``bv``, ``f``: :func:`.reference.complement_roots`. ``HP_DEV``: ``c``, ``lr`` loaded from the
-    step scalars at ``hp_ptr``. ``EVEN``: the tiles divide the block (no masks)."""
+    step scalars at ``hp_ptr``. ``EVEN``: the tiles divide the block (no masks). ``SHARED_Y``: ``Y_u`` is
+    ``Y_m`` (``ym_ptr``, ``SYM`` unused; :func:`lowrank_pair`)."""
     if HP_DEV:
         c = tl.load(hp_ptr + HP_C)
         lr = tl.load(hp_ptr + HP_LR)
@@ -268,15 +376,18 @@ def _complement_update_kernel(
     j = (t - tm * ntn) * BN + tl.arange(0, BN)
     mi, mj = i < M, j < N
     b64 = b.to(tl.int64)
-    u = lowrank_tile(xu_ptr, yu_ptr, b64, i, j, M, N, KU, BM, BN, BK, PREC)
-    bm = lowrank_tile(xm_ptr, ym_ptr, b64, i, j, M, N, KM, BM, BN, BK, PREC)
+    if SHARED_Y:
+        u, bm = lowrank_pair(xu_ptr, xm_ptr, yu_ptr, b64, i, j, M, N, KU, SXU, SXM, SYU, BM, BN, BK, PREC)
+    else:
+        u = lowrank_tile(xu_ptr, yu_ptr, b64, i, j, M, N, KU, SXU, SYU, BM, BN, BK, PREC)
+        bm = lowrank_tile(xm_ptr, ym_ptr, b64, i, j, M, N, KM, SXM, SYM, BM, BN, BK, PREC)
     a_i = tl.load(a_ptr + b64 * M + i, mask=mi, other=0.0)[:, None]
     b_j = tl.load(bv_ptr + b64 * N + j, mask=mj, other=0.0)[None, :]
     f = tl.load(f_ptr + b)
     scale = tl.load(scale_ptr + b)
     off = (b64 * M + i)[:, None] * N + j[None, :]
     mask = mi[:, None] & mj[None, :]
-    m = load_tile(m_ptr + off, mask, 0.0, EVEN)
+    m = load_tile(m_ptr + off, mask, 0.0, EVEN).to(tl.float32)  # fp32 or bf16 M
     r = m - bm  # == (-bm) + m, the twin's spelling, bit for bit (signed zeros included)
     d = tl.maximum(a_i * b_j, f, propagate_nan=tl.PropagateNan.ALL) + eps
     u = u + tl.math.div_rn(r, d) * scale
@@ -309,17 +420,22 @@ def _per_block(t: torch.Tensor, B: int, device: torch.device) -> torch.Tensor | 
         return None
 
 
+FACTOR_DTYPES = (torch.float32, torch.bfloat16)
+"""Dtypes of the low-rank factors the kernels read (a stored bf16 basis is passed as it is stored)."""
+
+
 def precision() -> str:
     """``tl.dot``'s input precision matching torch's fp32 matmuls now: TF32 where they may use it."""
     return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
 def _factors_ok(B: int, M: int, N: int, dev: torch.device, *pairs: tuple[torch.Tensor, torch.Tensor]) -> bool:
-    """Every (X, Y) is fp32 on ``dev`` with shapes (B, M, k) and (B, N, k) and the same k."""
+    """Every (X, Y) is fp32 or bf16 (:func:`dot_chunk`) on ``dev`` with shapes (B, M, k) and (B, N, k) and
+    the same k."""
     for x, y in pairs:
         if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
             return False
-        if x.dtype != torch.float32 or y.dtype != torch.float32 or x.device != dev or y.device != dev:
+        if x.dtype not in FACTOR_DTYPES or y.dtype not in FACTOR_DTYPES or x.device != dev or y.device != dev:
             return False
         if x.dim() != 3 or y.dim() != 3 or x.shape[:2] != (B, M) or y.shape[:2] != (B, N) or x.shape[2] != y.shape[2]:
             return False
@@ -340,10 +456,10 @@ def _sumsq_parts(g: torch.Tensor, x: torch.Tensor | None, y: torch.Tensor | None
     shapes = [(B, ntn, M), (B, ntm, N)] * (2 if back else 1)  # per-tile partial sums: rows, columns (G, then R)
     parts = [new_output(s, dev) for s in shapes]
     if B * M * N:
-        x_k, y_k, K = _operands(g, x, y) if back else (g, g, 0)
+        x_k, sx, y_k, sy, K = _operands(g, x, y) if back else (g, 0, g, 0, 0)
         _sumsq_kernel[(B * ntm * ntn,)](
             g.contiguous(), x_k, y_k, *parts[:2], *parts[2 if back else 0 :][:2],
-            M, N, K, ntm, ntn,
+            M, N, K, sx, sy, ntm, ntn,
             BM=SUMSQ_BM, BN=BN, BK=BK, HAS_BACK=back, PREC=precision(), EVEN=_even(M, N, SUMSQ_BM), **LAUNCH,
         )  # fmt: skip
     return parts
@@ -425,18 +541,36 @@ def residual_stats(
     return sumsq, cs, floor
 
 
-def _operands(dummy: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Contiguous ``X``, ``Y`` and their rank for a launch, the rank padded with zero columns to a
-    multiple of :data:`BK` (the kernels load whole ``BK`` chunks unmasked; zeros add nothing to the
-    products, which the masked loads also read as zeros). Rank 0: never read, so a non-empty
-    stand-in replaces the empty tensors."""
+def _operand(t: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
+    """A (B, R, k0) factor as the kernels read it, ``(tensor, row stride)``, its rank zero-padded to ``k``
+    (a multiple of :data:`BK`). A slice of the last dim of a contiguous tensor with ``k0 = k`` (a basis'
+    first ``K`` columns, the probes after them) is read where it is, not copied."""
+    B, R, k0 = t.shape
+    if k0 == k and t.stride(2) == 1 and t.stride(1) >= k and (B == 1 or t.stride(0) == R * t.stride(1)):
+        return t, t.stride(1)
+    if k0 < k:
+        t = torch.nn.functional.pad(t, (0, k - k0))
+    return t.contiguous(), k
+
+
+def _operands(
+    dummy: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, int, torch.Tensor, int, int]:
+    """``X``, its row stride, ``Y``, its row stride and their rank for a launch, the rank padded with zero
+    columns to a multiple of :data:`BK` (the kernels load whole ``BK`` chunks unmasked; zeros add nothing
+    to the products). Rank 0: never read, so a non-empty stand-in replaces the empty tensors."""
     k = x.shape[2]
     if k == 0:
-        return dummy, dummy, 0
-    pad = -k % BK
-    if pad:
-        return torch.nn.functional.pad(x, (0, pad)), torch.nn.functional.pad(y, (0, pad)), k + pad
-    return x.contiguous(), y.contiguous(), k
+        return dummy, 0, dummy, 0, 0
+    k += -k % BK
+    return *_operand(x, k), *_operand(y, k), k
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Are ``a`` and ``b`` the same values in the same memory (one operand loaded once)?"""
+    return a is b or (
+        a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+    )
 
 
 def complement_update(
@@ -470,7 +604,7 @@ def complement_update(
         bc1, bc2, lr, wd = 1.0, 1.0, 0.0, 0.0
     ok = (
         m.dim() == 3
-        and m.dtype == torch.float32
+        and m.dtype in (torch.float32, torch.bfloat16)
         and _factors_ok(B, M, N, dev, (xu, yu), (xm, ym))
         and all(t.dtype == torch.float32 and t.device == dev for t in (row, col, g_row))
         and row.shape == (B, M)
@@ -500,15 +634,20 @@ def complement_update(
         rbuf = writable(rho) if rho is not None else None
     if m.numel():
         ntm, ntn = triton.cdiv(M, BM), triton.cdiv(N, BN)
-        xu_k, yu_k, ku = _operands(m, xu, yu)
-        xm_k, ym_k, km = _operands(m, xm, ym)
+        xu_k, sxu, yu_k, syu, ku = _operands(m, xu, yu)
+        shared = ku > 0 and _same(yu, ym)  # (same shape: same rank)
+        if shared:
+            (xm_k, sxm), ym_k, sym, km = _operand(xm, ku), yu_k, syu, ku
+        else:
+            xm_k, sxm, ym_k, sym, km = _operands(m, xm, ym)
         _complement_update_kernel[(B * ntm * ntn,)](
             bf16_bits(out) if R else out, m.contiguous(), xu_k, yu_k, xm_k, ym_k,
             a.contiguous(), bv.contiguous(), f.contiguous(), scale.reshape(B).contiguous(),
             rbuf if R else f, f if hyper is None else hp,
-            M, N, ku, km, ntm, ntn, _f32(eps), 1.0 - lr * wd, float(lr),
+            M, N, ku, km, sxu, syu, sxm, sym, ntm, ntn, _f32(eps), 1.0 - lr * wd, float(lr),
             BM=BM, BN=BN, BK=BK, PREC=precision(), APPLY=w is not None, R=R,
-            HP_DEV=hyper is not None, EVEN=_even(M, N, BM), **{**LAUNCH, "num_warps": COMPLEMENT_WARPS[w is not None]},
+            HP_DEV=hyper is not None, EVEN=_even(M, N, BM), SHARED_Y=shared,
+            **{**LAUNCH, "num_warps": COMPLEMENT_WARPS[w is not None]},
         )  # fmt: skip
     if w is None:
         return out

@@ -26,6 +26,7 @@ from .common import (
     decode_sqrt,
     encode_signed,
     encode_sqrt,
+    f32_to_bf16,
     group_layout,
     group_tile,
     hyper_row,
@@ -44,9 +45,11 @@ its arithmetic."""
 
 @triton.jit(do_not_specialize=SHAPE_ARGS)
 def _ema_signed_kernel(
-    codes_ptr, scales_ptr, x_ptr, out_ptr, nq, G, total, beta, omb, BG: tl.constexpr, NMUL: tl.constexpr
-):
-    """m = decode(codes, scales)·beta + x·(1-beta); (codes, scales) <- encode(m); out <- m (x fp32 or bf16)."""
+    codes_ptr, scales_ptr, x_ptr, out_ptr, nq, G, total, beta, omb, BG: tl.constexpr, NMUL: tl.constexpr,
+    OUT_BF16: tl.constexpr,
+):  # fmt: skip
+    """m = decode(codes, scales)·beta + x·(1-beta); (codes, scales) <- encode(m); out <- m (x fp32 or bf16;
+    ``OUT_BF16``: ``out`` holds bf16 bit patterns, m rounded to nearest even)."""
     gid, _row, gmask, coff, xoff, valid = group_tile(nq, G, total, BG, NMUL)
     q = tl.load(codes_ptr + coff, mask=gmask[:, None], other=0)
     s = bf16_to_f32(tl.load(scales_ptr + gid, mask=gmask, other=0))
@@ -56,7 +59,10 @@ def _ema_signed_kernel(
     qn, sbits, _ = encode_signed(m)
     tl.store(codes_ptr + coff, qn, mask=gmask[:, None])
     tl.store(scales_ptr + gid, sbits, mask=gmask)
-    tl.store(out_ptr + xoff, m, mask=valid)
+    if OUT_BF16:
+        tl.store(out_ptr + xoff, f32_to_bf16(m), mask=valid)
+    else:
+        tl.store(out_ptr + xoff, m, mask=valid)
 
 
 @triton.jit(do_not_specialize=SHAPE_ARGS)
@@ -93,20 +99,24 @@ def _rotated_adam_kernel(
     tl.store(out_ptr + xoff, u, mask=valid)
 
 
-def ema_signed_(codes: torch.Tensor, scales: torch.Tensor, x: torch.Tensor, beta: float) -> torch.Tensor:
-    """Triton twin of :func:`.reference.ema_signed_` (same signature, in place, returns fp32 m)."""
+def ema_signed_(
+    codes: torch.Tensor, scales: torch.Tensor, x: torch.Tensor, beta: float, out_dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Triton twin of :func:`.reference.ema_signed_` (same signature, in place, returns m in ``out_dtype``)."""
     x_ok = packed_ok(codes, scales, x, torch.int8, (torch.float32, torch.bfloat16))
-    if not x_ok or not isinstance(beta, float | int):
-        return reference.ema_signed_(codes, scales, x, beta)
+    if not x_ok or not isinstance(beta, float | int) or out_dtype not in (torch.float32, torch.bfloat16):
+        return reference.ema_signed_(codes, scales, x, beta, out_dtype)
     nq, G, total, nmul = group_layout(x)
-    out = new_output(x.shape, x.device)
+    out = new_output(x.shape, x.device, out_dtype)
+    bf16 = out_dtype == torch.bfloat16
     if total == 0:
         return out
     c, s = writable(codes), writable(scales)
     grid = (triton.cdiv(total, BG),)
     _ema_signed_kernel[grid](
-        c, bf16_bits(s), x.contiguous(), out, nq, G, total, float(beta), 1.0 - beta, BG=BG, NMUL=nmul, **LAUNCH
-    )
+        c, bf16_bits(s), x.contiguous(), bf16_bits(out) if bf16 else out, nq, G, total, float(beta), 1.0 - beta,
+        BG=BG, NMUL=nmul, OUT_BF16=bf16, **LAUNCH,
+    )  # fmt: skip
     write_back(codes, c)
     write_back(scales, s)
     return out

@@ -49,14 +49,18 @@ from .. import quant
 from .scalars import StepScalars
 
 
-def ema_signed_(codes: Tensor, scales: Tensor, x: Tensor, beta: float) -> Tensor:
-    """In-place EMA of an int8 companded moment with fp32 or bf16 ``x`` (B, N); returns the new fp32 value."""
+def ema_signed_(
+    codes: Tensor, scales: Tensor, x: Tensor, beta: float, out_dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """In-place EMA of an int8 companded moment with fp32 or bf16 ``x`` (B, N); returns the new value
+    (before its encoding) in ``out_dtype``: fp32, or bf16 (rounded to nearest even) for a step whose
+    products read it as bf16 (``groups.KronGroup``)."""
     n = x.shape[-1]
     m = quant.decode_signed(codes, scales, n) * beta + x.float() * (1.0 - beta)
     c, s = quant.encode_signed(m)
     codes.copy_(c)
     scales.copy_(s)
-    return m
+    return m.to(out_dtype)
 
 
 def rotated_adam_(
@@ -251,7 +255,7 @@ def complement_add_(
 ) -> Tensor:
     """``u += mask (m - back_m)/bc1 / (sqrt(max(row_i (col_j / mr), floor) / bc2) + eps)``, in place; returns ``u``.
 
-    ``u``, ``back_m``, ``m``: fp32 (B, m, n); ``row`` (B, m) and ``col`` (B, n): the residual's
+    ``u``, ``back_m``: fp32 (B, m, n), ``m`` fp32 or bf16; ``row`` (B, m) and ``col`` (B, n): the residual's
     row/column mean squares; ``g_row`` (B, m): the gradient's row mean squares; ``mask`` (B,)
     bool: the blocks with a complement; ``bc1``/``bc2``: floats or fp32 (B, 1, 1);
     ``mr = max(mean(row), 1e-30)``, ``floor = RES_FLOOR^2 mean(g_row)``. **``back_m`` is
@@ -298,8 +302,9 @@ def complement_roots(row: Tensor, cs: Tensor, floor: Tensor, bc2: Tensor | float
 
 
 def lowrank(x: Tensor, y: Tensor) -> Tensor:
-    """``X Y^T`` for stacked ``X`` (B, m, k) and ``Y`` (B, n, k): (B, m, n)."""
-    return x @ y.mT
+    """``X Y^T`` for stacked ``X`` (B, m, k) and ``Y`` (B, n, k), each fp32 or bf16: fp32 (B, m, n), the fp32
+    product of their exact fp32 values."""
+    return x.float() @ y.float().mT
 
 
 def sums_of_squares(x: Tensor) -> tuple[Tensor, Tensor]:

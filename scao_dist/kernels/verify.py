@@ -161,7 +161,7 @@ def float_kwargs(case: Case) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ case builders
-def case_ema(shape, mode, gen, device, xdtype=torch.float32) -> Case:
+def case_ema(shape, mode, gen, device, xdtype=torch.float32, out_dtype=torch.float32) -> Case:
     x = wide(shape, gen, device).to(xdtype)
     if mode == "state":
         codes, scales = _codes_state("signed", shape, gen, device)
@@ -172,7 +172,8 @@ def case_ema(shape, mode, gen, device, xdtype=torch.float32) -> Case:
         codes, scales, beta = _poisoned(codes), _poisoned(scales), 0.0
         zero_groups(x, gen=gen)
     label = f"{mode} {tuple(shape)}" + (" bf16 x" if xdtype == torch.bfloat16 else "")
-    return Case("ema_signed_", label, dict(codes=codes, scales=scales, x=x, beta=beta),
+    label += " bf16 out" if out_dtype == torch.bfloat16 else ""
+    return Case("ema_signed_", label, dict(codes=codes, scales=scales, x=x, beta=beta, out_dtype=out_dtype),
                 ("codes", "scales"))  # fmt: skip
 
 
@@ -320,35 +321,57 @@ def _tf32_on(device: torch.device) -> bool:
 
 
 def _exact_factors(B: int, M: int, N: int, k: int, gen: torch.Generator, device: torch.device,
-                   decades: int = 20) -> tuple[Tensor, Tensor]:  # fmt: skip
+                   decades: int = 20, bf16: str | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
     """``X`` (B, M, k), ``Y`` (B, N, k) whose product is exact in any order and precision: one nonzero
     column per block (the last one, so with ``k > 32`` a later ``tl.dot`` chunk), entries
-    ``±(1 + j/1024) 2^e`` with integer ``j < 1024`` and ``|e| <= decades`` (TF32-exact, 11 significant bits)."""
+    ``±(1 + j/1024) 2^e`` with integer ``j < 1024`` and ``|e| <= decades`` (TF32-exact, 11 significant bits).
+    ``bf16``: ``"x"`` or ``"y"``, that factor bf16 with 8 significant bits (as a stored basis)."""
 
-    def vals(*shape: int) -> Tensor:
-        mant = 1 + torch.randint(0, 1024, shape, generator=gen) / 1024
+    def vals(*shape: int, bits: int = 10) -> Tensor:
+        mant = 1 + torch.randint(0, 2**bits, shape, generator=gen) / 2**bits
         sign = torch.randint(0, 2, shape, generator=gen) * 2 - 1
         return sign * mant * torch.pow(2.0, torch.randint(-decades, decades + 1, shape, generator=gen).float())
 
     x, y = torch.zeros(B, M, k), torch.zeros(B, N, k)
     if k:
-        x[..., -1], y[..., -1] = vals(B, M), vals(B, N)
-    return x.to(device), y.to(device)
+        x[..., -1] = vals(B, M, bits=7 if bf16 == "x" else 10)
+        y[..., -1] = vals(B, N, bits=7 if bf16 == "y" else 10)
+    return _as_basis(x.to(device), y.to(device), bf16)
 
 
-def _dense_factors(B: int, M: int, N: int, k: int, gen: torch.Generator, device: torch.device) -> tuple[Tensor, Tensor]:
-    return torch.randn(B, M, k, generator=gen).to(device), torch.randn(B, N, k, generator=gen).to(device)
+def _dense_factors(B: int, M: int, N: int, k: int, gen: torch.Generator, device: torch.device,
+                   bf16: str | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+    x, y = torch.randn(B, M, k, generator=gen), torch.randn(B, N, k, generator=gen)
+    return _as_basis(x.to(device), y.to(device), bf16)
 
 
-def case_residual(shape, mode, gen, device, gdtype=torch.float32) -> Case:
+def _as_basis(x: Tensor, y: Tensor, bf16: str | None) -> tuple[Tensor, Tensor]:
+    """``X``, ``Y`` with the factor named by ``bf16`` (``"x"``, ``"y"``, or ``None``) rounded to bf16 and
+    stored as a stream basis is, the first ``k`` columns of a wider tensor (the probes after them),
+    when ``k`` is a multiple of 16 (else contiguous: the kernels copy a padded rank anyway)."""
+    if bf16 is None:
+        return x, y
+    t = x if bf16 == "x" else y
+    k = t.shape[-1]
+    if k and k % 16 == 0:
+        wide_t = torch.full((*t.shape[:-1], k + 16), 7.0, dtype=torch.bfloat16, device=t.device)
+        wide_t[..., :k] = t
+        t = wide_t[..., :k]
+    else:
+        t = t.to(torch.bfloat16)
+    return (t, y) if bf16 == "x" else (x, t)
+
+
+def case_residual(shape, mode, gen, device, gdtype=torch.float32, bf16=None) -> Case:
     """``residual_sumsq`` on (B, m, n) with rank ``k`` factors (``shape = (B, m, n, k)``; ``k = None``:
     no factors, the sums of ``G`` alone). ``exact``: ``G = X Y^T + R`` with ``R`` wide and some zero
     groups (an exactly zero residual there); ``dense``: random factors and ``G = X Y^T + 10^-3 R``.
-    ``gdtype`` bf16: ``G`` rounded to bf16 (as the step passes a bf16 gradient)."""
+    ``gdtype`` bf16: ``G`` rounded to bf16 (as the step passes a bf16 gradient). ``bf16``: ``"x"`` or
+    ``"y"``, that factor a bf16 basis (:func:`_as_basis`)."""
     B, M, N, k = shape
     kk = k or 0
-    x, y = (_exact_factors if mode == "exact" else _dense_factors)(B, M, N, kk, gen, device)
-    back = x @ y.mT
+    x, y = (_exact_factors if mode == "exact" else _dense_factors)(B, M, N, kk, gen, device, bf16=bf16)
+    back = reference.lowrank(x, y)
     r = wide((B, M, N), gen, device, 6.0) if mode == "exact" else 1e-3 * torch.randn(B, M, N, generator=gen).to(device)
     if mode == "exact":
         zero_groups(r, gen=gen)
@@ -358,10 +381,14 @@ def case_residual(shape, mode, gen, device, gdtype=torch.float32) -> Case:
     atol = None
     if mode == "dense":
         tol = 2.0**-8 if _tf32_on(device) else 2.0**-16
-        mag = g.abs() + x.abs() @ y.abs().mT
+        mag = g.abs() + reference.lowrank(x.abs(), y.abs())
         atol = (tol * (g * g).sum(-1), tol * (g * g).sum(-2), tol * (mag * mag).sum(-1), tol * (mag * mag).sum(-2))
-    label = f"{mode} {tuple(shape)}" + (" bf16 G" if gdtype == torch.bfloat16 else "")
+    label = f"{mode} {tuple(shape)}" + (" bf16 G" if gdtype == torch.bfloat16 else "") + _bf16_label(bf16)
     return Case("residual_sumsq", label, kw, (), rtol=rtol, atol=atol)
+
+
+def _bf16_label(bf16: str | None) -> str:
+    return {None: "", "x": " bf16 X", "y": " bf16 Y", "shared": " bf16 Y shared"}[bf16]
 
 
 def case_residual_stats(shape, mode, gen, device, gdtype=torch.float32, mask="every") -> Case:
@@ -393,7 +420,7 @@ def case_residual_stats(shape, mode, gen, device, gdtype=torch.float32, mask="ev
 
 
 def case_complement_update(
-    shape, mode, gen, device, bc=("float", "float"), k=(40, 40), apply=None, hyper=False
+    shape, mode, gen, device, bc=("float", "float"), k=(40, 40), apply=None, hyper=False, bf16=None
 ) -> Case:
     """``complement_update`` on (B, m, n), ``k = (k_u, k_m)`` the ranks of ``X_u Y_u^T`` and ``X_m Y_m^T``.
 
@@ -413,19 +440,27 @@ def case_complement_update(
     one rounding of the stored weight.
 
     ``hyper``: float bias corrections (and ``lr``, ``wd``) passed as a :class:`StepScalars` (:func:`with_hyper`).
+    ``bf16``: ``"x"`` or ``"y"``, those factors bf16 bases (:func:`_as_basis`); ``"shared"``: as ``"y"``
+    with ``Y_m`` the tensor ``Y_u`` (a two-sided basis' ``Q_R``; needs ``k_u = k_m``) and ``m`` in bf16, as
+    the step of a two-sided stream block passes them.
     """
     bc = ("float", "float") if hyper else bc
     B, M, N = shape
     make = _dense_factors if mode == "dense" else _exact_factors
-    xu, yu = make(B, M, N, k[0], gen, device)
-    xm, ym = make(B, M, N, k[1], gen, device)
-    back_m = xm @ ym.mT
+    side = "y" if bf16 == "shared" else bf16
+    xu, yu = make(B, M, N, k[0], gen, device, bf16=side)
+    xm, ym = make(B, M, N, k[1], gen, device, bf16=side)
+    if bf16 == "shared":
+        ym = yu
+    back_m = reference.lowrank(xm, ym)
     if mode == "dense":
         m = back_m + 1e-3 * torch.randn(B, M, N, generator=gen).to(device)
     else:
         pick = torch.ones(shape, device=device)
         zero_groups(pick, gen=gen)  # whole groups of 0 where it picks: there m = X_m Y_m^T exactly
         m = torch.where(pick == 0, back_m, wide(shape, gen, device, 6.0))
+    if bf16 == "shared":
+        m = m.to(torch.bfloat16)
     row, col = wide((B, M), gen, device, 6.0).square(), wide((B, N), gen, device, 6.0).square()
     g_row = wide((B, M), gen, device, 6.0).square()
     row.masked_fill_((torch.rand(B, M, generator=gen) < 0.2).to(device), 0.0)
@@ -448,7 +483,7 @@ def case_complement_update(
         atol = tol * reference.complement_update(**mag)
     elif mode == "exact":
         rtol = 0.0  # bit for bit
-    label = f"{mode} {tuple(shape)} k={k} bc={bc}"
+    label = f"{mode} {tuple(shape)} k={k} bc={bc}" + _bf16_label(bf16)
 
     def done(case: Case) -> Case:
         return with_hyper(case, 1e-2, 0.1, kw["bc1"], kw["bc2"]) if hyper else case
@@ -593,8 +628,24 @@ def small_cases(gen: torch.Generator, device: torch.device) -> dict[str, list[Ca
         out["residual_sumsq"].append(case_residual((*even, 40), "exact", gen, device))
         out["residual_sumsq"].append(case_residual((*even, 33), "dense", gen, device, gdtype=torch.bfloat16))
         out["residual_stats"].append(case_residual_stats((*even, 16), "exact", gen, device, torch.float32, "some"))
-    for shape in ((3, 5, 95), (2, 3, 48), (1, 31)):  # the bf16 gradient of a frame-less group
+    # stored bf16 bases as factors (dot_chunk's mixed products): strided slices (k % 16 == 0) and padded
+    # copies, Y_m the tensor Y_u (loaded once), the left basis as X
+    cu = out["complement_update"]
+    for shape, ks, bf in (((3, 5, 95), (32, 32), "shared"), ((2, 70, 65), (33, 33), "shared"),
+                          ((1, 33, 17), (16, 40), "y"), ((3, 19, 300), (40, 16), "x")):  # fmt: skip
+        cu.append(case_complement_update(shape, "exact", gen, device, k=ks, bf16=bf))
+    bf16_8 = (torch.bfloat16, 8)
+    cu.append(case_complement_update((2, 64, 128), "exact", gen, device, k=(32, 32), apply=bf16_8, hyper=True,
+                                     bf16="shared"))  # fmt: skip
+    cu.append(case_complement_update((2, 70, 90), "dense", gen, device, k=(48, 48), apply=bf16_8, bf16="shared"))
+    cu.append(case_complement_update((2, 70, 90), "dense", gen, device, k=(37, 70), bf16="x"))
+    for shape, bf in (((3, 19, 300, 32), "y"), ((2, 70, 65, 40), "x"), ((2, 64, 128, 16), "y")):
+        out["residual_sumsq"].append(case_residual(shape, "exact", gen, device, torch.bfloat16, bf16=bf))
+    out["residual_sumsq"].append(case_residual((2, 70, 90, 48), "dense", gen, device, torch.bfloat16, bf16="y"))
+    for shape in ((3, 5, 95), (2, 3, 48), (1, 31)):  # the bf16 gradient (and first moment) of a frame-less group
         out["ema_signed_"].append(case_ema(shape, "state", gen, device, xdtype=torch.bfloat16))
+        out["ema_signed_"].append(case_ema(shape, "state", gen, device, torch.bfloat16, out_dtype=torch.bfloat16))
+    out["ema_signed_"].append(case_ema((2, 70), "overwrite", gen, device, out_dtype=torch.bfloat16))
     for shape, hyper in (((5, 77), False), ((3, 130), True), ((1, 31), False)):  # bf16 parameters' AdamW
         out["adamw_"].append(case_adamw(shape, "state", gen, device, hyper=hyper, gdtype=torch.bfloat16))
     for shape in ((3, 19, 300, 16), (1, 33, 17, None), (2, 70, 65, 40)):
