@@ -127,14 +127,20 @@ def _load_grads(model: GPT, grads: list[torch.Tensor | None]) -> None:
             p.grad = g
 
 
-def step_windows(trace: dict[str, Any], n: int) -> dict[str, Any]:
-    """Each ``Optimizer.step#...`` call of a Chrome trace, from its start on the host to the end of the
-    last GPU work that started before the next call: ``wall_ms`` (what the step costs when nothing
-    overlaps it), ``busy_ms`` (the GPU's share of it) and ``host_lead_ms`` (host time before its first
-    kernel). ``wall - busy`` is the time the GPU waited for the host inside the step."""
+def step_windows(trace: dict[str, Any], n: int, top: int = 10) -> dict[str, Any]:
+    """Each ``Optimizer.step#...`` call of a Chrome trace, from its start on the host to the end of its
+    last GPU work: ``wall_ms`` (what the step costs when nothing overlaps it), ``busy_ms`` (the GPU's
+    share of it), ``host_lead_ms`` (host time before its first kernel) and the longest idle gaps inside
+    the steps (``longest_gaps_us``: length, the GPU work that ended the gap). ``wall - busy`` is the time
+    the GPU waited for the host inside the step.
+
+    A step's GPU work is what the host launched inside the call: the kernels and copies whose
+    correlation ids are those of the runtime calls (launches, graph replays, copies) made during it,
+    not the next step's gradient copies. A trace without correlation ids falls back to all the GPU
+    work that starts before the next call."""
     ev = trace.get("traceEvents", [])
     steps = sorted(  # the host's annotation, not its copy on the GPU's timeline ("gpu_user_annotation")
-        e["ts"]
+        (e["ts"], e["ts"] + e.get("dur", 0))
         for e in ev
         if e.get("ph") == "X"
         and str(e.get("name", "")).startswith("Optimizer.step#")
@@ -143,21 +149,36 @@ def step_windows(trace: dict[str, Any], n: int) -> dict[str, Any]:
     gpu = _gpu_events(trace)
     if not steps or not gpu:
         return {}
-    walls, busys, leads = [], [], []
-    for k, t0 in enumerate(steps):
-        t_next = steps[k + 1] if k + 1 < len(steps) else float("inf")
-        mine = [e for e in gpu if t0 <= e["ts"] < t_next]
+    runtime = [e for e in ev if e.get("ph") == "X" and e.get("cat") in RUNTIME_CATS and _corr(e) is not None]
+    walls, busys, leads, gaps = [], [], [], []
+    for k, (t0, t1) in enumerate(steps):
+        t_next = steps[k + 1][0] if k + 1 < len(steps) else float("inf")
+        launched = {_corr(e) for e in runtime if t0 <= e["ts"] <= t1}
+        if launched:
+            mine = [e for e in gpu if _corr(e) in launched]
+        else:
+            mine = [e for e in gpu if t0 <= e["ts"] < t_next]
         if not mine:
             continue
-        busy, end, _ = _merged(mine)
+        busy, end, step_gaps = _merged(mine)
         walls.append(end - t0)
         busys.append(busy)
         leads.append(mine[0]["ts"] - t0)
+        gaps += step_gaps
     if not walls:
         return {}
     med = statistics.median
     return {"steps": len(walls), "wall_ms": round(med(walls) / 1e3, 3), "busy_ms": round(med(busys) / 1e3, 3),
-            "host_lead_ms": round(med(leads) / 1e3, 3)}  # fmt: skip
+            "host_lead_ms": round(med(leads) / 1e3, 3),
+            "longest_gaps_us": [[round(g, 1), name] for g, name in sorted(gaps, reverse=True)[:top]]}  # fmt: skip
+
+
+RUNTIME_CATS = ("cuda_runtime", "cuda_driver")
+"""Chrome-trace categories of the host's CUDA calls (their ``correlation`` ids tag the GPU work they started)."""
+
+
+def _corr(e: dict[str, Any]) -> int | None:
+    return (e.get("args") or {}).get("correlation")
 
 
 def device_timeline(trace: dict[str, Any], n: int, top: int = 12) -> dict[str, Any]:
@@ -273,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                 sw = tp["step_windows"]
                 print(
                     f"   inside step(): wall {sw['wall_ms']} ms, GPU busy {sw['busy_ms']} ms, "
-                    f"first kernel after {sw['host_lead_ms']} ms (medians of {sw['steps']})"
+                    f"first kernel after {sw['host_lead_ms']} ms (medians of {sw['steps']}); "
+                    f"longest gaps inside (us, next): {sw.get('longest_gaps_us', [])[:6]}"
                 )
             print("   -- device time per step (all streams)")
             for row in tp["top_device"][:20]:

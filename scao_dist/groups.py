@@ -854,11 +854,16 @@ class KronGroup(RefreshMixin, _Group):
                     s[f"{n}.fac"].mul_(beta).add_(outer, alpha=1 - beta)
             elif side.mode == "stream":
                 half = halves[n]  # Qh^T G (rows) or G Qh (columns)
-                if g.dtype == torch.bfloat16:  # G G^T Qh from bf16 operands; the sketch is stored in bf16
+                sketch = s[f"{n}.sketch"]
+                if g.dtype == torch.bfloat16 and sketch.dtype == torch.bfloat16:
+                    # G G^T Qh from bf16 operands, the EMA in the product's fp32 epilogue, rounded once
+                    # to the stored bf16: one launch, no full-size temporary
                     half = half.to(torch.bfloat16)
-                fresh = matmul_f32(g, half.mT) if n == "L" else matmul_f32(g.mT, half)
-                sk = s[f"{n}.sketch"].float().mul_(beta).add_(fresh, alpha=1 - beta)
-                s[f"{n}.sketch"].copy_(sk)
+                    a, b = (g, half.mT) if n == "L" else (g.mT, half)
+                    sketch.baddbmm_(a, b, beta=beta, alpha=1 - beta)
+                else:
+                    fresh = matmul_f32(g, half.mT) if n == "L" else matmul_f32(g.mT, half)
+                    sketch.copy_(sketch.float().mul_(beta).add_(fresh, alpha=1 - beta))
                 if sumsq is None:
                     sumsq = kernels.residual_sumsq(g)[0].sum(-1)
                 s[f"{n}.trace"].mul_(beta).add_(sumsq, alpha=1 - beta)
