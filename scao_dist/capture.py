@@ -22,8 +22,10 @@ reallocates them), which blocks have a truncated basis, the weights' buffer, the
 hyperparameters, the matmul precision flags and the kernel backend (Triton or the torch twins).
 On a new key the group runs one eager step with the device inputs (the same results as a replay;
 it also compiles and loads every kernel and fills the group's caches), captures at the next step,
-and replays after that. What a step must compute on the host first (the Gram inverses of bases a
-refresh swapped in) is done before the replay.
+and replays after that. What a step must compute on the host first (the scalars, the Gram inverses
+of bases a refresh swapped in, the keys) is done while the GPU checks the gradients for NaN/inf
+(:meth:`GroupGraphs.plan`), so once the check is back only the replays are left to launch
+(:meth:`GroupGraphs.launch`).
 
 A group is captured when it is on a CUDA device, all its blocks step together at the same step
 count and are warm (their first bases built), its moments are int8 and it does not graft
@@ -76,6 +78,14 @@ class _Entry:
     views: list[tuple[Tensor, Tensor]] = dataclasses.field(default_factory=list)  # (param, its rows of grads)
     retired: list[Any] = dataclasses.field(default_factory=list)  # replaced graphs (and what they read), kept
     # alive until the next capture synchronises the device: their last replay may still be running
+
+
+@dataclasses.dataclass
+class StepPlan:
+    """A step of captured groups prepared by :meth:`GroupGraphs.plan`, taken by :meth:`GroupGraphs.launch`."""
+
+    work: list[tuple[Group, list[int], Hyper, list[list[int]]]]
+    keys: dict[int, tuple]  # group id -> its key (GroupGraphs.key), computed before the step
 
 
 class GroupGraphs:
@@ -152,23 +162,43 @@ class GroupGraphs:
     def step(self, work: Sequence[tuple[Group, list[int], Hyper, list[list[int]]]]) -> dict[int, list[int]]:
         """Step every ``(group, idx, hp, runs)`` of ``work`` (all eligible, ``idx`` = all blocks, ``runs``
         the chunks the eager step would take); returns the refreshes due, per group id."""
+        return self.launch(self.plan(work))
+
+    def plan(self, work: Sequence[tuple[Group, list[int], Hyper, list[list[int]]]]) -> StepPlan:
+        """The host's share of the next step of ``work``, done while the GPU still checks the gradients
+        (``SCAO.step``): the scalars of step ``t + 1`` written to the device tables (stream-ordered after
+        the last replay, which read the old ones), the Gram inverses of bases swapped in, the keys.
+        Changes no optimizer state, so a step skipped afterwards just leaves them to the next plan;
+        :meth:`launch` then only advances the step counts and replays."""
         values = [[0.0] * ROW_STRIDE for _ in self.groups]
         seed_vals = [0] * self.seeds.numel()
-        due: dict[int, list[int]] = {}
-        for grp, idx, hp, _ in work:
-            for i in idx:
-                grp.steps[i] += 1
-            t = grp.steps[0]
-            bc1, bc2 = grp.bias(idx, hp, 2)  # floats: every block is at step t (eligible)
+        keys: dict[int, tuple] = {}
+        for grp, idx, hp, runs in work:
+            t = grp.steps[0] + 1
+            bc1, bc2 = grp.bias(idx, hp, 2, ahead=1)  # floats: every block is at the same step (eligible)
             row = scalars.host_values(hp.lr, hp.weight_decay, float(bc1), float(bc2))
             values[self.pos[id(grp)]] = row + [0.0] * (ROW_STRIDE - len(row))
             for side, (a, _) in self.seed_layout[id(grp)].items():
                 for j, spec in enumerate(grp.specs):
                     seed_vals[a + j] = block_seed(spec.index, side, t)
-            due[id(grp)] = grp.due(idx, hp) if isinstance(grp, KronGroup) else []
+            if isinstance(grp, KronGroup):
+                grp.prepare_captured(runs)
+            keys[id(grp)] = self.key(grp, hp, runs)
         self.table.copy_(torch.tensor(values, dtype=torch.float32), non_blocking=True)
         if any(self.seed_layout[id(grp)] for grp, *_ in work):
             self.seeds.copy_(torch.tensor(seed_vals, dtype=torch.int64), non_blocking=True)
+        return StepPlan(list(work), keys)
+
+    def launch(self, plan: StepPlan) -> dict[int, list[int]]:
+        """Take the planned step (the gradients were found finite): advance the step counts, copy in
+        the gradients that are not views of the buffers, replay (or capture, or step eagerly) each
+        group, largest first; returns the refreshes due, per group id."""
+        work = plan.work
+        due: dict[int, list[int]] = {}
+        for grp, idx, hp, _ in work:
+            for i in idx:
+                grp.steps[i] += 1
+            due[id(grp)] = grp.due(idx, hp) if isinstance(grp, KronGroup) else []
         dst, src = [], []
         for grp, idx, _, _ in work:
             e = self._entry(grp)
@@ -183,14 +213,11 @@ class GroupGraphs:
         order = sorted(work, key=lambda w: -sum(w[0].specs[i].numel for i in w[1]))
         with torch.cuda.device(self.device) if self.record else contextlib.nullcontext():
             for grp, _, hp, runs in order:
-                self._run(grp, hp, runs)
+                self._run(grp, hp, runs, plan.keys[id(grp)])
         return due
 
-    def _run(self, grp: Group, hp: Hyper, runs: list[list[int]]) -> None:
+    def _run(self, grp: Group, hp: Hyper, runs: list[list[int]], key: tuple) -> None:
         e = self._entry(grp)
-        if isinstance(grp, KronGroup):
-            grp.prepare_captured(runs)
-        key = self.key(grp, hp, runs)
         if key != e.key:  # new launches: one eager step with the device inputs, capture at the next
             if e.graph is not None:
                 e.retired.append((e.graph, e.keep))

@@ -305,9 +305,12 @@ class _Group:
         for k, v in sub.items():
             self.t[k].index_copy_(0, ix, v)
 
-    def bias(self, idx: Sequence[int], hp: Hyper, ndim: int) -> tuple[Tensor | float, Tensor | float]:
-        """Adam bias corrections ``1 - beta^t`` (floats when all blocks are at the same step)."""
-        ts = [self.steps[i] for i in idx]
+    def bias(
+        self, idx: Sequence[int], hp: Hyper, ndim: int, ahead: int = 0
+    ) -> tuple[Tensor | float, Tensor | float]:
+        """Adam bias corrections ``1 - beta^t`` (floats when all blocks are at the same step), at the
+        blocks' step counts plus ``ahead``."""
+        ts = [self.steps[i] + ahead for i in idx]
         if all(t == ts[0] for t in ts):
             return 1.0 - hp.beta1 ** ts[0], 1.0 - hp.beta2 ** ts[0]
         t = torch.tensor(ts, dtype=torch.float64)

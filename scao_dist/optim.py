@@ -365,16 +365,11 @@ class SCAO(torch.optim.Optimizer):
         for pid in with_grad:
             if params[pid].grad.is_sparse:
                 raise TypeError("SCAO does not support sparse gradients")
-        bad = self.comm.nonfinite_ranks(self._grads_to_check(params, with_grad))
-        if bad:
-            self.comm.discard_in_flight()
-            self._reset_overlap()
-            self._skip_nonfinite(bad)
-            return loss
-        self._consecutive_skips = 0
-        self.comm.reduce_grads(self, with_grad)
-        self._reset_overlap()
+        worst = self.comm.nonfinite_start(self._grads_to_check(params, with_grad))
+        # while the GPU checks the gradients the host prepares the captured groups' replays (scalars,
+        # keys): after the check only the replays are left to launch, so the GPU idles ~1 ms less
         captured: dict[torch.device, list[tuple[KronGroup | AdamGroup, list[int], Hyper, list[list[int]]]]] = {}
+        eager: list[tuple[KronGroup | AdamGroup, list[int]]] = []
         for grp in self.groups:
             idx = [i for i, s in enumerate(grp.specs) if s.param in with_grad]
             if not idx:
@@ -383,12 +378,24 @@ class SCAO(torch.optim.Optimizer):
             if graphs is not None and graphs.eligible(grp, idx):
                 captured.setdefault(grp.device, []).append((grp, idx, self._hyper(grp), self._runs(grp, idx)))
             else:
-                self._run_group(grp, idx)
-        for dev, work in captured.items():
+                eager.append((grp, idx))
+        plans = {dev: self._graphs[dev].plan(work) for dev, work in captured.items()}
+        bad = self.comm.nonfinite_finish(worst)
+        if bad:
+            self.comm.discard_in_flight()
+            self._reset_overlap()
+            self._skip_nonfinite(bad)
+            return loss
+        self._consecutive_skips = 0
+        self.comm.reduce_grads(self, with_grad)
+        self._reset_overlap()
+        for dev, plan in plans.items():  # the replays first: the GPU runs them while the host launches the rest
             self._graphs[dev].counters = self.counters  # (load_state_dict replaces the dict)
-            due = self._graphs[dev].step(work)
-            for grp, _, hp, _ in work:
+            due = self._graphs[dev].launch(plan)
+            for grp, _, hp, _ in plan.work:
                 self._note_due(grp, hp, due[id(grp)])
+        for grp, idx in eager:
+            self._run_group(grp, idx)
         self._submit_due()
         self.comm.gather_params(self)
         self.comm.end_step()

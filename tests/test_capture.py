@@ -11,6 +11,7 @@ weights and the whole state must equal a plain optimizer's bit for bit.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -200,6 +201,7 @@ def test_a_nonfinite_gradient_skips_the_step_through_the_buffers(where: str) -> 
         opt.step()
         opt.zero_grad()
     backward()
+    saved = copy.deepcopy(opt.state_dict())
     target = model[0].weight
     if where != "a view into a buffer":
         target.grad = target.grad.clone()  # e.g. a clipping helper that returns new tensors
@@ -208,10 +210,28 @@ def test_a_nonfinite_gradient_skips_the_step_through_the_buffers(where: str) -> 
     target.grad.view(-1)[3] = float("nan")
     before = [p.detach().clone() for p in params]
     state = {(id(g), k): v.clone() for g in opt.groups for k, v in g.t.items()}
+    steps = [list(g.steps) for g in opt.groups]
     opt.step()
     assert opt.counters["skipped_steps"] == 1
     assert all(torch.equal(a, b) for a, b in zip(before, params))
     assert all(torch.equal(state[(id(g), k)], v) for g in opt.groups for k, v in g.t.items())
+    assert [list(g.steps) for g in opt.groups] == steps
+    # the step planned before the check (scalars of step t + 1 already on the device) is taken by the next
+    # finite step: the weights then move as one more step from the same state does, bit for bit
+    opt.zero_grad()
+    backward()
+    grads = [p.grad.clone() for p in params]
+    opt.step()
+    twin = copy.deepcopy(model)
+    twin_params = list(twin.parameters())
+    for p, b in zip(twin_params, before):
+        p.data.copy_(b)
+    topt = SCAO(twin_params, lr=1e-2, refresh_lag=0, precond_freq=2, full_factor_dim=24, oversample=4)
+    topt.load_state_dict(saved)
+    for p, g in zip(twin_params, grads):
+        p.grad = g
+    topt.step()
+    assert all(torch.equal(a, b) for a, b in zip(params, twin_params))
 
 
 def test_resume_through_the_captured_path_is_bit_exact() -> None:
