@@ -80,6 +80,30 @@ class _Entry:
     # alive until the next capture synchronises the device: their last replay may still be running
 
 
+class _Upload:
+    """Host values into a device tensor without the host waiting for the stream: through pinned buffers
+    (two, used in turn, each refilled only once its last copy is done). A copy from pageable memory
+    may make the host wait until the stream reaches it (CUDA's staging), which would undo
+    :meth:`GroupGraphs.plan`'s overlap with the gradient check."""
+
+    def __init__(self, dst: Tensor) -> None:
+        self.dst = dst
+        pinned = dst.is_cuda
+        self.bufs = [torch.empty(dst.shape, dtype=dst.dtype, pin_memory=pinned) for _ in range(2)]
+        self.done = [torch.cuda.Event() if pinned else None for _ in range(2)]
+        self.turn = 0
+
+    def __call__(self, values: list) -> None:
+        buf, done = self.bufs[self.turn], self.done[self.turn]
+        if done is not None:
+            done.synchronize()  # (long done: it was one step ago)
+        buf.copy_(torch.tensor(values, dtype=self.dst.dtype))
+        self.dst.copy_(buf, non_blocking=True)
+        if done is not None:
+            done.record()
+        self.turn ^= 1
+
+
 @dataclasses.dataclass
 class StepPlan:
     """A step of captured groups prepared by :meth:`GroupGraphs.plan`, taken by :meth:`GroupGraphs.launch`."""
@@ -111,6 +135,7 @@ class GroupGraphs:
                         seed_rows += g.B
             self.seed_layout[id(g)] = slots
         self.seeds = torch.zeros(max(seed_rows, 1), dtype=torch.int64, device=device)
+        self._upload_table, self._upload_seeds = _Upload(self.table), _Upload(self.seeds)
         self.entries: dict[int, _Entry] = {}
         self.stream = torch.cuda.Stream(device) if record else None
         self.pool = torch.cuda.graph_pool_handle() if record else None
@@ -184,9 +209,9 @@ class GroupGraphs:
             if isinstance(grp, KronGroup):
                 grp.prepare_captured(runs)
             keys[id(grp)] = self.key(grp, hp, runs)
-        self.table.copy_(torch.tensor(values, dtype=torch.float32), non_blocking=True)
+        self._upload_table(values)
         if any(self.seed_layout[id(grp)] for grp, *_ in work):
-            self.seeds.copy_(torch.tensor(seed_vals, dtype=torch.int64), non_blocking=True)
+            self._upload_seeds(seed_vals)
         return StepPlan(list(work), keys)
 
     def launch(self, plan: StepPlan) -> dict[int, list[int]]:

@@ -745,9 +745,9 @@ class KronGroup(RefreshMixin, _Group):
         of that size that the Adam normalisation blows up to a full-size step. ``(I + E)^-1 ~ I - E
         + E^2`` costs two k x k products. The full-size products are never formed here: the kernels
         build them tile by tile (:mod:`.kernels.lowrank`). A basis that is a factor as it stands
-        (``Y = Q_R``, or ``X = Q_L`` of a one-sided block) is passed as stored (``stored``: the bases'
-        first ``K`` columns in their stored dtype): the kernels read bf16 bases at half the bytes, and
-        the three products of a two-sided block share one ``Y``."""
+        (``Y = Q_R``, or ``X = Q_L`` of a one-sided block) is passed to the complement as stored
+        (``stored``: the bases' first ``K`` columns in their stored dtype): it reads a bf16 basis at half
+        the bytes, once for both of its products."""
         core = torch.stack([g_rot, m_rot])
         if ql is not None:
             core = (ginv[0] if ginv[0] is not None else _gram_inverse(ql)) @ core
@@ -755,12 +755,15 @@ class KronGroup(RefreshMixin, _Group):
             core = core @ (ginv[1] if ginv[1] is not None else _gram_inverse(qr))
         cores = torch.cat([u_rot.unsqueeze(0), core])  # (3, b, kl, kr)
         qls, qrs = stored
+        # the gradient's projection (one product, in residual_stats) keeps the fp32 bases: a bf16 basis
+        # against a core split in registers paid off only where two products share the basis (the
+        # complement), and cost residual_stats 18% (session_zs)
         if ql is not None and qr is not None:
-            xs, ys = ql @ cores, (qrs, qrs, qrs)
+            xs, ys = ql @ cores, (qrs, qr, qrs)
         elif ql is not None:
-            xs, ys = (qls, qls, qls), cores.mT
+            xs, ys = (qls, ql, qls), cores.mT
         else:
-            xs, ys = cores, (qrs, qrs, qrs)
+            xs, ys = cores, (qrs, qr, qrs)
         return {key: (xs[j], ys[j]) for j, key in enumerate(("u", "g", "m"))}
 
     def _with_complement(

@@ -158,19 +158,20 @@ class Comm:
 
     @staticmethod
     def nonfinite_start(grads: Sequence[Tensor]) -> Tensor | None:
-        """Launch this rank's part of :meth:`nonfinite_ranks` without waiting for it: the largest
-        ``|g|`` of each gradient (device values; ``None`` without gradients). The host can prepare the
-        step meanwhile and then :meth:`nonfinite_finish`."""
+        """Launch this rank's part of :meth:`nonfinite_ranks` without waiting for it: whether the
+        largest ``|g|`` of every gradient is finite (a device bool; ``None`` without gradients). The
+        host can prepare the step meanwhile and then :meth:`nonfinite_finish`."""
         if not grads:
             return None
         # one cat of views (it promotes dtypes), not a cast per parameter: ~50 launches fewer on a GPT
-        return torch.cat([n.reshape(1) for n in torch._foreach_norm(list(grads), ord=float("inf"))])
+        worst = torch.cat([n.reshape(1) for n in torch._foreach_norm(list(grads), ord=float("inf"))])
+        return torch.isfinite(worst).all()
 
-    def nonfinite_finish(self, worst: Tensor | None) -> list[int]:
-        """Wait for :meth:`nonfinite_start`'s values; the ranks holding a NaN/inf gradient."""
+    def nonfinite_finish(self, finite: Tensor | None) -> list[int]:
+        """Wait for :meth:`nonfinite_start`'s flag; the ranks holding a NaN/inf gradient."""
         bad = 0.0
-        if worst is not None:
-            bad = 0.0 if bool(torch.isfinite(worst).all()) else 1.0
+        if finite is not None:
+            bad = 0.0 if bool(finite) else 1.0
         flags = [0.0] * self.world_size
         flags[self.rank] = bad
         return [r for r, f in enumerate(self.all_sum(flags)) if f > 0]
