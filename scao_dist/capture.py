@@ -197,8 +197,7 @@ class GroupGraphs:
         :meth:`launch` then only advances the step counts and replays."""
         values = [[0.0] * ROW_STRIDE for _ in self.groups]
         seed_vals = [0] * self.seeds.numel()
-        keys: dict[int, tuple] = {}
-        for grp, idx, hp, runs in work:
+        for grp, idx, hp, _ in work:
             t = grp.steps[0] + 1
             bc1, bc2 = grp.bias(idx, hp, 2, ahead=1)  # floats: every block is at the same step (eligible)
             row = scalars.host_values(hp.lr, hp.weight_decay, float(bc1), float(bc2))
@@ -206,12 +205,14 @@ class GroupGraphs:
             for side, (a, _) in self.seed_layout[id(grp)].items():
                 for j, spec in enumerate(grp.specs):
                     seed_vals[a + j] = block_seed(spec.index, side, t)
+        self._upload_table(values)  # (first: the copies queue behind the check, the host goes on)
+        if any(self.seed_layout[id(grp)] for grp, *_ in work):
+            self._upload_seeds(seed_vals)
+        keys: dict[int, tuple] = {}
+        for grp, _, hp, runs in work:
             if isinstance(grp, KronGroup):
                 grp.prepare_captured(runs)
             keys[id(grp)] = self.key(grp, hp, runs)
-        self._upload_table(values)
-        if any(self.seed_layout[id(grp)] for grp, *_ in work):
-            self._upload_seeds(seed_vals)
         return StepPlan(list(work), keys)
 
     def launch(self, plan: StepPlan) -> dict[int, list[int]]:
@@ -224,22 +225,29 @@ class GroupGraphs:
             for i in idx:
                 grp.steps[i] += 1
             due[id(grp)] = grp.due(idx, hp) if isinstance(grp, KronGroup) else []
+        # the groups whose gradients are the buffers' views first, then the rest after one copy of their
+        # gradients into the buffers: the GPU starts on a replay while the host gathers those; within
+        # each, the largest first (the host launches the next replay while the GPU runs a long one; the
+        # groups are independent)
+        aliased = {id(grp): self._aliased(self._entry(grp)) for grp, *_ in work}
+        order = sorted(work, key=lambda w: (not aliased[id(w[0])], -sum(w[0].specs[i].numel for i in w[1])))
+        with torch.cuda.device(self.device) if self.record else contextlib.nullcontext():
+            copied = False
+            for grp, _, hp, runs in order:
+                if not aliased[id(grp)] and not copied:
+                    self._copy_gradients([w for w in work if not aliased[id(w[0])]])
+                    copied = True
+                self._run(grp, hp, runs, plan.keys[id(grp)])
+        return due
+
+    def _copy_gradients(self, work: Sequence[tuple[Group, list[int], Hyper, list[list[int]]]]) -> None:
+        """The gradients of ``work``'s groups into their buffers, in one multi-tensor copy."""
         dst, src = [], []
         for grp, idx, _, _ in work:
-            e = self._entry(grp)
-            if self._aliased(e):
-                continue
-            dst += list(e.grads.unbind(0))
+            dst += list(self._entry(grp).grads.unbind(0))
             src += [grp.block_view(i, grp.params[grp.specs[i].param].grad) for i in idx]
         if dst:
             torch._foreach_copy_(dst, src)
-        # the largest groups first: the host prepares each next replay (keys, Gram inverses) while the GPU
-        # runs a long one, instead of waiting on small groups' short replays (the groups are independent)
-        order = sorted(work, key=lambda w: -sum(w[0].specs[i].numel for i in w[1]))
-        with torch.cuda.device(self.device) if self.record else contextlib.nullcontext():
-            for grp, _, hp, runs in order:
-                self._run(grp, hp, runs, plan.keys[id(grp)])
-        return due
 
     def _run(self, grp: Group, hp: Hyper, runs: list[list[int]], key: tuple) -> None:
         e = self._entry(grp)
