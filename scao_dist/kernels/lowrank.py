@@ -133,22 +133,36 @@ def dot_chunk(a, c, acc, PREC: tl.constexpr):
     against the bf16 one. Two bf16 products cost one TF32 product's tensor-core time and keep 16
     bits of the fp32 operand where TF32 keeps 11; the bf16 operand is read at half the bytes."""
     # (if/else throughout: Triton compiles the statements after a constexpr-true early return too)
+    pieces: tl.constexpr = 3 if PREC == "ieee" else 2
     if a.dtype == tl.bfloat16 and c.dtype == tl.bfloat16:
         acc = _mma(a, c, acc)
     elif a.dtype == tl.bfloat16:
-        pieces: tl.constexpr = 3 if PREC == "ieee" else 2
-        hi, mid, lo = _split_bf16(c, pieces)
-        acc = _mma(a, mid, _mma(a, hi, acc))
-        if pieces == 3:
-            acc = _mma(a, lo, acc)
+        acc = _mma_pieces(a, c, acc, pieces, False)
     elif c.dtype == tl.bfloat16:
-        pieces: tl.constexpr = 3 if PREC == "ieee" else 2
-        hi, mid, lo = _split_bf16(a, pieces)
-        acc = _mma(mid, c, _mma(hi, c, acc))
-        if pieces == 3:
-            acc = _mma(lo, c, acc)
+        acc = _mma_pieces(c, a, acc, pieces, True)
     else:
         acc = tl.dot(a, c, acc, input_precision=PREC)
+    return acc
+
+
+@triton.jit
+def _mma_pieces(b, x, acc, PIECES: tl.constexpr, X_LEFT: tl.constexpr):
+    """``acc + x b`` (``X_LEFT``) or ``acc + b x`` for a bf16 chunk ``b`` and an fp32 chunk ``x`` taken as
+    its ``PIECES`` bf16 terms (:func:`_split_bf16`), largest first."""
+    hi, mid, lo = _split_bf16(x, PIECES)
+    acc = _mma_side(hi, b, acc, X_LEFT)
+    acc = _mma_side(mid, b, acc, X_LEFT)
+    if PIECES == 3:
+        acc = _mma_side(lo, b, acc, X_LEFT)
+    return acc
+
+
+@triton.jit
+def _mma_side(x, b, acc, X_LEFT: tl.constexpr):
+    if X_LEFT:
+        acc = _mma(x, b, acc)
+    else:
+        acc = _mma(b, x, acc)
     return acc
 
 
