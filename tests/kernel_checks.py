@@ -303,6 +303,8 @@ def check_end_to_end(counter: Counter) -> list[str]:
          {"graft": "norm", **stream}, quantized - {"factor_ema_corr_"} | {"complement_update", "residual_stats"}),
         ("fp32 unquantized stream truncated", torch.float32, {"quantize": False, **stream},
          {"apply_update_", "complement_update", "residual_stats"}),
+        ("bf16+int8 stream truncated, 10x10 blocks (column blocks updated where they live)", torch.bfloat16,
+         {"max_precond_dim": 10, "oversample": 4, **stream}, {"complement_update", "residual_stats"}),
     ]  # fmt: skip
     d = 20
     g = torch.Generator().manual_seed(3)
@@ -344,6 +346,40 @@ def check_end_to_end(counter: Counter) -> list[str]:
     return errs
 
 
+def check_weight_blocks(device: torch.device = CPU) -> list[str]:
+    """``complement_update`` applied to weight blocks that live inside wider weights (``WeightBlocks``: the
+    right halves of (m, 2n) weights, through their address table) == the twin on the stacked blocks, bit
+    for bit (exact products), the left halves untouched, the weights moved. (On a GPU too:
+    ``bench/session_zw.sh``.)"""
+    errs = []
+    gen = torch.Generator().manual_seed(5)
+    for wdtype, bits in ((torch.bfloat16, 8), (torch.bfloat16, 16), (torch.float32, 0)):
+        for shape, bf16 in (((2, 64, 128), "shared"), ((3, 19, 70), "shared"), ((2, 33, 95), None)):
+            ap = (wdtype, bits)
+            case = verify.case_complement_update(shape, "exact", gen, device, k=(32, 32), bf16=bf16, apply=ap)
+            kw = case.kwargs
+            B, M, N = shape
+            wide = torch.randn(B, M, 2 * N, generator=gen).to(device, wdtype)
+            wide[..., N:] = kw["w"]
+            left = wide[..., :N].clone()
+            views = [wide[b, :, N:] for b in range(B)]
+            blocks = reference.WeightBlocks.of(views, torch.tensor([v.data_ptr() for v in views], device=device))
+            want = {k: v.clone() if torch.is_tensor(v) else v for k, v in kw.items()}
+            got = {**{k: v.clone() if torch.is_tensor(v) else v for k, v in kw.items()}, "w": blocks}
+            reference.complement_update(**want)
+            triton_ops.complement_update(**got)
+            label = f"{str(wdtype)[6:]}+{bits} {shape} {bf16}"
+            if not torch.equal(wide[..., N:], want["w"]):
+                errs.append(f"weight blocks [{label}]: weights differ from the twin's")
+            if want["rho"] is not None and not torch.equal(got["rho"], want["rho"]):
+                errs.append(f"weight blocks [{label}]: correction bits differ from the twin's")
+            if not torch.equal(wide[..., :N], left):
+                errs.append(f"weight blocks [{label}]: wrote outside the blocks")
+            if torch.equal(want["w"], kw["w"]):
+                errs.append(f"weight blocks [{label}]: the weights did not move (vacuous)")
+    return errs
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -353,7 +389,9 @@ def main() -> int:
         return 2
     results: dict[str, list[str]] = {}
     t0 = time.perf_counter()
-    for name, fn in (("kernels", check_kernels), ("fallbacks", check_fallbacks), ("hyper", check_hyper)):
+    checks = (("kernels", check_kernels), ("fallbacks", check_fallbacks), ("hyper", check_hyper),
+              ("weight_blocks", check_weight_blocks))  # fmt: skip
+    for name, fn in checks:
         try:
             out = fn()
             results.update(out if isinstance(out, dict) else {name: out})

@@ -110,6 +110,12 @@ def test_optimizer_through_kernels_matches_reference(runs):
     _assert_clean(runs, "end_to_end")
 
 
+def test_complement_updates_weight_blocks_where_they_live(runs):
+    """Column blocks of wider weights, updated through their address table, equal the twin on the stacked
+    blocks bit for bit and nothing outside them is written."""
+    _assert_clean(runs, "weight_blocks")
+
+
 def test_kernel_checks_exit_cleanly(runs):
     assert runs["rc"]["checks"] == 0, runs["logs"]["checks"][-4000:]
 

@@ -577,3 +577,43 @@ def test_basis_widths_grow_in_steps_of_16():
     exact, _ = run(lambda self, k: k)
     for a, b in zip(model.parameters(), exact.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_column_blocks_are_updated_where_they_live():
+    """A weight wider than ``max_precond_dim`` is cut into column blocks, which are not contiguous: with a
+    truncated stream basis the complement updates them in place through their addresses
+    (``WeightBlocks``) instead of a stacked copy scattered back. Both give the same weights, bit for bit,
+    the other parameters untouched by the in-place writes."""
+    from scao_dist.groups import KronGroup
+    from scao_dist.kernels.reference import WeightBlocks
+
+    def run(in_place: bool) -> tuple[list[torch.Tensor], int]:
+        torch.manual_seed(0)
+        wide = torch.nn.Parameter(torch.randn(24, 100).bfloat16())
+        other = torch.nn.Parameter(torch.randn(24, 20).bfloat16())
+        opt = SCAO([wide, other], lr=1e-2, max_precond_dim=50, full_factor_dim=8, rank_max=4, rank_min=2,
+                   min_precond_dim=2, precond_freq=3, refresh_lag=0)  # fmt: skip
+        grp = next(g for g in opt.groups if isinstance(g, KronGroup) and g.specs[0].shape == (24, 50))
+        assert [s.c0 for s in grp.specs] == [0, 50]  # the two column blocks of the wide weight
+        seen = {"blocks": 0}
+        plain = grp.weights
+
+        def weights(idx, where_they_are=False):
+            w, in_place_ = plain(idx, where_they_are=where_they_are and in_place)
+            seen["blocks"] += isinstance(w, WeightBlocks)
+            return w, in_place_
+
+        grp.weights = weights
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(9):
+            wide.grad = torch.randn(24, 100, generator=gen).bfloat16()
+            other.grad = torch.randn(24, 20, generator=gen).bfloat16()
+            opt.step()
+        return [wide.detach().clone(), other.detach().clone()], seen["blocks"]
+
+    (w_a, o_a), used = run(True)
+    (w_b, o_b), unused = run(False)
+    assert used > 0 and unused == 0
+    assert torch.equal(w_a, w_b) and torch.equal(o_a, o_b)
+    torch.manual_seed(0)
+    assert not torch.equal(w_a, torch.randn(24, 100).bfloat16())  # the steps moved the weights

@@ -368,16 +368,18 @@ def _stats_finish_kernel(
 @triton.jit
 def _complement_update_kernel(
     out_ptr, m_ptr, xu_ptr, yu_ptr, xm_ptr, ym_ptr, a_ptr, bv_ptr, f_ptr, scale_ptr,
-    rho_ptr, hp_ptr, M, N, KU, KM, SXU, SYU, SXM, SYM, ntm, ntn, eps, c, lr,
+    rho_ptr, hp_ptr, wtab_ptr, M, N, KU, KM, SXU, SYU, SXM, SYM, LDW, ntm, ntn, eps, c, lr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
     APPLY: tl.constexpr, R: tl.constexpr, HP_DEV: tl.constexpr, EVEN: tl.constexpr, SHARED_Y: tl.constexpr,
+    WTAB: tl.constexpr,
 ):  # fmt: skip
     """Tile (tm, tn) of block b:
     U = X_u Y_u^T + ((m - X_m Y_m^T) / (max(a_i bv_j, f_b) + eps)) scale_b,
     stored in ``out`` (APPLY false) or applied to the weights ``out`` (and bits ``rho`` for R > 0).
     ``a``, ``bv``, ``f``: :func:`.reference.complement_roots`. ``HP_DEV``: ``c``, ``lr`` loaded from the
     step scalars at ``hp_ptr``. ``EVEN``: the tiles divide the block (no masks). ``SHARED_Y``: ``Y_u`` is
-    ``Y_m`` (``ym_ptr``, ``SYM`` unused; :func:`lowrank_pair`)."""
+    ``Y_m`` (``ym_ptr``, ``SYM`` unused; :func:`lowrank_pair`). ``WTAB``: block b's weights start at the
+    address ``wtab_ptr[b]``, rows ``LDW`` apart (:class:`.reference.WeightBlocks`; ``out_ptr`` gives their type)."""
     if HP_DEV:
         c = tl.load(hp_ptr + HP_C)
         lr = tl.load(hp_ptr + HP_LR)
@@ -405,17 +407,34 @@ def _complement_update_kernel(
     r = m - bm  # == (-bm) + m, the twin's spelling, bit for bit (signed zeros included)
     d = tl.maximum(a_i * b_j, f, propagate_nan=tl.PropagateNan.ALL) + eps
     u = u + tl.math.div_rn(r, d) * scale
+    if WTAB:  # the weights where they live (column blocks of wider weights)
+        wbase = tl.load(wtab_ptr + b).to(tl.pointer_type(out_ptr.dtype.element_ty))
+        wp = wbase + (i[:, None] * LDW + j[None, :])
+    else:
+        wp = out_ptr + off
     if not APPLY:
         store_tile(out_ptr + off, u, mask, EVEN)
     elif R == 0:  # fp32 weights
-        w = load_tile(out_ptr + off, mask, 0.0, EVEN)
-        store_tile(out_ptr + off, w * c - u * lr, mask, EVEN)
+        w = load_tile(wp, mask, 0.0, EVEN)
+        store_tile(wp, w * c - u * lr, mask, EVEN)
     else:
-        wb = load_tile(out_ptr + off, mask, 0, EVEN)
+        wb = load_tile(wp, mask, 0, EVEN)
         rf = load_tile(rho_ptr + off, mask, 0, EVEN).to(tl.float32)
         nb, nr = master_update(wb, rf, u, c, lr, R)
-        store_tile(out_ptr + off, nb, mask, EVEN)
+        store_tile(wp, nb, mask, EVEN)
         store_tile(rho_ptr + off, nr.to(rho_ptr.dtype.element_ty), mask, EVEN)
+
+
+def _weights_ok(w: torch.Tensor | reference.WeightBlocks, rho: torch.Tensor | None, m: torch.Tensor) -> bool:
+    """:func:`.apply.weights_ok` for a stacked tensor or :class:`.reference.WeightBlocks` of ``m``'s blocks."""
+    if not isinstance(w, reference.WeightBlocks):
+        return weights_ok(w, rho, m)
+    v = w.views[0]
+    if len(w.views) != m.shape[0] or v.shape != m.shape[1:] or v.device != m.device or correction_r(rho) is None:
+        return False
+    if rho is None:
+        return v.dtype == torch.float32
+    return v.dtype == torch.bfloat16 and rho.shape == m.shape and rho.device == m.device
 
 
 def _f32(x: float) -> float:
@@ -630,7 +649,7 @@ def complement_update(
         and isinstance(eps, float | int)
         and (isinstance(bc1, float | int) or _per_block(bc1, B, dev) is not None)
         and (isinstance(bc2, float | int) or _per_block(bc2, B, dev) is not None)
-        and (w is None or (weights_ok(w, rho, m) and isinstance(lr, float | int) and isinstance(wd, float | int)))
+        and (w is None or (_weights_ok(w, rho, m) and isinstance(lr, float | int) and isinstance(wd, float | int)))
         and hp is not None
     )
     if not ok:
@@ -641,10 +660,11 @@ def complement_update(
     if not all(t.dtype == torch.float32 and tuple(t.shape) == sh for t, sh in vectors):  # e.g. a float64 mask
         return reference.complement_update(*args, **apply_args)
     R = correction_r(rho) if w is not None else 0
+    blocks = isinstance(w, reference.WeightBlocks)
     if w is None:
         out = new_output((B, M, N), dev)
     else:
-        out = writable(w)
+        out = w.views[0] if blocks else writable(w)  # (with blocks: only their type is read)
         rbuf = writable(rho) if rho is not None else None
     if m.numel():
         ntm, ntn = triton.cdiv(M, BM), triton.cdiv(N, BN)
@@ -657,15 +677,16 @@ def complement_update(
         _complement_update_kernel[(B * ntm * ntn,)](
             bf16_bits(out) if R else out, m.contiguous(), xu_k, yu_k, xm_k, ym_k,
             a.contiguous(), bv.contiguous(), f.contiguous(), scale.reshape(B).contiguous(),
-            rbuf if R else f, f if hyper is None else hp,
-            M, N, ku, km, sxu, syu, sxm, sym, ntm, ntn, _f32(eps), 1.0 - lr * wd, float(lr),
+            rbuf if R else f, f if hyper is None else hp, w.table if blocks else f,
+            M, N, ku, km, sxu, syu, sxm, sym, w.ld if blocks else N, ntm, ntn, _f32(eps), 1.0 - lr * wd, float(lr),
             BM=BM, BN=BN, BK=BK, PREC=precision(), APPLY=w is not None, R=R,
-            HP_DEV=hyper is not None, EVEN=_even(M, N, BM), SHARED_Y=shared,
+            HP_DEV=hyper is not None, EVEN=_even(M, N, BM), SHARED_Y=shared, WTAB=blocks,
             **{**LAUNCH, "num_warps": COMPLEMENT_WARPS[w is not None]},
         )  # fmt: skip
     if w is None:
         return out
-    write_back(w, out)
+    if not blocks:
+        write_back(w, out)
     if rho is not None:
         write_back(rho, rbuf)
     return None

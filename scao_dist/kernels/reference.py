@@ -42,6 +42,9 @@ Python scalar, ``bc1`` in the complement's ``mask / bc1``, is matched by :func:`
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -332,6 +335,40 @@ def residual_sumsq(
     return g_row, g_col, r_row, r_col
 
 
+@dataclasses.dataclass(frozen=True)
+class WeightBlocks:
+    """``B`` weight blocks of shape (m, n) that live inside their parameters, not in one stacked tensor:
+    ``views`` (each with row stride ``ld`` and unit column stride, e.g. the column blocks of wider
+    weights) and ``table``, their addresses as an int64 tensor on the weights' device (built and kept
+    by the caller: a captured step must not copy it from the host). :func:`complement_update`
+    updates them where they are: the kernel through the table, this twin through a stacked copy."""
+
+    views: list[Tensor]
+    table: Tensor
+    ld: int
+
+    @classmethod
+    def of(cls, views: Sequence[Tensor], table: Tensor) -> WeightBlocks | None:
+        """The blocks ``views`` with their address ``table``; ``None`` unless they share one shape, dtype,
+        device and row stride with unit column stride, and ``table`` holds their addresses."""
+        v0 = views[0] if views else None
+        if v0 is None or v0.dim() != 2 or any(
+            v.shape != v0.shape or v.dtype != v0.dtype or v.device != v0.device or v.stride() != (v0.stride(0), 1)
+            for v in views
+        ):  # fmt: skip
+            return None
+        if table.dtype != torch.int64 or table.shape != (len(views),) or table.device != v0.device:
+            return None
+        return cls(list(views), table, v0.stride(0))
+
+    def stacked(self) -> Tensor:
+        return torch.stack(self.views)
+
+    def write(self, w: Tensor) -> None:
+        for v, x in zip(self.views, w.unbind(0), strict=True):
+            v.copy_(x)
+
+
 def complement_update(
     m: Tensor,
     xu: Tensor,
@@ -345,7 +382,7 @@ def complement_update(
     bc1: Tensor | float,
     bc2: Tensor | float,
     eps: float,
-    w: Tensor | None = None,
+    w: Tensor | WeightBlocks | None = None,
     rho: Tensor | None = None,
     lr: float = 0.0,
     wd: float = 0.0,
@@ -355,11 +392,17 @@ def complement_update(
     """The update of a truncated basis with its complement: ``U = X_u Y_u^T`` (the basis' Adam step
     mapped back) plus :func:`complement_add_` of the first moment's residual ``M - X_m Y_m^T``.
     Returns ``U`` as a new fp32 (B, m, n) tensor; or, given the weights ``w`` (and correction bits
-    ``rho``), applies it with :func:`apply_update_` and returns ``None``. ``m`` is not changed.
-    ``stats``: see :func:`complement_add_`. ``hyper``: ``bc1``, ``bc2`` (and ``lr``, ``c = 1 - lr wd``
-    for the weights) from it, the float arguments ignored."""
+    ``rho``), applies it with :func:`apply_update_` and returns ``None``; ``w`` may be
+    :class:`WeightBlocks` (updated where they live). ``m`` is not changed. ``stats``: see
+    :func:`complement_add_`. ``hyper``: ``bc1``, ``bc2`` (and ``lr``, ``c = 1 - lr wd`` for the weights)
+    from it, the float arguments ignored."""
     u = complement_add_(lowrank(xu, yu), lowrank(xm, ym), m, row, col, g_row, mask, bc1, bc2, eps, stats, hyper)
     if w is None:
         return u
+    if isinstance(w, WeightBlocks):
+        stacked = w.stacked()
+        apply_update_(stacked, rho, u, lr, wd, hyper=hyper)
+        w.write(stacked)
+        return None
     apply_update_(w, rho, u, lr, wd, hyper=hyper)
     return None
