@@ -409,6 +409,7 @@ def _complement_update_kernel(
     u = u + tl.math.div_rn(r, d) * scale
     if WTAB:  # the weights where they live (column blocks of wider weights)
         wbase = tl.load(wtab_ptr + b).to(tl.pointer_type(out_ptr.dtype.element_ty))
+        wbase = tl.multiple_of(wbase, 16)  # WeightBlocks.of checks the addresses are 64-byte aligned: vector loads
         wp = wbase + (i[:, None] * LDW + j[None, :])
     else:
         wp = out_ptr + off

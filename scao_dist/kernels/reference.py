@@ -335,6 +335,10 @@ def residual_sumsq(
     return g_row, g_col, r_row, r_col
 
 
+ALIGN = 64
+"""Bytes every :class:`WeightBlocks` address is a multiple of."""
+
+
 @dataclasses.dataclass(frozen=True)
 class WeightBlocks:
     """``B`` weight blocks of shape (m, n) that live inside their parameters, not in one stacked tensor:
@@ -350,7 +354,8 @@ class WeightBlocks:
     @classmethod
     def of(cls, views: Sequence[Tensor], table: Tensor) -> WeightBlocks | None:
         """The blocks ``views`` with their address ``table``; ``None`` unless they share one shape, dtype,
-        device and row stride with unit column stride, and ``table`` holds their addresses."""
+        device and row stride with unit column stride, start on 64-byte boundaries (the kernel tells
+        the compiler so, for vector loads), and ``table`` holds their addresses."""
         v0 = views[0] if views else None
         if v0 is None or v0.dim() != 2 or any(
             v.shape != v0.shape or v.dtype != v0.dtype or v.device != v0.device or v.stride() != (v0.stride(0), 1)
@@ -358,6 +363,8 @@ class WeightBlocks:
         ):  # fmt: skip
             return None
         if table.dtype != torch.int64 or table.shape != (len(views),) or table.device != v0.device:
+            return None
+        if any(v.data_ptr() % ALIGN for v in views):
             return None
         return cls(list(views), table, v0.stride(0))
 
