@@ -194,6 +194,18 @@ class _Group:
         self.t: dict[str, Tensor] = {}
         self.bf16 = self.specs[0].dtype == torch.bfloat16
 
+    def _device_list(self, values: tuple, dtype: torch.dtype) -> Tensor:
+        """A small constant as a device tensor, cached (no host-to-device copy on most steps)."""
+        cache = self.__dict__.setdefault("_consts", {})
+        key = (values, dtype)
+        if key not in cache:
+            if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                raise RuntimeError(f"{key} is not cached: a captured step must not copy host data (warm it up first)")
+            if len(cache) > 64:
+                cache.clear()
+            cache[key] = torch.tensor(values, dtype=dtype, device=self.device)
+        return cache[key]
+
     # -- params -------------------------------------------------------------------------
     def block_view(self, i: int, tensor: Tensor) -> Tensor:
         s = self.specs[i]
@@ -695,18 +707,6 @@ class KronGroup(RefreshMixin, _Group):
     def _basis_changed(self, i: int) -> None:
         for stale in self._ginv_stale.values():
             stale.add(i)
-
-    def _device_list(self, values: tuple, dtype: torch.dtype) -> Tensor:
-        """A small constant as a device tensor, cached (no host-to-device copy on most steps)."""
-        cache = self.__dict__.setdefault("_consts", {})
-        key = (values, dtype)
-        if key not in cache:
-            if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-                raise RuntimeError(f"{key} is not cached: a captured step must not copy host data (warm it up first)")
-            if len(cache) > 64:
-                cache.clear()
-            cache[key] = torch.tensor(values, dtype=dtype, device=self.device)
-        return cache[key]
 
     def _seeds(self, idx: Sequence[int], side: str) -> Tensor:
         """``block_seed(block, side, step)`` for the blocks ``idx`` as a device tensor (dither seeds)."""
