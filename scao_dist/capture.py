@@ -229,14 +229,14 @@ class GroupGraphs:
         # gradients into the buffers: the GPU starts on a replay while the host gathers those; within
         # each, the largest first (the host launches the next replay while the GPU runs a long one; the
         # groups are independent)
-        aliased = {id(grp): self._aliased(self._entry(grp)) for grp, *_ in work}
-        order = sorted(work, key=lambda w: (not aliased[id(w[0])], -sum(w[0].specs[i].numel for i in w[1])))
+        order = sorted(work, key=lambda w: -sum(w[0].specs[i].numel for i in w[1]))
+        views = [w for w in order if self._aliased(self._entry(w[0]))]
+        copies = [w for w in order if not self._aliased(self._entry(w[0]))]
         with torch.cuda.device(self.device) if self.record else contextlib.nullcontext():
-            copied = False
-            for grp, _, hp, runs in order:
-                if not aliased[id(grp)] and not copied:
-                    self._copy_gradients([w for w in work if not aliased[id(w[0])]])
-                    copied = True
+            for grp, _, hp, runs in views:
+                self._run(grp, hp, runs, plan.keys[id(grp)])
+            self._copy_gradients(copies)
+            for grp, _, hp, runs in copies:
                 self._run(grp, hp, runs, plan.keys[id(grp)])
         return due
 

@@ -365,7 +365,7 @@ class SCAO(torch.optim.Optimizer):
         for pid in with_grad:
             if params[pid].grad.is_sparse:
                 raise TypeError("SCAO does not support sparse gradients")
-        worst = self.comm.nonfinite_start(self._grads_to_check(params, with_grad))
+        finite = self.comm.nonfinite_start(self._grads_to_check(params, with_grad))
         # while the GPU checks the gradients the host prepares the captured groups' replays (scalars,
         # keys): after the check only the replays are left to launch, so the GPU idles ~1 ms less
         captured: dict[torch.device, list[tuple[KronGroup | AdamGroup, list[int], Hyper, list[list[int]]]]] = {}
@@ -380,7 +380,7 @@ class SCAO(torch.optim.Optimizer):
             else:
                 eager.append((grp, idx))
         plans = {dev: self._graphs[dev].plan(work) for dev, work in captured.items()}
-        bad = self.comm.nonfinite_finish(worst)
+        bad = self.comm.nonfinite_finish(finite)
         if bad:
             self.comm.discard_in_flight()
             self._reset_overlap()

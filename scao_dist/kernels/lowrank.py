@@ -426,18 +426,6 @@ def _complement_update_kernel(
         store_tile(rho_ptr + off, nr.to(rho_ptr.dtype.element_ty), mask, EVEN)
 
 
-def _weights_ok(w: torch.Tensor | reference.WeightBlocks, rho: torch.Tensor | None, m: torch.Tensor) -> bool:
-    """:func:`.apply.weights_ok` for a stacked tensor or :class:`.reference.WeightBlocks` of ``m``'s blocks."""
-    if not isinstance(w, reference.WeightBlocks):
-        return weights_ok(w, rho, m)
-    v = w.views[0]
-    if len(w.views) != m.shape[0] or v.shape != m.shape[1:] or v.device != m.device or correction_r(rho) is None:
-        return False
-    if rho is None:
-        return v.dtype == torch.float32
-    return v.dtype == torch.bfloat16 and rho.shape == m.shape and rho.device == m.device
-
-
 def _f32(x: float) -> float:
     """``x`` rounded to fp32 (as the twin's 0-d fp32 tensor / torch's scalar cast), so the kernel's fp32
     scalar argument takes it exactly."""
@@ -650,7 +638,7 @@ def complement_update(
         and isinstance(eps, float | int)
         and (isinstance(bc1, float | int) or _per_block(bc1, B, dev) is not None)
         and (isinstance(bc2, float | int) or _per_block(bc2, B, dev) is not None)
-        and (w is None or (_weights_ok(w, rho, m) and isinstance(lr, float | int) and isinstance(wd, float | int)))
+        and (w is None or (weights_ok(w, rho, m) and isinstance(lr, float | int) and isinstance(wd, float | int)))
         and hp is not None
     )
     if not ok:

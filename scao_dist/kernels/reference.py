@@ -368,6 +368,19 @@ class WeightBlocks:
             return None
         return cls(list(views), table, v0.stride(0))
 
+    @property
+    def shape(self) -> torch.Size:
+        """(B, m, n), as the stacked tensor's (so :func:`.apply.weights_ok` reads blocks as it reads one)."""
+        return torch.Size((len(self.views), *self.views[0].shape))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.views[0].dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.views[0].device
+
     def stacked(self) -> Tensor:
         return torch.stack(self.views)
 

@@ -123,8 +123,7 @@ class Comm:
         if not self.sharded:  # (no round trip through the device)
             return [float(v) for v in values]
         t = torch.tensor(list(values), dtype=torch.float64, device=self._device())
-        if self.sharded:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
         return t.tolist()
 
     def check_same_plan(self, fingerprint: int) -> None:
