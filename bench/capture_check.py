@@ -67,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         help="before this step, widen every stream side by 16 columns in all three (what a refresh that grows a "
         "basis does): the captured groups get a new key and are captured again, with the refresh worker running",
     )  # fmt: skip
+    ap.add_argument(
+        "--nan-at", type=int, action="append", default=[], metavar="STEP",
+        help="at this step, a NaN in one gradient (all three): each must skip it and change nothing; the captured "
+        "optimizer launches its replays behind the check's device flag and reads it at the next step",
+    )  # fmt: skip
     ap.add_argument("--scao-kwargs", default="{}", help="JSON: more SCAO keyword arguments for all three")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -96,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = models["eager"](x[:, :-1], x[:, 1:])
         loss.backward()
+        if t in args.nan_at:
+            next(p for p in params["eager"] if p.grad is not None and p.dim() == 2).grad.view(-1)[7] = math.nan
         for n in NAMES[1:]:
             for p, q in zip(params["eager"], params[n], strict=True):
                 if p.grad is None:
@@ -136,12 +143,17 @@ def main(argv: list[str] | None = None) -> int:
         "state_mismatch_counts": {n: len(v) for n, v in state_diff.items()},
         "graph_counts": dict(graphs.counts) if graphs is not None else None,
         "graph_failed_groups": sum(e.failed for e in graphs.entries.values()) if graphs is not None else None,
+        "graph_gated_groups": sum(e.gated for e in graphs.entries.values()) if graphs is not None else None,
         "capture_steps": capture_steps,
+        "nan_at": args.nan_at,
+        "skipped_steps": {n: opts[n].global_counters()["skipped_steps"] for n in NAMES},
+        "steps_taken": {n: opts[n].counters["steps"] for n in NAMES},
         "step_ms_median": {n: round(statistics.median(v), 3) for n, v in timed.items() if v},
         "step_ms_all": {n: [round(v, 3) for v in ms[n]] for n in NAMES},
         "timed_steps": len(timed["eager"]),
     }  # fmt: skip
     ok = all(v is None for v in first_diff.values()) and not any(state_diff.values())
+    ok = ok and len(set(out["skipped_steps"].values())) == 1 and len(set(out["steps_taken"].values())) == 1
     out["bit_exact"] = ok
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)

@@ -51,6 +51,7 @@ from .config import Hyper
 from .groups import AdamGroup, DeviceInputs, KronGroup
 from .kernels import scalars
 from .kernels.scalars import StepScalars
+from .shard.comm import FiniteCheck
 from .stacked import block_seed
 
 Group = KronGroup | AdamGroup
@@ -74,6 +75,7 @@ class _Entry:
     key: tuple | None = None
     graph: torch.cuda.CUDAGraph | None = None
     failed: bool = False  # a capture raised: this group steps eagerly
+    gated: bool = False  # the graph was recorded behind the gate (a conditional node)
     keep: list[Tensor] = dataclasses.field(default_factory=list)  # tensors the graph reads, kept alive
     views: list[tuple[Tensor, Tensor]] = dataclasses.field(default_factory=list)  # (param, its rows of grads)
     retired: list[Any] = dataclasses.field(default_factory=list)  # replaced graphs (and what they read), kept
@@ -104,12 +106,8 @@ class _Upload:
         self.turn ^= 1
 
 
-@dataclasses.dataclass
-class StepPlan:
-    """A step of captured groups prepared by :meth:`GroupGraphs.plan`, taken by :meth:`GroupGraphs.launch`."""
-
-    work: list[tuple[Group, list[int], Hyper, list[list[int]]]]
-    keys: dict[int, tuple]  # group id -> its key (GroupGraphs.key), computed before the step
+Work = tuple[Group, list[int], Hyper, list[list[int]]]
+"""A group's share of a step: ``(group, its blocks with gradients (all), hyperparameters, chunks)``."""
 
 
 class GroupGraphs:
@@ -137,6 +135,8 @@ class GroupGraphs:
         self.seeds = torch.zeros(max(seed_rows, 1), dtype=torch.int64, device=device)
         self._upload_table, self._upload_seeds = _Upload(self.table), _Upload(self.seeds)
         self.entries: dict[int, _Entry] = {}
+        self.gate = torch.ones((), dtype=torch.bool, device=device)  # this step's check (arm); replays read it
+        self.gated = record and _has_conditional_nodes()  # record behind the gate (until that fails once)
         self.stream = torch.cuda.Stream(device) if record else None
         self.pool = torch.cuda.graph_pool_handle() if record else None
         self.counts = {"eager": 0, "captures": 0, "replays": 0}
@@ -184,17 +184,18 @@ class GroupGraphs:
         return bool(e.views) and all(p.grad is not None and p.grad.data_ptr() == v.data_ptr() for p, v in e.views)
 
     # ------------------------------------------------------------------------------ step
-    def step(self, work: Sequence[tuple[Group, list[int], Hyper, list[list[int]]]]) -> dict[int, list[int]]:
+    def step(self, work: Sequence[Work], check: FiniteCheck | None = None) -> dict[int, list[int]] | None:
         """Step every ``(group, idx, hp, runs)`` of ``work`` (all eligible, ``idx`` = all blocks, ``runs``
-        the chunks the eager step would take); returns the refreshes due, per group id."""
-        return self.launch(self.plan(work))
+        the chunks the eager step would take); returns the refreshes due, per group id (see :meth:`launch`)."""
+        self.upload_scalars(work)
+        self.arm(check.finite if check is not None else None)
+        return self.launch(work, check)
 
-    def plan(self, work: Sequence[tuple[Group, list[int], Hyper, list[list[int]]]]) -> StepPlan:
-        """The host's share of the next step of ``work``, done while the GPU still checks the gradients
-        (``SCAO.step``): the scalars of step ``t + 1`` written to the device tables (stream-ordered after
-        the last replay, which read the old ones), the Gram inverses of bases swapped in, the keys.
-        Changes no optimizer state, so a step skipped afterwards just leaves them to the next plan;
-        :meth:`launch` then only advances the step counts and replays."""
+    def upload_scalars(self, work: Sequence[Work]) -> None:
+        """The device inputs of the next step of ``work``: the scalars of step ``t + 1`` (lr, bias
+        corrections) and the dither seeds, written to the device tables (stream-ordered after the last
+        replay, which read the old ones) through pinned buffers, without the host waiting. Changes no
+        optimizer state: a step skipped afterwards just leaves them to be written again."""
         values = [[0.0] * ROW_STRIDE for _ in self.groups]
         seed_vals = [0] * self.seeds.numel()
         for grp, idx, hp, _ in work:
@@ -205,21 +206,27 @@ class GroupGraphs:
             for side, (a, _) in self.seed_layout[id(grp)].items():
                 for j, spec in enumerate(grp.specs):
                     seed_vals[a + j] = block_seed(spec.index, side, t)
-        self._upload_table(values)  # (first: the copies queue behind the check, the host goes on)
+        self._upload_table(values)
         if any(self.seed_layout[id(grp)] for grp, *_ in work):
             self._upload_seeds(seed_vals)
-        keys: dict[int, tuple] = {}
-        for grp, _, hp, runs in work:
-            if isinstance(grp, KronGroup):
-                grp.prepare_captured(runs)
-            keys[id(grp)] = self.key(grp, hp, runs)
-        return StepPlan(list(work), keys)
 
-    def launch(self, plan: StepPlan) -> dict[int, list[int]]:
-        """Take the planned step (the gradients were found finite): advance the step counts, copy in
-        the gradients that are not views of the buffers, replay (or capture, or step eagerly) each
-        group, largest first; returns the refreshes due, per group id."""
-        work = plan.work
+    def arm(self, finite: Tensor | None) -> None:
+        """The gate every replay is recorded behind: this step's non-finite check (``finite``, a device
+        bool), or open when there is none. A replay whose gate is shut changes nothing."""
+        if finite is None:
+            self.gate.fill_(True)
+        else:
+            self.gate.copy_(finite)
+
+    def launch(self, work: Sequence[Work], check: FiniteCheck | None = None) -> dict[int, list[int]] | None:
+        """Take the step (its scalars uploaded, the gate armed): advance the step counts, copy in the
+        gradients that are not views of the buffers, replay (or capture, or step eagerly) each group,
+        largest first; returns the refreshes due, per group id.
+
+        A replay is gated on the device, so it needs no answer from ``check``; an eager step is not, so
+        the host asks ``check`` first (it waits for the GPU's check once): if the gradients are not
+        all finite it stops there and returns ``None``, every step count already advanced (the caller
+        undoes them) and nothing else changed (the replays launched found their gate shut)."""
         due: dict[int, list[int]] = {}
         for grp, idx, hp, _ in work:
             for i in idx:
@@ -234,13 +241,15 @@ class GroupGraphs:
         copies = [w for w in order if not self._aliased(self._entry(w[0]))]
         with torch.cuda.device(self.device) if self.record else contextlib.nullcontext():
             for grp, _, hp, runs in views:
-                self._run(grp, hp, runs, plan.keys[id(grp)])
+                if not self._run(grp, hp, runs, check):
+                    return None
             self._copy_gradients(copies)
             for grp, _, hp, runs in copies:
-                self._run(grp, hp, runs, plan.keys[id(grp)])
+                if not self._run(grp, hp, runs, check):
+                    return None
         return due
 
-    def _copy_gradients(self, work: Sequence[tuple[Group, list[int], Hyper, list[list[int]]]]) -> None:
+    def _copy_gradients(self, work: Sequence[Work]) -> None:
         """The gradients of ``work``'s groups into their buffers, in one multi-tensor copy."""
         dst, src = [], []
         for grp, idx, _, _ in work:
@@ -249,44 +258,85 @@ class GroupGraphs:
         if dst:
             torch._foreach_copy_(dst, src)
 
-    def _run(self, grp: Group, hp: Hyper, runs: list[list[int]], key: tuple) -> None:
+    def _run(self, grp: Group, hp: Hyper, runs: list[list[int]], check: FiniteCheck | None) -> bool:
+        """One group's step: a gated replay, or a capture and a gated replay, or (a new key, a failed
+        capture) an eager step once ``check`` says the gradients are finite. ``False``: they are not,
+        and this group was not stepped."""
         e = self._entry(grp)
-        if key != e.key:  # new launches: one eager step with the device inputs, capture at the next
-            if e.graph is not None:
-                e.retired.append((e.graph, e.keep))
-            e.key, e.graph, e.keep = key, None, []
-            self._on_side_stream(lambda: self._body(grp, hp, runs, e))
-            self._count("eager")
-            return
-        if e.failed or not self.record:
-            self._on_side_stream(lambda: self._body(grp, hp, runs, e))
-            self._count("eager")
-            return
+        if isinstance(grp, KronGroup):
+            grp.prepare_captured(runs)  # (the Gram inverses of bases swapped in: derived data, not state)
+        key = self.key(grp, hp, runs)
+        if key != e.key or e.failed:  # new launches (one eager step with the device inputs, capture at the next)
+            if check is not None and not check.ok():
+                return False
+            if key != e.key:
+                if e.graph is not None:
+                    e.retired.append((e.graph, e.keep))
+                e.key, e.graph, e.keep = key, None, []
+            self._eager(grp, hp, runs, e)
+            return True
+        if not self.record:  # the CPU twin of a gated replay: the body runs when the gate is open
+            if bool(self.gate):
+                self._eager(grp, hp, runs, e)
+            return True
         if e.graph is None:
+            e.graph = self._capture(grp, hp, runs, e)
+            if e.graph is None:  # (the capture failed and was reported; nothing ran)
+                if check is not None and not check.ok():
+                    return False
+                self._eager(grp, hp, runs, e)
+                return True
+        if not e.gated and check is not None and not check.ok():
+            return False
+        e.graph.replay()
+        self._count("replays")
+        return True
+
+    def _capture(self, grp: Group, hp: Hyper, runs: list[list[int]], e: _Entry) -> torch.cuda.CUDAGraph | None:
+        """Record the group's step behind the gate (a conditional node); ``None`` if recording failed.
+        A torch without conditional nodes (or a driver that refuses them) records ungated from then
+        on: the optimizer then waits for the check before any replay, as eager steps do."""
+        for gated in (True, False) if self.gated else (False,):
             graph = torch.cuda.CUDAGraph()
             cur = torch.cuda.current_stream(self.device)
             self.stream.wait_stream(cur)
             try:
                 with torch.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"):
+                    if gated:
+                        graph.begin_capture_to_if_node(self.gate)
                     self._body(grp, hp, runs, e)
-            except Exception as err:  # nothing ran: step eagerly, and from now on for this group
+                    if gated:
+                        graph.end_capture_to_conditional_node()
+            except Exception as err:  # nothing ran
+                if gated:
+                    self.gated = False
+                    warnings.warn(
+                        f"SCAO(cuda_graph=True): recording a step behind a conditional node failed "
+                        f"({type(err).__name__}: {err}); steps are recorded without one, and each step waits "
+                        "for its non-finite check before replaying (same results, more host time).",
+                        RuntimeWarning,
+                        stacklevel=5,
+                    )
+                    continue
                 e.failed = True
                 warnings.warn(
                     f"SCAO(cuda_graph=True): capturing a step of a group of {grp.B} blocks of shape "
                     f"{tuple(grp.specs[0].shape)} failed ({type(err).__name__}: {err}); it steps eagerly "
                     "from now on (same results, more host time).",
                     RuntimeWarning,
-                    stacklevel=4,
+                    stacklevel=5,
                 )
-                self._on_side_stream(lambda: self._body(grp, hp, runs, e))
-                self._count("eager")
-                return
+                return None
             cur.wait_stream(self.stream)
-            e.graph, e.retired = graph, []  # (capturing synchronised the device: no old replay is running)
-            e.keep = [*grp.t.values(), e.grads, *grp.derived_tensors()]
+            e.retired, e.gated = [], gated  # (capturing synchronised the device: no old replay is running)
+            e.keep = [*grp.t.values(), e.grads, *grp.derived_tensors(), self.gate]
             self._count("captures")
-        e.graph.replay()
-        self._count("replays")
+            return graph
+        return None
+
+    def _eager(self, grp: Group, hp: Hyper, runs: list[list[int]], e: _Entry) -> None:
+        self._on_side_stream(lambda: self._body(grp, hp, runs, e))
+        self._count("eager")
 
     def _count(self, what: str) -> None:
         self.counts[what] += 1
@@ -325,6 +375,13 @@ class GroupGraphs:
             kernels.backend(next(iter(grp.t.values()))).__name__,
         )
         return (ts, consts, weights, math_modes, tuple(map(tuple, runs)), grp.capture_key())
+
+
+def _has_conditional_nodes() -> bool:
+    """Can this torch record a conditional node into a CUDA graph (``begin_capture_to_if_node``)?"""
+    return hasattr(torch.cuda.CUDAGraph, "begin_capture_to_if_node") and hasattr(
+        torch.cuda.CUDAGraph, "end_capture_to_conditional_node"
+    )
 
 
 def _grad_views(grp: Group, grads: Tensor) -> list[tuple[Tensor, Tensor]]:

@@ -24,10 +24,10 @@ import torch
 from torch import Tensor
 
 from .blocks import BlockSpec, split_param
-from .capture import GroupGraphs
+from .capture import GroupGraphs, Work
 from .config import GROUP_DEFAULTS, Config, Hyper, quantize_pieces, validate_group
 from .groups import AdamGroup, KronGroup, make_group
-from .shard.comm import Comm, build_buckets
+from .shard.comm import Comm, FiniteCheck, build_buckets
 from .shard.plan import Plan, make_plan, plan_fingerprint
 from .shard.refresh import RefreshScheduler
 
@@ -230,6 +230,7 @@ class SCAO(torch.optim.Optimizer):
             )
         self.counters: dict[str, int] = defaultdict(int)
         self._warned_nonfinite = False
+        self._unsettled: tuple[FiniteCheck, list[Work]] | None = None  # a step whose check the host has not read
         self._released: set[int] = set()
         self._build()
 
@@ -359,16 +360,15 @@ class SCAO(torch.optim.Optimizer):
             self._t += 1
             self.refresher.step_boundary(self._t + 1)
             return loss
+        self._settle()
         params = self._all_params()
         self.refresher.step_boundary(self._t + 1)
         with_grad = {s.param for s in self.specs if params[s.param].grad is not None}
         for pid in with_grad:
             if params[pid].grad.is_sparse:
                 raise TypeError("SCAO does not support sparse gradients")
-        finite = self.comm.nonfinite_start(self._grads_to_check(params, with_grad))
-        # while the GPU checks the gradients the host prepares the captured groups' replays (scalars,
-        # keys): after the check only the replays are left to launch, so the GPU idles ~1 ms less
-        captured: dict[torch.device, list[tuple[KronGroup | AdamGroup, list[int], Hyper, list[list[int]]]]] = {}
+        check = self.comm.check_finite(self._grads_to_check(params, with_grad))
+        captured: dict[torch.device, list[Work]] = {}
         eager: list[tuple[KronGroup | AdamGroup, list[int]]] = []
         for grp in self.groups:
             idx = [i for i, s in enumerate(grp.specs) if s.param in with_grad]
@@ -379,21 +379,27 @@ class SCAO(torch.optim.Optimizer):
                 captured.setdefault(grp.device, []).append((grp, idx, self._hyper(grp), self._runs(grp, idx)))
             else:
                 eager.append((grp, idx))
-        plans = {dev: self._graphs[dev].plan(work) for dev, work in captured.items()}
-        bad = self.comm.nonfinite_finish(finite)
-        if bad:
-            self.comm.discard_in_flight()
-            self._reset_overlap()
-            self._skip_nonfinite(bad)
-            return loss
-        self._consecutive_skips = 0
+        for dev, work in captured.items():  # (queued behind the check; the host does not wait)
+            self._graphs[dev].upload_scalars(work)
+            self._graphs[dev].arm(check.finite)
+        # one rank: the replays are gated on the check's device flag, so the host launches them without
+        # waiting for it; the host reads the flag only before work that is not gated (an eager group, a
+        # refresh) or at the next step (_settle). Sharded: the ranks agree on the check first.
+        if (self.comm.sharded or not captured) and not check.ok():
+            return self._skip_step(check, [], loss)
         self.comm.reduce_grads(self, with_grad)
         self._reset_overlap()
-        for dev, plan in plans.items():  # the replays first: the GPU runs them while the host launches the rest
+        launched: list[Work] = []
+        for dev, work in captured.items():  # the replays first: the GPU runs them while the host launches the rest
             self._graphs[dev].counters = self.counters  # (load_state_dict replaces the dict)
-            due = self._graphs[dev].launch(plan)
-            for grp, _, hp, _ in plan.work:
+            launched += work
+            due = self._graphs[dev].launch(work, check)
+            if due is None:
+                return self._skip_step(check, launched, loss)
+            for grp, _, hp, _ in work:
                 self._note_due(grp, hp, due[id(grp)])
+        if (eager or self._due) and not check.ok():
+            return self._skip_step(check, launched, loss)
         for grp, idx in eager:
             self._run_group(grp, idx)
         self._submit_due()
@@ -401,9 +407,39 @@ class SCAO(torch.optim.Optimizer):
         self.comm.end_step()
         self._t += 1
         self.counters["steps"] += 1
+        if check.resolved:
+            self._consecutive_skips = 0
+        else:
+            self._unsettled = (check, launched)
         if self._check_sync_every and self._t % self._check_sync_every == 0:
             self.comm.check_in_sync([params[s.param] for s in self.specs])
         return loss
+
+    def _skip_step(self, check: FiniteCheck, launched: list[Work], loss: float | None) -> float | None:
+        """The gradients of this step were not all finite: undo the step counts the captured groups
+        advanced (their replays, gated on the check, changed nothing) and skip it."""
+        _undo_steps(launched)
+        self._due.clear()
+        self.comm.discard_in_flight()
+        self._reset_overlap()
+        self._skip_nonfinite(check.bad_ranks())
+        return loss
+
+    def _settle(self) -> None:
+        """Read the last step's non-finite check if the host has not yet (a step of captured groups
+        on one rank does not wait for it): if the step turns out skipped on the device, take it back
+        on the host too (step counts, counters). Runs before anything that reads the state."""
+        if self._unsettled is None:
+            return
+        check, launched = self._unsettled
+        self._unsettled = None
+        if check.ok():
+            self._consecutive_skips = 0
+            return
+        _undo_steps(launched)
+        self._t -= 1
+        self.counters["steps"] -= 1
+        self._skip_nonfinite(check.bad_ranks())
 
     def _grads_to_check(self, params: list[Tensor], with_grad: set[int]) -> list[Tensor]:
         """Every gradient of this step, for the non-finite check: a captured group's gradient buffer
@@ -585,6 +621,7 @@ class SCAO(torch.optim.Optimizer):
 
     def _export_blocks(self) -> dict[int, dict[str, Any]]:
         """This rank's blocks: state tensors, plus a refresh computed but not yet swapped in."""
+        self._settle()
         pending = self.refresher.export()
         out = {}
         for grp in self.groups:
@@ -607,6 +644,7 @@ class SCAO(torch.optim.Optimizer):
 
     def global_counters(self) -> dict[str, int]:
         """Counters summed over ranks (a collective when sharded: call it on every rank)."""
+        self._settle()
         keys = sorted(set().union(*self.comm.gather_objects(sorted(self.counters))))
         return dict(zip(keys, (int(v) for v in self.comm.all_sum([self.counters.get(k, 0) for k in keys]))))
 
@@ -656,6 +694,7 @@ class SCAO(torch.optim.Optimizer):
 
     def load_state_dict_parts(self, blocks: dict[int, dict[str, Any]], meta: dict[str, Any]) -> None:
         """Load blocks (any superset of this rank's) and the metadata of :meth:`state_dict_parts`."""
+        self._settle()
         saved_cfg = meta.get("config")
         if saved_cfg is not None:
             mine = self.config.as_dict()
@@ -674,3 +713,10 @@ class SCAO(torch.optim.Optimizer):
         self._import_blocks(blocks)
         self._t = int(meta.get("step", 0))
         self.counters = defaultdict(int, meta.get("counters", {}) if self.comm.rank == 0 else {})
+
+
+def _undo_steps(launched: list[Work]) -> None:
+    """Take back the step counts :meth:`GroupGraphs.launch` advanced for a step that was skipped."""
+    for grp, idx, _, _ in launched:
+        for i in idx:
+            grp.steps[i] -= 1

@@ -180,15 +180,22 @@ def test_gradients_accumulate_into_the_graph_buffers() -> None:
     assert all(p.grad is None for p in cap._all_params() if not any(p is q for q in viewed))
 
 
+@pytest.mark.parametrize("freq", [2, 1000], ids=["refresh due: the host reads the check", "the check deferred"])
 @pytest.mark.parametrize("where", ["a view into a buffer", "a gradient replaced by the user"])
-def test_a_nonfinite_gradient_skips_the_step_through_the_buffers(where: str) -> None:
+def test_a_nonfinite_gradient_skips_the_step_through_the_buffers(where: str, freq: int) -> None:
     """With the gradients in the captured groups' buffers (views), the non-finite check reads the
     buffers: a NaN in one of them, or in a gradient that is no longer a view (replaced after the
-    backward), skips the whole step, states and weights untouched."""
+    backward), skips the whole step, states and weights untouched.
+
+    With refreshes due at the step the host reads the check before submitting them; without, the
+    replays are launched behind the check's device flag (the gate) and the host reads it only at the
+    next step (or the next ``state_dict``): until then its step counts are a step ahead, after it they
+    are taken back, and the next finite step is the same bits as one step from the saved state."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(48, 40), torch.nn.ReLU(), torch.nn.Linear(40, 48)).to(torch.bfloat16)
     params = list(model.parameters())
-    opt = SCAO(params, lr=1e-2, refresh_lag=0, precond_freq=2, full_factor_dim=24, oversample=4)
+    kw = {"lr": 1e-2, "refresh_lag": 0, "precond_freq": freq, "full_factor_dim": 24, "oversample": 4}
+    opt = SCAO(params, **kw)
     graphs = GroupGraphs(opt.groups, torch.device("cpu"), record=False)
     opt._graphs = {torch.device("cpu"): graphs}
     gen = torch.Generator().manual_seed(1)
@@ -196,7 +203,7 @@ def test_a_nonfinite_gradient_skips_the_step_through_the_buffers(where: str) -> 
     def backward() -> None:
         model(torch.randn(8, 48, generator=gen).to(torch.bfloat16)).float().square().mean().backward()
 
-    for _ in range(4):
+    for _ in range(5):
         backward()
         opt.step()
         opt.zero_grad()
@@ -211,10 +218,18 @@ def test_a_nonfinite_gradient_skips_the_step_through_the_buffers(where: str) -> 
     before = [p.detach().clone() for p in params]
     state = {(id(g), k): v.clone() for g in opt.groups for k, v in g.t.items()}
     steps = [list(g.steps) for g in opt.groups]
+    replays = graphs.counts["eager"]
     opt.step()
-    assert opt.counters["skipped_steps"] == 1
+    deferred = opt._unsettled is not None
+    assert deferred == (freq == 1000)
+    assert not bool(graphs.gate)  # armed with the check
+    if deferred:  # the replays were launched behind the shut gate (their twins ran nothing); the host has not looked
+        assert graphs.counts["eager"] == replays
+        assert opt.counters["skipped_steps"] == 0 and [list(g.steps) for g in opt.groups] != steps
     assert all(torch.equal(a, b) for a, b in zip(before, params))
     assert all(torch.equal(state[(id(g), k)], v) for g in opt.groups for k, v in g.t.items())
+    assert opt.global_counters()["skipped_steps"] == 1  # (reads the check)
+    assert opt._unsettled is None and opt.counters["steps"] == 5
     assert [list(g.steps) for g in opt.groups] == steps
     # the step planned before the check (scalars of step t + 1 already on the device) is taken by the next
     # finite step: the weights then move as one more step from the same state does, bit for bit
@@ -226,12 +241,32 @@ def test_a_nonfinite_gradient_skips_the_step_through_the_buffers(where: str) -> 
     twin_params = list(twin.parameters())
     for p, b in zip(twin_params, before):
         p.data.copy_(b)
-    topt = SCAO(twin_params, lr=1e-2, refresh_lag=0, precond_freq=2, full_factor_dim=24, oversample=4)
+    topt = SCAO(twin_params, **kw)
     topt.load_state_dict(saved)
     for p, g in zip(twin_params, grads):
         p.grad = g
     topt.step()
     assert all(torch.equal(a, b) for a, b in zip(params, twin_params))
+    _states_equal(opt, topt)
+
+
+def test_deferred_skips_count_as_consecutive() -> None:
+    """Skips found at the next step still count towards ``max_consecutive_skips`` (one step late)."""
+    params = _model(torch.bfloat16)
+    opt, _ = _opt(params, True, precond_freq=1000, max_consecutive_skips=1)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        _grads(params, gen)
+        opt.step()
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        for _ in range(2):
+            _grads(params, gen)
+            params[0].grad[0, 0] = float("inf")
+            opt.step()
+            assert opt._unsettled is not None
+        with pytest.raises(FloatingPointError, match="2 steps in a row"):
+            opt.step()  # (reads the second skip first)
+    assert opt.counters["skipped_steps"] == 2 and opt.counters["steps"] == 4
 
 
 def test_resume_through_the_captured_path_is_bit_exact() -> None:
