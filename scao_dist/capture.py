@@ -52,7 +52,7 @@ from .groups import AdamGroup, DeviceInputs, KronGroup
 from .kernels import scalars
 from .kernels.scalars import StepScalars
 from .shard.comm import FiniteCheck
-from .stacked import block_seed
+from .stacked import SEED_STEP, block_seed
 
 Group = KronGroup | AdamGroup
 
@@ -133,6 +133,14 @@ class GroupGraphs:
                         seed_rows += g.B
             self.seed_layout[id(g)] = slots
         self.seeds = torch.zeros(max(seed_rows, 1), dtype=torch.int64, device=device)
+        self._seed_vals = [0] * self.seeds.numel()  # the host's copy of the table (upload_scalars)
+        self._seed_base = list(self._seed_vals)  # each row's seed at step 0
+        for g in self.groups:
+            for side, (a, _) in self.seed_layout[id(g)].items():
+                for j, spec in enumerate(g.specs):
+                    self._seed_base[a + j] = block_seed(spec.index, side, 0)
+        self._size = {id(g): sum(s.numel for s in g.specs) for g in self.groups}  # the launch order
+        self._pids = {id(g): sorted({s.param for s in g.specs}) for g in self.groups}  # (keys)
         self._upload_table, self._upload_seeds = _Upload(self.table), _Upload(self.seeds)
         self.entries: dict[int, _Entry] = {}
         self.gate = torch.ones((), dtype=torch.bool, device=device)  # this step's check (arm); replays read it
@@ -148,7 +156,7 @@ class GroupGraphs:
             return False
         if isinstance(grp, KronGroup) and not all(grp.ready):
             return False
-        return all(t == grp.steps[0] for t in grp.steps)
+        return grp.steps.count(grp.steps[0]) == grp.B
 
     def _entry(self, grp: Group) -> _Entry:
         e = self.entries.get(id(grp))
@@ -197,18 +205,19 @@ class GroupGraphs:
         replay, which read the old ones) through pinned buffers, without the host waiting. Changes no
         optimizer state: a step skipped afterwards just leaves them to be written again."""
         values = [[0.0] * ROW_STRIDE for _ in self.groups]
-        seed_vals = [0] * self.seeds.numel()
+        seeds = False
         for grp, idx, hp, _ in work:
-            t = grp.steps[0] + 1
-            bc1, bc2 = grp.bias(idx, hp, 2, ahead=1)  # floats: every block is at the same step (eligible)
+            t = grp.steps[0] + 1  # (every block is at the same step: eligible)
+            bc1, bc2 = grp.bias([idx[0]], hp, 2, ahead=1)
             row = scalars.host_values(hp.lr, hp.weight_decay, float(bc1), float(bc2))
             values[self.pos[id(grp)]] = row + [0.0] * (ROW_STRIDE - len(row))
-            for side, (a, _) in self.seed_layout[id(grp)].items():
-                for j, spec in enumerate(grp.specs):
-                    seed_vals[a + j] = block_seed(spec.index, side, t)
+            for a, b in self.seed_layout[id(grp)].values():
+                # block_seed(block, side, t) = block_seed(block, side, 0) + t * SEED_STEP
+                self._seed_vals[a:b] = [s0 + t * SEED_STEP for s0 in self._seed_base[a:b]]
+                seeds = True
         self._upload_table(values)
-        if any(self.seed_layout[id(grp)] for grp, *_ in work):
-            self._upload_seeds(seed_vals)
+        if seeds:
+            self._upload_seeds(self._seed_vals)
 
     def arm(self, finite: Tensor | None) -> None:
         """The gate every replay is recorded behind: this step's non-finite check (``finite``, a device
@@ -229,16 +238,16 @@ class GroupGraphs:
         undoes them) and nothing else changed (the replays launched found their gate shut)."""
         due: dict[int, list[int]] = {}
         for grp, idx, hp, _ in work:
-            for i in idx:
-                grp.steps[i] += 1
+            grp.steps[:] = [t + 1 for t in grp.steps]  # (idx is every block: eligible)
             due[id(grp)] = grp.due(idx, hp) if isinstance(grp, KronGroup) else []
         # the groups whose gradients are the buffers' views first, then the rest after one copy of their
         # gradients into the buffers: the GPU starts on a replay while the host gathers those; within
         # each, the largest first (the host launches the next replay while the GPU runs a long one; the
         # groups are independent)
-        order = sorted(work, key=lambda w: -sum(w[0].specs[i].numel for i in w[1]))
-        views = [w for w in order if self._aliased(self._entry(w[0]))]
-        copies = [w for w in order if not self._aliased(self._entry(w[0]))]
+        views: list[Work] = []
+        copies: list[Work] = []
+        for w in sorted(work, key=lambda w: -self._size[id(w[0])]):
+            (views if self._aliased(self._entry(w[0])) else copies).append(w)
         with torch.cuda.device(self.device) if self.record else contextlib.nullcontext():
             for grp, _, hp, runs in views:
                 if not self._run(grp, hp, runs, check):
@@ -362,12 +371,11 @@ class GroupGraphs:
             dev = DeviceInputs(e.dev.hyper, {k: v[a:b] for k, v in e.dev.seeds.items()})
             grp.update(run, nan_hp, e.grads[a:b], math.nan, math.nan, dev)
 
-    @staticmethod
-    def key(grp: Group, hp: Hyper, runs: list[list[int]]) -> tuple:
+    def key(self, grp: Group, hp: Hyper, runs: list[list[int]]) -> tuple:
         """What the recorded launches depend on, besides the device inputs (see the module docstring)."""
-        ts = tuple((k, v.data_ptr(), tuple(v.shape), v.dtype) for k, v in grp.t.items())
+        ts = (tuple(grp.t), tuple((v.data_ptr(), v.shape, v.dtype) for v in grp.t.values()))
         consts = (hp.beta1, hp.beta2, hp.eps, hp.shampoo_beta)
-        weights = tuple(grp.params[s.param].data_ptr() for s in grp.specs)
+        weights = tuple(grp.params[pid].data_ptr() for pid in self._pids[id(grp)])
         mm = torch.backends.cuda.matmul
         math_modes = (
             mm.allow_tf32,

@@ -545,7 +545,12 @@ class KronGroup(RefreshMixin, _Group):
 
     def truncated(self, idx: Sequence[int]) -> list[bool]:
         """Per block: does some rotated side keep fewer basis vectors than its dimension?"""
-        return [any(side.rotated and side.ranks[i] < side.d for side in self.sides) for i in idx]
+        out = [False] * len(idx)
+        for side in self.sides:
+            if side.rotated:
+                ranks, d = side.ranks, side.d
+                out = [was or ranks[i] < d for was, i in zip(out, idx)]
+        return out
 
     # -- the step -------------------------------------------------------------------------
     def step(self, idx: Sequence[int], hp: Hyper) -> list[int]:

@@ -289,6 +289,8 @@ class SCAO(torch.optim.Optimizer):
                 )
         hps = [Hyper.from_group(self.param_groups[s.group]) for s in specs]
         self.specs = specs
+        self._spec_params = sorted({s.param for s in specs})
+        self._whole: dict[int, tuple[frozenset[int], list[int], list[list[int]]]] = {}  # _with_grads' cache
         self.plan: Plan = make_plan(
             specs,
             self.comm.world_size,
@@ -363,20 +365,23 @@ class SCAO(torch.optim.Optimizer):
         self._settle()
         params = self._all_params()
         self.refresher.step_boundary(self._t + 1)
-        with_grad = {s.param for s in self.specs if params[s.param].grad is not None}
-        for pid in with_grad:
-            if params[pid].grad.is_sparse:
-                raise TypeError("SCAO does not support sparse gradients")
+        with_grad = set()
+        for pid in self._spec_params:
+            g = params[pid].grad
+            if g is not None:
+                if g.is_sparse:
+                    raise TypeError("SCAO does not support sparse gradients")
+                with_grad.add(pid)
         check = self.comm.check_finite(self._grads_to_check(params, with_grad))
         captured: dict[torch.device, list[Work]] = {}
         eager: list[tuple[KronGroup | AdamGroup, list[int]]] = []
         for grp in self.groups:
-            idx = [i for i, s in enumerate(grp.specs) if s.param in with_grad]
+            idx, runs = self._with_grads(grp, with_grad)
             if not idx:
                 continue
             graphs = self._graphs.get(grp.device)
             if graphs is not None and graphs.eligible(grp, idx):
-                captured.setdefault(grp.device, []).append((grp, idx, self._hyper(grp), self._runs(grp, idx)))
+                captured.setdefault(grp.device, []).append((grp, idx, self._hyper(grp), runs))
             else:
                 eager.append((grp, idx))
         for dev, work in captured.items():  # (queued behind the check; the host does not wait)
@@ -452,6 +457,20 @@ class SCAO(torch.optim.Optimizer):
                 out.append(buf)
                 covered.update(id(p) for p in ps)
         return out + [params[pid].grad for pid in sorted(with_grad) if id(params[pid]) not in covered]
+
+    def _with_grads(self, grp: KronGroup | AdamGroup, with_grad: set[int]) -> tuple[list[int], list[list[int]]]:
+        """The group's blocks whose parameters have gradients, and their chunks (:meth:`_runs`); a group
+        whose parameters all have them (every step of a plain loop) gets both from a cache."""
+        whole = self._whole.get(id(grp))
+        if whole is None:
+            params = frozenset(s.param for s in grp.specs)
+            idx = list(range(len(grp.specs)))
+            whole = self._whole[id(grp)] = (params, idx, self._runs(grp, idx))
+        params, idx, runs = whole
+        if params <= with_grad:
+            return idx, runs
+        idx = [i for i, s in enumerate(grp.specs) if s.param in with_grad]
+        return idx, self._runs(grp, idx)
 
     def _run_group(self, grp: KronGroup | AdamGroup, idx: list[int]) -> None:
         """Step the blocks ``idx`` of a group, in chunks of at most ``max_step_numel`` elements
