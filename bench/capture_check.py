@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "graph_gated_groups": sum(e.gated for e in graphs.entries.values()) if graphs is not None else None,
         "capture_steps": capture_steps,
         "nan_at": args.nan_at,
-        "skipped_steps": {n: opts[n].global_counters()["skipped_steps"] for n in NAMES},
+        "skipped_steps": {n: opts[n].global_counters().get("skipped_steps", 0) for n in NAMES},
         "steps_taken": {n: opts[n].counters["steps"] for n in NAMES},
         "step_ms_median": {n: round(statistics.median(v), 3) for n, v in timed.items() if v},
         "step_ms_all": {n: [round(v, 3) for v in ms[n]] for n in NAMES},

@@ -63,6 +63,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=25, help="do_bench warmup, ms")
     ap.add_argument("--rep", type=int, default=200, help="do_bench repetition time, ms")
     ap.add_argument("--sweep", action="store_true", help="also time other block sizes / num_warps per kernel")
+    ap.add_argument(
+        "--grid", default="", help='JSON list of settings that --sweep tries instead of its own grid, e.g. '
+        '\'[{"moments.DECODE_LUT": false}, {"lowrank.BM": 128, "num_stages": 3}]\'',
+    )  # fmt: skip
     ap.add_argument("--only", default="", help="comma-separated kernels: verify and time these alone")
     ap.add_argument("--match", default="", help="time only the cases whose variant label contains this text")
     ap.add_argument("--dry-run", action="store_true", help="CPU + Triton interpreter, tiny sizes, wall-clock timer")
@@ -490,7 +494,8 @@ def main(argv: list[str] | None = None) -> int:
             "twin_ms": twin_ms,
         }
         if args.sweep:
-            row["sweep"] = [dict(cfg, ms=with_config(cfg, lambda f=k_fn: timer(f))) for cfg in sweep_configs(kernel)]
+            grid = json.loads(args.grid) if args.grid else sweep_configs(kernel)
+            row["sweep"] = [dict(cfg, ms=with_config(cfg, lambda f=k_fn: timer(f))) for cfg in grid]
             best = min(row["sweep"], key=lambda c: c["ms"])
             print(f"  sweep {kernel} {variant}: best {best} ({nbytes / best['ms'] / 1e6:.0f} GB/s)", flush=True)
         print(f"  {kernel:14s} {variant:28s} {row['gbps']:8.0f} GB/s ({100 * row['frac_of_copy']:.0f}% of copy), "

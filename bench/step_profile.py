@@ -151,6 +151,7 @@ def step_windows(trace: dict[str, Any], n: int, top: int = 10) -> dict[str, Any]
         return {}
     runtime = [e for e in ev if e.get("ph") == "X" and e.get("cat") in RUNTIME_CATS and _corr(e) is not None]
     walls, busys, leads, gaps = [], [], [], []
+    timeline: list[list[Any]] = []
     for k, (t0, t1) in enumerate(steps):
         t_next = steps[k + 1][0] if k + 1 < len(steps) else float("inf")
         launched = {_corr(e) for e in runtime if t0 <= e["ts"] <= t1}
@@ -161,6 +162,13 @@ def step_windows(trace: dict[str, Any], n: int, top: int = 10) -> dict[str, Any]
         if not mine:
             continue
         busy, end, step_gaps = _merged(mine)
+        if k == len(steps) - 1:  # the last step, event by event: what the GPU ran and what the host called
+            host = [e for e in runtime if t0 <= e["ts"] <= t1 and e.get("dur", 0) >= 5]
+            timeline = sorted(
+                [["gpu", round(e["ts"] - t0, 1), round(e.get("dur", 0), 1), str(e["name"])[:60]] for e in mine]
+                + [["host", round(e["ts"] - t0, 1), round(e.get("dur", 0), 1), str(e["name"])[:40]] for e in host],
+                key=lambda r: r[1],
+            )
         walls.append(end - t0)
         busys.append(busy)
         leads.append(mine[0]["ts"] - t0)
@@ -170,7 +178,8 @@ def step_windows(trace: dict[str, Any], n: int, top: int = 10) -> dict[str, Any]
     med = statistics.median
     return {"steps": len(walls), "wall_ms": round(med(walls) / 1e3, 3), "busy_ms": round(med(busys) / 1e3, 3),
             "host_lead_ms": round(med(leads) / 1e3, 3),
-            "longest_gaps_us": [[round(g, 1), name] for g, name in sorted(gaps, reverse=True)[:top]]}  # fmt: skip
+            "longest_gaps_us": [[round(g, 1), name] for g, name in sorted(gaps, reverse=True)[:top]],
+            "last_step_timeline_us": timeline}  # fmt: skip
 
 
 RUNTIME_CATS = ("cuda_runtime", "cuda_driver")

@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import quant
 from . import reference
 from .common import (
     HP_IB1,
@@ -43,18 +44,42 @@ on an H200 (``bench.kernels --sweep``, BENCHMARKS.md §0c); which program owns a
 its arithmetic."""
 
 
+DECODE_LUT = True
+"""``ema_signed_`` looks its codes' unscaled values up in :func:`decode_table` (one cached load) instead of
+dividing them out (an IEEE division per value: the kernel is bound by its arithmetic, not its bytes)."""
+
+_TABLES: dict[torch.device, torch.Tensor] = {}
+
+
+def decode_table(device: torch.device) -> torch.Tensor:
+    """fp32 ``phi / (2 - |phi|)`` with ``phi = q/127`` for every int8 code ``q`` (entry ``q + 128``): the
+    signed code's value at scale 1, computed by :func:`scao_dist.quant.decode_signed` itself, so
+    a decode through the table is the same bits as one that divides."""
+    t = _TABLES.get(device)
+    if t is None:
+        q = torch.arange(-128, 128, dtype=torch.int8, device=device)
+        one = torch.ones(8, dtype=torch.bfloat16, device=device)
+        t = _TABLES[device] = quant.decode_signed(q, one, 256).contiguous()
+    return t
+
+
 @triton.jit(do_not_specialize=SHAPE_ARGS)
 def _ema_signed_kernel(
-    codes_ptr, scales_ptr, x_ptr, out_ptr, nq, G, total, beta, omb, BG: tl.constexpr, NMUL: tl.constexpr,
-    OUT_BF16: tl.constexpr,
+    codes_ptr, scales_ptr, x_ptr, out_ptr, lut_ptr, nq, G, total, beta, omb, BG: tl.constexpr, NMUL: tl.constexpr,
+    OUT_BF16: tl.constexpr, LUT: tl.constexpr,
 ):  # fmt: skip
     """m = decode(codes, scales)·beta + x·(1-beta); (codes, scales) <- encode(m); out <- m (x fp32 or bf16;
-    ``OUT_BF16``: ``out`` holds bf16 bit patterns, m rounded to nearest even)."""
+    ``OUT_BF16``: ``out`` holds bf16 bit patterns, m rounded to nearest even). ``LUT``: the code's unscaled
+    value ``phi/(2-|phi|)`` read from a 256-entry table (:func:`decode_table`) instead of divided out."""
     gid, _row, gmask, coff, xoff, valid = group_tile(nq, G, total, BG, NMUL)
     q = tl.load(codes_ptr + coff, mask=gmask[:, None], other=0)
     s = bf16_to_f32(tl.load(scales_ptr + gid, mask=gmask, other=0))
     x = tl.load(x_ptr + xoff, mask=valid, other=0.0).to(tl.float32)
-    m = decode_signed(q, s[:, None]) * beta + x * omb
+    if LUT:
+        y = tl.load(lut_ptr + (q.to(tl.int32) + 128))
+        m = (y * s[:, None]) * beta + x * omb
+    else:
+        m = decode_signed(q, s[:, None]) * beta + x * omb
     m = tl.where(valid, m, 0.0)  # the padding of the last group encodes as 0
     qn, sbits, _ = encode_signed(m)
     tl.store(codes_ptr + coff, qn, mask=gmask[:, None])
@@ -113,9 +138,10 @@ def ema_signed_(
         return out
     c, s = writable(codes), writable(scales)
     grid = (triton.cdiv(total, BG),)
+    lut = decode_table(x.device) if DECODE_LUT else c
     _ema_signed_kernel[grid](
-        c, bf16_bits(s), x.contiguous(), bf16_bits(out) if bf16 else out, nq, G, total, float(beta), 1.0 - beta,
-        BG=BG, NMUL=nmul, OUT_BF16=bf16, **LAUNCH,
+        c, bf16_bits(s), x.contiguous(), bf16_bits(out) if bf16 else out, lut, nq, G, total, float(beta), 1.0 - beta,
+        BG=BG, NMUL=nmul, OUT_BF16=bf16, LUT=DECODE_LUT, **LAUNCH,
     )  # fmt: skip
     write_back(codes, c)
     write_back(scales, s)
