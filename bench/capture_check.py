@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         "graph_counts": dict(graphs.counts) if graphs is not None else None,
         "graph_failed_groups": sum(e.failed for e in graphs.entries.values()) if graphs is not None else None,
         "graph_gated_groups": sum(e.gated for e in graphs.entries.values()) if graphs is not None else None,
+        "check_captured": graphs is not None and graphs._check[1] is not None,
         "capture_steps": capture_steps,
         "nan_at": args.nan_at,
         "skipped_steps": {n: opts[n].global_counters().get("skipped_steps", 0) for n in NAMES},

@@ -11,7 +11,9 @@ What changes from step to step lives in fixed device buffers, filled before the 
   views of it (:meth:`GroupGraphs.install_grad_views`), so autograd accumulates into it; where
   that is not so (the first step, a ``model.zero_grad()``, a parameter cut into column blocks,
   dtypes that differ) the gradients are copied in (one multi-tensor copy for all groups). The
-  non-finite check then reads the views' buffers instead of the views (``SCAO._grads_to_check``);
+  non-finite check then reads the views' buffers instead of the views (``SCAO._grads_to_check``):
+  when every gradient is such a view, the same few tensors every step, so the check is recorded too
+  and replayed (:meth:`GroupGraphs.finite_flag`);
 * lr and the bias corrections: one :class:`~scao_dist.kernels.scalars.StepScalars` row per group,
   all in one table written by one copy (the kernels load them: ``hyper=``);
 * the dither seeds of int8 factors (dense sides): one int64 table, one copy.
@@ -22,10 +24,16 @@ reallocates them), which blocks have a truncated basis, the weights' buffer, the
 hyperparameters, the matmul precision flags and the kernel backend (Triton or the torch twins).
 On a new key the group runs one eager step with the device inputs (the same results as a replay;
 it also compiles and loads every kernel and fills the group's caches), captures at the next step,
-and replays after that. What a step must compute on the host first (the scalars, the Gram inverses
-of bases a refresh swapped in, the keys) is done while the GPU checks the gradients for NaN/inf
-(:meth:`GroupGraphs.plan`), so once the check is back only the replays are left to launch
-(:meth:`GroupGraphs.launch`).
+and replays after that. The scalars are uploaded while the GPU checks the gradients for NaN/inf
+(:meth:`GroupGraphs.upload_scalars`); each group's key and the Gram inverses of bases swapped in are
+computed just before its replay (:meth:`GroupGraphs.launch`), so the first replay waits for one key.
+
+The check gates the replays. Where torch can record a conditional node
+(``CUDAGraph.begin_capture_to_if_node``), each replay is recorded behind the check's device flag
+(:meth:`GroupGraphs.arm`): a replay whose gate is shut changes nothing, so on one rank the host
+launches the replays without waiting for the check and reads it at the next step
+(``SCAO._settle``: a skipped step is then taken back on the host too). Without conditional nodes
+(torch 2.11, the GPU image's) each replay waits for the check on the host, as eager steps do.
 
 A group is captured when it is on a CUDA device, all its blocks step together at the same step
 count and are warm (their first bases built), its moments are int8 and it does not graft
@@ -51,7 +59,7 @@ from .config import Hyper
 from .groups import AdamGroup, DeviceInputs, KronGroup
 from .kernels import scalars
 from .kernels.scalars import StepScalars
-from .shard.comm import FiniteCheck
+from .shard.comm import FiniteCheck, finite_flag
 from .stacked import SEED_STEP, block_seed
 
 Group = KronGroup | AdamGroup
@@ -83,24 +91,35 @@ class _Entry:
 
 
 class _Upload:
-    """Host values into a device tensor without the host waiting for the stream: through pinned buffers
+    """The step's device inputs (the scalars table and the dither seeds, one byte buffer on the device)
+    written from the host in one copy without the host waiting for the stream: through pinned buffers
     (two, used in turn, each refilled only once its last copy is done). A copy from pageable memory
-    may make the host wait until the stream reaches it (CUDA's staging), which would undo
-    :meth:`GroupGraphs.plan`'s overlap with the gradient check."""
+    may make the host wait until the stream reaches it (CUDA's staging), which would undo the
+    overlap of the host's work with the gradient check."""
 
-    def __init__(self, dst: Tensor) -> None:
-        self.dst = dst
-        pinned = dst.is_cuda
-        self.bufs = [torch.empty(dst.shape, dtype=dst.dtype, pin_memory=pinned) for _ in range(2)]
+    def __init__(self, rows: int, seeds: int, device: torch.device) -> None:
+        self.split = rows * ROW_STRIDE * 4  # bytes of the table (32 per row: the seeds after it 8-aligned)
+        nbytes = self.split + seeds * 8
+        self.dev = torch.zeros(nbytes, dtype=torch.uint8, device=device)
+        pinned = self.dev.is_cuda
+        self.bufs = [torch.zeros(nbytes, dtype=torch.uint8, pin_memory=pinned) for _ in range(2)]
         self.done = [torch.cuda.Event() if pinned else None for _ in range(2)]
         self.turn = 0
 
-    def __call__(self, values: list) -> None:
+    def views(self, buf: Tensor) -> tuple[Tensor, Tensor]:
+        """(scalars table (rows, ROW_STRIDE) fp32, seeds (n,) int64) of one of the byte buffers."""
+        return buf[: self.split].view(torch.float32).view(-1, ROW_STRIDE), buf[self.split :].view(torch.int64)
+
+    def __call__(self, table: list[list[float]], seeds: list[int] | None) -> None:
         buf, done = self.bufs[self.turn], self.done[self.turn]
         if done is not None:
             done.synchronize()  # (long done: it was one step ago)
-        buf.copy_(torch.tensor(values, dtype=self.dst.dtype))
-        self.dst.copy_(buf, non_blocking=True)
+        t, s = self.views(buf)
+        t.copy_(torch.tensor(table, dtype=torch.float32))
+        if seeds is not None:
+            s.copy_(torch.tensor(seeds, dtype=torch.int64))
+        n = self.split if seeds is None else buf.numel()
+        self.dev[:n].copy_(buf[:n], non_blocking=True)
         if done is not None:
             done.record()
         self.turn ^= 1
@@ -120,8 +139,6 @@ class GroupGraphs:
         self.record = record
         self.groups = list(groups)
         self.pos = {id(g): j for j, g in enumerate(self.groups)}
-        # rows padded to 8 values (32 bytes): every row's address equally aligned, so one kernel variant
-        self.table = torch.zeros(len(self.groups), ROW_STRIDE, device=device)
         seed_rows = 0
         self.seed_layout: dict[int, dict[str, tuple[int, int]]] = {}
         for g in self.groups:
@@ -132,7 +149,9 @@ class GroupGraphs:
                         slots[side.name] = (seed_rows, seed_rows + g.B)
                         seed_rows += g.B
             self.seed_layout[id(g)] = slots
-        self.seeds = torch.zeros(max(seed_rows, 1), dtype=torch.int64, device=device)
+        self._upload = _Upload(len(self.groups), max(seed_rows, 1), device)
+        # rows padded to 8 values (32 bytes): every row's address equally aligned, so one kernel variant
+        self.table, self.seeds = self._upload.views(self._upload.dev)
         self._seed_vals = [0] * self.seeds.numel()  # the host's copy of the table (upload_scalars)
         self._seed_base = list(self._seed_vals)  # each row's seed at step 0
         for g in self.groups:
@@ -141,13 +160,14 @@ class GroupGraphs:
                     self._seed_base[a + j] = block_seed(spec.index, side, 0)
         self._size = {id(g): sum(s.numel for s in g.specs) for g in self.groups}  # the launch order
         self._pids = {id(g): sorted({s.param for s in g.specs}) for g in self.groups}  # (keys)
-        self._upload_table, self._upload_seeds = _Upload(self.table), _Upload(self.seeds)
         self.entries: dict[int, _Entry] = {}
         self.gate = torch.ones((), dtype=torch.bool, device=device)  # this step's check (arm); replays read it
         self.gated = record and _has_conditional_nodes()  # record behind the gate (until that fails once)
         self.stream = torch.cuda.Stream(device) if record else None
         self.pool = torch.cuda.graph_pool_handle() if record else None
         self.counts = {"eager": 0, "captures": 0, "replays": 0}
+        self._check: tuple[tuple, torch.cuda.CUDAGraph | None, Tensor | None] = ((), None, None)  # finite_flag
+        self._check_failed = False
         self.counters: dict[str, int] | None = None  # the optimizer's counters, also incremented
 
     # ------------------------------------------------------------------------ eligibility
@@ -191,6 +211,42 @@ class GroupGraphs:
         """Are the gradients the buffer's views (the last ``zero_grad`` installed them, autograd kept them)?"""
         return bool(e.views) and all(p.grad is not None and p.grad.data_ptr() == v.data_ptr() for p, v in e.views)
 
+    # ------------------------------------------------------------------------------ check
+    def finite_flag(self, grads: Sequence[Tensor]) -> Tensor | None:
+        """:func:`~scao_dist.shard.comm.finite_flag` of ``grads``, replayed from a CUDA graph once the same
+        tensors (addresses, shapes, strides, dtypes) come a second time in a row: one launch instead of
+        some six with the host's Python between them, at the start of the step where the GPU waits for
+        the host anyway. Same flag, bit for bit (the same operations, recorded)."""
+        if not self.record or not grads or any(g.device != self.device for g in grads):
+            return finite_flag(grads)
+        key = tuple((g.data_ptr(), g.shape, g.stride(), g.dtype) for g in grads)
+        seen, graph, out = self._check
+        if key == seen and graph is not None:
+            graph.replay()
+            return out
+        if key != seen or self._check_failed:
+            self._check = (key, None, None)
+            return finite_flag(grads)
+        graph = torch.cuda.CUDAGraph()
+        cur = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(cur)
+        try:
+            with torch.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"):
+                out = finite_flag(grads)
+        except Exception as err:  # nothing ran: the check stays eager
+            self._check_failed = True
+            warnings.warn(
+                f"SCAO(cuda_graph=True): capturing the non-finite check failed ({type(err).__name__}: {err}); "
+                "it runs eagerly from now on.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return finite_flag(grads)
+        cur.wait_stream(self.stream)
+        self._check = (key, graph, out)
+        graph.replay()
+        return out
+
     # ------------------------------------------------------------------------------ step
     def step(self, work: Sequence[Work], check: FiniteCheck | None = None) -> dict[int, list[int]] | None:
         """Step every ``(group, idx, hp, runs)`` of ``work`` (all eligible, ``idx`` = all blocks, ``runs``
@@ -215,9 +271,7 @@ class GroupGraphs:
                 # block_seed(block, side, t) = block_seed(block, side, 0) + t * SEED_STEP
                 self._seed_vals[a:b] = [s0 + t * SEED_STEP for s0 in self._seed_base[a:b]]
                 seeds = True
-        self._upload_table(values)
-        if seeds:
-            self._upload_seeds(self._seed_vals)
+        self._upload(values, self._seed_vals if seeds else None)
 
     def arm(self, finite: Tensor | None) -> None:
         """The gate every replay is recorded behind: this step's non-finite check (``finite``, a device

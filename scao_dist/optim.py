@@ -372,7 +372,8 @@ class SCAO(torch.optim.Optimizer):
                 if g.is_sparse:
                     raise TypeError("SCAO does not support sparse gradients")
                 with_grad.add(pid)
-        check = self.comm.check_finite(self._grads_to_check(params, with_grad))
+        one = next(iter(self._graphs.values())) if len(self._graphs) == 1 else None
+        check = self.comm.check_finite(self._grads_to_check(params, with_grad), one.finite_flag if one else None)
         captured: dict[torch.device, list[Work]] = {}
         eager: list[tuple[KronGroup | AdamGroup, list[int]]] = []
         for grp in self.groups:
@@ -449,7 +450,9 @@ class SCAO(torch.optim.Optimizer):
     def _grads_to_check(self, params: list[Tensor], with_grad: set[int]) -> list[Tensor]:
         """Every gradient of this step, for the non-finite check: a captured group's gradient buffer
         in place of its parameters' ``.grad`` when those are views into it (a few large tensors
-        instead of hundreds: the check's launch cost is per tensor), the other gradients as they are."""
+        instead of hundreds: the check's launch cost is per tensor; when they are all views, the same
+        tensors every step: the check is replayed, :meth:`GroupGraphs.finite_flag`), the other
+        gradients as they are."""
         out: list[Tensor] = []
         covered: set[int] = set()
         for graphs in self._graphs.values():
