@@ -305,10 +305,12 @@ def sweep_configs(kernel: str) -> list[dict[str, Any]]:
         return [{"adamw.BG": bg, "num_warps": w} for bg in (16, 32, 64) for w in (2, 4, 8)]
     if kernel == "apply_update_":
         return [{"apply.BLOCK": bl, "num_warps": w} for bl in (1024, 2048, 4096) for w in (4, 8)]
-    if kernel in ("residual_sumsq", "complement_update"):  # tile shape, warps, software-pipeline depth
-        tile = "lowrank.BM" if kernel == "complement_update" else "lowrank.SUMSQ_BM"  # each its own settings
+    if kernel in ("residual_sumsq", "residual_stats", "complement_update"):  # tiles, warps, pipeline depth
+        rows, cols = ("lowrank.BM", "lowrank.BN")  # (each kernel its own tile settings)
+        if kernel != "complement_update":
+            rows, cols = ("lowrank.SUMSQ_BM", "lowrank.SUMSQ_BN")
         return [
-            {tile: bm, "lowrank.BN": bn, "lowrank.BK": bk, "num_stages": st}
+            {rows: bm, cols: bn, "lowrank.BK": bk, "num_stages": st}
             | ({"lowrank.COMPLEMENT_WARPS": (w, w)} if kernel == "complement_update" else {"num_warps": w})
             for bm, bn in ((64, 64), (64, 128), (128, 64))
             for bk in (16, 32)

@@ -66,22 +66,26 @@ BK = 16
 multiples of 16 (``groups.Side.width_for``), so 16 pads nothing in a step (32 copied both factors
 of every product, ``session_zm``)."""
 SUMSQ_BM = 128
-"""Rows per :func:`_sumsq_kernel` tile (its columns: :data:`BN`): 128x64 ran in 0.81x the time of 64x64
-at rank 144 on an H200, fp32 and bf16 ``G`` alike (``bench.kernels --sweep``, ``session_zn``)."""
+"""Rows per :func:`_sumsq_kernel` tile: 128x64 ran in 0.81x the time of 64x64 at rank 144 on an H200, fp32
+and bf16 ``G`` alike (``bench.kernels --sweep``, ``session_zn``)."""
+SUMSQ_BN = 128
+"""Columns per :func:`_sumsq_kernel` tile: 128x128 ran ``residual_stats`` in 0.93x the time of 128x64 at rank
+144 on an H200 with the bf16 ``G`` the 405M step gives it (0.528 against 0.569 ms, ``session_zz2``; the
+complement's tiles stay 64 wide: 128 cost it 2%, ``session_zz``)."""
 COMPLEMENT_WARPS = (8, 4)
 """Warps per :func:`_complement_update_kernel` program returning ``U`` and applying it: at rank 144 on
 an H200, 8 warps ran the returning kernel in 0.96x the time of 4, and 4 the applying one (more
 registers live: the weights and bits) in 0.90x the time of 8 (``session_zn``)."""
 
 
-def _even(M: int, N: int, bm: int) -> bool:
-    """Do the [bm, BN] tiles divide an M x N block (then no tile load or store is masked)?"""
-    return M % bm == 0 and N % BN == 0
+def _even(M: int, N: int, bm: int, bn: int) -> bool:
+    """Do the [bm, bn] tiles divide an M x N block (then no tile load or store is masked)?"""
+    return M % bm == 0 and N % bn == 0
 
 
 def _sumsq_tiles(M: int, N: int) -> tuple[int, int]:
     """Tiles of :func:`_sumsq_kernel` along the rows and the columns (its partial sums' slots)."""
-    return triton.cdiv(M, SUMSQ_BM), triton.cdiv(N, BN)
+    return triton.cdiv(M, SUMSQ_BM), triton.cdiv(N, SUMSQ_BN)
 
 
 BF16_MMA = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
@@ -482,7 +486,8 @@ def _sumsq_parts(g: torch.Tensor, x: torch.Tensor | None, y: torch.Tensor | None
         _sumsq_kernel[(B * ntm * ntn,)](
             g.contiguous(), x_k, y_k, *parts[:2], *parts[2 if back else 0 :][:2],
             M, N, K, sx, sy, ntm, ntn,
-            BM=SUMSQ_BM, BN=BN, BK=BK, HAS_BACK=back, PREC=precision(), EVEN=_even(M, N, SUMSQ_BM), **LAUNCH,
+            BM=SUMSQ_BM, BN=SUMSQ_BN, BK=BK, HAS_BACK=back, PREC=precision(), EVEN=_even(M, N, SUMSQ_BM, SUMSQ_BN),
+            **LAUNCH,
         )  # fmt: skip
     return parts
 
@@ -669,7 +674,7 @@ def complement_update(
             rbuf if R else f, f if hyper is None else hp, w.table if blocks else f,
             M, N, ku, km, sxu, syu, sxm, sym, w.ld if blocks else N, ntm, ntn, _f32(eps), 1.0 - lr * wd, float(lr),
             BM=BM, BN=BN, BK=BK, PREC=precision(), APPLY=w is not None, R=R,
-            HP_DEV=hyper is not None, EVEN=_even(M, N, BM), SHARED_Y=shared, WTAB=blocks,
+            HP_DEV=hyper is not None, EVEN=_even(M, N, BM, BN), SHARED_Y=shared, WTAB=blocks,
             **{**LAUNCH, "num_warps": COMPLEMENT_WARPS[w is not None]},
         )  # fmt: skip
     if w is None:
