@@ -69,9 +69,11 @@ SUMSQ_BM = 128
 """Rows per :func:`_sumsq_kernel` tile: 128x64 ran in 0.81x the time of 64x64 at rank 144 on an H200, fp32
 and bf16 ``G`` alike (``bench.kernels --sweep``, ``session_zn``)."""
 SUMSQ_BN = 128
-"""Columns per :func:`_sumsq_kernel` tile: 128x128 ran ``residual_stats`` in 0.93x the time of 128x64 at rank
-144 on an H200 with the bf16 ``G`` the 405M step gives it (0.528 against 0.569 ms, ``session_zz2``; the
-complement's tiles stay 64 wide: 128 cost it 2%, ``session_zz``)."""
+"""Columns per :func:`_sumsq_kernel` tile: 128x128 ran ``residual_stats`` on a 2048x8192 bf16 ``G`` at rank 144
+in 0.93x the time of 128x64 on an H200 (0.528 against 0.569 ms, ``session_zz2``). In the 405M step (blocks of
+2048x4096 too) it is about even: the sums 0.99 -> 1.04 ms a step, the statistics over their half as many
+column partials 0.175 -> 0.112 (``session_zz5``). The complement's tiles stay 64 wide (128 cost it 2%,
+``session_zz``)."""
 COMPLEMENT_WARPS = (8, 4)
 """Warps per :func:`_complement_update_kernel` program returning ``U`` and applying it: at rank 144 on
 an H200, 8 warps ran the returning kernel in 0.96x the time of 4, and 4 the applying one (more
