@@ -166,6 +166,11 @@ def shapes(dry: bool, mb: float) -> list[tuple[str, str, dict[str, Any]]]:
             "(B,2048,8192) k=144 applied, bf16 Q_R, bf16 M",
             dict(shape=(b(8, 2048 * 8192), 2048, 8192), k=144, bc="tensor", apply=True, basis="bf16"),
         ),
+        (  # ... and the update's factor X_u in bf16 (KronGroup.u_dtype): one exact product for U, not two
+            "complement_update",
+            "(B,2048,8192) k=144 applied, bf16 Q_R, bf16 M, bf16 X_u",
+            dict(shape=(b(8, 2048 * 8192), 2048, 8192), k=144, bc="tensor", apply=True, basis="bf16", xu="bf16"),
+        ),
     ]
 
 
@@ -217,7 +222,8 @@ def make_operands(kernel: str, spec: dict[str, Any], device: Any) -> dict[str, A
             apply = {}
         row, col, g_row = rnd(B, M).square(), rnd(B, N).square(), rnd(B, M).square()
         m = rnd(*shape).to(torch.bfloat16 if bf16_basis else torch.float32)
-        return dict(m=m, xu=x, yu=y, xm=rnd(B, M, k) * 30, ym=y, row=row, col=col, g_row=g_row,
+        xu = x.to(torch.bfloat16) if spec.get("xu") == "bf16" else x  # the update's factor as the step passes it
+        return dict(m=m, xu=xu, yu=y, xm=rnd(B, M, k) * 30, ym=y, row=row, col=col, g_row=g_row,
                     mask=mask, bc1=bc1, bc2=bc2, eps=1e-8, **apply)  # fmt: skip
     if kernel == "ema_signed_":
         codes, scales = quant.encode_signed(rnd(*shape))

@@ -491,6 +491,9 @@ class KronGroup(RefreshMixin, _Group):
         )
         # the first moment as the step's products read it: bf16 with the bf16 gradient (_rotate_moment)
         self.m_dtype = self.grad_dtype
+        # the update's coefficient factor in the complement, against a stored bf16 basis: bf16 as well
+        # (_complement_factors)
+        self.u_dtype = torch.bfloat16 if self.bdt == torch.bfloat16 else torch.float32
         self._ginv: dict[str, Tensor] = {}  # derived from the stored stream bases (see _gram_inverses)
         self._ginv_stale: dict[str, set[int]] = {}
 
@@ -665,7 +668,8 @@ class KronGroup(RefreshMixin, _Group):
     def capture_key(self) -> tuple:
         widths = tuple(side.K for side in self.sides)
         ginv = tuple((k, v.data_ptr()) for k, v in self._ginv.items())
-        return (*super().capture_key(), widths, tuple(self.truncated(range(self.B))), ginv, self.m_dtype)
+        trunc = tuple(self.truncated(range(self.B)))
+        return (*super().capture_key(), widths, trunc, ginv, self.m_dtype, self.u_dtype)
 
     def derived_tensors(self) -> list[Tensor]:
         return super().derived_tensors() + list(self._ginv.values())
@@ -783,7 +787,14 @@ class KronGroup(RefreshMixin, _Group):
             xs, ys = (qls, ql, qls), cores.mT
         else:
             xs, ys = cores, (qrs, qr, qrs)
-        return {key: (xs[j], ys[j]) for j, key in enumerate(("u", "g", "m"))}
+        out = {key: (xs[j], ys[j]) for j, key in enumerate(("u", "g", "m"))}
+        # the update's own factor meets the stored basis in its dtype (:attr:`u_dtype`): against a bf16
+        # basis, bf16, so its product is one exact bf16 product instead of two or three (the fp32 factor
+        # split, lowrank.dot_chunk) and half the bytes. It rounds U's low-rank part by 2^-9 relative,
+        # the size of the bf16 basis' own rounding; M's factor stays fp32 (M - X_m Y_m^T cancels).
+        x, y = out["u"]
+        out["u"] = (x, y.to(self.u_dtype)) if ql is not None and qr is None else (x.to(self.u_dtype), y)
+        return out
 
     def _with_complement(
         self,

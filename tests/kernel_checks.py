@@ -69,6 +69,9 @@ def check_kernels() -> dict[str, list[str]]:
                     (3, 45, 37), "exact", gen, CPU, k=(17, 40), apply=(torch.bfloat16, 8), hyper=True
                 ),
                 verify.case_complement_update((2, 64, 64), "exact", gen, CPU, k=(17, 40), apply=(torch.bfloat16, 8)),
+                verify.case_complement_update(
+                    (3, 45, 37), "exact", gen, CPU, k=(32, 32), apply=(torch.bfloat16, 8), bf16="shared16"
+                ),
             ],
             "residual_sumsq": [
                 verify.case_residual((3, 45, 37, k), m, gen, CPU) for m, k in (("exact", 40), ("dense", 17))

@@ -18,7 +18,13 @@ from scao_dist import SCAO
 from scao_dist.groups import KronGroup
 
 
-def _run(bf16_path: bool, steps: int, m_dtype: torch.dtype = torch.bfloat16, **kw) -> tuple[torch.Tensor, KronGroup]:
+def _run(
+    bf16_path: bool,
+    steps: int,
+    m_dtype: torch.dtype = torch.bfloat16,
+    u_dtype: torch.dtype = torch.bfloat16,
+    **kw,
+) -> tuple[torch.Tensor, KronGroup]:
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(96, 80).bfloat16())
     opt = SCAO([w], lr=1e-2, refresh_lag=0, full_factor_dim=32, rank_max=16, oversample=4, **kw)
@@ -26,6 +32,8 @@ def _run(bf16_path: bool, steps: int, m_dtype: torch.dtype = torch.bfloat16, **k
     assert grp.grad_dtype == torch.bfloat16  # stream sides on both ends, bf16 weights and bases
     assert grp.m_dtype == torch.bfloat16
     grp.m_dtype = m_dtype
+    assert grp.u_dtype == torch.bfloat16
+    grp.u_dtype = u_dtype
     if not bf16_path:
         grp.grad_dtype = torch.float32
     gen = torch.Generator().manual_seed(1)
@@ -62,6 +70,16 @@ def test_bf16_first_moment_stays_close_to_fp32() -> None:
     for freq in (100, 3):
         w16, _ = _run(True, 12, precond_freq=freq)
         w32, _ = _run(True, 12, m_dtype=torch.float32, precond_freq=freq)
+        moved = (w32.float() - _run(True, 0, precond_freq=freq)[0].float()).norm()
+        assert 0 < (w16.float() - w32.float()).norm() < 2**-5 * moved
+
+
+def test_bf16_update_factor_stays_close_to_fp32() -> None:
+    """The update's coefficient factor in bf16 against the bf16 basis (``KronGroup.u_dtype``) vs fp32: the
+    weights move by the same steps up to that rounding (2^-9 of U's low-rank part)."""
+    for freq in (100, 3):
+        w16, _ = _run(True, 12, precond_freq=freq)
+        w32, _ = _run(True, 12, u_dtype=torch.float32, precond_freq=freq)
         moved = (w32.float() - _run(True, 0, precond_freq=freq)[0].float()).norm()
         assert 0 < (w16.float() - w32.float()).norm() < 2**-5 * moved
 
