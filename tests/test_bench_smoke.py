@@ -292,6 +292,7 @@ def test_step_windows_time_each_step_from_its_host_start_to_its_last_kernel() ->
     ]}  # fmt: skip
     sw = step_windows(trace, n=3)
     assert sw.pop("longest_gaps_us") == [[25, "k"]]  # step 1: from 35 to the copy at 60
+    assert sw.pop("last_step_timeline_us") == [["gpu", 2, 8, "k"]]  # the last step's work, from its start
     assert sw == {"steps": 3, "wall_ms": 0.06, "busy_ms": 0.03, "host_lead_ms": 0.01}  # medians
 
 
@@ -300,19 +301,23 @@ def test_step_windows_take_the_gpu_work_the_step_launched() -> None:
     included), not the copies the host launches after it returns."""
     from bench.step_profile import step_windows
 
-    def call(ts, corr, name="cudaLaunchKernel"):
-        return {"ph": "X", "cat": "cuda_runtime", "ts": ts, "dur": 1, "name": name, "args": {"correlation": corr}}
+    def call(ts, corr, name="cudaLaunchKernel", dur=1):
+        return {"ph": "X", "cat": "cuda_runtime", "ts": ts, "dur": dur, "name": name, "args": {"correlation": corr}}
 
     def k(ts, dur, corr, name="k"):
         return {"ph": "X", "cat": "kernel", "ts": ts, "dur": dur, "name": name, "args": {"correlation": corr}}
 
     step = {"ph": "X", "cat": "user_annotation", "ts": 0, "dur": 50, "name": "Optimizer.step#SCAO.step"}
     trace = {"traceEvents": [
-        step, call(5, 1), call(40, 2, "cudaGraphLaunch"),
+        step, call(5, 1), call(40, 2, "cudaGraphLaunch", dur=6),
         k(10, 20, 1), k(60, 10, 2, "g1"), k(75, 5, 2, "g2"),  # the step's: wall 80, busy 35, gaps 30 and 5
         call(70, 3), k(90, 100, 3, "grad copy"),  # launched after the step returned: not the step's
     ]}  # fmt: skip
     sw = step_windows(trace, n=1)
+    # the timeline: the step's GPU work and its host calls of 5 us or more (the 1 us launch is left out)
+    assert sw.pop("last_step_timeline_us") == [
+        ["gpu", 10, 20, "k"], ["host", 40, 6, "cudaGraphLaunch"], ["gpu", 60, 10, "g1"], ["gpu", 75, 5, "g2"],
+    ]  # fmt: skip
     assert sw == {"steps": 1, "wall_ms": 0.08, "busy_ms": 0.035, "host_lead_ms": 0.01,
                   "longest_gaps_us": [[30, "g1"], [5, "g2"]]}  # fmt: skip
 
