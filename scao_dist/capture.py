@@ -28,12 +28,13 @@ and replays after that. The scalars are uploaded while the GPU checks the gradie
 (:meth:`GroupGraphs.upload_scalars`); each group's key and the Gram inverses of bases swapped in are
 computed just before its replay (:meth:`GroupGraphs.launch`), so the first replay waits for one key.
 
-The check gates the replays. Where torch can record a conditional node
+The check gates the replays. By default each replay waits for the check on the host, as eager
+steps do. With ``SCAO_GRAPH_CONDITIONAL=1`` and a torch that records conditional nodes
 (``CUDAGraph.begin_capture_to_if_node``), each replay is recorded behind the check's device flag
-(:meth:`GroupGraphs.arm`): a replay whose gate is shut changes nothing, so on one rank the host
-launches the replays without waiting for the check and reads it at the next step
-(``SCAO._settle``: a skipped step is then taken back on the host too). Without conditional nodes
-(torch 2.11, the GPU image's) each replay waits for the check on the host, as eager steps do.
+(:meth:`GroupGraphs.arm`) instead: a replay whose gate is shut changes nothing, so on one rank the host
+launches the replays without waiting for the check and reads it at the next step (``SCAO._settle``:
+a skipped step is then taken back on the host too). Opt-in because no GPU lent so far ran it: the
+GPU image's torch 2.11 has no conditional nodes; the CPU tests run its twin (``record=False``).
 
 A group is captured when it is on a CUDA device, all its blocks step together at the same step
 count and are warm (their first bases built), its moments are int8 and it does not graft
@@ -47,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -440,9 +442,13 @@ class GroupGraphs:
 
 
 def _has_conditional_nodes() -> bool:
-    """Can this torch record a conditional node into a CUDA graph (``begin_capture_to_if_node``)?"""
-    return hasattr(torch.cuda.CUDAGraph, "begin_capture_to_if_node") and hasattr(
-        torch.cuda.CUDAGraph, "end_capture_to_conditional_node"
+    """Record the replays behind the gate? Only when asked (``SCAO_GRAPH_CONDITIONAL=1``: the path is
+    checked on the CPU through its twin, but no GPU lent so far had a torch that records conditional
+    nodes) and this torch can (``begin_capture_to_if_node``)."""
+    return (
+        os.environ.get("SCAO_GRAPH_CONDITIONAL", "0") == "1"
+        and hasattr(torch.cuda.CUDAGraph, "begin_capture_to_if_node")
+        and hasattr(torch.cuda.CUDAGraph, "end_capture_to_conditional_node")
     )
 
 
