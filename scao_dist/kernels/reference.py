@@ -272,7 +272,7 @@ def complement_add_(
     Per element that is one product, a maximum, a sum and one division, where the square root of
     ``max(row_i cs_j, floor) / bc2`` took a division and a square root more (in the kernel, making
     its two divisions and its square root approximate took 28% off its time: ``bench.complement_probe``,
-    BENCHMARKS.md §0).
+    BENCHMARKS.md §0g).
     ``torch.maximum`` propagates NaN. ``stats``: ``(cs, floor)`` as :func:`residual_stats` returned
     them (else computed here from ``row``, ``col``, ``g_row``). ``hyper``: ``bc2`` is its 0-d fp32
     ``bc2`` and the scale :func:`hyper_scale`, the float ``bc1``, ``bc2`` ignored.
