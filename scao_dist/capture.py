@@ -50,7 +50,7 @@ import dataclasses
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -154,7 +154,7 @@ class GroupGraphs:
         self._upload = _Upload(len(self.groups), max(seed_rows, 1), device)
         # rows padded to 8 values (32 bytes): every row's address equally aligned, so one kernel variant
         self.table, self.seeds = self._upload.views(self._upload.dev)
-        self._seed_vals = [0] * self.seeds.numel()  # the host's copy of the table (upload_scalars)
+        self._seed_vals = [0] * self.seeds.numel()  # the host's copy of the seeds (upload_scalars)
         self._seed_base = list(self._seed_vals)  # each row's seed at step 0
         for g in self.groups:
             for side, (a, _) in self.seed_layout[id(g)].items():
@@ -164,7 +164,7 @@ class GroupGraphs:
         self._pids = {id(g): sorted({s.param for s in g.specs}) for g in self.groups}  # (keys)
         self.entries: dict[int, _Entry] = {}
         self.gate = torch.ones((), dtype=torch.bool, device=device)  # this step's check (arm); replays read it
-        self.gated = record and _has_conditional_nodes()  # record behind the gate (until that fails once)
+        self.gated = record and _gated_replays_enabled()  # record behind the gate (until that fails once)
         self.stream = torch.cuda.Stream(device) if record else None
         self.pool = torch.cuda.graph_pool_handle() if record else None
         self.counts = {"eager": 0, "captures": 0, "replays": 0}
@@ -229,12 +229,8 @@ class GroupGraphs:
         if key != seen or self._check_failed:
             self._check = (key, None, None)
             return finite_flag(grads)
-        graph = torch.cuda.CUDAGraph()
-        cur = torch.cuda.current_stream(self.device)
-        self.stream.wait_stream(cur)
         try:
-            with torch.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"):
-                out = finite_flag(grads)
+            graph, out = self._record(lambda _graph: finite_flag(grads))
         except Exception as err:  # nothing ran: the check stays eager
             self._check_failed = True
             warnings.warn(
@@ -244,19 +240,11 @@ class GroupGraphs:
                 stacklevel=4,
             )
             return finite_flag(grads)
-        cur.wait_stream(self.stream)
         self._check = (key, graph, out)
         graph.replay()
         return out
 
     # ------------------------------------------------------------------------------ step
-    def step(self, work: Sequence[Work], check: FiniteCheck | None = None) -> dict[int, list[int]] | None:
-        """Step every ``(group, idx, hp, runs)`` of ``work`` (all eligible, ``idx`` = all blocks, ``runs``
-        the chunks the eager step would take); returns the refreshes due, per group id (see :meth:`launch`)."""
-        self.upload_scalars(work)
-        self.arm(check.finite if check is not None else None)
-        return self.launch(work, check)
-
     def upload_scalars(self, work: Sequence[Work]) -> None:
         """The device inputs of the next step of ``work``: the scalars of step ``t + 1`` (lr, bias
         corrections) and the dither seeds, written to the device tables (stream-ordered after the last
@@ -361,17 +349,17 @@ class GroupGraphs:
         """Record the group's step behind the gate (a conditional node); ``None`` if recording failed.
         A torch without conditional nodes (or a driver that refuses them) records ungated from then
         on: the optimizer then waits for the check before any replay, as eager steps do."""
+
+        def body(graph: torch.cuda.CUDAGraph, gated: bool) -> None:
+            if gated:
+                graph.begin_capture_to_if_node(self.gate)
+            self._body(grp, hp, runs, e)
+            if gated:
+                graph.end_capture_to_conditional_node()
+
         for gated in (True, False) if self.gated else (False,):
-            graph = torch.cuda.CUDAGraph()
-            cur = torch.cuda.current_stream(self.device)
-            self.stream.wait_stream(cur)
             try:
-                with torch.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"):
-                    if gated:
-                        graph.begin_capture_to_if_node(self.gate)
-                    self._body(grp, hp, runs, e)
-                    if gated:
-                        graph.end_capture_to_conditional_node()
+                graph, _ = self._record(lambda g, gated=gated: body(g, gated))
             except Exception as err:  # nothing ran
                 if gated:
                     self.gated = False
@@ -392,12 +380,23 @@ class GroupGraphs:
                     stacklevel=5,
                 )
                 return None
-            cur.wait_stream(self.stream)
             e.retired, e.gated = [], gated  # (capturing synchronised the device: no old replay is running)
             e.keep = [*grp.t.values(), e.grads, *grp.derived_tensors(), self.gate]
             self._count("captures")
             return graph
         return None
+
+    def _record(self, body: Callable[[torch.cuda.CUDAGraph], Any]) -> tuple[torch.cuda.CUDAGraph, Any]:
+        """``body(graph)`` recorded into a new graph of the shared pool, on the side stream ordered after
+        the current one; returns the graph and what ``body`` returned. Raises what recording raised
+        (then nothing ran)."""
+        graph = torch.cuda.CUDAGraph()
+        cur = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(cur)
+        with torch.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"):
+            out = body(graph)
+        cur.wait_stream(self.stream)
+        return graph, out
 
     def _eager(self, grp: Group, hp: Hyper, runs: list[list[int]], e: _Entry) -> None:
         self._on_side_stream(lambda: self._body(grp, hp, runs, e))
@@ -441,7 +440,7 @@ class GroupGraphs:
         return (ts, consts, weights, math_modes, tuple(map(tuple, runs)), grp.capture_key())
 
 
-def _has_conditional_nodes() -> bool:
+def _gated_replays_enabled() -> bool:
     """Record the replays behind the gate? Only when asked (``SCAO_GRAPH_CONDITIONAL=1``: the path is
     checked on the CPU through its twin, but no GPU lent so far had a torch that records conditional
     nodes) and this torch can (``begin_capture_to_if_node``)."""
