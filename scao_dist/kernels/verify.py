@@ -470,6 +470,10 @@ def case_complement_update(
     g_row = wide((B, M), gen, device, 6.0).square()
     row.masked_fill_((torch.rand(B, M, generator=gen) < 0.2).to(device), 0.0)
     col.masked_fill_((torch.rand(B, N, generator=gen) < 0.2).to(device), 0.0)
+    # every row of a block 0 while some column is not (possible only with few rows) makes 0 * inf = NaN
+    # updates, which is the "nan" mode's case (a residual's row and column sums cannot do that: they add up
+    # to the same total); here such a block gets one nonzero row
+    row[:, 0] += torch.where((row.sum(-1) == 0) & (col.sum(-1) > 0), 1.0, 0.0)
     if B > 1:
         for t in (row, col, g_row):
             t[1] = 0.0
