@@ -494,6 +494,8 @@ class KronGroup(RefreshMixin, _Group):
         # the update's coefficient factor in the complement, against a stored bf16 basis: bf16 as well
         # (_complement_factors)
         self.u_dtype = torch.bfloat16 if self.bdt == torch.bfloat16 else torch.float32
+        # the coefficient factors of the projections of G and M, likewise (_complement_factors)
+        self.p_dtype = self.u_dtype
         self._ginv: dict[str, Tensor] = {}  # derived from the stored stream bases (see _gram_inverses)
         self._ginv_stale: dict[str, set[int]] = {}
 
@@ -669,7 +671,7 @@ class KronGroup(RefreshMixin, _Group):
         widths = tuple(side.K for side in self.sides)
         ginv = tuple((k, v.data_ptr()) for k, v in self._ginv.items())
         trunc = tuple(self.truncated(range(self.B)))
-        return (*super().capture_key(), widths, trunc, ginv, self.m_dtype, self.u_dtype)
+        return (*super().capture_key(), widths, trunc, ginv, self.m_dtype, self.u_dtype, self.p_dtype)
 
     def derived_tensors(self) -> list[Tensor]:
         return super().derived_tensors() + list(self._ginv.values())
@@ -778,22 +780,24 @@ class KronGroup(RefreshMixin, _Group):
             core = core @ (ginv[1] if ginv[1] is not None else _gram_inverse(qr))
         cores = torch.cat([u_rot.unsqueeze(0), core])  # (3, b, kl, kr)
         qls, qrs = stored
-        # the gradient's projection (one product, in residual_stats) keeps the fp32 bases: a bf16 basis
-        # against a core split in registers paid off only where two products share the basis (the
-        # complement), and cost residual_stats 18% (session_zs)
         if ql is not None and qr is not None:
-            xs, ys = ql @ cores, (qrs, qr, qrs)
+            xs, ys = ql @ cores, (qrs,) * 3
         elif ql is not None:
-            xs, ys = (qls, ql, qls), cores.mT
+            xs, ys = (qls,) * 3, cores.mT
         else:
-            xs, ys = cores, (qrs, qr, qrs)
-        out = {key: (xs[j], ys[j]) for j, key in enumerate(("u", "g", "m"))}
-        # the update's own factor meets the stored basis in its dtype (:attr:`u_dtype`): against a bf16
-        # basis, bf16, so its product is one exact bf16 product instead of two or three (the fp32 factor
-        # split, lowrank.dot_chunk) and half the bytes. It rounds U's low-rank part by 2^-9 relative,
-        # the size of the bf16 basis' own rounding; M's factor stays fp32 (M - X_m Y_m^T cancels).
-        x, y = out["u"]
-        out["u"] = (x, y.to(self.u_dtype)) if ql is not None and qr is None else (x.to(self.u_dtype), y)
+            xs, ys = cores, (qrs,) * 3
+        # each coefficient factor meets the stored basis in the basis' dtype (:attr:`u_dtype`, :attr:`p_dtype`):
+        # against a bf16 basis each product is one exact bf16 product, read as stored, instead of two (an
+        # fp32 factor split in bf16 terms, lowrank.dot_chunk) or a TF32 one, at half the bytes (the
+        # complement 2.72 -> 2.39 ms a step at 405M, session_yd). The rounding, 2^-9 of a factor's entries,
+        # reaches a product as about 2^-9 of its size: of U's low-rank part, the size of the bf16 basis'
+        # own rounding; of G's projection, that of the bf16 gradient's own; of M's, under the int8 code's
+        # own error in M (2^-9 to 2^-7 of its group's largest value), and the complement M - X_m Y^T, which
+        # the rounding leaks into, holds nearly all of that code noise already.
+        out = {}
+        for j, (key, dt) in enumerate((("u", self.u_dtype), ("g", self.p_dtype), ("m", self.p_dtype))):
+            x, y = xs[j], ys[j]
+            out[key] = (x, y.to(dt)) if ql is not None and qr is None else (x.to(dt), y)
         return out
 
     def _with_complement(

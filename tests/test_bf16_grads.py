@@ -8,7 +8,7 @@ step either way), so the two paths' sketches agree within that, in norm.
 
 The first moment of such a group is handed to the step's products in bf16 too (``KronGroup.m_dtype``):
 that one rounds (2^-9 relative, under the int8 code's own error), so it is checked against fp32 ``M``
-within a tolerance."""
+within a tolerance; so are the complement's coefficient factors in bf16 (``u_dtype``, ``p_dtype``)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def _run(
     steps: int,
     m_dtype: torch.dtype = torch.bfloat16,
     u_dtype: torch.dtype = torch.bfloat16,
+    p_dtype: torch.dtype = torch.bfloat16,
     **kw,
 ) -> tuple[torch.Tensor, KronGroup]:
     torch.manual_seed(0)
@@ -34,6 +35,8 @@ def _run(
     grp.m_dtype = m_dtype
     assert grp.u_dtype == torch.bfloat16
     grp.u_dtype = u_dtype
+    assert grp.p_dtype == torch.bfloat16
+    grp.p_dtype = p_dtype
     if not bf16_path:
         grp.grad_dtype = torch.float32
     gen = torch.Generator().manual_seed(1)
@@ -82,6 +85,18 @@ def test_bf16_update_factor_stays_close_to_fp32() -> None:
         w32, _ = _run(True, 12, u_dtype=torch.float32, precond_freq=freq)
         moved = (w32.float() - _run(True, 0, precond_freq=freq)[0].float()).norm()
         assert 0 < (w16.float() - w32.float()).norm() < 2**-5 * moved
+
+
+def test_bf16_projection_factors_stay_close_to_fp32() -> None:
+    """The coefficient factors of the projections of ``G`` and ``M`` in bf16 against the bf16 basis
+    (``KronGroup.p_dtype``) vs fp32: the weights move by the same steps up to that rounding (about 2^-9 of
+    each projection, under the bf16 gradient's and the int8 moment's own rounding)."""
+    for freq in (100, 3):
+        w16, _ = _run(True, 12, precond_freq=freq)
+        w32, _ = _run(True, 12, p_dtype=torch.float32, precond_freq=freq)
+        moved = (w32.float() - _run(True, 0, precond_freq=freq)[0].float()).norm()
+        diff = (w16.float() - w32.float()).norm()
+        assert 0 < diff < 2**-5 * moved
 
 
 def test_frames_keep_fp32_gradients() -> None:
