@@ -171,6 +171,24 @@ def shapes(dry: bool, mb: float) -> list[tuple[str, str, dict[str, Any]]]:
             "(B,2048,8192) k=144 applied, bf16 Q_R, bf16 M, bf16 X_u",
             dict(shape=(b(8, 2048 * 8192), 2048, 8192), k=144, bc="tensor", apply=True, basis="bf16", xu="bf16"),
         ),
+        (  # ... and M's factor X_m in bf16 too (KronGroup.p_dtype): two exact bf16 products per tile, the step's
+            "complement_update",
+            "(B,2048,8192) k=144 applied, bf16 Q_R, bf16 M, bf16 X_u, bf16 X_m",
+            dict(
+                shape=(b(8, 2048 * 8192), 2048, 8192),
+                k=144,
+                bc="tensor",
+                apply=True,
+                basis="bf16",
+                xu="bf16",
+                xm="bf16",
+            ),
+        ),
+        (  # the residual's factor X_g in bf16 against the bf16 basis (KronGroup.p_dtype): the step's
+            "residual_stats",
+            "(B,2048,8192) k=144 bf16 G, bf16 Q_R, bf16 X_g",
+            dict(shape=(b(2, 2048 * 8192), 2048, 8192), k=144, gdtype=torch.bfloat16, basis="bf16", x="bf16"),
+        ),
     ]
 
 
@@ -201,6 +219,8 @@ def make_operands(kernel: str, spec: dict[str, Any], device: Any) -> dict[str, A
             stored = torch.zeros(B, N, k + 16, dtype=torch.bfloat16, device=device)
             stored[..., :k] = y
             y = stored[..., :k]
+        if spec.get("x") == "bf16":  # the residual's factor as the step passes it (KronGroup.p_dtype)
+            x = x.to(torch.bfloat16)
         g = rnd(*shape).to(spec.get("gdtype", torch.float32))
         if kernel == "residual_sumsq":  # k = 0: the sums of G alone (no product in the kernel)
             return dict(g=g, x=x if k else None, y=y if k else None)
@@ -223,7 +243,9 @@ def make_operands(kernel: str, spec: dict[str, Any], device: Any) -> dict[str, A
         row, col, g_row = rnd(B, M).square(), rnd(B, N).square(), rnd(B, M).square()
         m = rnd(*shape).to(torch.bfloat16 if bf16_basis else torch.float32)
         xu = x.to(torch.bfloat16) if spec.get("xu") == "bf16" else x  # the update's factor as the step passes it
-        return dict(m=m, xu=xu, yu=y, xm=rnd(B, M, k) * 30, ym=y, row=row, col=col, g_row=g_row,
+        xm = rnd(B, M, k) * 30
+        xm = xm.to(torch.bfloat16) if spec.get("xm") == "bf16" else xm  # M's factor as the step passes it
+        return dict(m=m, xu=xu, yu=y, xm=xm, ym=y, row=row, col=col, g_row=g_row,
                     mask=mask, bc1=bc1, bc2=bc2, eps=1e-8, **apply)  # fmt: skip
     if kernel == "ema_signed_":
         codes, scales = quant.encode_signed(rnd(*shape))
@@ -311,13 +333,16 @@ def sweep_configs(kernel: str) -> list[dict[str, Any]]:
         return [{"adamw.BG": bg, "num_warps": w} for bg in (16, 32, 64) for w in (2, 4, 8)]
     if kernel == "apply_update_":
         return [{"apply.BLOCK": bl, "num_warps": w} for bl in (1024, 2048, 4096) for w in (4, 8)]
-    if kernel in ("residual_sumsq", "residual_stats", "complement_update"):  # tiles, warps, pipeline depth
-        rows, cols = ("lowrank.BM", "lowrank.BN")  # (each kernel its own tile settings)
-        if kernel != "complement_update":
-            rows, cols = ("lowrank.SUMSQ_BM", "lowrank.SUMSQ_BN")
+    if kernel == "complement_update":  # tiles, warps, pipeline depth (the rank chunk stays 16: K = 144)
         return [
-            {rows: bm, cols: bn, "lowrank.BK": bk, "num_stages": st}
-            | ({"lowrank.COMPLEMENT_WARPS": (w, w)} if kernel == "complement_update" else {"num_warps": w})
+            {"lowrank.BM": bm, "lowrank.BN": bn, "lowrank.COMPLEMENT_WARPS": (w, w), "lowrank.COMPLEMENT_STAGES": st}
+            for bm, bn in ((64, 64), (64, 128), (128, 64))
+            for w in (4, 8)
+            for st in (2, 3, 4)
+        ]
+    if kernel in ("residual_sumsq", "residual_stats"):  # tiles, warps, pipeline depth
+        return [
+            {"lowrank.SUMSQ_BM": bm, "lowrank.SUMSQ_BN": bn, "lowrank.BK": bk, "num_stages": st, "num_warps": w}
             for bm, bn in ((64, 64), (64, 128), (128, 64))
             for bk in (16, 32)
             for w in (4, 8)

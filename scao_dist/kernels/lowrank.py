@@ -80,6 +80,13 @@ an H200, 8 warps ran the returning kernel in 0.96x the time of 4, and 4 the appl
 registers live: the weights and bits) in 0.90x the time of 8 (``session_zn``)."""
 
 
+COMPLEMENT_STAGES: int | None = 4
+"""Software-pipeline stages of :func:`_complement_update_kernel` (``None``: Triton's default, 3): with both
+products plain bf16 ones (bf16 factors against a bf16 basis), 4 stages ran the applied kernel in 0.98x the
+time of 3 on the bench case and the 405M step's complement in 2.28 against 2.43 ms (``session_yg``: 18
+settings of tiles, warps and stages; 64x64 tiles at 4 warps stayed best)."""
+
+
 def _even(M: int, N: int, bm: int, bn: int) -> bool:
     """Do the [bm, bn] tiles divide an M x N block (then no tile load or store is masked)?"""
     return M % bm == 0 and N % bn == 0
@@ -678,6 +685,7 @@ def complement_update(
             BM=BM, BN=BN, BK=BK, PREC=precision(), APPLY=w is not None, R=R,
             HP_DEV=hyper is not None, EVEN=_even(M, N, BM, BN), SHARED_Y=shared, WTAB=blocks,
             **{**LAUNCH, "num_warps": COMPLEMENT_WARPS[w is not None]},
+            **({"num_stages": COMPLEMENT_STAGES} if COMPLEMENT_STAGES else {}),
         )  # fmt: skip
     if w is None:
         return out
