@@ -6,7 +6,7 @@ H200, also at rank 16 (BENCHMARKS §0c), so its two low-rank products alone do n
 probe times copies of that kernel with one stage at a time left out or cheapened, side by side in
 one run, after checking that the unchanged copy gives the library kernel's bits (true as of
 ``session_zm``; since then the library forms the denominator from row and column roots,
-:func:`scao_dist.kernels.reference.complement_roots`, so the copy is the earlier kernel and the check
+:func:`scao_dist.kernels.reference.complement_reciprocals`, so the copy is the earlier kernel and the check
 reports the rounding difference):
 
 * ``prod`` 2 / 1 / 0: both low-rank tiles, only ``X_u Y_u^T``, none;

@@ -133,15 +133,19 @@ class Packed:
         bc2: Tensor | float,
         eps: float,
         hyper: StepScalars | None = None,
+        floor: Tensor | None = None,
     ) -> Tensor:
-        """Second moment ``v <- beta2 v + (1 - beta2) g^2``; returns ``(m/bc1) / (sqrt(v/bc2) + eps)``
-        (bias corrections from ``hyper`` when given: only the int8 path takes it)."""
+        """Second moment ``v <- beta2 v + (1 - beta2) g^2``; returns ``(m/bc1) / (sqrt(max(v, floor)/bc2) + eps)``
+        (bias corrections from ``hyper`` when given: only the int8 path takes it; ``floor`` broadcasts
+        to ``(b, 1, 1)``, none when ``None``)."""
         if self.quantize:
             codes, scales = t[f"{self.name}.codes"], t[f"{self.name}.scales"]
-            return kernels.rotated_adam_(codes, scales, g, m, beta2, bc1, bc2, eps, hyper=hyper)
+            return kernels.rotated_adam_(codes, scales, g, m, beta2, bc1, bc2, eps, hyper=hyper, floor=floor)
         if hyper is not None:
             raise ValueError("device-side step scalars need the int8 second moment (quantize it)")
         v = t[self.name].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        if floor is not None:
+            v = torch.maximum(v, floor)
         return (m / bc1) / ((v / bc2).sqrt() + eps)
 
     def pad(self, t: dict[str, Tensor], inner: tuple[int, int]) -> None:
@@ -629,7 +633,7 @@ class KronGroup(RefreshMixin, _Group):
         g_rot = self._core(gf, halves, ql, qr)
         mf = self.mom.ema(s, gf, hp.beta1, self.m_dtype)
         m_rot = self._rotate_moment(mf, ql, qr, (qls, qrs))
-        u_rot = self.vp.adam(s, g_rot, m_rot, hp.beta2, bc1, bc2, hp.eps, hyper=hyper)
+        u_rot = self.vp.adam(s, g_rot, m_rot, hp.beta2, bc1, bc2, hp.eps, hyper=hyper, floor=self._rot_floor(s))
 
         sumsq = stats = None
         trunc = self.truncated(idx)
@@ -751,6 +755,20 @@ class KronGroup(RefreshMixin, _Group):
             return halves["R"][..., :kr]
         return gf
 
+    def _rot_floor(self, s: dict[str, Tensor]) -> Tensor | None:
+        """The rotated second moment's floor (b, 1, 1) of a group with a stream side:
+        ``ROT_FLOOR^2 mean(g_row)``, the EMA of the block's mean squared gradient as the last step left it.
+
+        A stream basis turns the frame's first moment ``M`` into ``Q_L^T M Q_R``, which carries ``M``'s
+        int8 rounding noise (a step of up to 2^-7 of a scale group's largest value) into every core
+        direction, the empty ones too; their second moment is ~0, and Adam divided that noise by
+        ``eps`` into full-size steps outside the span of the gradients (``bench.lowrank_toy``). A
+        dense side keeps ``M`` in its own eigenbasis, where an empty direction's codes are zero:
+        no floor there (``None``)."""
+        if not any(side.mode == "stream" for side in self.sides):
+            return None
+        return (kernels.reference.ROT_FLOOR**2 * s["g_row"].mean(-1))[:, None, None]
+
     def _complement_factors(
         self,
         u_rot: Tensor,
@@ -822,11 +840,11 @@ class KronGroup(RefreshMixin, _Group):
         and floor derived from them (both from :func:`kernels.residual_stats`); ``factors``: see
         :meth:`_complement_factors`. ``mask`` (b,) selects the truncated blocks: the others'
         complement is empty and their update untouched (so a block's math never depends on its
-        group). The residual second moment is floored at ``(1e-3)^2`` of the block's mean squared
-        gradient, so arithmetic noise in an empty complement (a rank-deficient gradient whose range
-        the basis holds) stays noise.
+        group). The residual second moment is floored at ``RES_FLOOR^2`` of the block's mean squared
+        gradient, so rounding noise in an empty complement (a rank-deficient gradient whose range
+        the basis holds) stays small (:data:`kernels.reference.RES_FLOOR`).
         """
-        # U = X_u Y_u^T + mask (M - X_m Y_m^T)/bc1 / (sqrt(max(r_i c_j / mean(r), floor) / bc2) + eps), one
+        # U = X_u Y_u^T + mask (M - X_m Y_m^T)/bc1 / max(sqrt(r_i c_j / mean(r) / bc2), sqrt(floor / bc2) + eps), one
         # pass over M (the floor is kernels.reference.RES_FLOOR^2 times the mean squared gradient)
         (xu, yu), (xm, ym) = factors["u"], factors["m"]
         apply = {} if target is None else dict(w=target[0], rho=target[1], lr=hp.lr, wd=hp.weight_decay)

@@ -32,10 +32,11 @@ NO_DIVISION = {"_apply_kernel", "_factor_corr_kernel"}
 NO_DIVISION |= {"_sumsq_kernel", "_stats_kernel"}
 DIVISION_IF = {"_stats_finish_kernel": "HAS_BACK"}
 """Kernels that divide only in the variants where this constexpr is true."""
-NEEDS_SQRT = {"_factor_diag_kernel"}
+NEEDS_SQRT = {"_factor_diag_kernel", "_complement_update_kernel"}
 """Kernels whose square root must show up as IEEE ``sqrt.rn.f32``."""
-NEEDS_NAN_MAX = {"_complement_update_kernel"}
-"""Kernels whose maximum must propagate NaN (``max.NaN.f32``, as ``torch.maximum``)."""
+NEEDS_NAN = {"_complement_update_kernel": ("min", ""), "_rotated_adam_kernel": ("max", "FLOOR")}
+"""Kernels whose minimum / maximum must propagate NaN (``min.NaN.f32`` / ``max.NaN.f32``, as ``torch.minimum`` /
+``torch.maximum``), in the variants where the named constexpr is true (every variant for "")."""
 TYPES = {
     torch.float32: "*fp32",
     torch.bfloat16: "*bf16",
@@ -119,17 +120,21 @@ def width_variants(seen: list) -> list[str]:
             sc = torch.ones(*lead, groups, dtype=torch.bfloat16)
             triton_ops.rotated_adam_(u8, sc, g, m, 0.99, 0.5, 0.25, 1e-8)
             triton_ops.rotated_adam_(u8, sc, g, m, 0.99, 0.5, 0.25, 1e-8, hyper=hyper)
+            floor = torch.rand(lead[0], 1, 1, generator=gen)  # a stream group's (groups.KronGroup._rot_floor)
+            triton_ops.rotated_adam_(u8, sc, g, m, 0.99, 0.5, 0.25, 1e-8, floor=floor)
+            triton_ops.rotated_adam_(u8, sc, g, m, 0.99, 0.5, 0.25, 1e-8, hyper=hyper, floor=floor)
             triton_ops.ema_signed_(i8, sc.clone(), g, 0.9)
     keys: dict[tuple[str, bool], set] = {}
     for fn, a, kw in seen[start:]:
         sig, consts, attrs, _ = signature(fn, a, kw)
-        keys.setdefault((fn.__name__, bool(consts.get("HP_DEV"))), set()).add(variant_key(sig, consts, attrs))
+        key = (fn.__name__, bool(consts.get("HP_DEV")), bool(consts.get("FLOOR")))
+        keys.setdefault(key, set()).add(variant_key(sig, consts, attrs))
     del seen[start:]
-    if len(keys) != 3:  # ema_signed_, rotated_adam_ with floats and with the row
-        return [f"expected 3 (kernel, HP_DEV) pairs across basis widths, got {sorted(keys)}"]
+    if len(keys) != 5:  # ema_signed_, rotated_adam_ with floats and with the row, each with and without a floor
+        return [f"expected 5 (kernel, HP_DEV, FLOOR) triples across basis widths, got {sorted(keys)}"]
     return [
-        f"{name} (HP_DEV={hp}): {len(k)} variants across basis widths 16..512"
-        for (name, hp), k in sorted(keys.items())
+        f"{name} (HP_DEV={hp}, FLOOR={fl}): {len(k)} variants across basis widths 16..512"
+        for (name, hp, fl), k in sorted(keys.items())
         if len(k) != 1
     ]
 
@@ -226,8 +231,9 @@ def main() -> int:
         vector = re.search(r"ld\.global(\.\w+)*\.v4", ptx)
         if fn.__name__ in GROUP_KERNELS and consts.get("NMUL", 1) >= 4 and not vector:
             res["compile"].append(f"{label}: rows aligned to NMUL elements but no 16-byte vector load in the PTX")
-        if not re.search(r"max\.NaN\.f32", ptx) and fn.__name__ in NEEDS_NAN_MAX:
-            res["compile"].append(f"{label}: expected NaN-propagating max.NaN.f32 in the PTX")
+        op, flag = NEEDS_NAN.get(fn.__name__, ("", None))
+        if op and consts.get(flag, True) and not re.search(rf"{op}\.NaN\.f32", ptx):
+            res["compile"].append(f"{label}: expected NaN-propagating {op}.NaN.f32 in the PTX")
     res["variants"] = [str(len(done))]
     print(f"compiled {len(done)} kernel variants for sm_90")
     with open(args.out, "w") as f:

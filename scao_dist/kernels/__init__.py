@@ -55,8 +55,8 @@ def ema_signed_(codes, scales, x, beta, out_dtype=torch.float32):
     return backend(x).ema_signed_(codes, scales, x, beta, out_dtype)
 
 
-def rotated_adam_(codes, scales, g, m, beta2, bc1, bc2, eps, hyper: StepScalars | None = None):
-    return backend(g).rotated_adam_(codes, scales, g, m, beta2, bc1, bc2, eps, hyper=hyper)
+def rotated_adam_(codes, scales, g, m, beta2, bc1, bc2, eps, hyper: StepScalars | None = None, floor=None):
+    return backend(g).rotated_adam_(codes, scales, g, m, beta2, bc1, bc2, eps, hyper=hyper, floor=floor)
 
 
 def apply_update_(w, rho, u, lr, wd, hyper: StepScalars | None = None):

@@ -249,6 +249,22 @@ def hyper_row(hyper: scalars.StepScalars | None, device: torch.device, dummy: to
     return hyper.row if hyper.device == device else None
 
 
+def floor_rows(floor: torch.Tensor, lead: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, int] | None:
+    """A floor as the kernels take it: fp32 values and how many consecutive rows of ``lead`` share each
+    (``floor`` broadcasting to ``(*lead, 1)``): one per leading index, as ``(b, 1, 1)`` for ``(b, k, k)``,
+    is passed as it is (no copy), anything else one per row. ``None`` when it does not broadcast (the
+    caller then uses the reference)."""
+    if floor.dtype != torch.float32 or floor.device != device:
+        return None
+    try:
+        torch.broadcast_shapes(floor.shape, (*lead, 1))
+    except RuntimeError:
+        return None
+    if lead and floor.dim() == len(lead) + 1 and floor.shape[0] == lead[0] and floor[0].numel() == 1:
+        return floor.reshape(-1).contiguous(), math.prod(lead[1:])
+    return torch.broadcast_to(floor, (*lead, 1)).reshape(-1).contiguous(), 1
+
+
 def bias_rows(bc: torch.Tensor | float, lead: tuple[int, ...], device: torch.device) -> torch.Tensor | float | None:
     """``1/bc`` as the kernels take it: a Python float, or one fp32 value per row of ``lead``.
 

@@ -12,15 +12,15 @@ registers (a ``tl.dot`` over ``k``, fp32 accumulation) where it is consumed:
   the row and column sums of squares of ``G`` and of ``G - X Y^T``. Each program writes its tile's
   partial sums to its own slot; torch adds the slots (a fixed order: deterministic, no atomics).
 * :func:`complement_update`: one read of ``M`` and one write give
-  ``U = X_u Y_u^T + mask (M - X_m Y_m^T)/bc1 / (sqrt(max(r_i c_j, floor)/bc2) + eps)``, the
-  denominator as ``max(a_i b_j, f) + eps`` from per-row and per-column square roots
-  (:func:`.reference.complement_roots`, formed by torch), the tail in the same fp32 operations and
-  order as :func:`.reference.complement_add_` (IEEE division, no FMA, NaN-propagating maximum).
+  ``U = X_u Y_u^T + mask (M - X_m Y_m^T)/bc1 / max(sqrt(r_i c_j/bc2), sqrt(floor/bc2) + eps)``, the
+  denominator's reciprocal as ``min(ia_i ib_j, fi)`` from per-row and per-column reciprocal roots
+  (:func:`.reference.complement_reciprocals`, formed by torch), the tail in the same fp32 operations
+  and order as :func:`.reference.complement_add_` (no division, no FMA, NaN-propagating minimum).
   Given the weights it applies ``U`` to them at once (``x <- x (1 - lr wd) - lr U``,
   :func:`.apply.master_update` on bf16 weights and their correction bits), so ``U`` never reaches
   memory: ``M``, ``w`` and the bits are read once and the weights and bits written once. With
   ``hyper`` (:class:`.scalars.StepScalars`) the scale ``mask/bc1`` comes from the row
-  (:func:`.reference.hyper_scale`), ``bc2`` too (in the roots), and the kernel loads
+  (:func:`.reference.hyper_scale`), ``bc2`` too (in the reciprocals), and the kernel loads
   ``c = 1 - lr wd`` and ``lr`` from it.
 
 The factors are fp32 or bf16. Two fp32 factors multiply on tensor cores in TF32 when torch's fp32
@@ -44,6 +44,7 @@ import triton.language as tl
 from . import reference
 from .apply import correction_r, master_update, weights_ok
 from .common import (
+    HP_BC2,
     HP_C,
     HP_LR,
     LAUNCH,
@@ -379,23 +380,36 @@ def _stats_finish_kernel(
 
 
 @triton.jit
+def _reciprocal_root(x, bc2, eps, DIV: tl.constexpr):
+    """``1 / (sqrt(x / bc2) + eps)`` (``x`` alone without ``DIV``), each operation IEEE as the twin's torch ops."""
+    if DIV:
+        x = tl.math.div_rn(x, bc2)
+    r = tl.sqrt_rn(x) + eps
+    return tl.math.div_rn(tl.zeros_like(r) + 1.0, r)
+
+
+@triton.jit
 def _complement_update_kernel(
-    out_ptr, m_ptr, xu_ptr, yu_ptr, xm_ptr, ym_ptr, a_ptr, bv_ptr, f_ptr, scale_ptr,
-    rho_ptr, hp_ptr, wtab_ptr, M, N, KU, KM, SXU, SYU, SXM, SYM, LDW, ntm, ntn, eps, c, lr,
+    out_ptr, m_ptr, xu_ptr, yu_ptr, xm_ptr, ym_ptr, row_ptr, cs_ptr, floor_ptr, bc2_ptr, scale_ptr,
+    rho_ptr, hp_ptr, wtab_ptr, M, N, KU, KM, SXU, SYU, SXM, SYM, LDW, ntm, ntn, bc2, eps, c, lr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
     APPLY: tl.constexpr, R: tl.constexpr, HP_DEV: tl.constexpr, EVEN: tl.constexpr, SHARED_Y: tl.constexpr,
-    WTAB: tl.constexpr,
+    WTAB: tl.constexpr, BC2_BLOCKS: tl.constexpr,
 ):  # fmt: skip
     """Tile (tm, tn) of block b:
-    U = X_u Y_u^T + ((m - X_m Y_m^T) / (max(a_i bv_j, f_b) + eps)) scale_b,
+    U = X_u Y_u^T + ((m - X_m Y_m^T) min(ia_i ib_j, fi_b)) scale_b,
     stored in ``out`` (APPLY false) or applied to the weights ``out`` (and bits ``rho`` for R > 0).
-    ``a``, ``bv``, ``f``: :func:`.reference.complement_roots`. ``HP_DEV``: ``c``, ``lr`` loaded from the
-    step scalars at ``hp_ptr``. ``EVEN``: the tiles divide the block (no masks). ``SHARED_Y``: ``Y_u`` is
-    ``Y_m`` (``ym_ptr``, ``SYM`` unused; :func:`lowrank_pair`). ``WTAB``: block b's weights start at the
+    ``ia``, ``ib``, ``fi``: :func:`.reference.complement_reciprocals` of ``row``, ``cs``, ``floor``, formed
+    here for the tile's rows and columns with the twin's IEEE operations (a few per row and column,
+    where torch took a dozen launches a group). ``bc2``: the scalar, one per block (``BC2_BLOCKS``:
+    ``bc2_ptr[b]``) or the step scalars' (``HP_DEV``, which also loads ``c`` and ``lr`` from ``hp_ptr``).
+    ``EVEN``: the tiles divide the block (no masks). ``SHARED_Y``: ``Y_u`` is ``Y_m`` (``ym_ptr``, ``SYM``
+    unused; :func:`lowrank_pair`). ``WTAB``: block b's weights start at the
     address ``wtab_ptr[b]``, rows ``LDW`` apart (:class:`.reference.WeightBlocks`; ``out_ptr`` gives their type)."""
     if HP_DEV:
         c = tl.load(hp_ptr + HP_C)
         lr = tl.load(hp_ptr + HP_LR)
+        bc2 = tl.load(hp_ptr + HP_BC2)
     pid = tl.program_id(0)
     per = ntm * ntn
     b = pid // per
@@ -410,16 +424,18 @@ def _complement_update_kernel(
     else:
         u = lowrank_tile(xu_ptr, yu_ptr, b64, i, j, M, N, KU, SXU, SYU, BM, BN, BK, PREC)
         bm = lowrank_tile(xm_ptr, ym_ptr, b64, i, j, M, N, KM, SXM, SYM, BM, BN, BK, PREC)
-    a_i = tl.load(a_ptr + b64 * M + i, mask=mi, other=0.0)[:, None]
-    b_j = tl.load(bv_ptr + b64 * N + j, mask=mj, other=0.0)[None, :]
-    f = tl.load(f_ptr + b)
+    if BC2_BLOCKS:
+        bc2 = tl.load(bc2_ptr + b)
+    ia = _reciprocal_root(tl.load(row_ptr + b64 * M + i, mask=mi, other=1.0), bc2, 0.0, True)[:, None]
+    ib = _reciprocal_root(tl.load(cs_ptr + b64 * N + j, mask=mj, other=1.0), 1.0, 0.0, False)[None, :]
+    fi = _reciprocal_root(tl.load(floor_ptr + b), bc2, eps, True)
     scale = tl.load(scale_ptr + b)
     off = (b64 * M + i)[:, None] * N + j[None, :]
     mask = mi[:, None] & mj[None, :]
     m = load_tile(m_ptr + off, mask, 0.0, EVEN).to(tl.float32)  # fp32 or bf16 M
     r = m - bm  # == (-bm) + m, the twin's spelling, bit for bit (signed zeros included)
-    d = tl.maximum(a_i * b_j, f, propagate_nan=tl.PropagateNan.ALL) + eps
-    u = u + tl.math.div_rn(r, d) * scale
+    t = tl.minimum(ia * ib, fi, propagate_nan=tl.PropagateNan.ALL)
+    u = u + (r * t) * scale
     if WTAB:  # the weights where they live (column blocks of wider weights)
         wbase = tl.load(wtab_ptr + b).to(tl.pointer_type(out_ptr.dtype.element_ty))
         wbase = tl.multiple_of(wbase, 16)  # WeightBlocks.of checks the addresses are 64-byte aligned: vector loads
@@ -658,8 +674,12 @@ def complement_update(
     if not ok:
         return reference.complement_update(*args, **apply_args)
     cs, floor, scale = reference.complement_vectors(row, col, g_row, mask, bc1, stats, hyper)
-    a, bv, f = reference.complement_roots(row, cs, floor, hyper.bc2 if hyper is not None else bc2)
-    vectors = ((a, (B, M)), (bv, (B, N)), (f, (B,)), (scale, (B, 1, 1)))
+    bc2_blocks = hyper is None and isinstance(bc2, torch.Tensor)
+    if bc2_blocks:
+        bc2_b = _per_block(bc2, B, dev)
+        if bc2_b is None or bc2_b.dtype != torch.float32:
+            return reference.complement_update(*args, **apply_args)
+    vectors = ((row, (B, M)), (cs, (B, N)), (floor, (B,)), (scale, (B, 1, 1)))
     if not all(t.dtype == torch.float32 and tuple(t.shape) == sh for t, sh in vectors):  # e.g. a float64 mask
         return reference.complement_update(*args, **apply_args)
     R = correction_r(rho) if w is not None else 0
@@ -679,11 +699,12 @@ def complement_update(
             xm_k, sxm, ym_k, sym, km = _operands(m, xm, ym)
         _complement_update_kernel[(B * ntm * ntn,)](
             bf16_bits(out) if R else out, m.contiguous(), xu_k, yu_k, xm_k, ym_k,
-            a.contiguous(), bv.contiguous(), f.contiguous(), scale.reshape(B).contiguous(),
-            rbuf if R else f, f if hyper is None else hp, w.table if blocks else f,
-            M, N, ku, km, sxu, syu, sxm, sym, w.ld if blocks else N, ntm, ntn, _f32(eps), 1.0 - lr * wd, float(lr),
+            row.contiguous(), cs.contiguous(), floor.contiguous(), bc2_b if bc2_blocks else floor,
+            scale.reshape(B).contiguous(), rbuf if R else floor, floor if hyper is None else hp,
+            w.table if blocks else floor, M, N, ku, km, sxu, syu, sxm, sym, w.ld if blocks else N, ntm, ntn,
+            1.0 if hyper is not None or bc2_blocks else _f32(bc2), _f32(eps), 1.0 - lr * wd, float(lr),
             BM=BM, BN=BN, BK=BK, PREC=precision(), APPLY=w is not None, R=R,
-            HP_DEV=hyper is not None, EVEN=_even(M, N, BM, BN), SHARED_Y=shared, WTAB=blocks,
+            HP_DEV=hyper is not None, EVEN=_even(M, N, BM, BN), SHARED_Y=shared, WTAB=blocks, BC2_BLOCKS=bc2_blocks,
             **{**LAUNCH, "num_warps": COMPLEMENT_WARPS[w is not None]},
             **({"num_stages": COMPLEMENT_STAGES} if COMPLEMENT_STAGES else {}),
         )  # fmt: skip

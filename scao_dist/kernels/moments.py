@@ -28,6 +28,7 @@ from .common import (
     encode_signed,
     encode_sqrt,
     f32_to_bf16,
+    floor_rows,
     group_layout,
     group_tile,
     hyper_row,
@@ -90,17 +91,18 @@ def _ema_signed_kernel(
         tl.store(out_ptr + xoff, m, mask=valid)
 
 
-@triton.jit(do_not_specialize=SHAPE_ARGS)
+@triton.jit(do_not_specialize=[*SHAPE_ARGS, "frows"])
 def _rotated_adam_kernel(
-    codes_ptr, scales_ptr, g_ptr, m_ptr, out_ptr, ib1_ptr, ib2_ptr, hp_ptr,
-    nq, G, total, beta2, omb2, ib1, ib2, eps,
+    codes_ptr, scales_ptr, g_ptr, m_ptr, out_ptr, ib1_ptr, ib2_ptr, hp_ptr, floor_ptr,
+    nq, G, total, beta2, omb2, ib1, ib2, eps, frows,
     BG: tl.constexpr, NMUL: tl.constexpr, BC1_ROWS: tl.constexpr, BC2_ROWS: tl.constexpr, HP_DEV: tl.constexpr,
+    FLOOR: tl.constexpr,
 ):  # fmt: skip
-    """v = decode(codes)·b2 + g²·(1-b2); codes <- encode(v); u = (m/bc1) / (sqrt(v̂/bc2) + eps).
+    """v = decode(codes)·b2 + g²·(1-b2); codes <- encode(v); u = (m/bc1) / (sqrt(max(v̂, f)/bc2) + eps).
 
     ``v̂`` is the stored value, decoded with the zero-code floor. ``ib1``/``ib2`` are ``1/bc`` as
     scalars, per row (``BC*_ROWS``: loaded from ``ib*_ptr[row]``), or from the step scalars at
-    ``hp_ptr`` (``HP_DEV``).
+    ``hp_ptr`` (``HP_DEV``). ``f``: ``floor_ptr[row // frows]`` with ``FLOOR``, else no floor.
     """
     gid, row, gmask, coff, xoff, valid = group_tile(nq, G, total, BG, NMUL)
     q = tl.load(codes_ptr + coff, mask=gmask[:, None], other=0)
@@ -119,6 +121,9 @@ def _rotated_adam_kernel(
         ib1 = tl.load(ib1_ptr + row, mask=gmask, other=1.0)[:, None]
     if BC2_ROWS:
         ib2 = tl.load(ib2_ptr + row, mask=gmask, other=1.0)[:, None]
+    if FLOOR:
+        f = tl.load(floor_ptr + row // frows, mask=gmask, other=0.0)[:, None]
+        vq = tl.maximum(vq, f, propagate_nan=tl.PropagateNan.ALL)
     m = tl.load(m_ptr + xoff, mask=valid, other=0.0)
     u = tl.math.div_rn(m * ib1, tl.sqrt_rn(vq * ib2) + eps)
     tl.store(out_ptr + xoff, u, mask=valid)
@@ -158,17 +163,20 @@ def rotated_adam_(
     bc2: torch.Tensor | float,
     eps: float,
     hyper: StepScalars | None = None,
+    floor: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Triton twin of :func:`.reference.rotated_adam_` (same signature, in place, returns fp32 u)."""
     lead = tuple(g.shape[:-1])
+    fl = floor_rows(floor, lead, g.device) if floor is not None else None
     if hyper is None:
         ib1, ib2 = bias_rows(bc1, lead, g.device), bias_rows(bc2, lead, g.device)
     else:
         ib1 = ib2 = 1.0  # never read: the kernel loads them from the row
     hp = hyper_row(hyper, g.device, g)
     ok = packed_ok(codes, scales, g, torch.uint8) and m.shape == g.shape and m.dtype == torch.float32
-    if not ok or ib1 is None or ib2 is None or hp is None or m.device != g.device:
-        return reference.rotated_adam_(codes, scales, g, m, beta2, bc1, bc2, eps, hyper=hyper)
+    bad_floor = floor is not None and fl is None
+    if not ok or ib1 is None or ib2 is None or hp is None or m.device != g.device or bad_floor:
+        return reference.rotated_adam_(codes, scales, g, m, beta2, bc1, bc2, eps, hyper=hyper, floor=floor)
     nq, G, total, nmul = group_layout(g)
     out = new_output(g.shape, g.device)
     if total == 0:
@@ -178,9 +186,11 @@ def rotated_adam_(
     grid = (triton.cdiv(total, BG),)
     _rotated_adam_kernel[grid](
         c, bf16_bits(s), g.contiguous(), m.contiguous(), out,
-        ib1 if rows1 else out, ib2 if rows2 else out, out if hyper is None else hp,
+        ib1 if rows1 else out, ib2 if rows2 else out, out if hyper is None else hp, out if fl is None else fl[0],
         nq, G, total, float(beta2), 1.0 - beta2, 1.0 if rows1 else ib1, 1.0 if rows2 else ib2, float(eps),
-        BG=BG, NMUL=nmul, BC1_ROWS=rows1, BC2_ROWS=rows2, HP_DEV=hyper is not None, **LAUNCH,
+        1 if fl is None else fl[1],
+        BG=BG, NMUL=nmul, BC1_ROWS=rows1, BC2_ROWS=rows2, HP_DEV=hyper is not None, FLOOR=fl is not None,
+        **LAUNCH,
     )  # fmt: skip
     write_back(codes, c)
     write_back(scales, s)

@@ -9,7 +9,7 @@ stacked blocks of a group, the codecs group the flattened trailing values in gro
 ``quant.GROUP``.
 
 :func:`complement_add_` divides by ``bc2`` truly (IEEE, as a 0-d tensor) and takes its square roots
-on per-row and per-column vectors (:func:`complement_roots`).
+on per-row and per-column vectors (:func:`complement_reciprocals`).
 
 The math, per element (``t`` = Adam step, ``bc1 = 1 - b1^t``, ``bc2 = 1 - b2^t``):
 
@@ -21,7 +21,7 @@ The math, per element (``t`` = Adam step, ``bc1 = 1 - b1^t``, ``bc2 = 1 - b2^t``
 * :func:`factor_ema_corr_`: ``L <- b L + (1-b) A`` on an int8 correlation + exact fp32 diagonal
   factor (``quant.encode_corr``, what SCAO keeps), dithered rounding.
 * :func:`adamw_`:        the whole AdamW step of the 1-D path (both moments + apply) in one go.
-* :func:`complement_add_`: ``u += mask (M - B)/bc1 / (sqrt(max(r_i c_j / mean(r), floor) / bc2) + eps)``,
+* :func:`complement_add_`: ``u += mask (M - B)/bc1 / max(sqrt(r_i c_j / mean(r) / bc2), sqrt(floor / bc2) + eps)``,
   Adam on the complement of a truncated basis with a factored second moment (``groups``).
 * :func:`residual_sumsq`: row and column sums of squares of ``G`` and of ``G - X Y^T``.
 * :func:`complement_update`: ``U = X_u Y_u^T``, then :func:`complement_add_` with ``B = X_m Y_m^T``.
@@ -76,11 +76,15 @@ def rotated_adam_(
     bc2: Tensor | float,
     eps: float,
     hyper: StepScalars | None = None,
+    floor: Tensor | None = None,
 ) -> Tensor:
     """In-place EMA of the uint8 sqrt-companded ``v`` with ``g^2``; returns the Adam direction.
 
     ``g`` and ``m`` are (B, N) fp32; ``bc1``/``bc2`` are floats or (B, 1) tensors, or ignored for
     ``hyper`` (``u = (m ib1) / (sqrt(v ib2) + eps)`` with its ``ib1 = 1/bc1``, ``ib2 = 1/bc2``).
+    ``floor``: fp32, broadcasting to (B, 1): the denominator reads ``max(v, floor)`` (the stored ``v``
+    is not changed), so a direction the gradient leaves empty divides its first moment's rounding
+    noise by the floor instead of ``eps`` (``groups.KronGroup.rot_floor``).
     """
     n = g.shape[-1]
     v = quant.decode_sqrt(codes, scales, n) * beta2 + (g * g) * (1.0 - beta2)
@@ -88,6 +92,8 @@ def rotated_adam_(
     codes.copy_(c)
     scales.copy_(s)
     vq = quant.decode_sqrt(c, s, n, floor_zero=True)  # the denominator sees the stored value
+    if floor is not None:
+        vq = torch.maximum(vq, floor)
     if hyper is not None:
         return (m * hyper.ib1) / (quant.sqrt_rn(vq * hyper.ib2) + eps)
     return (m * (1.0 / bc1)) / (quant.sqrt_rn(vq * (1.0 / bc2)) + eps)
@@ -144,8 +150,20 @@ def adamw_(
     apply_update_(w, rho, u, lr, wd, hyper=hyper)
 
 
-RES_FLOOR = 1e-3
-"""The complement's second moment is floored at ``(RES_FLOOR * RMS gradient)^2`` per block."""
+RES_FLOOR = 3e-2
+"""The complement's second moment is floored at ``(RES_FLOOR * RMS gradient)^2`` per block: residual energy
+under 0.1% of the block's mean square counts as empty. The first moment's int8 code noise (a step of up to
+2^-7 of a scale group's largest value) and the bf16 rounding of a projection leave ``M - X_m Y_m^T`` a few
+10^-3 of the gradient's RMS where the gradient leaves the complement empty, and Adam divides that by the
+floor: at 1e-3 into full-size steps outside the gradients' span (``bench.lowrank_toy``: 11.5 against 0.014
+with fp32 states; 1.5 at 3e-2). Tiny GPT with streamed sides (``bench.tiny_ablation``, CPU): held-out
+1.5259 / 1.4818 (ranks 32 / 128) against 1.5265 / 1.5069 at 1e-3 (both floors); 1.5302 / 1.5125 at 1e-1."""
+
+ROT_FLOOR = 3e-2
+"""The rotated second moment of a block with a stream side is floored at ``(ROT_FLOOR * RMS gradient)^2``
+(``groups.KronGroup._rot_floor``): the same noise reaches the core directions the gradient leaves empty
+through ``Q_L^T M Q_R`` (with int8 moments alone the toy moved 54 outside the span, 36 with only the
+complement floored, 1.4 with both)."""
 
 
 def complement_vectors(
@@ -256,42 +274,48 @@ def complement_add_(
     stats: tuple[Tensor, Tensor] | None = None,
     hyper: StepScalars | None = None,
 ) -> Tensor:
-    """``u += mask (m - back_m)/bc1 / (sqrt(max(row_i (col_j / mr), floor) / bc2) + eps)``, in place; returns ``u``.
+    """``u += mask (m - back_m)/bc1 / max(sqrt(row_i (col_j / mr) / bc2), sqrt(floor / bc2) + eps)``, in place;
+    returns ``u``.
 
     ``u``, ``back_m``: fp32 (B, m, n), ``m`` fp32 or bf16; ``row`` (B, m) and ``col`` (B, n): the residual's
     row/column mean squares; ``g_row`` (B, m): the gradient's row mean squares; ``mask`` (B,)
     bool: the blocks with a complement; ``bc1``/``bc2``: floats or fp32 (B, 1, 1);
     ``mr = max(mean(row), 1e-30)``, ``floor = RES_FLOOR^2 mean(g_row)``. **``back_m`` is
     overwritten** (with the scaled residual). The operations, in order (all fp32, every one
-    rounded), with the denominator in the factors of :func:`complement_roots`::
+    rounded), with the denominator's reciprocal in the factors of :func:`complement_reciprocals`::
 
         r = (-back_m) + m
-        d = max(a_i * b_j, f) + eps        a = sqrt(row / bc2), b = sqrt(cs), f = sqrt(floor / bc2), cs = col / mr
-        u = u + (r / d) * (mask / bc1)
+        t = min(ia_i * ib_j, fi)          ia = 1/sqrt(row / bc2), ib = 1/sqrt(cs), fi = 1/(sqrt(floor / bc2) + eps)
+        u = u + (r * t) * (mask / bc1)
 
-    Per element that is one product, a maximum, a sum and one division, where the square root of
-    ``max(row_i cs_j, floor) / bc2`` took a division and a square root more (in the kernel, making
-    its two divisions and its square root approximate took 28% off its time: ``bench.complement_probe``,
-    BENCHMARKS.md §0g).
-    ``torch.maximum`` propagates NaN. ``stats``: ``(cs, floor)`` as :func:`residual_stats` returned
-    them (else computed here from ``row``, ``col``, ``g_row``). ``hyper``: ``bc2`` is its 0-d fp32
-    ``bc2`` and the scale :func:`hyper_scale`, the float ``bc1``, ``bc2`` ignored.
+    That is Adam's ``r / (sqrt(v) + eps)`` with ``eps`` moved onto the floor (``max(x, f) + eps`` and
+    ``max(x, f + eps)`` differ by ``eps`` only where ``x >= f``, and ``f`` is ``RES_FLOOR`` of the
+    gradient's RMS). Per element: two products, a minimum, a product and a sum, no division: the
+    IEEE division it replaces cost the applied kernel about a quarter of its time
+    (``bench.complement_probe``'s approximate one: 28%, BENCHMARKS.md §0g). ``torch.minimum``
+    propagates NaN. ``stats``: ``(cs, floor)`` as :func:`residual_stats` returned them (else computed
+    here from ``row``, ``col``, ``g_row``). ``hyper``: ``bc2`` is its 0-d fp32 ``bc2`` and the scale
+    :func:`hyper_scale`, the float ``bc1``, ``bc2`` ignored.
     """
     res_m = back_m.neg_().add_(m)
     cs, floor, scale = complement_vectors(row, col, g_row, mask, bc1, stats, hyper)
-    a, b, f = complement_roots(row, cs, floor, hyper.bc2 if hyper is not None else bc2)
-    denom = torch.maximum(a.unsqueeze(-1) * b.unsqueeze(-2), f[:, None, None]).add_(eps)
-    res_m.div_(denom).mul_(scale)
+    ia, ib, fi = complement_reciprocals(row, cs, floor, hyper.bc2 if hyper is not None else bc2, eps)
+    t = torch.minimum(ia.unsqueeze(-1) * ib.unsqueeze(-2), fi[:, None, None])
+    res_m.mul_(t).mul_(scale)
     return u.add_(res_m)
 
 
-def complement_roots(row: Tensor, cs: Tensor, floor: Tensor, bc2: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:
-    """The complement's denominator in factors: ``sqrt(row_i / bc2)`` (B, m), ``sqrt(cs_j)`` (B, n) and
-    ``sqrt(floor / bc2)`` (B,), so that ``sqrt(max(row_i cs_j, floor) / bc2) = max(a_i b_j, f)``
-    (the square root is monotone: the maximum commutes with it). Square roots correctly rounded
-    (:func:`quant.sqrt_rn`) and divisions IEEE (a float ``bc2`` as a 0-d fp32 tensor; ``bc2`` per
-    block (B, 1, 1) divides its block's rows), so every device forms the same vectors; shared by the
-    twin and the kernel's wrapper."""
+def complement_reciprocals(
+    row: Tensor, cs: Tensor, floor: Tensor, bc2: Tensor | float, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The reciprocal of the complement's denominator in factors: ``1/sqrt(row_i / bc2)`` (B, m),
+    ``1/sqrt(cs_j)`` (B, n) and ``1/(sqrt(floor / bc2) + eps)`` (B,), so that
+    ``1 / max(sqrt(row_i cs_j / bc2), sqrt(floor / bc2) + eps) = min(ia_i ib_j, fi)`` (up to the
+    rounding of the two reciprocals). Square roots correctly rounded (:func:`quant.sqrt_rn`) and
+    divisions IEEE (a float ``bc2`` as a 0-d fp32 tensor; ``bc2`` per block (B, 1, 1) divides its
+    block's rows), so every device forms the same vectors; shared by the twin and the kernel's
+    wrapper. A zero row or column gives an infinite factor, which the minimum turns into ``fi``
+    (finite: ``eps > 0``)."""
     if not isinstance(bc2, Tensor):
         bc2 = torch.full((), bc2, dtype=torch.float32, device=row.device)
     if bc2.numel() not in (1, row.shape[0]) or any(d != 1 for d in bc2.shape[1:]):
@@ -301,7 +325,8 @@ def complement_roots(row: Tensor, cs: Tensor, floor: Tensor, bc2: Tensor | float
             "and column roots"
         )
     per = bc2.to(row.device).reshape(-1)  # (1,) or (B,)
-    return quant.sqrt_rn(row / per[:, None]), quant.sqrt_rn(cs), quant.sqrt_rn(floor / per)
+    a, b, f = quant.sqrt_rn(row / per[:, None]), quant.sqrt_rn(cs), quant.sqrt_rn(floor / per)
+    return 1.0 / a, 1.0 / b, 1.0 / (f + eps)
 
 
 def lowrank(x: Tensor, y: Tensor) -> Tensor:

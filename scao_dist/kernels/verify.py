@@ -177,8 +177,10 @@ def case_ema(shape, mode, gen, device, xdtype=torch.float32, out_dtype=torch.flo
                 ("codes", "scales"))  # fmt: skip
 
 
-def case_rotated_adam(shape, mode, gen, device, bc=("float", "tensor"), hyper=False) -> Case:
-    """``hyper``: float bias corrections, passed as a :class:`StepScalars` (:func:`with_hyper`)."""
+def case_rotated_adam(shape, mode, gen, device, bc=("float", "tensor"), hyper=False, floor=False) -> Case:
+    """``hyper``: float bias corrections, passed as a :class:`StepScalars` (:func:`with_hyper`). ``floor``:
+    one floor per leading index (as ``groups.KronGroup._rot_floor``), of the second moments' own wide
+    range so that it binds on some values and not on others, one of them zero."""
     bc = ("float", "float") if hyper else bc
     g = wide(shape, gen, device, decades=10.0)
     m = wide(shape, gen, device)
@@ -189,7 +191,12 @@ def case_rotated_adam(shape, mode, gen, device, bc=("float", "tensor"), hyper=Fa
         codes, scales, beta2 = _poisoned(codes), _poisoned(scales), 0.0
     kw = dict(codes=codes, scales=scales, g=g, m=m, beta2=beta2,
               bc1=_bias(bc[0], shape, gen, device), bc2=_bias(bc[1], shape, gen, device), eps=1e-8)  # fmt: skip
-    case = Case("rotated_adam_", f"{mode} {tuple(shape)} bc={bc}", kw, ("codes", "scales"))
+    if floor:
+        f = wide((shape[0], 1), gen, device, decades=10.0).square()
+        f[0] = 0.0
+        kw["floor"] = f.reshape(shape[0], *[1] * (len(shape) - 1))
+    label = f"{mode} {tuple(shape)} bc={bc}" + (" floor" if floor else "")
+    case = Case("rotated_adam_", label, kw, ("codes", "scales"))
     return with_hyper(case, 1e-2, 0.1, kw["bc1"], kw["bc2"]) if hyper else case
 
 
@@ -604,6 +611,8 @@ def small_cases(gen: torch.Generator, device: torch.device) -> dict[str, list[Ca
         for mode in ("state", "overwrite"):
             out["ema_signed_"].append(case_ema(shape, mode, gen, device))
             out["rotated_adam_"].append(case_rotated_adam(shape, mode, gen, device, bc=bc))
+            if shape[0] > 1:  # the floor of a stream side's rotated second moment, one per block
+                out["rotated_adam_"].append(case_rotated_adam(shape, mode, gen, device, bc=bc, floor=True))
             for wdtype, bits in ((torch.bfloat16, 8), (torch.bfloat16, 16), (torch.float32, 0)):
                 out["apply_update_"].append(case_apply(shape, mode, gen, device, wdtype, bits))
             wdtype, bits = ((torch.bfloat16, 8), (torch.bfloat16, 16), (torch.float32, 0))[i % 3]
@@ -678,7 +687,7 @@ def small_cases(gen: torch.Generator, device: torch.device) -> dict[str, list[Ca
     for i, shape in enumerate(SMALL_ROWS):
         wdtype, bits = weights[i % 3]
         for mode in ("state", "overwrite"):
-            out["rotated_adam_"].append(case_rotated_adam(shape, mode, gen, device, hyper=True))
+            out["rotated_adam_"].append(case_rotated_adam(shape, mode, gen, device, hyper=True, floor=i % 2 == 1))
             out["apply_update_"].append(case_apply(shape, mode, gen, device, wdtype, bits, hyper=True))
             out["adamw_"].append(case_adamw(shape, mode, gen, device, wdtype, bits, hyper=True))
     for i, shape in enumerate(SMALL_COMPLEMENT):
