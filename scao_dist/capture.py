@@ -28,13 +28,15 @@ and replays after that. The scalars are uploaded while the GPU checks the gradie
 (:meth:`GroupGraphs.upload_scalars`); each group's key and the Gram inverses of bases swapped in are
 computed just before its replay (:meth:`GroupGraphs.launch`), so the first replay waits for one key.
 
-The check gates the replays. By default each replay waits for the check on the host, as eager
-steps do. With ``SCAO_GRAPH_CONDITIONAL=1`` and a torch that records conditional nodes
-(``CUDAGraph.begin_capture_to_if_node``), each replay is recorded behind the check's device flag
-(:meth:`GroupGraphs.arm`) instead: a replay whose gate is shut changes nothing, so on one rank the host
-launches the replays without waiting for the check and reads it at the next step (``SCAO._settle``:
-a skipped step is then taken back on the host too). Opt-in because no GPU lent so far ran it: the
-GPU image's torch 2.11 has no conditional nodes; the CPU tests run its twin (``record=False``).
+The check gates the replays on the device: :meth:`GroupGraphs.arm` writes its flag into the ``gate``
+of every group's scalars row, and every kernel (and torch twin) that writes optimizer state or
+weights in a group step reads that row and writes nothing when the gate is shut
+(:data:`~scao_dist.kernels.scalars.FIELDS`); the group's own torch writes (stream sketches, traces)
+go through :func:`~scao_dist.kernels.scalars.gated_`. So on one rank the host launches the replays
+without waiting for the check and reads it at the next step (``SCAO._settle``: a skipped step is
+then taken back on the host too, its step counts undone). The GPU no longer idles between the check
+and the first replay while the host waits for the flag, then runs Python, then launches (0.4-0.8 ms
+a step on the 405M GPT, BENCHMARKS.md §0). An eager step (a new key) still waits for the check.
 
 A group is captured when it is on a CUDA device, all its blocks step together at the same step
 count and are warm (their first bases built), its moments are int8 and it does not graft
@@ -48,7 +50,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -85,7 +86,7 @@ class _Entry:
     key: tuple | None = None
     graph: torch.cuda.CUDAGraph | None = None
     failed: bool = False  # a capture raised: this group steps eagerly
-    gated: bool = False  # the graph was recorded behind the gate (a conditional node)
+    gated: bool = True  # its writes read the gate (every graph recorded here: kernel gating)
     keep: list[Tensor] = dataclasses.field(default_factory=list)  # tensors the graph reads, kept alive
     views: list[tuple[Tensor, Tensor]] = dataclasses.field(default_factory=list)  # (param, its rows of grads)
     retired: list[Any] = dataclasses.field(default_factory=list)  # replaced graphs (and what they read), kept
@@ -163,8 +164,6 @@ class GroupGraphs:
         self._size = {id(g): sum(s.numel for s in g.specs) for g in self.groups}  # the launch order
         self._pids = {id(g): sorted({s.param for s in g.specs}) for g in self.groups}  # (keys)
         self.entries: dict[int, _Entry] = {}
-        self.gate = torch.ones((), dtype=torch.bool, device=device)  # this step's check (arm); replays read it
-        self.gated = record and _gated_replays_enabled()  # record behind the gate (until that fails once)
         self.stream = torch.cuda.Stream(device) if record else None
         self.pool = torch.cuda.graph_pool_handle() if record else None
         self.counts = {"eager": 0, "captures": 0, "replays": 0}
@@ -264,12 +263,14 @@ class GroupGraphs:
         self._upload(values, self._seed_vals if seeds else None)
 
     def arm(self, finite: Tensor | None) -> None:
-        """The gate every replay is recorded behind: this step's non-finite check (``finite``, a device
-        bool), or open when there is none. A replay whose gate is shut changes nothing."""
+        """The gate of every group's row: this step's non-finite check (``finite``, a device bool), or
+        open when there is none; queued after the upload of the rows (:meth:`upload_scalars`), which
+        writes them open. A step whose gate is shut changes nothing."""
+        gate = self.table[:, scalars.GATE]
         if finite is None:
-            self.gate.fill_(True)
+            gate.fill_(1.0)
         else:
-            self.gate.copy_(finite)
+            gate.copy_(finite)
 
     def launch(self, work: Sequence[Work], check: FiniteCheck | None = None) -> dict[int, list[int]] | None:
         """Take the step (its scalars uploaded, the gate armed): advance the step counts, copy in the
@@ -328,9 +329,8 @@ class GroupGraphs:
                 e.key, e.graph, e.keep = key, None, []
             self._eager(grp, hp, runs, e)
             return True
-        if not self.record:  # the CPU twin of a gated replay: the body runs when the gate is open
-            if bool(self.gate):
-                self._eager(grp, hp, runs, e)
+        if not self.record:  # the CPU twin of a replay: the body, its writes gated by the row
+            self._eager(grp, hp, runs, e)
             return True
         if e.graph is None:
             e.graph = self._capture(grp, hp, runs, e)
@@ -346,45 +346,23 @@ class GroupGraphs:
         return True
 
     def _capture(self, grp: Group, hp: Hyper, runs: list[list[int]], e: _Entry) -> torch.cuda.CUDAGraph | None:
-        """Record the group's step behind the gate (a conditional node); ``None`` if recording failed.
-        A torch without conditional nodes (or a driver that refuses them) records ungated from then
-        on: the optimizer then waits for the check before any replay, as eager steps do."""
-
-        def body(graph: torch.cuda.CUDAGraph, gated: bool) -> None:
-            if gated:
-                graph.begin_capture_to_if_node(self.gate)
-            self._body(grp, hp, runs, e)
-            if gated:
-                graph.end_capture_to_conditional_node()
-
-        for gated in (True, False) if self.gated else (False,):
-            try:
-                graph, _ = self._record(lambda g, gated=gated: body(g, gated))
-            except Exception as err:  # nothing ran
-                if gated:
-                    self.gated = False
-                    warnings.warn(
-                        f"SCAO(cuda_graph=True): recording a step behind a conditional node failed "
-                        f"({type(err).__name__}: {err}); steps are recorded without one, and each step waits "
-                        "for its non-finite check before replaying (same results, more host time).",
-                        RuntimeWarning,
-                        stacklevel=5,
-                    )
-                    continue
-                e.failed = True
-                warnings.warn(
-                    f"SCAO(cuda_graph=True): capturing a step of a group of {grp.B} blocks of shape "
-                    f"{tuple(grp.specs[0].shape)} failed ({type(err).__name__}: {err}); it steps eagerly "
-                    "from now on (same results, more host time).",
-                    RuntimeWarning,
-                    stacklevel=5,
-                )
-                return None
-            e.retired, e.gated = [], gated  # (capturing synchronised the device: no old replay is running)
-            e.keep = [*grp.t.values(), e.grads, *grp.derived_tensors(), self.gate]
-            self._count("captures")
-            return graph
-        return None
+        """Record the group's step; ``None`` if recording failed (reported; the group then steps eagerly)."""
+        try:
+            graph, _ = self._record(lambda g: self._body(grp, hp, runs, e))
+        except Exception as err:  # nothing ran
+            e.failed = True
+            warnings.warn(
+                f"SCAO(cuda_graph=True): capturing a step of a group of {grp.B} blocks of shape "
+                f"{tuple(grp.specs[0].shape)} failed ({type(err).__name__}: {err}); it steps eagerly "
+                "from now on (same results, more host time).",
+                RuntimeWarning,
+                stacklevel=5,
+            )
+            return None
+        e.retired = []  # (capturing synchronised the device: no old replay is running)
+        e.keep = [*grp.t.values(), e.grads, *grp.derived_tensors(), self.table]
+        self._count("captures")
+        return graph
 
     def _record(self, body: Callable[[torch.cuda.CUDAGraph], Any]) -> tuple[torch.cuda.CUDAGraph, Any]:
         """``body(graph)`` recorded into a new graph of the shared pool, on the side stream ordered after
@@ -438,17 +416,6 @@ class GroupGraphs:
             kernels.backend(next(iter(grp.t.values()))).__name__,
         )
         return (ts, consts, weights, math_modes, tuple(map(tuple, runs)), grp.capture_key())
-
-
-def _gated_replays_enabled() -> bool:
-    """Record the replays behind the gate? Only when asked (``SCAO_GRAPH_CONDITIONAL=1``: the path is
-    checked on the CPU through its twin, but no GPU lent so far had a torch that records conditional
-    nodes) and this torch can (``begin_capture_to_if_node``)."""
-    return (
-        os.environ.get("SCAO_GRAPH_CONDITIONAL", "0") == "1"
-        and hasattr(torch.cuda.CUDAGraph, "begin_capture_to_if_node")
-        and hasattr(torch.cuda.CUDAGraph, "end_capture_to_conditional_node")
-    )
 
 
 def _grad_views(grp: Group, grads: Tensor) -> list[tuple[Tensor, Tensor]]:

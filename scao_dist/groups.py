@@ -46,7 +46,7 @@ from .blocks import BlockSpec, block_matrix, block_of, write_block
 from .config import Config, Hyper
 from .group_refresh import Refresh, RefreshMixin
 from .kernels.reference import WeightBlocks
-from .kernels.scalars import StepScalars
+from .kernels.scalars import StepScalars, gated_
 from .stacked import SEED_STEP, block_rows, block_seed, round32
 
 CATEGORIES = ("moments", "scales", "factors", "bases", "error_bits", "other")
@@ -116,11 +116,22 @@ class Packed:
     def names(self) -> tuple[str, ...]:
         return (f"{self.name}.codes", f"{self.name}.scales") if self.quantize else (self.name,)
 
-    def ema(self, t: dict[str, Tensor], x: Tensor, beta: float, out_dtype: torch.dtype = torch.float32) -> Tensor:
+    def ema(
+        self,
+        t: dict[str, Tensor],
+        x: Tensor,
+        beta: float,
+        out_dtype: torch.dtype = torch.float32,
+        hyper: StepScalars | None = None,
+    ) -> Tensor:
         """First moment: ``m <- beta m + (1 - beta) x``; returns ``m``, in ``out_dtype`` when quantised (the
-        int8 codes are the state; the value returned feeds this step only), else the fp32 state."""
+        int8 codes are the state; the value returned feeds this step only), else the fp32 state. ``hyper``:
+        its gate (shut: the state is kept)."""
         if self.quantize:
-            return kernels.ema_signed_(t[f"{self.name}.codes"], t[f"{self.name}.scales"], x, beta, out_dtype)
+            codes, scales = t[f"{self.name}.codes"], t[f"{self.name}.scales"]
+            return kernels.ema_signed_(codes, scales, x, beta, out_dtype, hyper=hyper)
+        if hyper is not None:
+            return gated_(t[self.name], t[self.name] * beta + x * (1 - beta), hyper)
         return t[self.name].mul_(beta).add_(x, alpha=1 - beta)
 
     def adam(
@@ -631,7 +642,7 @@ class KronGroup(RefreshMixin, _Group):
         else:
             halves = self._stream_halves(gf, qhl, qhr)
         g_rot = self._core(gf, halves, ql, qr)
-        mf = self.mom.ema(s, gf, hp.beta1, self.m_dtype)
+        mf = self.mom.ema(s, gf, hp.beta1, self.m_dtype, hyper=hyper)
         m_rot = self._rotate_moment(mf, ql, qr, (qls, qrs))
         u_rot = self.vp.adam(s, g_rot, m_rot, hp.beta2, bc1, bc2, hp.eps, hyper=hyper, floor=self._rot_floor(s))
 
@@ -647,7 +658,7 @@ class KronGroup(RefreshMixin, _Group):
             # (stream traces) and, with a truncated basis, those of the residual G_F - Q_L C_G Q_R^T
             sumsq, cs, floor = kernels.residual_stats(
                 gf, *(factors["g"] if factors else (None, None)), s["g_row"], s["g_col"], s["res_row"],
-                s["res_col"], mask, hp.beta2, all(trunc),
+                s["res_col"], mask, hp.beta2, all(trunc), hyper,
             )  # fmt: skip
             stats = (cs, floor) if cs is not None and floor is not None else None
         # the update reaches the weights straight from the complement kernel when nothing is left to
@@ -668,8 +679,8 @@ class KronGroup(RefreshMixin, _Group):
         if not in_place:
             self.scatter_params(idx, w)
         seeds = dev.seeds if dev is not None else None
-        self._update_factors(s, idx, gf, hp, self.sides, halves, sumsq, seeds)
-        self.put_back(idx, s, whole)
+        self._update_factors(s, idx, gf, hp, self.sides, halves, sumsq, seeds, hyper)
+        self.put_back(idx, s, whole)  # (copies the kernels left as they were when the gate is shut)
 
     def capture_key(self) -> tuple:
         widths = tuple(side.K for side in self.sides)
@@ -891,15 +902,24 @@ class KronGroup(RefreshMixin, _Group):
         halves: dict[str, Tensor] | None = None,
         sumsq: Tensor | None = None,
         seeds: dict[str, Tensor] | None = None,
+        hyper: StepScalars | None = None,
     ) -> None:
         """``g`` is the gradient in the block's frame (``G_F``; ``G`` itself before the first basis).
 
         Dense: ``F^T L F <- bs F^T L F + (1-bs) G_F G_F^T`` (the factor in its own eigenbasis frame;
         ``F_R`` orthogonal drops out); stream: ``P <- bs P + (1-bs) G_F G_F^T Qh`` and the trace
         ``tr(L) <- bs tr(L) + (1-bs) ||G_F||^2`` (``sumsq``, when the caller has it already). ``seeds``:
-        the int8 factors' dither seeds per dense side, when they come from the device."""
+        the int8 factors' dither seeds per dense side, when they come from the device; ``hyper``: the
+        step's row, whose gate shut keeps every factor, sketch and trace as it was."""
         beta = hp.shampoo_beta
         halves = halves or {}
+
+        def ema_(state: Tensor, fresh: Tensor) -> None:  # state <- beta state + (1 - beta) fresh
+            if hyper is None:
+                state.mul_(beta).add_(fresh, alpha=1 - beta)
+            else:
+                gated_(state, torch.mul(state, beta).add_(fresh, alpha=1 - beta), hyper)
+
         for side in sides:
             n = side.name
             if side.mode == "dense":
@@ -907,9 +927,9 @@ class KronGroup(RefreshMixin, _Group):
                 outer = a @ a.mT
                 if self.cfg.q("factors"):
                     seed = seeds[n] if seeds is not None else self._seeds(idx, n)
-                    kernels.factor_ema_corr_(s[f"{n}.fac.codes"], s[f"{n}.fac.diag"], outer, beta, seed)
+                    kernels.factor_ema_corr_(s[f"{n}.fac.codes"], s[f"{n}.fac.diag"], outer, beta, seed, hyper)
                 else:
-                    s[f"{n}.fac"].mul_(beta).add_(outer, alpha=1 - beta)
+                    ema_(s[f"{n}.fac"], outer)
             elif side.mode == "stream":
                 half = halves[n]  # Qh^T G (rows) or G Qh (columns)
                 sketch = s[f"{n}.sketch"]
@@ -918,13 +938,16 @@ class KronGroup(RefreshMixin, _Group):
                     # to the stored bf16: one launch, no full-size temporary
                     half = half.to(torch.bfloat16)
                     a, b = (g, half.mT) if n == "L" else (g.mT, half)
-                    sketch.baddbmm_(a, b, beta=beta, alpha=1 - beta)
+                    if hyper is None:
+                        sketch.baddbmm_(a, b, beta=beta, alpha=1 - beta)
+                    else:  # (out of place, the same product, kept where the gate is open)
+                        gated_(sketch, torch.baddbmm(sketch, a, b, beta=beta, alpha=1 - beta), hyper)
                 else:
                     fresh = matmul_f32(g, half.mT) if n == "L" else matmul_f32(g.mT, half)
-                    sketch.copy_(sketch.float().mul_(beta).add_(fresh, alpha=1 - beta))
+                    gated_(sketch, sketch.float().mul_(beta).add_(fresh, alpha=1 - beta), hyper)
                 if sumsq is None:
                     sumsq = kernels.residual_sumsq(g)[0].sum(-1)
-                s[f"{n}.trace"].mul_(beta).add_(sumsq, alpha=1 - beta)
+                ema_(s[f"{n}.trace"], sumsq)
 
     def _first_step(self, idx: Sequence[int], hp: Hyper) -> None:
         """SOAP's step 1: accumulate the factors and build the first bases; no parameter update."""

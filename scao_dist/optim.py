@@ -116,12 +116,10 @@ class SCAO(torch.optim.Optimizer):
             them; a parameter without a gradient in a backward then steps with zeros, as after
             ``zero_grad(set_to_none=False)``). Costs the graphs' memory pool: one group step's
             temporaries, held (``max_step_numel`` bounds them). Groups that cannot be captured
-            (grafting, fp32 moments, blocks at different steps) step eagerly. With
-            ``SCAO_GRAPH_CONDITIONAL=1`` (opt-in, see :mod:`scao_dist.capture`) and a torch that records
-            conditional graph nodes, the replays are gated on the non-finite check on the device and,
-            on one rank, the host reads the check only at the next step: a skipped step is then
-            counted (``counters``, ``max_consecutive_skips``) one step late; the states are untouched
-            either way.
+            (grafting, fp32 moments, blocks at different steps) step eagerly. The replays are gated
+            on the non-finite check on the device (every state write reads its flag) and, on one
+            rank, the host reads the check only at the next step: a skipped step is then counted
+            (``counters``, ``max_consecutive_skips``) one step late; the states are untouched either way.
     """
 
     def __init__(

@@ -162,15 +162,15 @@ def test_mask_over_bc1_same_bits_as_float_division():
 @pytest.mark.parametrize(
     "row",
     [
-        torch.zeros(5),
-        torch.zeros(7),
-        torch.zeros(2, 6),
-        torch.zeros(6, 1),
-        torch.zeros(6, dtype=torch.float64),
-        torch.zeros(6, dtype=torch.bfloat16),
-        torch.zeros(6, dtype=torch.float16),
-        torch.zeros(6, dtype=torch.int32),
-        torch.zeros(12)[::2],  # (6,) fp32, not contiguous
+        torch.zeros(6),
+        torch.zeros(8),
+        torch.zeros(2, 7),
+        torch.zeros(7, 1),
+        torch.zeros(7, dtype=torch.float64),
+        torch.zeros(7, dtype=torch.bfloat16),
+        torch.zeros(7, dtype=torch.float16),
+        torch.zeros(7, dtype=torch.int32),
+        torch.zeros(14)[::2],  # (7,) fp32, not contiguous
     ],
 )
 def test_step_scalars_reject_other_rows(row):
@@ -181,7 +181,7 @@ def test_step_scalars_reject_other_rows(row):
 def rounded(lr: float, wd: float, bc1: float, bc2: float) -> torch.Tensor:
     """:func:`scalars.host_values` (float64) rounded to fp32 one by one with numpy."""
     vals = scalars.host_values(lr, wd, bc1, bc2)
-    assert vals == [lr, 1.0 - lr * wd, bc1, bc2, 1.0 / bc1, 1.0 / bc2]  # float64, as the float path computes them
+    assert vals == [lr, 1.0 - lr * wd, bc1, bc2, 1.0 / bc1, 1.0 / bc2, 1.0]  # float64, as the float path; gate open
     return torch.from_numpy(np.array([np.float32(v) for v in vals], dtype=np.float32))
 
 
@@ -189,7 +189,7 @@ def test_of_set_and_fill_table_write_the_rounded_host_values():
     """``StepScalars.of``, ``.set`` (on a view into a table) and ``fill_table`` (of ``host_values`` rows)
     all store ``host_values`` rounded to fp32 once, at the offsets the kernels load (``FIELDS``), and the
     0-d views read them."""
-    assert scalars.FIELDS == ("lr", "c", "bc1", "bc2", "ib1", "ib2")
+    assert scalars.FIELDS == ("lr", "c", "bc1", "bc2", "ib1", "ib2", "gate")
     steps = [(lr, wd, *bias(t)) for lr, wd, t in STEPS] + [(0.1234567, 0.987654, 0.3333333, 0.0123)]
     table = torch.full((len(steps) + 1, len(scalars.FIELDS)), -1.0)
     scalars.fill_table(table[:-1], [scalars.host_values(*vals) for vals in steps])

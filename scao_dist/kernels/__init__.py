@@ -6,10 +6,11 @@ plain-torch twins in :mod:`scao_dist.kernels.reference`. ``SCAO_TRITON_ON_CPU=1`
 ``TRITON_INTERPRET=1``) sends CPU tensors to the kernels too, to run a whole optimizer through
 the Triton interpreter.
 
-``hyper`` (:class:`.scalars.StepScalars`, :func:`rotated_adam_`, :func:`apply_update_`, :func:`adamw_`,
-:func:`complement_update`): the step's lr and bias corrections as fp32 values on the device, read by
-the kernels instead of the float arguments (which are then ignored), so a captured (CUDA-graph) step
-can change them between replays. Same results, bit for bit, as the floats.
+``hyper`` (:class:`.scalars.StepScalars`): the step's lr and bias corrections as fp32 values on the
+device, read by the kernels instead of the float arguments (which are then ignored), so a captured
+(CUDA-graph) step can change them between replays. Same results, bit for bit, as the floats. Every
+function here that writes state takes it, also those without a float to replace (:func:`ema_signed_`,
+:func:`factor_ema_corr_`, :func:`residual_stats`): with the row's gate shut they write nothing.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ def backend(t: Tensor) -> object:
     return reference
 
 
-def ema_signed_(codes, scales, x, beta, out_dtype=torch.float32):
-    return backend(x).ema_signed_(codes, scales, x, beta, out_dtype)
+def ema_signed_(codes, scales, x, beta, out_dtype=torch.float32, hyper: StepScalars | None = None):
+    return backend(x).ema_signed_(codes, scales, x, beta, out_dtype, hyper=hyper)
 
 
 def rotated_adam_(codes, scales, g, m, beta2, bc1, bc2, eps, hyper: StepScalars | None = None, floor=None):
@@ -63,8 +64,8 @@ def apply_update_(w, rho, u, lr, wd, hyper: StepScalars | None = None):
     return backend(u).apply_update_(w, rho, u, lr, wd, hyper=hyper)
 
 
-def factor_ema_corr_(codes, diag, outer, beta, seed):
-    return backend(outer).factor_ema_corr_(codes, diag, outer, beta, seed)
+def factor_ema_corr_(codes, diag, outer, beta, seed, hyper: StepScalars | None = None):
+    return backend(outer).factor_ema_corr_(codes, diag, outer, beta, seed, hyper=hyper)
 
 
 def adamw_(w, rho, g, m_codes, m_scales, v_codes, v_scales, **hp):
@@ -75,8 +76,8 @@ def residual_sumsq(g, x=None, y=None):
     return backend(g).residual_sumsq(g, x, y)
 
 
-def residual_stats(g, x, y, g_row, g_col, res_row, res_col, mask, beta2, every):
-    return backend(g).residual_stats(g, x, y, g_row, g_col, res_row, res_col, mask, beta2, every)
+def residual_stats(g, x, y, g_row, g_col, res_row, res_col, mask, beta2, every, hyper: StepScalars | None = None):
+    return backend(g).residual_stats(g, x, y, g_row, g_col, res_row, res_col, mask, beta2, every, hyper)
 
 
 def complement_update(m, xu, yu, xm, ym, row, col, g_row, mask, bc1, bc2, eps, **apply):

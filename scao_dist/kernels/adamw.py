@@ -36,6 +36,7 @@ from .common import (
     decode_sqrt,
     encode_signed,
     encode_sqrt,
+    gate_shut,
     group_layout,
     group_tile,
     hyper_row,
@@ -62,7 +63,9 @@ def _adamw_kernel(
 ):  # fmt: skip
     """The module docstring's step on a [BG, 32] tile of groups; ``HP_DEV``: ``ib1``, ``ib2``, ``c``, ``lr``
     loaded from the step scalars at ``hp_ptr``."""
-    if HP_DEV:
+    if HP_DEV:  # (a shut gate: nothing written)
+        if gate_shut(hp_ptr):
+            return
         ib1 = tl.load(hp_ptr + HP_IB1)
         ib2 = tl.load(hp_ptr + HP_IB2)
         c = tl.load(hp_ptr + HP_C)

@@ -23,6 +23,7 @@ from .common import (
     bf16_to_f32,
     bf16_ulp,
     f32_to_bf16,
+    gate_shut,
     hyper_row,
     rint,
     writable,
@@ -70,7 +71,9 @@ def over_bf16_ulp(a, w):
 def _apply_kernel(w_ptr, rho_ptr, u_ptr, hp_ptr, N, c, lr, R: tl.constexpr, BLOCK: tl.constexpr, HP_DEV: tl.constexpr):
     """R == 0: fp32 weights, w <- w·c - u·lr.  R > 0: bf16 bits + correction of range R.
     ``HP_DEV``: ``c``, ``lr`` loaded from the step scalars at ``hp_ptr``."""
-    if HP_DEV:
+    if HP_DEV:  # (a shut gate: nothing written)
+        if gate_shut(hp_ptr):
+            return
         c = tl.load(hp_ptr + HP_C)
         lr = tl.load(hp_ptr + HP_LR)
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)

@@ -40,9 +40,17 @@ HP_C: tl.constexpr = tl.constexpr(scalars.C)
 HP_BC2: tl.constexpr = tl.constexpr(scalars.BC2)
 HP_IB1: tl.constexpr = tl.constexpr(scalars.IB1)
 HP_IB2: tl.constexpr = tl.constexpr(scalars.IB2)
+HP_GATE: tl.constexpr = tl.constexpr(scalars.GATE)
 """Offsets of the :class:`.scalars.StepScalars` values the kernels load (``hp_ptr + HP_*``)."""
 
 LAUNCH = dict(num_warps=4, enable_fp_fusion=False)
+
+
+@triton.jit
+def gate_shut(hp_ptr):
+    """Is the step's gate shut (:class:`.scalars.StepScalars`' ``gate`` 0)? A kernel that writes state and
+    reads a row returns at once then, writing nothing."""
+    return tl.load(hp_ptr + HP_GATE) == 0.0
 """Options of every launch. No FMA contraction: the torch twins round every product."""
 
 POISON_OUTPUTS = os.environ.get("SCAO_POISON_OUTPUTS", "0") == "1"

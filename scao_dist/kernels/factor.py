@@ -25,7 +25,8 @@ import triton
 import triton.language as tl
 
 from . import reference
-from .common import INV127, LAUNCH, new_output, rint, tile_coords, writable, write_back
+from .common import INV127, LAUNCH, gate_shut, hyper_row, new_output, rint, tile_coords, writable, write_back
+from .scalars import StepScalars
 
 MAX_BJ = 128
 """Columns per tile (a power of two; fewer when d is smaller)."""
@@ -48,9 +49,15 @@ def hash_uniform(idx, seed):
 
 
 @triton.jit
-def _factor_diag_kernel(diag_ptr, outer_ptr, tmp_ptr, d, rows, beta, omb, BLOCK: tl.constexpr):
+def _factor_diag_kernel(
+    diag_ptr, outer_ptr, tmp_ptr, hp_ptr, d, rows, beta, omb, BLOCK: tl.constexpr, HP_DEV: tl.constexpr
+):  # fmt: skip
     """Per row r = b·d + i: f = diag·beta + A_ii·(1-beta); diag <- max(f, 0) (torch's clamp_min:
-    -0 and NaN kept); tmp[0, r] = sqrt(old diag), tmp[1, r] = 1/sqrt(new diag) (0 for 0), tmp[2, r] = f."""
+    -0 and NaN kept); tmp[0, r] = sqrt(old diag), tmp[1, r] = 1/sqrt(new diag) (0 for 0), tmp[2, r] = f.
+    ``HP_DEV``: nothing written when the step scalars' gate at ``hp_ptr`` is shut."""
+    if HP_DEV:  # noqa: SIM102 (the row is read only when there is one)
+        if gate_shut(hp_ptr):
+            return
     r32 = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = r32 < rows
     i = r32 - (r32 // d) * d
@@ -69,10 +76,14 @@ def _factor_diag_kernel(diag_ptr, outer_ptr, tmp_ptr, d, rows, beta, omb, BLOCK:
 
 @triton.jit
 def _factor_corr_kernel(
-    codes_ptr, outer_ptr, tmp_ptr, seed_ptr, d, rows, nti, ntj, beta, omb,
-    BI: tl.constexpr, BJ: tl.constexpr,
+    codes_ptr, outer_ptr, tmp_ptr, seed_ptr, hp_ptr, d, rows, nti, ntj, beta, omb,
+    BI: tl.constexpr, BJ: tl.constexpr, HP_DEV: tl.constexpr,
 ):  # fmt: skip
-    """One [BI, BJ] tile (rows ti·BI.., columns tj·BJ..) of factor b: decode, EMA, re-encode the codes."""
+    """One [BI, BJ] tile (rows ti·BI.., columns tj·BJ..) of factor b: decode, EMA, re-encode the codes
+    (nothing when ``HP_DEV`` and the gate is shut)."""
+    if HP_DEV:  # noqa: SIM102 (the row is read only when there is one)
+        if gate_shut(hp_ptr):
+            return
     b, i, j = tile_coords(tl.program_id(0), nti, ntj, BI, BJ)
     mi, mj = i < d, j < d
     ri_off = b.to(tl.int64) * d + i  # row b·d + i of the (B·d) per-row vectors
@@ -102,9 +113,15 @@ def _factor_corr_kernel(
 
 
 def factor_ema_corr_(
-    codes: torch.Tensor, diag: torch.Tensor, outer: torch.Tensor, beta: float, seed: torch.Tensor | int
+    codes: torch.Tensor,
+    diag: torch.Tensor,
+    outer: torch.Tensor,
+    beta: float,
+    seed: torch.Tensor | int,
+    hyper: StepScalars | None = None,
 ) -> None:
     """Triton twin of :func:`.reference.factor_ema_corr_` (same signature, in place)."""
+    hp = hyper_row(hyper, outer.device, outer)
     ok = (
         outer.dim() >= 2
         and outer.shape[-1] == outer.shape[-2]
@@ -115,6 +132,7 @@ def factor_ema_corr_(
         and diag.shape == outer.shape[:-1]
         and codes.device == outer.device == diag.device
         and isinstance(beta, float | int)
+        and hp is not None
     )
     lead = tuple(outer.shape[:-2])
     seeds = None
@@ -125,7 +143,7 @@ def factor_ema_corr_(
         except (RuntimeError, TypeError):
             ok = False
     if not ok:
-        return reference.factor_ema_corr_(codes, diag, outer, beta, seed)
+        return reference.factor_ema_corr_(codes, diag, outer, beta, seed, hyper=hyper)
     d = outer.shape[-1]
     rows = outer.numel() // d if d else 0
     if rows == 0:
@@ -134,12 +152,17 @@ def factor_ema_corr_(
     o = outer.contiguous()
     tmp = new_output((3, rows), outer.device)
     beta_f, omb = float(beta), 1.0 - beta
-    _factor_diag_kernel[(triton.cdiv(rows, DIAG_BLOCK),)](dg, o, tmp, d, rows, beta_f, omb, BLOCK=DIAG_BLOCK, **LAUNCH)
+    gated = hyper is not None
+    _factor_diag_kernel[(triton.cdiv(rows, DIAG_BLOCK),)](
+        dg, o, tmp, hp, d, rows, beta_f, omb, BLOCK=DIAG_BLOCK, HP_DEV=gated, **LAUNCH
+    )
     BJ = min(max(triton.next_power_of_2(d), 16), MAX_BJ)
     BI = max(1, min(TILE // BJ, triton.next_power_of_2(d)))
     nti, ntj = triton.cdiv(d, BI), triton.cdiv(d, BJ)
     grid = ((rows // d) * nti * ntj,)
-    _factor_corr_kernel[grid](c, o, tmp, seeds, d, rows, nti, ntj, beta_f, omb, BI=BI, BJ=BJ, **LAUNCH)
+    _factor_corr_kernel[grid](
+        c, o, tmp, seeds, hp, d, rows, nti, ntj, beta_f, omb, BI=BI, BJ=BJ, HP_DEV=gated, **LAUNCH
+    )
     write_back(codes, c)
     write_back(diag, dg)
     return None

@@ -51,6 +51,7 @@ from .common import (
     bf16_bits,
     bf16_to_f32,
     f32_to_bf16,
+    gate_shut,
     hyper_row,
     new_output,
     writable,
@@ -309,14 +310,19 @@ def _ema_slots(state_ptr, slots_ptr, b64, nslot, L, k, mk, beta2, a, keep, MASKE
 @triton.jit(do_not_specialize=["M", "N", "ntm", "ntn", "nrc", "ncc"])
 def _stats_kernel(
     grow_ptr, gcol_ptr, rrow_ptr, rcol_ptr, g_row_ptr, g_col_ptr, res_row_ptr, res_col_ptr, mask_ptr, part_ptr,
-    M, N, ntm, ntn, nrc, ncc, beta2, a_row, a_col,
-    BLOCK: tl.constexpr, HAS_BACK: tl.constexpr, EVERY: tl.constexpr,
+    hp_ptr, M, N, ntm, ntn, nrc, ncc, beta2, a_row, a_col,
+    BLOCK: tl.constexpr, HAS_BACK: tl.constexpr, EVERY: tl.constexpr, HP_DEV: tl.constexpr,
 ):  # fmt: skip
     """Program (b, c): chunk c of block b's rows (c < nrc) or of its columns. Adds up
     :func:`_sumsq_kernel`'s per-tile partial sums (slots in order) and updates that chunk's
     statistics (see :func:`.reference.residual_stats`; ``a_row = (1-b2)/n``, ``a_col = (1-b2)/m``).
     A row chunk also writes its sums of ``rowsum(G^2)``, the new ``g_row`` and the new ``res_row``
-    to ``part[b, c]`` for :func:`_stats_finish_kernel`."""
+    to ``part[b, c]`` for :func:`_stats_finish_kernel`. ``HP_DEV``: nothing at all when the step scalars'
+    gate at ``hp_ptr`` is shut (what the finishing kernel then writes is never read: the step's other
+    writes are shut too)."""
+    if HP_DEV:  # noqa: SIM102 (the row is read only when there is one)
+        if gate_shut(hp_ptr):
+            return
     pid = tl.program_id(0)
     b = pid // (nrc + ncc)
     c = pid - b * (nrc + ncc)
@@ -406,7 +412,9 @@ def _complement_update_kernel(
     ``EVEN``: the tiles divide the block (no masks). ``SHARED_Y``: ``Y_u`` is ``Y_m`` (``ym_ptr``, ``SYM``
     unused; :func:`lowrank_pair`). ``WTAB``: block b's weights start at the
     address ``wtab_ptr[b]``, rows ``LDW`` apart (:class:`.reference.WeightBlocks`; ``out_ptr`` gives their type)."""
-    if HP_DEV:
+    if HP_DEV:  # (a shut gate: nothing written)
+        if gate_shut(hp_ptr):
+            return
         c = tl.load(hp_ptr + HP_C)
         lr = tl.load(hp_ptr + HP_LR)
         bc2 = tl.load(hp_ptr + HP_BC2)
@@ -543,12 +551,14 @@ def residual_stats(
     mask: torch.Tensor | None,
     beta2: float,
     every: bool,
+    hyper: StepScalars | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Triton twin of :func:`.reference.residual_stats` (same signature and results; the sums in
     another order): three launches instead of some twenty small torch operations per group step."""
-    args = (g, x, y, g_row, g_col, res_row, res_col, mask, beta2, every)
+    args = (g, x, y, g_row, g_col, res_row, res_col, mask, beta2, every, hyper)
     back = x is not None and y is not None
-    if g.dim() != 3 or not isinstance(beta2, float | int):
+    hp = hyper_row(hyper, g.device, g)
+    if g.dim() != 3 or not isinstance(beta2, float | int) or hp is None:
         return reference.residual_stats(*args)
     B, M, N = g.shape
     dev = g.device
@@ -577,10 +587,10 @@ def residual_stats(
     part = new_output((B, nrc, 3), dev)
     _stats_kernel[(B * (nrc + ncc),)](
         *parts[:2], *rows, *bufs[:2], *(bufs[2:] if back else bufs[:2]),
-        mask.view(torch.uint8) if back and not every else part, part,
+        mask.view(torch.uint8) if back and not every else part, part, hp,
         M, N, *_sumsq_tiles(M, N), nrc, ncc,
         _f32(beta2), _f32((1 - beta2) / N), _f32((1 - beta2) / M),
-        BLOCK=STATS_BLOCK, HAS_BACK=back, EVERY=bool(every), **LAUNCH,
+        BLOCK=STATS_BLOCK, HAS_BACK=back, EVERY=bool(every), HP_DEV=hyper is not None, **LAUNCH,
     )  # fmt: skip
     fin = ncc if back else 1
     _stats_finish_kernel[(B * fin,)](

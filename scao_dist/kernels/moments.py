@@ -29,6 +29,7 @@ from .common import (
     encode_sqrt,
     f32_to_bf16,
     floor_rows,
+    gate_shut,
     group_layout,
     group_tile,
     hyper_row,
@@ -66,12 +67,16 @@ def decode_table(device: torch.device) -> torch.Tensor:
 
 @triton.jit(do_not_specialize=SHAPE_ARGS)
 def _ema_signed_kernel(
-    codes_ptr, scales_ptr, x_ptr, out_ptr, lut_ptr, nq, G, total, beta, omb, BG: tl.constexpr, NMUL: tl.constexpr,
-    OUT_BF16: tl.constexpr, LUT: tl.constexpr,
+    codes_ptr, scales_ptr, x_ptr, out_ptr, lut_ptr, hp_ptr, nq, G, total, beta, omb, BG: tl.constexpr,
+    NMUL: tl.constexpr, OUT_BF16: tl.constexpr, LUT: tl.constexpr, HP_DEV: tl.constexpr,
 ):  # fmt: skip
     """m = decode(codes, scales)·beta + x·(1-beta); (codes, scales) <- encode(m); out <- m (x fp32 or bf16;
     ``OUT_BF16``: ``out`` holds bf16 bit patterns, m rounded to nearest even). ``LUT``: the code's unscaled
-    value ``phi/(2-|phi|)`` read from a 256-entry table (:func:`decode_table`) instead of divided out."""
+    value ``phi/(2-|phi|)`` read from a 256-entry table (:func:`decode_table`) instead of divided out.
+    ``HP_DEV``: nothing is written when the step scalars' gate at ``hp_ptr`` is shut."""
+    if HP_DEV:  # noqa: SIM102 (the row is read only when there is one)
+        if gate_shut(hp_ptr):
+            return
     gid, _row, gmask, coff, xoff, valid = group_tile(nq, G, total, BG, NMUL)
     q = tl.load(codes_ptr + coff, mask=gmask[:, None], other=0)
     s = bf16_to_f32(tl.load(scales_ptr + gid, mask=gmask, other=0))
@@ -102,8 +107,12 @@ def _rotated_adam_kernel(
 
     ``v̂`` is the stored value, decoded with the zero-code floor. ``ib1``/``ib2`` are ``1/bc`` as
     scalars, per row (``BC*_ROWS``: loaded from ``ib*_ptr[row]``), or from the step scalars at
-    ``hp_ptr`` (``HP_DEV``). ``f``: ``floor_ptr[row // frows]`` with ``FLOOR``, else no floor.
+    ``hp_ptr`` (``HP_DEV``; nothing is written when its gate is shut). ``f``: ``floor_ptr[row // frows]`` with
+    ``FLOOR``, else no floor.
     """
+    if HP_DEV:  # noqa: SIM102 (the row is read only when there is one)
+        if gate_shut(hp_ptr):
+            return
     gid, row, gmask, coff, xoff, valid = group_tile(nq, G, total, BG, NMUL)
     q = tl.load(codes_ptr + coff, mask=gmask[:, None], other=0)
     s = bf16_to_f32(tl.load(scales_ptr + gid, mask=gmask, other=0))
@@ -130,12 +139,19 @@ def _rotated_adam_kernel(
 
 
 def ema_signed_(
-    codes: torch.Tensor, scales: torch.Tensor, x: torch.Tensor, beta: float, out_dtype: torch.dtype = torch.float32
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    x: torch.Tensor,
+    beta: float,
+    out_dtype: torch.dtype = torch.float32,
+    hyper: StepScalars | None = None,
 ) -> torch.Tensor:
     """Triton twin of :func:`.reference.ema_signed_` (same signature, in place, returns m in ``out_dtype``)."""
     x_ok = packed_ok(codes, scales, x, torch.int8, (torch.float32, torch.bfloat16))
-    if not x_ok or not isinstance(beta, float | int) or out_dtype not in (torch.float32, torch.bfloat16):
-        return reference.ema_signed_(codes, scales, x, beta, out_dtype)
+    hp = hyper_row(hyper, x.device, x)
+    bad = not isinstance(beta, float | int) or out_dtype not in (torch.float32, torch.bfloat16) or hp is None
+    if not x_ok or bad:
+        return reference.ema_signed_(codes, scales, x, beta, out_dtype, hyper=hyper)
     nq, G, total, nmul = group_layout(x)
     out = new_output(x.shape, x.device, out_dtype)
     bf16 = out_dtype == torch.bfloat16
@@ -145,8 +161,8 @@ def ema_signed_(
     grid = (triton.cdiv(total, BG),)
     lut = decode_table(x.device) if DECODE_LUT else c
     _ema_signed_kernel[grid](
-        c, bf16_bits(s), x.contiguous(), bf16_bits(out) if bf16 else out, lut, nq, G, total, float(beta), 1.0 - beta,
-        BG=BG, NMUL=nmul, OUT_BF16=bf16, LUT=DECODE_LUT, **LAUNCH,
+        c, bf16_bits(s), x.contiguous(), bf16_bits(out) if bf16 else out, lut, hp, nq, G, total, float(beta),
+        1.0 - beta, BG=BG, NMUL=nmul, OUT_BF16=bf16, LUT=DECODE_LUT, HP_DEV=hyper is not None, **LAUNCH,
     )  # fmt: skip
     write_back(codes, c)
     write_back(scales, s)

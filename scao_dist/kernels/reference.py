@@ -49,20 +49,26 @@ import torch
 from torch import Tensor
 
 from .. import quant
-from .scalars import StepScalars
+from .scalars import StepScalars, gated_
 
 
 def ema_signed_(
-    codes: Tensor, scales: Tensor, x: Tensor, beta: float, out_dtype: torch.dtype = torch.float32
+    codes: Tensor,
+    scales: Tensor,
+    x: Tensor,
+    beta: float,
+    out_dtype: torch.dtype = torch.float32,
+    hyper: StepScalars | None = None,
 ) -> Tensor:
     """In-place EMA of an int8 companded moment with fp32 or bf16 ``x`` (B, N); returns the new value
     (before its encoding) in ``out_dtype``: fp32, or bf16 (rounded to nearest even) for a step whose
-    products read it as bf16 (``groups.KronGroup``)."""
+    products read it as bf16 (``groups.KronGroup``). ``hyper``: only its gate is read (shut: the codes
+    are kept)."""
     n = x.shape[-1]
     m = quant.decode_signed(codes, scales, n) * beta + x.float() * (1.0 - beta)
     c, s = quant.encode_signed(m)
-    codes.copy_(c)
-    scales.copy_(s)
+    gated_(codes, c, hyper)
+    gated_(scales, s, hyper)
     return m.to(out_dtype)
 
 
@@ -89,8 +95,8 @@ def rotated_adam_(
     n = g.shape[-1]
     v = quant.decode_sqrt(codes, scales, n) * beta2 + (g * g) * (1.0 - beta2)
     c, s = quant.encode_sqrt(v)
-    codes.copy_(c)
-    scales.copy_(s)
+    gated_(codes, c, hyper)
+    gated_(scales, s, hyper)
     vq = quant.decode_sqrt(c, s, n, floor_zero=True)  # the denominator sees the stored value
     if floor is not None:
         vq = torch.maximum(vq, floor)
@@ -103,24 +109,31 @@ def apply_update_(
     w: Tensor, rho: Tensor | None, u: Tensor, lr: float, wd: float, hyper: StepScalars | None = None
 ) -> None:
     """In-place decoupled-weight-decay step ``x <- x c - u lr``, ``c = 1 - lr wd``, on ``w`` (fp32, or
-    bf16 with correction ``rho``); ``c`` and ``lr`` from ``hyper`` when given (``lr``, ``wd`` ignored)."""
+    bf16 with correction ``rho``); ``c`` and ``lr`` from ``hyper`` when given (``lr``, ``wd`` ignored; its
+    gate shut: nothing changes)."""
     c, lr = (hyper.c, hyper.lr) if hyper is not None else (1.0 - lr * wd, lr)
     if rho is None:
-        w.mul_(c).sub_(u * lr)
+        if hyper is None:
+            w.mul_(c).sub_(u * lr)
+        else:
+            gated_(w, w * c - u * lr, hyper)
         return
     x = quant.join_master(w, rho) * c - u * lr
     bits = 8 if rho.dtype == torch.int8 else 16
     nw, nr = quant.split_master(x, bits)
-    w.copy_(nw)
-    rho.copy_(nr)
+    gated_(w, nw, hyper)
+    gated_(rho, nr, hyper)
 
 
-def factor_ema_corr_(codes: Tensor, diag: Tensor, outer: Tensor, beta: float, seed: Tensor | int) -> None:
-    """In-place ``L <- beta L + (1 - beta) outer`` on an int8 correlation-coded factor (B, d, d)."""
+def factor_ema_corr_(
+    codes: Tensor, diag: Tensor, outer: Tensor, beta: float, seed: Tensor | int, hyper: StepScalars | None = None
+) -> None:
+    """In-place ``L <- beta L + (1 - beta) outer`` on an int8 correlation-coded factor (B, d, d) (kept when
+    ``hyper``'s gate is shut)."""
     f = quant.decode_corr(codes, diag) * beta + outer * (1.0 - beta)
     c, dg = quant.encode_corr(f, seed)
-    codes.copy_(c)
-    diag.copy_(dg)
+    gated_(codes, c, hyper)
+    gated_(diag, dg, hyper)
 
 
 def adamw_(
@@ -145,7 +158,7 @@ def adamw_(
     ``wd``, ``bc1``, ``bc2`` from ``hyper`` when given (:func:`rotated_adam_`, :func:`apply_update_`).
     ``g``: fp32, or bf16 (widened to fp32 first, exactly)."""
     g = g.float()
-    m = ema_signed_(m_codes, m_scales, g, beta1)
+    m = ema_signed_(m_codes, m_scales, g, beta1, hyper=hyper)
     u = rotated_adam_(v_codes, v_scales, g, m, beta2, bc1, bc2, eps, hyper=hyper)
     apply_update_(w, rho, u, lr, wd, hyper=hyper)
 
@@ -231,6 +244,7 @@ def residual_stats(
     mask: Tensor | None,
     beta2: float,
     every: bool,
+    hyper: StepScalars | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Everything a step derives from the row/column sums of squares of ``G`` (B, m, n), in place:
 
@@ -241,7 +255,14 @@ def residual_stats(
     ``every``). Returns ``(||G||^2 (B,), cs, floor)``, ``cs, floor`` being
     :func:`complement_stats` of the new residual and gradient statistics (``None`` without
     ``X``, ``Y``). The operations and their order are those ``groups.KronGroup`` ran before the
-    kernel existed."""
+    kernel existed. ``hyper``: only its gate is read (shut: the statistics are kept)."""
+    if hyper is not None:  # the same operations on copies, kept where the gate is open
+        states = (g_row, g_col, res_row, res_col)
+        work = [t.clone() for t in states]
+        out = residual_stats(g, x, y, *work, mask, beta2, every)
+        for t, new in zip(states, work):
+            gated_(t, new, hyper)
+        return out
     m_dim, n_dim = g.shape[-2:]
     row_ss, col_ss, res_rows, res_cols = residual_sumsq(g, x, y)
     g_row.mul_(beta2).add_(row_ss, alpha=(1 - beta2) / n_dim)

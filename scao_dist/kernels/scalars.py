@@ -12,6 +12,11 @@ for an fp32 operation. So a step that reads these values computes bit for bit wh
 from the floats:
 
     lr, c = 1 - lr wd, bc1 = 1 - b1^t, bc2 = 1 - b2^t, ib1 = 1 / bc1, ib2 = 1 / bc2
+
+and ``gate``: 1 when the step may change the state, 0 when it must not (the step's gradients hold a
+NaN/inf: ``capture.GroupGraphs.arm`` writes the check's device flag there after the upload). Every
+kernel and twin that writes optimizer state or weights and takes a row writes nothing when it reads 0,
+so a replay launched before the host knows the check's answer is safe.
 """
 
 from __future__ import annotations
@@ -21,18 +26,18 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-FIELDS = ("lr", "c", "bc1", "bc2", "ib1", "ib2")
+FIELDS = ("lr", "c", "bc1", "bc2", "ib1", "ib2", "gate")
 """Order of the values in a :class:`StepScalars` row (the kernels load them by these offsets)."""
-LR, C, BC1, BC2, IB1, IB2 = range(len(FIELDS))
+LR, C, BC1, BC2, IB1, IB2, GATE = range(len(FIELDS))
 
 
 def host_values(lr: float, wd: float, bc1: float, bc2: float) -> list[float]:
-    """The row's values in float64, in :data:`FIELDS` order (rounded to fp32 when stored)."""
-    return [float(lr), 1.0 - lr * wd, float(bc1), float(bc2), 1.0 / bc1, 1.0 / bc2]
+    """The row's values in float64, in :data:`FIELDS` order (rounded to fp32 when stored); the gate open."""
+    return [float(lr), 1.0 - lr * wd, float(bc1), float(bc2), 1.0 / bc1, 1.0 / bc2, 1.0]
 
 
 class StepScalars:
-    """A ``(6,)`` fp32 row of this step's hyperparameters (see :data:`FIELDS`), usually a view
+    """A ``(7,)`` fp32 row of this step's hyperparameters (see :data:`FIELDS`), usually a view
     into a table that holds every group's row and is refilled by one copy before a replay."""
 
     def __init__(self, row: Tensor) -> None:
@@ -78,7 +83,24 @@ class StepScalars:
     def ib2(self) -> Tensor:
         return self.row[IB2]
 
+    @property
+    def gate(self) -> Tensor:
+        return self.row[GATE]
+
+    @property
+    def open(self) -> Tensor:
+        """The gate as a 0-d device bool (for ``torch.where`` in the twins: no host read)."""
+        return self.row[GATE] != 0
+
+
+def gated_(dst: Tensor, new: Tensor, hyper: StepScalars | None) -> Tensor:
+    """``dst.copy_(new)``, or with ``hyper`` only where its gate is open (``dst`` kept when shut): how the
+    torch twins and the group's own torch ops write state in a step that reads a row."""
+    if hyper is None:
+        return dst.copy_(new)
+    return dst.copy_(torch.where(hyper.open.to(dst.device), new, dst))
+
 
 def fill_table(table: Tensor, rows: Sequence[Sequence[float]]) -> None:
-    """Write several rows of :func:`host_values` into ``table`` (n, 6) with one copy."""
+    """Write several rows of :func:`host_values` into ``table`` (n, 7) with one copy."""
     table.copy_(torch.tensor([list(r) for r in rows], dtype=torch.float32), non_blocking=True)

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from .. import quant
-from . import common, reference
+from . import common, reference, scalars
 from .scalars import StepScalars
 
 FP32_RTOL = 2.0**-22
@@ -152,6 +152,19 @@ def with_hyper(case: Case, lr: float, wd: float, bc1: float, bc2: float) -> Case
     floats = {k: v for k, v in dict(lr=lr, wd=wd, bc1=bc1, bc2=bc2).items() if k in case.kwargs}
     kw = {**case.kwargs, **{k: HYPER_DECOYS[k] for k in floats}, "hyper": StepScalars.of(lr, wd, bc1, bc2, device)}
     return replace(case, label=f"{case.label} hyper", kwargs=kw, extra={**case.extra, "floats": floats})
+
+
+def shut(case: Case) -> Case:
+    """``case`` with its row's gate shut (a captured step whose gradients hold a NaN/inf): the kernel and
+    its twin must both leave every tensor they were given as it was (:func:`run_case` compares each with
+    the case's own, bit for bit); what they return is read by nothing, so it is not compared. A case
+    without a row gets one (its float arguments are then ignored)."""
+    device = next(v.device for v in case.kwargs.values() if isinstance(v, Tensor))
+    hyper = case.kwargs.get("hyper")
+    row = hyper.row.clone() if hyper is not None else StepScalars.of(1e-2, 0.1, 0.5, 0.25, device).row
+    row[scalars.GATE] = 0.0
+    kw = {**case.kwargs, "hyper": StepScalars(row)}
+    return replace(case, label=f"{case.label} gate shut", kwargs=kw, extra={**case.extra, "shut": True})
 
 
 def float_kwargs(case: Case) -> dict[str, Any]:
@@ -579,6 +592,15 @@ def run_case(case: Case, ops: Any) -> list[str]:
     finally:
         common.POISON_OUTPUTS = old
     out_r = getattr(reference, case.kernel)(**kw_r)
+    if case.extra.get("shut"):  # nothing may change, on either side
+        errs = [
+            e
+            for name, v in case.kwargs.items()
+            if isinstance(v, Tensor)
+            for side, kw in (("kernel", kw_k), ("twin", kw_r))
+            for e in compare(f"{name} ({side}, gate shut)", kw[name], v, exact=True)
+        ]
+        return [f"{case.kernel} [{case.label}] {e}" for e in errs]
     errs = compare("returned", out_k, out_r, exact=case.rtol == 0.0, rtol=case.rtol, atol=case.atol)
     for name in case.inplace:
         errs += compare(name, kw_k[name], kw_r[name], exact=name in case.exact, rtol=case.inplace_rtol)
@@ -699,6 +721,11 @@ def small_cases(gen: torch.Generator, device: torch.device) -> dict[str, list[Ca
         out["complement_update"].append(
             case_complement_update((2, 70, 90), "dense", gen, device, k=(37, 70), apply=ap, hyper=True)
         )
+    for kernel, cs in out.items():  # a shut gate: every state-writing kernel, a few of its cases that write
+        writing = [c for c in cs if kernel != "complement_update" or c.kwargs.get("w") is not None]
+        if kernel != "residual_sumsq" and writing:
+            picks = {0, len(writing) // 2, len(writing) - 1}
+            cs += [shut(writing[j]) for j in sorted(picks)]
     return out
 
 
