@@ -456,6 +456,10 @@ class AdamGroup(_Group):
 class KronGroup(RefreshMixin, _Group):
     """Blocks preconditioned SOAP-style in the eigenbases of their Kronecker factors."""
 
+    bf16_left_products: bool = True
+    """Form the complement's left factors ``Q_L C`` as bf16 products of the stored bf16 basis (see
+    :meth:`_complement_factors`); ``False``: TF32 products of fp32 operands, rounded to bf16 after."""
+
     def __init__(self, specs, params, cfg, device):
         super().__init__(specs, params, cfg, device)
         self.m_dim, self.n_dim = self.specs[0].shape
@@ -686,7 +690,8 @@ class KronGroup(RefreshMixin, _Group):
         widths = tuple(side.K for side in self.sides)
         ginv = tuple((k, v.data_ptr()) for k, v in self._ginv.items())
         trunc = tuple(self.truncated(range(self.B)))
-        return (*super().capture_key(), widths, trunc, ginv, self.m_dtype, self.u_dtype, self.p_dtype)
+        dtypes = (self.m_dtype, self.u_dtype, self.p_dtype, self.bf16_left_products)
+        return (*super().capture_key(), widths, trunc, ginv, *dtypes)
 
     def derived_tensors(self) -> list[Tensor]:
         return super().derived_tensors() + list(self._ginv.values())
@@ -809,7 +814,13 @@ class KronGroup(RefreshMixin, _Group):
             core = core @ (ginv[1] if ginv[1] is not None else _gram_inverse(qr))
         cores = torch.cat([u_rot.unsqueeze(0), core])  # (3, b, kl, kr)
         qls, qrs = stored
-        if ql is not None and qr is not None:
+        low = (self.u_dtype, self.p_dtype) == (torch.bfloat16, torch.bfloat16)
+        if ql is not None and qr is not None and low and self.bf16_left_products and qls.dtype == torch.bfloat16:
+            # Q_L C as one bf16 product of the stored basis and the cores rounded to bf16, written in bf16:
+            # the factor is rounded to bf16 anyway; this rounds C first (2^-9 of each entry, where TF32
+            # kept 2^-11) instead of an fp32 TF32 product, its fp32 result and a conversion
+            xs, ys = qls @ cores.to(torch.bfloat16), (qrs,) * 3
+        elif ql is not None and qr is not None:
             xs, ys = ql @ cores, (qrs,) * 3
         elif ql is not None:
             xs, ys = (qls,) * 3, cores.mT

@@ -99,6 +99,20 @@ def test_bf16_projection_factors_stay_close_to_fp32() -> None:
         assert 0 < diff < 2**-5 * moved
 
 
+def test_bf16_left_products_stay_close_to_tf32_ones(monkeypatch) -> None:
+    """``Q_L C`` as one bf16 product of the stored basis and the cores rounded to bf16
+    (``KronGroup.bf16_left_products``) against the fp32 product rounded after: the weights move by the
+    same steps up to that rounding."""
+    for freq in (100, 3):
+        w_bf, _ = _run(True, 12, precond_freq=freq)
+        monkeypatch.setattr(KronGroup, "bf16_left_products", False)
+        w_f, _ = _run(True, 12, precond_freq=freq)
+        monkeypatch.setattr(KronGroup, "bf16_left_products", True)
+        moved = (w_f.float() - _run(True, 0, precond_freq=freq)[0].float()).norm()
+        diff = (w_bf.float() - w_f.float()).norm()
+        assert 0 < diff < 2**-5 * moved, (float(diff), float(moved))
+
+
 def test_frames_keep_fp32_gradients() -> None:
     """A dense side rotates G by an fp32 frame first: that group gathers fp32 gradients."""
     w = torch.nn.Parameter(torch.randn(24, 80).bfloat16())
