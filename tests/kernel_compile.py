@@ -29,10 +29,10 @@ FORBIDDEN = {
 }
 NO_DIVISION = {"_apply_kernel", "_factor_corr_kernel"}
 """Kernels without a tensor division (the rest must show IEEE ``div.rn.f32``)."""
-NO_DIVISION |= {"_sumsq_kernel", "_stats_kernel"}
+NO_DIVISION |= {"_sumsq_kernel", "_stats_kernel", "_complement_update_kernel"}
 DIVISION_IF = {"_stats_finish_kernel": "HAS_BACK"}
 """Kernels that divide only in the variants where this constexpr is true."""
-NEEDS_SQRT = {"_factor_diag_kernel", "_complement_update_kernel"}
+NEEDS_SQRT = {"_factor_diag_kernel", "_complement_prep_kernel"}
 """Kernels whose square root must show up as IEEE ``sqrt.rn.f32``."""
 NEEDS_NAN = {"_complement_update_kernel": ("min", ""), "_rotated_adam_kernel": ("max", "FLOOR")}
 """Kernels whose minimum / maximum must propagate NaN (``min.NaN.f32`` / ``max.NaN.f32``, as ``torch.minimum`` /
@@ -168,6 +168,7 @@ def main() -> int:
         (lowrank, "_stats_kernel"),
         (lowrank, "_stats_finish_kernel"),
         (lowrank, "_complement_update_kernel"),
+        (lowrank, "_complement_prep_kernel"),
     }
     for mod, name in kernels:
         setattr(mod, name, Recorder(getattr(mod, name), seen))

@@ -386,29 +386,68 @@ def _stats_finish_kernel(
 
 
 @triton.jit
-def _reciprocal_root(x, bc2, eps, DIV: tl.constexpr):
-    """``1 / (sqrt(x / bc2) + eps)`` (``x`` alone without ``DIV``), each operation IEEE as the twin's torch ops."""
+def _reciprocal_root(x, bc2, eps, DIV: tl.constexpr, EPS: tl.constexpr):
+    """``1 / (sqrt(x / bc2) + eps)`` (without the division unless ``DIV``, without ``eps`` unless ``EPS``), each
+    operation IEEE as the twin's torch ops."""
     if DIV:
         x = tl.math.div_rn(x, bc2)
-    r = tl.sqrt_rn(x) + eps
+    r = tl.sqrt_rn(x)
+    if EPS:
+        r = r + eps
     return tl.math.div_rn(tl.zeros_like(r) + 1.0, r)
 
 
 @triton.jit
+def _complement_prep_kernel(
+    row_ptr, cs_ptr, floor_ptr, bc2_ptr, hp_ptr, ia_ptr, ib_ptr, fi_ptr, B, M, N, bc2, eps,
+    BLOCK: tl.constexpr, BC2_BLOCKS: tl.constexpr, HP_DEV: tl.constexpr,
+):  # fmt: skip
+    """:func:`.reference.complement_reciprocals` in one launch: programs ``[0, nr)`` write ``ia`` (B·M rows),
+    ``[nr, nr + nc)`` ``ib`` (B·N columns), the last ``fi`` (B). ``bc2``: the scalar, one per block
+    (``BC2_BLOCKS``) or the step scalars' (``HP_DEV``)."""
+    pid = tl.program_id(0)
+    nr = tl.cdiv(B * M, BLOCK)
+    nc = tl.cdiv(B * N, BLOCK)
+    if HP_DEV:
+        bc2 = tl.load(hp_ptr + HP_BC2)
+    if pid < nr:
+        k = pid * BLOCK + tl.arange(0, BLOCK)
+        mk = k < B * M
+        c2 = bc2
+        if BC2_BLOCKS:
+            c2 = tl.load(bc2_ptr + k // M, mask=mk, other=1.0)
+        x = tl.load(row_ptr + k, mask=mk, other=1.0)
+        tl.store(ia_ptr + k, _reciprocal_root(x, c2, eps, True, False), mask=mk)
+    elif pid < nr + nc:
+        k = (pid - nr) * BLOCK + tl.arange(0, BLOCK)
+        mk = k < B * N
+        x = tl.load(cs_ptr + k, mask=mk, other=1.0)
+        tl.store(ib_ptr + k, _reciprocal_root(x, 1.0, eps, False, False), mask=mk)
+    else:
+        for k0 in range(0, B, BLOCK):
+            k = k0 + tl.arange(0, BLOCK)
+            mk = k < B
+            c2 = bc2
+            if BC2_BLOCKS:
+                c2 = tl.load(bc2_ptr + k, mask=mk, other=1.0)
+            x = tl.load(floor_ptr + k, mask=mk, other=1.0)
+            tl.store(fi_ptr + k, _reciprocal_root(x, c2, eps, True, True), mask=mk)
+
+
+@triton.jit
 def _complement_update_kernel(
-    out_ptr, m_ptr, xu_ptr, yu_ptr, xm_ptr, ym_ptr, row_ptr, cs_ptr, floor_ptr, bc2_ptr, scale_ptr,
-    rho_ptr, hp_ptr, wtab_ptr, M, N, KU, KM, SXU, SYU, SXM, SYM, LDW, ntm, ntn, bc2, eps, c, lr,
+    out_ptr, m_ptr, xu_ptr, yu_ptr, xm_ptr, ym_ptr, ia_ptr, ib_ptr, fi_ptr, scale_ptr,
+    rho_ptr, hp_ptr, wtab_ptr, M, N, KU, KM, SXU, SYU, SXM, SYM, LDW, ntm, ntn, c, lr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
     APPLY: tl.constexpr, R: tl.constexpr, HP_DEV: tl.constexpr, EVEN: tl.constexpr, SHARED_Y: tl.constexpr,
-    WTAB: tl.constexpr, BC2_BLOCKS: tl.constexpr,
+    WTAB: tl.constexpr,
 ):  # fmt: skip
     """Tile (tm, tn) of block b:
     U = X_u Y_u^T + ((m - X_m Y_m^T) min(ia_i ib_j, fi_b)) scale_b,
     stored in ``out`` (APPLY false) or applied to the weights ``out`` (and bits ``rho`` for R > 0).
-    ``ia``, ``ib``, ``fi``: :func:`.reference.complement_reciprocals` of ``row``, ``cs``, ``floor``, formed
-    here for the tile's rows and columns with the twin's IEEE operations (a few per row and column,
-    where torch took a dozen launches a group). ``bc2``: the scalar, one per block (``BC2_BLOCKS``:
-    ``bc2_ptr[b]``) or the step scalars' (``HP_DEV``, which also loads ``c`` and ``lr`` from ``hp_ptr``).
+    ``ia``, ``ib``, ``fi``: :func:`.reference.complement_reciprocals`, formed by :func:`_complement_prep_kernel`
+    (forming them here per tile cost the kernel 0.15 ms a step at 405M, ``session_yj``). ``HP_DEV``: ``c``
+    and ``lr`` loaded from ``hp_ptr``; nothing written when its gate is shut.
     ``EVEN``: the tiles divide the block (no masks). ``SHARED_Y``: ``Y_u`` is ``Y_m`` (``ym_ptr``, ``SYM``
     unused; :func:`lowrank_pair`). ``WTAB``: block b's weights start at the
     address ``wtab_ptr[b]``, rows ``LDW`` apart (:class:`.reference.WeightBlocks`; ``out_ptr`` gives their type)."""
@@ -417,7 +456,6 @@ def _complement_update_kernel(
             return
         c = tl.load(hp_ptr + HP_C)
         lr = tl.load(hp_ptr + HP_LR)
-        bc2 = tl.load(hp_ptr + HP_BC2)
     pid = tl.program_id(0)
     per = ntm * ntn
     b = pid // per
@@ -432,11 +470,9 @@ def _complement_update_kernel(
     else:
         u = lowrank_tile(xu_ptr, yu_ptr, b64, i, j, M, N, KU, SXU, SYU, BM, BN, BK, PREC)
         bm = lowrank_tile(xm_ptr, ym_ptr, b64, i, j, M, N, KM, SXM, SYM, BM, BN, BK, PREC)
-    if BC2_BLOCKS:
-        bc2 = tl.load(bc2_ptr + b)
-    ia = _reciprocal_root(tl.load(row_ptr + b64 * M + i, mask=mi, other=1.0), bc2, 0.0, True)[:, None]
-    ib = _reciprocal_root(tl.load(cs_ptr + b64 * N + j, mask=mj, other=1.0), 1.0, 0.0, False)[None, :]
-    fi = _reciprocal_root(tl.load(floor_ptr + b), bc2, eps, True)
+    ia = tl.load(ia_ptr + b64 * M + i, mask=mi, other=0.0)[:, None]
+    ib = tl.load(ib_ptr + b64 * N + j, mask=mj, other=0.0)[None, :]
+    fi = tl.load(fi_ptr + b)
     scale = tl.load(scale_ptr + b)
     off = (b64 * M + i)[:, None] * N + j[None, :]
     mask = mi[:, None] & mj[None, :]
@@ -461,6 +497,10 @@ def _complement_update_kernel(
         nb, nr = master_update(wb, rf, u, c, lr, R)
         store_tile(wp, nb, mask, EVEN)
         store_tile(rho_ptr + off, nr.to(rho_ptr.dtype.element_ty), mask, EVEN)
+
+
+PREP_BLOCK = 1024
+"""Values per program of :func:`_complement_prep_kernel`."""
 
 
 def _f32(x: float) -> float:
@@ -700,6 +740,13 @@ def complement_update(
         out = w.views[0] if blocks else writable(w)  # (with blocks: only their type is read)
         rbuf = writable(rho) if rho is not None else None
     if m.numel():
+        ia, ib, fi = new_output((B, M), dev), new_output((B, N), dev), new_output((B,), dev)
+        nprep = triton.cdiv(B * M, PREP_BLOCK) + triton.cdiv(B * N, PREP_BLOCK) + 1
+        _complement_prep_kernel[(nprep,)](
+            row.contiguous(), cs.contiguous(), floor.contiguous(), bc2_b if bc2_blocks else fi, hp, ia, ib, fi,
+            B, M, N, 1.0 if hyper is not None or bc2_blocks else _f32(bc2), _f32(eps),
+            BLOCK=PREP_BLOCK, BC2_BLOCKS=bc2_blocks, HP_DEV=hyper is not None, **LAUNCH,
+        )  # fmt: skip
         ntm, ntn = triton.cdiv(M, BM), triton.cdiv(N, BN)
         xu_k, sxu, yu_k, syu, ku = _operands(m, xu, yu)
         shared = ku > 0 and _same(yu, ym)  # (same shape: same rank)
@@ -709,12 +756,11 @@ def complement_update(
             xm_k, sxm, ym_k, sym, km = _operands(m, xm, ym)
         _complement_update_kernel[(B * ntm * ntn,)](
             bf16_bits(out) if R else out, m.contiguous(), xu_k, yu_k, xm_k, ym_k,
-            row.contiguous(), cs.contiguous(), floor.contiguous(), bc2_b if bc2_blocks else floor,
-            scale.reshape(B).contiguous(), rbuf if R else floor, floor if hyper is None else hp,
-            w.table if blocks else floor, M, N, ku, km, sxu, syu, sxm, sym, w.ld if blocks else N, ntm, ntn,
-            1.0 if hyper is not None or bc2_blocks else _f32(bc2), _f32(eps), 1.0 - lr * wd, float(lr),
+            ia, ib, fi, scale.reshape(B).contiguous(), rbuf if R else fi, fi if hyper is None else hp,
+            w.table if blocks else fi, M, N, ku, km, sxu, syu, sxm, sym, w.ld if blocks else N, ntm, ntn,
+            1.0 - lr * wd, float(lr),
             BM=BM, BN=BN, BK=BK, PREC=precision(), APPLY=w is not None, R=R,
-            HP_DEV=hyper is not None, EVEN=_even(M, N, BM, BN), SHARED_Y=shared, WTAB=blocks, BC2_BLOCKS=bc2_blocks,
+            HP_DEV=hyper is not None, EVEN=_even(M, N, BM, BN), SHARED_Y=shared, WTAB=blocks,
             **{**LAUNCH, "num_warps": COMPLEMENT_WARPS[w is not None]},
             **({"num_stages": COMPLEMENT_STAGES} if COMPLEMENT_STAGES else {}),
         )  # fmt: skip

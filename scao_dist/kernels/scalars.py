@@ -98,7 +98,7 @@ def gated_(dst: Tensor, new: Tensor, hyper: StepScalars | None) -> Tensor:
     torch twins and the group's own torch ops write state in a step that reads a row."""
     if hyper is None:
         return dst.copy_(new)
-    return dst.copy_(torch.where(hyper.open.to(dst.device), new, dst))
+    return torch.where(hyper.open.to(dst.device), new.to(dst.dtype), dst, out=dst)  # (one pass, in place)
 
 
 def fill_table(table: Tensor, rows: Sequence[Sequence[float]]) -> None:
