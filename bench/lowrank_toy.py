@@ -5,8 +5,9 @@ Every step's gradient is ``U diag(z) V^T`` with fixed orthonormal ``U`` (96 x r)
 ``z``, so the loss never asks for movement outside ``span(U) x span(V)``; no weight decay. AdamW and SOAP with
 fp32 states move there only by arithmetic noise. With int8 moments the codes' rounding noise (a step of up to
 2^-7 of a scale group's largest value) lands on basis directions whose second moment is ~0 and on an
-empty complement whose denominator is its floor, and Adam divides it up to full-size steps. Prints, per
-setting, the norm of the weight's movement and of its part outside the subspace (BENCHMARKS.md §0).
+empty complement, and Adam divides it by the second moments' floors (``reference.RES_FLOOR``, ``ROT_FLOOR``:
+11.5 outside at the old floors, 1.45 at today's). Prints, per setting, the norm of the weight's movement
+and of its part outside the subspace (BENCHMARKS.md §0).
 
     python -m bench.lowrank_toy [--steps 30] [--rank 4]
 """
