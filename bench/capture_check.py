@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "state_mismatch_counts": {n: len(v) for n, v in state_diff.items()},
         "graph_counts": dict(graphs.counts) if graphs is not None else None,
         "graph_failed_groups": sum(e.failed for e in graphs.entries.values()) if graphs is not None else None,
-        "graph_gated_groups": sum(e.gated for e in graphs.entries.values()) if graphs is not None else None,
+        "graph_groups": sum(e.graph is not None for e in graphs.entries.values()) if graphs is not None else None,
         "check_captured": graphs is not None and graphs._check[1] is not None,
         "capture_steps": capture_steps,
         "nan_at": args.nan_at,

@@ -34,9 +34,10 @@ weights in a group step reads that row and writes nothing when the gate is shut
 (:data:`~scao_dist.kernels.scalars.FIELDS`); the group's own torch writes (stream sketches, traces)
 go through :func:`~scao_dist.kernels.scalars.gated_`. So on one rank the host launches the replays
 without waiting for the check and reads it at the next step (``SCAO._settle``: a skipped step is
-then taken back on the host too, its step counts undone). The GPU no longer idles between the check
-and the first replay while the host waits for the flag, then runs Python, then launches (0.4-0.8 ms
-a step on the 405M GPT, BENCHMARKS.md §0). An eager step (a new key) still waits for the check.
+then taken back on the host too, its step counts undone): in a training loop the backward need not
+drain before the replays are queued. (In ``bench.step_profile``, where the GPU is idle when ``step()``
+starts, it saved nothing: the host's Python before the first replay outlasts the check, BENCHMARKS.md
+§0.) An eager step (a new key) still waits for the check.
 
 A group is captured when it is on a CUDA device, all its blocks step together at the same step
 count and are warm (their first bases built), its moments are int8 and it does not graft
@@ -86,7 +87,6 @@ class _Entry:
     key: tuple | None = None
     graph: torch.cuda.CUDAGraph | None = None
     failed: bool = False  # a capture raised: this group steps eagerly
-    gated: bool = True  # its writes read the gate (every graph recorded here: kernel gating)
     keep: list[Tensor] = dataclasses.field(default_factory=list)  # tensors the graph reads, kept alive
     views: list[tuple[Tensor, Tensor]] = dataclasses.field(default_factory=list)  # (param, its rows of grads)
     retired: list[Any] = dataclasses.field(default_factory=list)  # replaced graphs (and what they read), kept
@@ -339,9 +339,7 @@ class GroupGraphs:
                     return False
                 self._eager(grp, hp, runs, e)
                 return True
-        if not e.gated and check is not None and not check.ok():
-            return False
-        e.graph.replay()
+        e.graph.replay()  # (gated on the device: no need to ask ``check``)
         self._count("replays")
         return True
 
