@@ -131,7 +131,7 @@ class Packed:
             codes, scales = t[f"{self.name}.codes"], t[f"{self.name}.scales"]
             return kernels.ema_signed_(codes, scales, x, beta, out_dtype, hyper=hyper)
         if hyper is not None:
-            return gated_(t[self.name], t[self.name] * beta + x * (1 - beta), hyper)
+            return gated_(t[self.name], torch.mul(t[self.name], beta).add_(x, alpha=1 - beta), hyper)
         return t[self.name].mul_(beta).add_(x, alpha=1 - beta)
 
     def adam(
