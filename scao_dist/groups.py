@@ -52,6 +52,14 @@ from .stacked import SEED_STEP, block_rows, block_seed, round32
 CATEGORIES = ("moments", "scales", "factors", "bases", "error_bits", "other")
 
 
+def _ema_(state: Tensor, fresh: Tensor, beta: float, hyper: StepScalars | None) -> Tensor:
+    """``state <- beta state + (1 - beta) fresh`` in place, the same operations with or without ``hyper``,
+    whose gate shut keeps ``state`` as it was; returns ``state``."""
+    if hyper is None:
+        return state.mul_(beta).add_(fresh, alpha=1 - beta)
+    return gated_(state, torch.mul(state, beta).add_(fresh, alpha=1 - beta), hyper)
+
+
 @dataclass
 class DeviceInputs:
     """What a captured step (:mod:`scao_dist.capture`) reads from the device instead of host values:
@@ -130,9 +138,7 @@ class Packed:
         if self.quantize:
             codes, scales = t[f"{self.name}.codes"], t[f"{self.name}.scales"]
             return kernels.ema_signed_(codes, scales, x, beta, out_dtype, hyper=hyper)
-        if hyper is not None:
-            return gated_(t[self.name], torch.mul(t[self.name], beta).add_(x, alpha=1 - beta), hyper)
-        return t[self.name].mul_(beta).add_(x, alpha=1 - beta)
+        return _ema_(t[self.name], x, beta, hyper)
 
     def adam(
         self,
@@ -924,13 +930,6 @@ class KronGroup(RefreshMixin, _Group):
         step's row, whose gate shut keeps every factor, sketch and trace as it was."""
         beta = hp.shampoo_beta
         halves = halves or {}
-
-        def ema_(state: Tensor, fresh: Tensor) -> None:  # state <- beta state + (1 - beta) fresh
-            if hyper is None:
-                state.mul_(beta).add_(fresh, alpha=1 - beta)
-            else:
-                gated_(state, torch.mul(state, beta).add_(fresh, alpha=1 - beta), hyper)
-
         for side in sides:
             n = side.name
             if side.mode == "dense":
@@ -940,7 +939,7 @@ class KronGroup(RefreshMixin, _Group):
                     seed = seeds[n] if seeds is not None else self._seeds(idx, n)
                     kernels.factor_ema_corr_(s[f"{n}.fac.codes"], s[f"{n}.fac.diag"], outer, beta, seed, hyper)
                 else:
-                    ema_(s[f"{n}.fac"], outer)
+                    _ema_(s[f"{n}.fac"], outer, beta, hyper)
             elif side.mode == "stream":
                 half = halves[n]  # Qh^T G (rows) or G Qh (columns)
                 sketch = s[f"{n}.sketch"]
@@ -958,7 +957,7 @@ class KronGroup(RefreshMixin, _Group):
                     gated_(sketch, sketch.float().mul_(beta).add_(fresh, alpha=1 - beta), hyper)
                 if sumsq is None:
                     sumsq = kernels.residual_sumsq(g)[0].sum(-1)
-                ema_(s[f"{n}.trace"], sumsq)
+                _ema_(s[f"{n}.trace"], sumsq, beta, hyper)
 
     def _first_step(self, idx: Sequence[int], hp: Hyper) -> None:
         """SOAP's step 1: accumulate the factors and build the first bases; no parameter update."""

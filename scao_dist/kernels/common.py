@@ -44,6 +44,7 @@ HP_GATE: tl.constexpr = tl.constexpr(scalars.GATE)
 """Offsets of the :class:`.scalars.StepScalars` values the kernels load (``hp_ptr + HP_*``)."""
 
 LAUNCH = dict(num_warps=4, enable_fp_fusion=False)
+"""Options of every launch. No FMA contraction: the torch twins round every product."""
 
 
 @triton.jit
@@ -51,7 +52,7 @@ def gate_shut(hp_ptr):
     """Is the step's gate shut (:class:`.scalars.StepScalars`' ``gate`` 0)? A kernel that writes state and
     reads a row returns at once then, writing nothing."""
     return tl.load(hp_ptr + HP_GATE) == 0.0
-"""Options of every launch. No FMA contraction: the torch twins round every product."""
+
 
 POISON_OUTPUTS = os.environ.get("SCAO_POISON_OUTPUTS", "0") == "1"
 """Debug/test switch: returned tensors start as NaN instead of uninitialised memory, so an

@@ -14,8 +14,9 @@ registers (a ``tl.dot`` over ``k``, fp32 accumulation) where it is consumed:
 * :func:`complement_update`: one read of ``M`` and one write give
   ``U = X_u Y_u^T + mask (M - X_m Y_m^T)/bc1 / max(sqrt(r_i c_j/bc2), sqrt(floor/bc2) + eps)``, the
   denominator's reciprocal as ``min(ia_i ib_j, fi)`` from per-row and per-column reciprocal roots
-  (:func:`.reference.complement_reciprocals`, formed by torch), the tail in the same fp32 operations
-  and order as :func:`.reference.complement_add_` (no division, no FMA, NaN-propagating minimum).
+  (:func:`.reference.complement_reciprocals`, formed by :func:`_complement_prep_kernel`, one launch per
+  call), the tail in the same fp32 operations and order as :func:`.reference.complement_add_` (no
+  division, no FMA, NaN-propagating minimum).
   Given the weights it applies ``U`` to them at once (``x <- x (1 - lr wd) - lr U``,
   :func:`.apply.master_update` on bf16 weights and their correction bits), so ``U`` never reaches
   memory: ``M``, ``w`` and the bits are read once and the weights and bits written once. With
@@ -725,10 +726,7 @@ def complement_update(
         return reference.complement_update(*args, **apply_args)
     cs, floor, scale = reference.complement_vectors(row, col, g_row, mask, bc1, stats, hyper)
     bc2_blocks = hyper is None and isinstance(bc2, torch.Tensor)
-    if bc2_blocks:
-        bc2_b = _per_block(bc2, B, dev)
-        if bc2_b is None or bc2_b.dtype != torch.float32:
-            return reference.complement_update(*args, **apply_args)
+    bc2_b = _per_block(bc2, B, dev) if bc2_blocks else None  # (not None: checked in ``ok``)
     vectors = ((row, (B, M)), (cs, (B, N)), (floor, (B,)), (scale, (B, 1, 1)))
     if not all(t.dtype == torch.float32 and tuple(t.shape) == sh for t, sh in vectors):  # e.g. a float64 mask
         return reference.complement_update(*args, **apply_args)

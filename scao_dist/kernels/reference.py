@@ -90,7 +90,7 @@ def rotated_adam_(
     ``hyper`` (``u = (m ib1) / (sqrt(v ib2) + eps)`` with its ``ib1 = 1/bc1``, ``ib2 = 1/bc2``).
     ``floor``: fp32, broadcasting to (B, 1): the denominator reads ``max(v, floor)`` (the stored ``v``
     is not changed), so a direction the gradient leaves empty divides its first moment's rounding
-    noise by the floor instead of ``eps`` (``groups.KronGroup.rot_floor``).
+    noise by the floor instead of ``eps`` (``groups.KronGroup._rot_floor``).
     """
     n = g.shape[-1]
     v = quant.decode_sqrt(codes, scales, n) * beta2 + (g * g) * (1.0 - beta2)
