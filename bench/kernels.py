@@ -42,6 +42,7 @@ READS = {
     "residual_sumsq": ("g", "x", "y"),  # + the per-tile partial sums (1/64 of g): not counted
     "residual_stats": ("g", "x", "y"),  # as residual_sumsq; the O(m + n) statistics: not counted
     "complement_update": ("m", "xu", "yu", "xm", "ym", "w", "rho"),  # + O(m + n) per block: not counted
+    "finite_gather": ("checks", "copies"),  # every checked tensor and copied block read once
 }
 WRITES = {
     "ema_signed_": ("codes", "scales", "returned"),
@@ -52,7 +53,11 @@ WRITES = {
     "residual_sumsq": (),
     "residual_stats": (),
     "complement_update": ("returned", "w", "rho"),  # U returned, or applied to the weights (and bits)
+    "finite_gather": ("copies",),  # each copied block written once
 }
+EXTRA = ("finite_gather",)
+"""Kernels timed and verified here that ``verify.KERNELS`` (the twin-comparison suite of ``Case``s) leaves out:
+the step's NaN/inf check with the gradients' copies, checked by ``verify.finite_gather_errors``."""
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -105,6 +110,7 @@ def shapes(dry: bool, mb: float) -> list[tuple[str, str, dict[str, Any]]]:
             ("residual_stats", "k=7 bf16 G", dict(shape=(3, 5, 70), k=7, gdtype=torch.bfloat16)),
             ("complement_update", "k=7 bc per block", dict(shape=(3, 5, 70), k=7, bc="tensor")),
             ("complement_update", "k=7 applied", dict(shape=(3, 5, 70), k=7, apply=True)),
+            ("finite_gather", "buffers + column blocks", dict(shape=(2, 40, 64), parents=2)),
         ]
     blk = 768 * 3072
     per = mb * 1e6
@@ -189,6 +195,11 @@ def shapes(dry: bool, mb: float) -> list[tuple[str, str, dict[str, Any]]]:
             "(B,2048,8192) k=144 bf16 G, bf16 Q_R, bf16 X_g",
             dict(shape=(b(2, 2048 * 8192), 2048, 8192), k=144, gdtype=torch.bfloat16, basis="bf16", x="bf16"),
         ),
+        (  # the 405M step's check: its gradient buffers read in place, 2048 x 8192 weights' column blocks copied
+            "finite_gather",
+            "bf16 (B,4096,2048) buffer + column blocks of (P,2048,8192)",
+            dict(shape=(b(3, 4096 * 2048), 4096, 2048), parents=max(1, b(6, 2048 * 8192))),
+        ),
     ]
 
 
@@ -201,6 +212,12 @@ def make_operands(kernel: str, spec: dict[str, Any], device: Any) -> dict[str, A
     def rnd(*s: int) -> torch.Tensor:
         return torch.randn(*s, device=device) * 1e-3
 
+    if kernel == "finite_gather":  # bf16 gradients: one stacked buffer checked, wider weights' column blocks copied
+        parents = [rnd(spec["shape"][1] // 2, spec["shape"][2] * 4).bfloat16() for _ in range(spec["parents"])]
+        half = parents[0].shape[1] // 2
+        copies = [(q[:, a : a + half], torch.empty(q.shape[0], half, dtype=q.dtype, device=device))
+                  for q in parents for a in (0, half)]  # fmt: skip
+        return dict(checks=[rnd(*spec["shape"]).bfloat16()], copies=copies)
     if kernel == "factor_ema_corr_":
         B, d = spec["batch"], spec["d"]
         a = torch.randn(B, d, 8, device=device)
@@ -281,6 +298,10 @@ def moved_bytes(kernel: str, ops: dict[str, Any]) -> int:
             src = ops["x"] if kernel == "ema_signed_" else ops["m"] if kernel == "complement_update" else ops["g"]
             return src.numel() * (2 if ops.get("out_dtype") == torch.bfloat16 else 4)
         t = ops.get(name)
+        if name == "checks":
+            return sum(c.numel() * c.element_size() for c in t)
+        if name == "copies":  # (src, dst) of equal size: one read (READS) or one write (WRITES)
+            return sum(d.numel() * d.element_size() for _, d in t)
         if name == "ym" and t is ops.get("yu"):
             return 0  # one Y for both products: read once
         return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
@@ -443,10 +464,13 @@ def verify_on(device: Any, dry: bool, only: Sequence[str] = ()) -> dict[str, Any
         cases = {k: v for k, v in cases.items() if k in only}
     t0 = time.perf_counter()
     res = verify.run_cases(cases, triton_ops, log=lambda s: print(f"  verify {s}", flush=True))
+    if not only or "finite_gather" in only:  # (its own suite: flags planted, copies into poisoned buffers)
+        res["finite_gather"] = verify.finite_gather_errors(triton_ops, gen, device)
+        print(f"  verify finite_gather: {'ok' if not res['finite_gather'] else 'mismatches'}", flush=True)
     fails = [e for errs in res.values() for e in errs]
     return {
         "ok": not fails,
-        "cases": {k: len(v) for k, v in cases.items()},
+        "cases": {k: len(v) for k, v in cases.items()} | {"finite_gather": int("finite_gather" in res)},
         "failures": fails[:200],
         "seconds": time.perf_counter() - t0,
     }
@@ -493,9 +517,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# bench.kernels on {name} (torch {torch.__version__}, triton {triton.__version__})", flush=True)
 
     only = [k for k in args.only.split(",") if k]
-    unknown = sorted(set(only) - set(verify.KERNELS))
+    unknown = sorted(set(only) - set(verify.KERNELS) - set(EXTRA))
     if unknown:
-        print(f"--only: unknown kernel(s) {unknown}; choose from {sorted(verify.KERNELS)}", file=sys.stderr)
+        print(f"--only: unknown kernel(s) {unknown}; choose from {sorted(verify.KERNELS + EXTRA)}", file=sys.stderr)
         return 2
     print("verifying kernels against their twins ...", flush=True)
     ver = verify_on(device, args.dry_run, only)

@@ -63,7 +63,7 @@ from .config import Hyper
 from .groups import AdamGroup, DeviceInputs, KronGroup
 from .kernels import scalars
 from .kernels.scalars import StepScalars
-from .shard.comm import FiniteCheck, finite_flag
+from .shard.comm import FiniteCheck
 from .stacked import SEED_STEP, block_seed
 
 Group = KronGroup | AdamGroup
@@ -167,8 +167,9 @@ class GroupGraphs:
         self.stream = torch.cuda.Stream(device) if record else None
         self.pool = torch.cuda.graph_pool_handle() if record else None
         self.counts = {"eager": 0, "captures": 0, "replays": 0}
-        self._check: tuple[tuple, torch.cuda.CUDAGraph | None, Tensor | None] = ((), None, None)  # finite_flag
-        self._check_failed = False
+        self._check: tuple[tuple, torch.cuda.CUDAGraph | None, Tensor | None, Any] = ((), None, None, None)
+        self._check_failed = False  # (finite_flag)
+        self._ready: set[int] | None = None  # the groups whose buffers hold this step's gradients (check_operands)
         self.counters: dict[str, int] | None = None  # the optimizer's counters, also incremented
 
     # ------------------------------------------------------------------------ eligibility
@@ -213,23 +214,51 @@ class GroupGraphs:
         return bool(e.views) and all(p.grad is not None and p.grad.data_ptr() == v.data_ptr() for p, v in e.views)
 
     # ------------------------------------------------------------------------------ check
-    def finite_flag(self, grads: Sequence[Tensor]) -> Tensor | None:
-        """:func:`~scao_dist.shard.comm.finite_flag` of ``grads``, replayed from a CUDA graph once the same
-        tensors (addresses, shapes, strides, dtypes) come a second time in a row: one launch instead of
-        some six with the host's Python between them, at the start of the step where the GPU waits for
-        the host anyway. Same flag, bit for bit (the same operations, recorded)."""
-        if not self.record or not grads or any(g.device != self.device for g in grads):
-            return finite_flag(grads)
-        key = tuple((g.data_ptr(), g.shape, g.stride(), g.dtype) for g in grads)
-        seen, graph, out = self._check
+    def check_operands(self, gather: bool) -> tuple[list[Tensor], list[tuple[Tensor, Tensor]], set[int]]:
+        """What the step's NaN/inf check reads for the captured groups: the gradient buffers the parameters'
+        ``.grad`` are views of (checked where they are), and, with ``gather``, the blocks of the groups whose
+        ``.grad`` are not views (column blocks of wider weights) as ``(block, its rows of the buffer)``: the
+        check copies them in on its way (:func:`~scao_dist.kernels.finite_gather`), and :meth:`launch` does
+        not copy them again. Returns those and the ids of the parameters covered. ``gather`` only when
+        nothing changes the gradients between the check and the step (one rank, no reduction after it)."""
+        checks: list[Tensor] = []
+        copies: list[tuple[Tensor, Tensor]] = []
+        covered: set[int] = set()
+        self._ready = set()
+        for gid, e in self.entries.items():
+            grp = self.groups[self.pos[gid]]
+            if self._aliased(e):
+                checks.append(e.grads)
+                covered.update(id(p) for p, _ in e.views)
+                self._ready.add(gid)
+                continue
+            params = [grp.params[pid] for pid in self._pids[gid]]
+            if not gather or any(p.grad is None or p.grad.device != self.device for p in params):
+                continue
+            copies += [(grp.block_view(i, grp.params[s.param].grad), e.grads[i]) for i, s in enumerate(grp.specs)]
+            covered.update(id(p) for p in params)
+            self._ready.add(gid)
+        return checks, copies, covered
+
+    def finite_flag(self, grads: Sequence[Tensor], copies: Sequence[tuple[Tensor, Tensor]] = ()) -> Tensor | None:
+        """:func:`~scao_dist.kernels.finite_gather` of ``grads`` and ``copies`` (:meth:`check_operands`), replayed
+        from a CUDA graph once the same tensors (addresses, shapes, strides, dtypes) come a second time in a
+        row: one launch, at the start of the step where the GPU waits for the host anyway. Same flag and
+        copies, bit for bit (the same operations, recorded)."""
+        tensors = [*grads, *(t for pair in copies for t in pair)]
+        if not self.record or not tensors or any(g.device != self.device for g in tensors):
+            return kernels.finite_gather(grads, copies)
+        key = tuple((g.data_ptr(), g.shape, g.stride(), g.dtype) for g in tensors), len(grads)
+        seen, graph, out = self._check[:3]
         if key == seen and graph is not None:
             graph.replay()
             return out
         if key != seen or self._check_failed:
-            self._check = (key, None, None)
-            return finite_flag(grads)
+            self._check = (key, None, None, None)
+            return kernels.finite_gather(grads, copies)
+        keep: list = []
         try:
-            graph, out = self._record(lambda _graph: finite_flag(grads))
+            graph, out = self._record(lambda _graph: kernels.finite_gather(grads, copies, keep))
         except Exception as err:  # nothing ran: the check stays eager
             self._check_failed = True
             warnings.warn(
@@ -238,8 +267,8 @@ class GroupGraphs:
                 RuntimeWarning,
                 stacklevel=4,
             )
-            return finite_flag(grads)
-        self._check = (key, graph, out)
+            return kernels.finite_gather(grads, copies)
+        self._check = (key, graph, out, keep)  # (keep: the tables the graph reads)
         graph.replay()
         return out
 
@@ -281,18 +310,18 @@ class GroupGraphs:
         the host asks ``check`` first (it waits for the GPU's check once): if the gradients are not
         all finite it stops there and returns ``None``, every step count already advanced (the caller
         undoes them) and nothing else changed (the replays launched found their gate shut)."""
-        due: dict[int, list[int]] = {}
-        for grp, idx, hp, _ in work:
-            grp.steps[:] = [t + 1 for t in grp.steps]  # (idx is every block: eligible)
-            due[id(grp)] = grp.due(idx, hp) if isinstance(grp, KronGroup) else []
-        # the groups whose gradients are the buffers' views first, then the rest after one copy of their
-        # gradients into the buffers: the GPU starts on a replay while the host gathers those; within
-        # each, the largest first (the host launches the next replay while the GPU runs a long one; the
-        # groups are independent)
+        for grp, _, _, _ in work:
+            grp.steps[:] = [t + 1 for t in grp.steps]  # (every block: eligible)
+        # the groups whose buffers hold their gradients already (views, or copied in by the check) first,
+        # then the rest after one copy of their gradients into the buffers: the GPU starts on a replay
+        # while the host gathers those; within each, the largest first (the host launches the next replay
+        # while the GPU runs a long one; the groups are independent)
         views: list[Work] = []
         copies: list[Work] = []
+        ready, self._ready = self._ready, None
         for w in sorted(work, key=lambda w: -self._size[id(w[0])]):
-            (views if self._aliased(self._entry(w[0])) else copies).append(w)
+            e = self._entry(w[0])
+            (views if (id(w[0]) in ready if ready is not None else self._aliased(e)) else copies).append(w)
         with torch.cuda.device(self.device) if self.record else contextlib.nullcontext():
             for grp, _, hp, runs in views:
                 if not self._run(grp, hp, runs, check):
@@ -301,7 +330,8 @@ class GroupGraphs:
             for grp, _, hp, runs in copies:
                 if not self._run(grp, hp, runs, check):
                     return None
-        return due
+        # (after the replays: the host works out the refreshes due while the GPU runs them)
+        return {id(grp): grp.due(idx, hp) if isinstance(grp, KronGroup) else [] for grp, idx, hp, _ in work}
 
     def _copy_gradients(self, work: Sequence[Work]) -> None:
         """The gradients of ``work``'s groups into their buffers, in one multi-tensor copy."""

@@ -376,7 +376,9 @@ class SCAO(torch.optim.Optimizer):
                     raise TypeError("SCAO does not support sparse gradients")
                 with_grad.add(pid)
         one = next(iter(self._graphs.values())) if len(self._graphs) == 1 else None
-        check = self.comm.check_finite(self._grads_to_check(params, with_grad), one.finite_flag if one else None)
+        checks, copies = self._grads_to_check(params, with_grad, gather=one is not None and not self.comm.sharded)
+        flag_of = (lambda grads: one.finite_flag(grads, copies)) if one is not None else None
+        check = self.comm.check_finite(checks, flag_of)
         captured: dict[torch.device, list[Work]] = {}
         eager: list[tuple[KronGroup | AdamGroup, list[int]]] = []
         for grp in self.groups:
@@ -450,19 +452,24 @@ class SCAO(torch.optim.Optimizer):
         self.counters["steps"] -= 1
         self._skip_nonfinite(check.bad_ranks())
 
-    def _grads_to_check(self, params: list[Tensor], with_grad: set[int]) -> list[Tensor]:
-        """Every gradient of this step, for the non-finite check: a captured group's gradient buffer
-        in place of its parameters' ``.grad`` when those are views into it (a few large tensors
-        instead of hundreds: the check's launch cost is per tensor; when they are all views, the same
-        tensors every step: the check is replayed, :meth:`GroupGraphs.finite_flag`), the other
-        gradients as they are."""
+    def _grads_to_check(
+        self, params: list[Tensor], with_grad: set[int], gather: bool = False
+    ) -> tuple[list[Tensor], list[tuple[Tensor, Tensor]]]:
+        """Every gradient of this step, for the non-finite check: a captured group's gradient buffer in
+        place of its parameters' ``.grad`` when those are views into it (a few large tensors instead of
+        hundreds), and with ``gather`` the blocks of the other captured groups as ``(block, buffer rows)``
+        pairs the check copies on its way (:meth:`GroupGraphs.check_operands`); the other gradients as
+        they are. When these are the same tensors every step the check is replayed
+        (:meth:`GroupGraphs.finite_flag`)."""
         out: list[Tensor] = []
+        copies: list[tuple[Tensor, Tensor]] = []
         covered: set[int] = set()
         for graphs in self._graphs.values():
-            for buf, ps in graphs.aliased_buffers():
-                out.append(buf)
-                covered.update(id(p) for p in ps)
-        return out + [params[pid].grad for pid in sorted(with_grad) if id(params[pid]) not in covered]
+            checks, pairs, ids = graphs.check_operands(gather)
+            out += checks
+            copies += pairs
+            covered |= ids
+        return out + [params[pid].grad for pid in sorted(with_grad) if id(params[pid]) not in covered], copies
 
     def _with_grads(self, grp: KronGroup | AdamGroup, with_grad: set[int]) -> tuple[list[int], list[list[int]]]:
         """The group's blocks whose parameters have gradients, and their chunks (:meth:`_runs`); a group

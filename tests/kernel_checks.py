@@ -24,7 +24,7 @@ import warnings
 import torch
 
 from scao_dist import SCAO, kernels
-from scao_dist.kernels import adamw, apply, factor, lowrank, moments, reference, triton_ops, verify
+from scao_dist.kernels import adamw, apply, factor, finite, lowrank, moments, reference, triton_ops, verify
 
 CPU = torch.device("cpu")
 HYPER_KERNELS = ("rotated_adam_", "apply_update_", "adamw_", "complement_update")
@@ -88,6 +88,24 @@ def check_kernels() -> dict[str, list[str]]:
         moments.BG, adamw.BG, apply.BLOCK, factor.MAX_BJ, factor.TILE, factor.DIAG_BLOCK = saved
         lowrank.BM, lowrank.SUMSQ_BM, lowrank.SUMSQ_BN, lowrank.BN, lowrank.BK, lowrank.STATS_BLOCK = saved_l
     return res
+
+
+def check_finite_gather() -> list[str]:
+    """The NaN/inf check with the gradients' copies (``finite.finite_gather``) == its twin: the flag, the copies
+    (``verify.finite_gather_errors``); again with [4, 64] tiles (many programs per segment, ragged tails)."""
+    errs = verify.finite_gather_errors(triton_ops, torch.Generator().manual_seed(99), CPU)
+    saved = finite.BR, finite.BC
+    finite.BR, finite.BC = 4, 64
+    finite._TABLES.clear()  # (built for the other tiles)
+    try:
+        gen = torch.Generator().manual_seed(5)
+        tiny = verify.finite_gather_errors(triton_ops, gen, CPU, (torch.bfloat16,), ("none", "nan block last"))
+        errs += [f"(tiny tiles) {e}" for e in tiny]
+    finally:
+        finite.BR, finite.BC = saved
+        finite._TABLES.clear()
+    print(f"finite_gather: {'ok' if not errs else f'{len(errs)} mismatches'}")
+    return errs
 
 
 def check_fallbacks() -> list[str]:
@@ -404,7 +422,7 @@ def main() -> int:
     results: dict[str, list[str]] = {}
     t0 = time.perf_counter()
     checks = (("kernels", check_kernels), ("fallbacks", check_fallbacks), ("hyper", check_hyper),
-              ("weight_blocks", check_weight_blocks))  # fmt: skip
+              ("weight_blocks", check_weight_blocks), ("finite_gather", check_finite_gather))  # fmt: skip
     for name, fn in checks:
         try:
             out = fn()

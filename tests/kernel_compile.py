@@ -29,7 +29,7 @@ FORBIDDEN = {
 }
 NO_DIVISION = {"_apply_kernel", "_factor_corr_kernel"}
 """Kernels without a tensor division (the rest must show IEEE ``div.rn.f32``)."""
-NO_DIVISION |= {"_sumsq_kernel", "_stats_kernel", "_complement_update_kernel"}
+NO_DIVISION |= {"_sumsq_kernel", "_stats_kernel", "_complement_update_kernel", "_finite_gather_kernel"}
 DIVISION_IF = {"_stats_finish_kernel": "HAS_BACK"}
 """Kernels that divide only in the variants where this constexpr is true."""
 NEEDS_SQRT = {"_factor_diag_kernel", "_complement_prep_kernel"}
@@ -40,6 +40,8 @@ NEEDS_NAN = {"_complement_update_kernel": ("min", ""), "_rotated_adam_kernel": (
 TYPES = {
     torch.float32: "*fp32",
     torch.bfloat16: "*bf16",
+    torch.float16: "*fp16",
+    torch.int32: "*i32",
     torch.int8: "*i8",
     torch.uint8: "*u8",
     torch.int16: "*i16",
@@ -154,7 +156,7 @@ def main() -> int:
             json.dump(res, f)
         return 0
 
-    from scao_dist.kernels import adamw, apply, factor, lowrank, moments, triton_ops, verify
+    from scao_dist.kernels import adamw, apply, factor, finite, lowrank, moments, triton_ops, verify
 
     seen: list = []
     kernels = {
@@ -169,6 +171,7 @@ def main() -> int:
         (lowrank, "_stats_finish_kernel"),
         (lowrank, "_complement_update_kernel"),
         (lowrank, "_complement_prep_kernel"),
+        (finite, "_finite_gather_kernel"),
     }
     for mod, name in kernels:
         setattr(mod, name, Recorder(getattr(mod, name), seen))
@@ -177,6 +180,7 @@ def main() -> int:
     for cases in verify.small_cases(gen, cpu).values():
         for c in cases:
             getattr(triton_ops, c.kernel)(**c.kwargs)
+    verify.finite_gather_errors(triton_ops, gen, cpu)  # (recorded, not run: its result is not looked at here)
     factor_big = verify.case_factor((1,), 300, "state", gen, cpu)  # full-size [32, 128] tiles
     triton_ops.factor_ema_corr_(**factor_big.kwargs)
     # the low-rank kernels with TF32 products too (what torch's matmuls use when allowed)
@@ -230,6 +234,8 @@ def main() -> int:
         if not re.search(r"sqrt\.rn\.f32", ptx) and fn.__name__ in NEEDS_SQRT:
             res["compile"].append(f"{label}: expected IEEE sqrt.rn.f32 in the PTX")
         vector = re.search(r"ld\.global(\.\w+)*\.v4", ptx)
+        if fn.__name__ == "_finite_gather_kernel" and consts["ALIGNED"] and not vector:
+            res["compile"].append(f"{label}: aligned segments but no 16-byte vector load in the PTX")
         if fn.__name__ in GROUP_KERNELS and consts.get("NMUL", 1) >= 4 and not vector:
             res["compile"].append(f"{label}: rows aligned to NMUL elements but no 16-byte vector load in the PTX")
         op, flag = NEEDS_NAN.get(fn.__name__, ("", None))

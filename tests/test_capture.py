@@ -11,6 +11,7 @@ weights and the whole state must equal a plain optimizer's bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 
@@ -250,6 +251,75 @@ def test_a_nonfinite_gradient_skips_the_step_through_the_buffers(where: str, fre
     topt.step()
     assert all(torch.equal(a, b) for a, b in zip(params, twin_params))
     _states_equal(opt, topt)
+
+
+def _spy(graphs: GroupGraphs) -> tuple[list[int], list[int]]:
+    """Record, per step, how many groups ``launch`` copies gradients of, and how many blocks the check copies."""
+    copied_by_step: list[int] = []
+    gathered: list[int] = []
+    copy_gradients, check_operands = graphs._copy_gradients, graphs.check_operands
+
+    def copying(work):
+        copied_by_step.append(len(work))
+        return copy_gradients(work)
+
+    def operands(gather):
+        out = check_operands(gather)
+        gathered.append(len(out[1]))
+        return out
+
+    graphs._copy_gradients, graphs.check_operands = copying, operands
+    return copied_by_step, gathered
+
+
+def test_column_blocks_are_copied_in_by_the_check() -> None:
+    """A weight cut into column blocks cannot hand its ``.grad`` out as rows of its group's buffer: the step's
+    NaN/inf check copies those blocks in on its way (``GroupGraphs.check_operands``, ``kernels.finite_gather``)
+    and the step copies nothing more. The updates equal eager steps bit for bit, and a NaN in a column block
+    skips the step, weights and states untouched; a NaN elsewhere in the weight's gradient as well."""
+
+    def make() -> tuple[torch.nn.Module, SCAO]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(96, 40), torch.nn.ReLU(), torch.nn.Linear(40, 96))
+        kw = {"refresh_lag": 0, "precond_freq": 2, "full_factor_dim": 24, "oversample": 4, "max_precond_dim": 48}
+        return model.to(torch.bfloat16), SCAO(model.parameters(), lr=1e-2, **kw)
+
+    runs = {}
+    for captured in (False, True):
+        model, opt = make()
+        graphs = GroupGraphs(opt.groups, torch.device("cpu"), record=False)
+        if captured:
+            opt._graphs = {torch.device("cpu"): graphs}
+        copied_by_step, gathered = _spy(graphs)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(8):
+            model(torch.randn(8, 96, generator=gen).to(torch.bfloat16)).float().square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+        runs[captured] = (model, opt, graphs, copied_by_step, gathered)
+    (m_e, o_e, *_), (m_c, o_c, graphs, copied_by_step, gathered) = runs[False], runs[True]
+    assert all(torch.equal(a, b) for a, b in zip(m_e.parameters(), m_c.parameters()))
+    _states_equal(o_e, o_c)
+    split = [g for g in o_c.groups if isinstance(g, KronGroup) and g.specs[0].c1 - g.specs[0].c0 < 96]
+    assert split and id(split[0]) in graphs.entries  # the column blocks' group was captured ...
+    assert gathered[-1] == split[0].B and copied_by_step[-3:] == [0, 0, 0]  # ... copied in by the check alone
+    for where in ("a column block", "the weight outside the copied blocks"):
+        weight = m_c[0].weight
+        model, opt = m_c, o_c
+        model(torch.randn(8, 96, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)).sum().backward()
+        if where == "a column block":
+            weight.grad[7, 50] = float("nan")
+        else:
+            model[2].weight.grad[0, 0] = float("inf")
+        before = [p.detach().clone() for p in model.parameters()]
+        state = {(id(g), k): v.clone() for g in opt.groups for k, v in g.t.items()}
+        skipped = opt.global_counters().get("skipped_steps", 0)
+        with pytest.warns(RuntimeWarning, match="non-finite") if skipped == 0 else contextlib.nullcontext():
+            opt.step()
+            assert opt.global_counters()["skipped_steps"] == skipped + 1, where
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())), where
+        assert all(torch.equal(state[(id(g), k)], v) for g in opt.groups for k, v in g.t.items()), where
+        opt.zero_grad()
 
 
 def test_deferred_skips_count_as_consecutive() -> None:

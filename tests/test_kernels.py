@@ -93,6 +93,13 @@ def test_kernel_matches_twin(runs, kernel):
     _assert_clean(runs, kernel)
 
 
+def test_finite_check_with_gather_matches_twin(runs):
+    """The step's NaN/inf check fused with the gradients' copies: the flag equal to the twin's and to what was
+    planted (NaN, +-inf in a checked tensor or a copied block; a NaN outside a copied block does not count),
+    the poisoned destinations bit for bit the blocks, for bf16, fp16, fp32 and the twin's share (fp64)."""
+    _assert_clean(runs, "finite_gather")
+
+
 def test_kernels_with_step_scalars_match_kernels_with_floats(runs):
     """Each kernel reading lr, 1 - lr wd and the bias corrections from a ``StepScalars`` row gives, bit for
     bit, what it gives with them as float arguments (odd shapes, t = 1 .. 1000); without falling back to
@@ -126,7 +133,8 @@ def test_bench_dry_run(runs):
     assert runs["rc"]["bench"] == 0 and out is not None, runs["logs"]["bench"][-4000:]
     assert out["dry_run"] and out["verify"]["ok"], out["verify"]["failures"]
     kernels = {r["kernel"] for r in out["kernels"]}
-    assert kernels == set(KERNELS)
+    assert kernels == {*KERNELS, "finite_gather"}
+    assert out["verify"]["cases"]["finite_gather"] == 1  # (its own suite ran in the verification)
     for r in out["kernels"]:
         assert r["bytes"] > 0 and r["ms"] > 0 and r["twin_ms"] > 0 and r["gbps"] > 0
     assert out["copy"]["gbps"] > 0 and "| kernel |" in out["markdown"]

@@ -80,5 +80,16 @@ def residual_stats(g, x, y, g_row, g_col, res_row, res_col, mask, beta2, every, 
     return backend(g).residual_stats(g, x, y, g_row, g_col, res_row, res_col, mask, beta2, every, hyper)
 
 
+def finite_gather(checks, copies=(), keep=None):
+    """Copy each ``(src, dst)`` of ``copies``; a 0-d device bool: is every value of ``checks`` and the sources
+    finite? (``keep``: a list the kernel appends the tables it reads to, for a CUDA graph of the call.)"""
+    first = next(iter(checks), None)
+    if first is None and copies:
+        first = copies[0][0]
+    if first is None:
+        return None
+    return backend(first).finite_gather(checks, copies, keep)
+
+
 def complement_update(m, xu, yu, xm, ym, row, col, g_row, mask, bc1, bc2, eps, **apply):
     return backend(m).complement_update(m, xu, yu, xm, ym, row, col, g_row, mask, bc1, bc2, eps, **apply)

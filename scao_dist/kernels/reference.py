@@ -25,6 +25,8 @@ The math, per element (``t`` = Adam step, ``bc1 = 1 - b1^t``, ``bc2 = 1 - b2^t``
   Adam on the complement of a truncated basis with a factored second moment (``groups``).
 * :func:`residual_sumsq`: row and column sums of squares of ``G`` and of ``G - X Y^T``.
 * :func:`complement_update`: ``U = X_u Y_u^T``, then :func:`complement_add_` with ``B = X_m Y_m^T``.
+* :func:`finite_gather`: the step's NaN/inf check (are all values finite?) with the gradients' copies
+  into the group buffers on the way.
 
 The last two take low-rank products ``X Y^T`` (``X`` (B, m, k), ``Y`` (B, n, k)) where the rest
 take full-size tensors: their kernels form each [BM, BN] tile of the product on the fly (a
@@ -472,3 +474,25 @@ def complement_update(
         return None
     apply_update_(w, rho, u, lr, wd, hyper=hyper)
     return None
+
+
+def finite_flag(tensors: Sequence[Tensor]) -> Tensor | None:
+    """Is every value of every tensor finite? A 0-d device bool (``None`` for no tensors), not waited for.
+
+    One multi-tensor launch for the largest ``|x|`` of each tensor, then their largest below ``inf``:
+    a NaN anywhere makes its maximum NaN, and ``NaN < inf`` is False."""
+    if not tensors:
+        return None
+    norms = torch._foreach_norm(list(tensors), ord=float("inf"))
+    return torch.stack(norms).max() < float("inf")  # (stack promotes mixed dtypes)
+
+
+def finite_gather(
+    checks: Sequence[Tensor], copies: Sequence[tuple[Tensor, Tensor]], keep: list | None = None
+) -> Tensor | None:
+    """``dst.copy_(src)`` for every pair of ``copies``, and :func:`finite_flag` of ``checks`` and the
+    sources: are all their values finite? (``None`` when there is nothing to check; ``keep``: unused,
+    the kernel's tables.)"""
+    for src, dst in copies:
+        dst.copy_(src)
+    return finite_flag([*checks, *(src for src, _ in copies)])

@@ -10,6 +10,7 @@ from __future__ import annotations
 from .adamw import adamw_
 from .apply import apply_update_
 from .factor import factor_ema_corr_
+from .finite import finite_gather
 from .lowrank import complement_update, residual_stats, residual_sumsq
 from .moments import ema_signed_, rotated_adam_
 
@@ -19,6 +20,7 @@ __all__ = [
     "complement_update",
     "ema_signed_",
     "factor_ema_corr_",
+    "finite_gather",
     "residual_stats",
     "residual_sumsq",
     "rotated_adam_",

@@ -743,3 +743,101 @@ def run_cases(cases: dict[str, list[Case]], ops: Any, log: Callable[[str], None]
         if log is not None:
             log(f"{kernel}: {len(cs)} cases, {'ok' if not errs else f'{len(errs)} mismatches'}")
     return res
+
+
+# ------------------------------------------------------------------------------ the NaN/inf check
+GATHER_CHECKS = [(3, 5, 95), (1031,), (7, 64), (2, 3, 1100), (1,)]
+"""Checked-only tensors of :func:`finite_gather_errors`: odd sizes, 1 to 3 dims, several tiles and ragged tails."""
+GATHER_BLOCKS = [((37, 300), (150, 300)), ((20, 2100), (1001, 2100)), ((9, 4096), (0, 2048)), ((3, 40), (8, 16))]
+"""(parent shape, column range) of each copied block: column blocks of wider matrices, one at an offset that
+is not 16-byte aligned (the kernel's unhinted variant), one spanning two tiles of a row."""
+
+
+def _gather_operands(
+    gen: torch.Generator, device: torch.device, dtype: torch.dtype
+) -> tuple[list[Tensor], list[Tensor], list[tuple[int, int]]]:
+    """Random checked tensors and parents of the copied blocks: values of many magnitudes (finite in ``dtype``)."""
+    big = 1e4 if dtype == torch.float16 else 1e30
+
+    def vals(shape: Sequence[int]) -> Tensor:
+        x = wide(shape, gen, torch.device("cpu"), decades=6.0).clamp(-big, big)
+        return x.to(dtype).to(device)
+
+    checks = [vals(s) for s in GATHER_CHECKS]
+    parents = [vals(shape) for shape, _ in GATHER_BLOCKS]
+    return checks, parents, [cols for _, cols in GATHER_BLOCKS]
+
+
+GATHER_PLANTS = ("none", "nan check", "inf block", "-inf check", "nan outside block", "nan block last")
+"""What :func:`finite_gather_errors` plants: nothing, or one non-finite value in a checked tensor, in a copied
+block, or in a parent outside its block (which must not count)."""
+
+
+def finite_gather_errors(
+    ops: Any,
+    gen: torch.Generator,
+    device: torch.device,
+    dtypes: Sequence[torch.dtype] = (torch.bfloat16, torch.float16, torch.float32, torch.float64),
+    plants: Sequence[str] = GATHER_PLANTS,
+) -> list[str]:
+    """``ops.finite_gather`` against :func:`.reference.finite_gather` on fresh random operands: the flag equal and
+    equal to what was planted (all finite, or one NaN / +inf / -inf in a checked tensor or a copied block,
+    at random positions; a NaN in a parent outside its copied block must not count), every destination
+    (poisoned before) bit for bit equal to its block on both sides. Per dtype the kernel reads (bf16, fp16,
+    fp32), and once with operands it does not take (fp64, a copy that changes dtype: the twin's share)."""
+    errs: list[str] = []
+    for dtype in dtypes:
+        for plant in plants:
+            checks, parents, cols = _gather_operands(gen, device, dtype)
+            want_ok = plant in ("none", "nan outside block")
+            j = int(torch.randint(0, len(checks), (1,), generator=gen))
+            p = int(torch.randint(0, len(parents), (1,), generator=gen))
+            a, b = cols[p]
+            rows = parents[p].shape[0]
+            r = int(torch.randint(0, rows, (1,), generator=gen))
+            if plant == "nan check":
+                flat = checks[j].view(-1)
+                flat[int(torch.randint(0, flat.numel(), (1,), generator=gen))] = math.nan
+            elif plant == "-inf check":
+                checks[j].view(-1)[-1] = -math.inf
+            elif plant == "inf block":
+                parents[p][r, a + int(torch.randint(0, b - a, (1,), generator=gen))] = math.inf
+            elif plant == "nan block last":
+                parents[p][rows - 1, b - 1] = math.nan
+            elif plant == "nan outside block":
+                outside = [c for c in range(parents[p].shape[1]) if not a <= c < b]
+                parents[p][r, outside[int(torch.randint(0, len(outside), (1,), generator=gen))]] = math.nan
+            extra_checks, extra_copies = [], []
+            if dtype == torch.float64:  # the twin's share, and one copy that changes dtype
+                extra_checks = [checks.pop()]
+                src = parents[-1][:, cols[-1][0] : cols[-1][1]]
+                extra_copies = [(src.float(), torch.full(src.shape, 7.0, dtype=torch.bfloat16, device=device))]
+                checks = [c.float() for c in checks]
+                parents = [q.float() for q in parents]
+            blocks = [q[:, c0:c1] for q, (c0, c1) in zip(parents, cols)]
+            sides = {}
+            for side, fn in (("kernel", ops.finite_gather), ("twin", reference.finite_gather)):
+                dsts = [torch.full(blk.shape, -12345.0, dtype=blk.dtype, device=device) for blk in blocks]  # (poison)
+                dsts += [d.clone() for _, d in extra_copies]
+                srcs = blocks + [s for s, _ in extra_copies]
+                flag = fn([*checks, *extra_checks], list(zip(srcs, dsts)))
+                sides[side] = (flag, dsts, srcs)
+            tag = f"finite_gather [{str(dtype)[6:]}, {plant}]"
+            (fk, dk, srcs), (fr, dr, _) = sides["kernel"], sides["twin"]
+            if fk is None or fk.shape != () or fk.dtype != torch.bool or fk.device != device:
+                errs.append(f"{tag}: the flag is not a 0-d bool on {device}: {fk!r}")
+                continue
+            if bool(fk) != bool(fr) or bool(fk) != want_ok:
+                errs.append(f"{tag}: flag {bool(fk)}, twin {bool(fr)}, planted {'finite' if want_ok else 'non-finite'}")
+            for i, (got, ref, src) in enumerate(zip(dk, dr, srcs)):
+                errs += [f"{tag} copy {i}: {e}" for e in _bits_differ(got, ref) + _bits_differ(got, src.to(got.dtype))]
+    return errs
+
+
+def _bits_differ(a: Tensor, b: Tensor) -> list[str]:
+    """[] when ``a`` and ``b`` hold the same bits (NaNs included), else one description."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return [f"shape/dtype {tuple(a.shape)} {a.dtype} vs {tuple(b.shape)} {b.dtype}"]
+    ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    bad = a.contiguous().view(ints) != b.contiguous().view(ints)
+    return [f"{int(bad.sum())}/{a.numel()} values differ"] if bool(bad.any()) else []
