@@ -272,13 +272,16 @@ def _sumsq_kernel(
     inside = mi[:, None] & mj[None, :]
     g = load_tile(g_ptr + (b64 * M + i)[:, None] * N + j[None, :], inside, 0.0, EVEN)
     g = g.to(tl.float32)  # fp32 or bf16 G
+    back = g
+    if HAS_BACK:  # (the product first: G's load is in flight while the tensor cores form it)
+        back = lowrank_tile(x_ptr, y_ptr, b64, i, j, M, N, K, SX, SY, BM, BN, BK, PREC)
     rows = (b64 * ntn + tn) * M + i
     cols = (b64 * ntm + tm) * N + j
     gg = g * g
     tl.store(grow_ptr + rows, tl.sum(gg, axis=1), mask=mi)
     tl.store(gcol_ptr + cols, tl.sum(gg, axis=0), mask=mj)
     if HAS_BACK:
-        r = g - lowrank_tile(x_ptr, y_ptr, b64, i, j, M, N, K, SX, SY, BM, BN, BK, PREC)
+        r = g - back
         if not EVEN:
             r = tl.where(inside, r, 0.0)  # the product's rows/columns past the block are copies, not zeros
         rr = r * r
@@ -466,36 +469,40 @@ def _complement_update_kernel(
     j = (t - tm * ntn) * BN + tl.arange(0, BN)
     mi, mj = i < M, j < N
     b64 = b.to(tl.int64)
-    if SHARED_Y:
-        u, bm = lowrank_pair(xu_ptr, xm_ptr, yu_ptr, b64, i, j, M, N, KU, SXU, SXM, SYU, BM, BN, BK, PREC)
-    else:
-        u = lowrank_tile(xu_ptr, yu_ptr, b64, i, j, M, N, KU, SXU, SYU, BM, BN, BK, PREC)
-        bm = lowrank_tile(xm_ptr, ym_ptr, b64, i, j, M, N, KM, SXM, SYM, BM, BN, BK, PREC)
+    # every load of the tile first: they are in flight while the tensor cores form the products
     ia = tl.load(ia_ptr + b64 * M + i, mask=mi, other=0.0)[:, None]
     ib = tl.load(ib_ptr + b64 * N + j, mask=mj, other=0.0)[None, :]
     fi = tl.load(fi_ptr + b)
     scale = tl.load(scale_ptr + b)
     off = (b64 * M + i)[:, None] * N + j[None, :]
     mask = mi[:, None] & mj[None, :]
-    m = load_tile(m_ptr + off, mask, 0.0, EVEN).to(tl.float32)  # fp32 or bf16 M
-    r = m - bm  # == (-bm) + m, the twin's spelling, bit for bit (signed zeros included)
-    t = tl.minimum(ia * ib, fi, propagate_nan=tl.PropagateNan.ALL)
-    u = u + (r * t) * scale
+    m = load_tile(m_ptr + off, mask, 0.0, EVEN)  # fp32 or bf16 M
     if WTAB:  # the weights where they live (column blocks of wider weights)
         wbase = tl.load(wtab_ptr + b).to(tl.pointer_type(out_ptr.dtype.element_ty))
         wbase = tl.multiple_of(wbase, 16)  # WeightBlocks.of checks the addresses are 64-byte aligned: vector loads
         wp = wbase + (i[:, None] * LDW + j[None, :])
     else:
         wp = out_ptr + off
+    w = m  # (the weights, and their bits when R > 0, once APPLY)
+    rho = m
+    if APPLY:
+        w = load_tile(wp, mask, 0.0 if R == 0 else 0, EVEN)
+        if R > 0:
+            rho = load_tile(rho_ptr + off, mask, 0, EVEN)
+    if SHARED_Y:
+        u, bm = lowrank_pair(xu_ptr, xm_ptr, yu_ptr, b64, i, j, M, N, KU, SXU, SXM, SYU, BM, BN, BK, PREC)
+    else:
+        u = lowrank_tile(xu_ptr, yu_ptr, b64, i, j, M, N, KU, SXU, SYU, BM, BN, BK, PREC)
+        bm = lowrank_tile(xm_ptr, ym_ptr, b64, i, j, M, N, KM, SXM, SYM, BM, BN, BK, PREC)
+    r = m.to(tl.float32) - bm  # == (-bm) + m, the twin's spelling, bit for bit (signed zeros included)
+    t = tl.minimum(ia * ib, fi, propagate_nan=tl.PropagateNan.ALL)
+    u = u + (r * t) * scale
     if not APPLY:
         store_tile(out_ptr + off, u, mask, EVEN)
     elif R == 0:  # fp32 weights
-        w = load_tile(wp, mask, 0.0, EVEN)
         store_tile(wp, w * c - u * lr, mask, EVEN)
     else:
-        wb = load_tile(wp, mask, 0, EVEN)
-        rf = load_tile(rho_ptr + off, mask, 0, EVEN).to(tl.float32)
-        nb, nr = master_update(wb, rf, u, c, lr, R)
+        nb, nr = master_update(w, rho.to(tl.float32), u, c, lr, R)
         store_tile(wp, nb, mask, EVEN)
         store_tile(rho_ptr + off, nr.to(rho_ptr.dtype.element_ty), mask, EVEN)
 
