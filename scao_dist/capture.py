@@ -89,6 +89,7 @@ class _Entry:
     failed: bool = False  # a capture raised: this group steps eagerly
     keep: list[Tensor] = dataclasses.field(default_factory=list)  # tensors the graph reads, kept alive
     views: list[tuple[Tensor, Tensor]] = dataclasses.field(default_factory=list)  # (param, its rows of grads)
+    rows: list[Tensor] | None = None  # grads' blocks, each a (m, n) view (made once)
     retired: list[Any] = dataclasses.field(default_factory=list)  # replaced graphs (and what they read), kept
     # alive until the next capture synchronises the device: their last replay may still be running
 
@@ -118,9 +119,9 @@ class _Upload:
         if done is not None:
             done.synchronize()  # (long done: it was one step ago)
         t, s = self.views(buf)
-        t.copy_(torch.tensor(table, dtype=torch.float32))
+        t.numpy()[:] = table  # (into the pinned buffer: no tensor made on the way)
         if seeds is not None:
-            s.copy_(torch.tensor(seeds, dtype=torch.int64))
+            s.numpy()[:] = seeds
         n = self.split if seeds is None else buf.numel()
         self.dev[:n].copy_(buf[:n], non_blocking=True)
         if done is not None:
@@ -235,7 +236,12 @@ class GroupGraphs:
             params = [grp.params[pid] for pid in self._pids[gid]]
             if not gather or any(p.grad is None or p.grad.device != self.device for p in params):
                 continue
-            copies += [(grp.block_view(i, grp.params[s.param].grad), e.grads[i]) for i, s in enumerate(grp.specs)]
+            if e.rows is None:
+                e.rows = list(e.grads.unbind(0))
+            for i, s in enumerate(grp.specs):
+                g = grp.params[s.param].grad
+                block = g[s.r0 : s.r1, s.c0 : s.c1] if g.dim() == 2 and s.kind == "kron" else grp.block_view(i, g)
+                copies.append((block, e.rows[i]))
             covered.update(id(p) for p in params)
             self._ready.add(gid)
         return checks, copies, covered
