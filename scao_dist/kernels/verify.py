@@ -824,7 +824,7 @@ def finite_gather_errors(
                 sides[side] = (flag, dsts, srcs)
             tag = f"finite_gather [{str(dtype)[6:]}, {plant}]"
             (fk, dk, srcs), (fr, dr, _) = sides["kernel"], sides["twin"]
-            if fk is None or fk.shape != () or fk.dtype != torch.bool or fk.device != device:
+            if fk is None or fk.shape != () or fk.dtype != torch.bool or fk.device.type != device.type:
                 errs.append(f"{tag}: the flag is not a 0-d bool on {device}: {fk!r}")
                 continue
             if bool(fk) != bool(fr) or bool(fk) != want_ok:
