@@ -90,6 +90,7 @@ class _Entry:
     keep: list[Tensor] = dataclasses.field(default_factory=list)  # tensors the graph reads, kept alive
     views: list[tuple[Tensor, Tensor]] = dataclasses.field(default_factory=list)  # (param, its rows of grads)
     rows: list[Tensor] | None = None  # grads' blocks, each a (m, n) view (made once)
+    homes: dict[int, Tensor] = dataclasses.field(default_factory=dict)  # param id -> its kept .grad (no views)
     retired: list[Any] = dataclasses.field(default_factory=list)  # replaced graphs (and what they read), kept
     # alive until the next capture synchronises the device: their last replay may still be running
 
@@ -196,12 +197,25 @@ class GroupGraphs:
     def install_grad_views(self) -> None:
         """Zero every gradient buffer that can hold its parameters' gradients whole and make those
         parameters' ``.grad`` views into it (:meth:`SCAO.zero_grad`): autograd then accumulates into
-        the buffer in place, and the step copies nothing (as DDP's ``gradient_as_bucket_view``)."""
-        for e in self.entries.values():
+        the buffer in place, and the step copies nothing (as DDP's ``gradient_as_bucket_view``). The
+        parameters of the other captured groups (column blocks of wider weights) get a zeroed gradient
+        tensor of their own, the same one every step: the check that copies them in
+        (:meth:`check_operands`) then sees the same addresses at every step and is replayed."""
+        for gid, e in self.entries.items():
             if e.views:
                 e.grads.zero_()
                 for p, view in e.views:
                     p.grad = view
+                continue
+            grp = self.groups[self.pos[gid]]
+            for pid in self._pids[gid]:
+                p = grp.params[pid]
+                home = e.homes.get(pid)
+                if home is None or home.shape != p.shape or home.dtype != p.dtype or home.device != p.device:
+                    home = e.homes[pid] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+                else:
+                    home.zero_()
+                p.grad = home
 
     def aliased_buffers(self) -> list[tuple[Tensor, list[Tensor]]]:
         """``(gradient buffer, its parameters)`` of every group whose parameters' ``.grad`` are all

@@ -276,7 +276,8 @@ def test_column_blocks_are_copied_in_by_the_check() -> None:
     """A weight cut into column blocks cannot hand its ``.grad`` out as rows of its group's buffer: the step's
     NaN/inf check copies those blocks in on its way (``GroupGraphs.check_operands``, ``kernels.finite_gather``)
     and the step copies nothing more. The updates equal eager steps bit for bit, and a NaN in a column block
-    skips the step, weights and states untouched; a NaN elsewhere in the weight's gradient as well."""
+    skips the step, weights and states untouched; a NaN elsewhere in the weight's gradient as well. ``zero_grad``
+    leaves the split weight one zeroed gradient tensor, the same at every step (so the check is replayed)."""
 
     def make() -> tuple[torch.nn.Module, SCAO]:
         torch.manual_seed(0)
@@ -303,6 +304,8 @@ def test_column_blocks_are_copied_in_by_the_check() -> None:
     split = [g for g in o_c.groups if isinstance(g, KronGroup) and g.specs[0].c1 - g.specs[0].c0 < 96]
     assert split and id(split[0]) in graphs.entries  # the column blocks' group was captured ...
     assert gathered[-1] == split[0].B and copied_by_step[-3:] == [0, 0, 0]  # ... copied in by the check alone
+    home = m_c[0].weight.grad  # zero_grad leaves the split weight a zeroed gradient tensor, the same every step
+    assert home is not None and not home.any() and m_e[0].weight.grad is None
     for where in ("a column block", "the weight outside the copied blocks"):
         weight = m_c[0].weight
         model, opt = m_c, o_c
@@ -320,6 +323,7 @@ def test_column_blocks_are_copied_in_by_the_check() -> None:
         assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())), where
         assert all(torch.equal(state[(id(g), k)], v) for g in opt.groups for k, v in g.t.items()), where
         opt.zero_grad()
+        assert m_c[0].weight.grad is home and not home.any()
 
 
 def test_deferred_skips_count_as_consecutive() -> None:

@@ -9,13 +9,15 @@ check's pass writes the copies.
 Every tensor is a *segment*: a matrix of ``R`` rows of ``C`` values, ``S`` values apart (a
 contiguous tensor is its rows of its last dimension; a column block is its rows inside the wider
 weight), with an optional contiguous destination. One launch per dtype and alignment covers all the
-segments of that kind: program ``p`` takes tile ``p - first[s]`` of segment ``s = tile_seg[p]``,
-a [BR, BC] tile, checks ``|x| <= FLT_MAX`` (false for NaN and inf) and stores 0 into the flag if a
-value fails, and writes the tile to the destination. The flag is a byte that starts at 1 and is
-returned as a 0-d bool; no atomics (every writer writes 0), the result does not depend on the order.
+segments of that kind: program ``p`` takes tile ``p - first[s]`` of the last segment ``s`` with
+``first[s] <= p``, a [BR, BC] tile, checks ``|x| <= FLT_MAX`` (false for NaN and inf) and stores 0
+into the flag if a value fails, and writes the tile to the destination. The flag is a byte that
+starts at 1 and is returned as a 0-d bool; no atomics (every writer writes 0), the result does not
+depend on the order.
 
-Segment tables (addresses, sizes, the tile map) are built on the host once per set of tensors and
-kept (:data:`_TABLES`), so a captured check reads them from the device and no step uploads them.
+Segment tables (addresses, sizes, first tiles: 8 values per segment) are built on the host once per
+set of tensors and kept (:data:`_TABLES`), so a captured check reads them from the device and a step
+with the same tensors uploads nothing; a new set costs one small copy through pinned memory.
 Tensors the kernel does not take (other dtypes, a last dimension that is not contiguous, copies
 that change dtype) go through the twin, :func:`.reference.finite_gather`, whose flag is combined.
 """
@@ -48,13 +50,15 @@ row, first tile, unused."""
 
 
 @triton.jit
-def _finite_gather_kernel(seg_ptr, tile_seg_ptr, flag_ptr, like_ptr, BR: tl.constexpr, BC: tl.constexpr,
+def _finite_gather_kernel(seg_ptr, nseg, flag_ptr, like_ptr, BR: tl.constexpr, BC: tl.constexpr,
                           ALIGNED: tl.constexpr, VEC: tl.constexpr):  # fmt: skip
     """One [BR, BC] tile of one segment (module docstring). ``like_ptr``: any pointer of the segments'
     element type. ``ALIGNED``: every address, ``S`` and ``C`` are multiples of ``VEC`` values (16 bytes)."""
     pid = tl.program_id(0)
-    s = tl.load(tile_seg_ptr + pid).to(tl.int64)
-    row = seg_ptr + s * 8
+    s = 0  # the last segment whose first tile is at or before this one (a scan of a few dozen cached values)
+    for k in range(1, nseg):
+        s = tl.where(pid >= tl.load(seg_ptr + k * 8 + 6), k, s)
+    row = seg_ptr + s.to(tl.int64) * 8
     src = tl.load(row).to(tl.pointer_type(like_ptr.dtype.element_ty))
     dst_addr = tl.load(row + 1)
     R = tl.load(row + 2)
@@ -104,7 +108,8 @@ _TABLES: dict[tuple, list[tuple[Tensor, Tensor, Tensor, bool, int]]] = {}
 
 
 def _tables(segs: list[tuple[Tensor, Tensor | None, tuple[int, int, int]]], key: tuple) -> list:
-    """``(like, seg table, tile map, aligned, tiles)`` per launch: segments grouped by dtype and alignment."""
+    """``(like, seg table, segments, aligned, tiles, host copy)`` per launch: segments grouped by dtype and
+    alignment (the pinned host copy kept until the table's upload is surely done: as long as the table)."""
     out = _TABLES.get(key)
     if out is not None:
         return out
@@ -116,17 +121,15 @@ def _tables(segs: list[tuple[Tensor, Tensor | None, tuple[int, int, int]]], key:
         kinds.setdefault((src.dtype, aligned), []).append((src, dst, R, C, S))
     out = []
     for (_, aligned), items in kinds.items():
-        rows, tile_seg, first = [], [], 0
-        for j, (src, dst, R, C, S) in enumerate(items):
+        rows, first = [], 0
+        for src, dst, R, C, S in items:
             ntc = triton.cdiv(C, BC)
-            n = triton.cdiv(R, BR) * ntc
             rows.append([src.data_ptr(), dst.data_ptr() if dst is not None else 0, R, C, S, ntc, first, 0])
-            tile_seg += [j] * n
-            first += n
+            first += triton.cdiv(R, BR) * ntc
         dev = items[0][0].device
-        seg = torch.tensor(rows, dtype=torch.int64).to(dev)
-        tmap = torch.tensor(tile_seg, dtype=torch.int32).to(dev)
-        out.append((items[0][0], seg, tmap, aligned, first))
+        host = torch.tensor(rows, dtype=torch.int64, pin_memory=dev.type == "cuda")
+        seg = host.to(dev, non_blocking=True)
+        out.append((items[0][0], seg, len(rows), aligned, first, host))
     if len(_TABLES) >= 8:
         _TABLES.clear()
     _TABLES[key] = out
@@ -156,9 +159,9 @@ def finite_gather(
         tables = _tables(segs, key)
         if keep is not None:
             keep.append(tables)
-        for like, seg, tmap, aligned, tiles in tables:
+        for like, seg, nseg, aligned, tiles, _ in tables:
             vec = 16 // like.element_size()
-            _finite_gather_kernel[(tiles,)](seg, tmap, byte, like, BR=BR, BC=BC, ALIGNED=aligned, VEC=vec,
+            _finite_gather_kernel[(tiles,)](seg, nseg, byte, like, BR=BR, BC=BC, ALIGNED=aligned, VEC=vec,
                                             num_warps=WARPS)  # fmt: skip
         flag = byte.view(torch.bool)
     if rest_checks or rest_copies:
