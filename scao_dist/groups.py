@@ -352,7 +352,9 @@ class _Group:
         for k, v in sub.items():
             self.t[k].index_copy_(0, ix, v)
 
-    def bias(self, idx: Sequence[int], hp: Hyper, ndim: int, ahead: int = 0) -> tuple[Tensor | float, Tensor | float]:
+    def bias(
+        self, idx: Sequence[int], hp: Hyper, ndim: int, ahead: int = 0
+    ) -> tuple[Tensor | float, Tensor | float]:
         """Adam bias corrections ``1 - beta^t`` (floats when all blocks are at the same step), at the
         blocks' step counts plus ``ahead``."""
         ts = [self.steps[i] + ahead for i in idx]
