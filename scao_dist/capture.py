@@ -89,7 +89,7 @@ class _Entry:
     failed: bool = False  # a capture raised: this group steps eagerly
     keep: list[Tensor] = dataclasses.field(default_factory=list)  # tensors the graph reads, kept alive
     views: list[tuple[Tensor, Tensor]] = dataclasses.field(default_factory=list)  # (param, its rows of grads)
-    rows: list[Tensor] | None = None  # grads' blocks, each a (m, n) view (made once)
+    gather: tuple[list[Tensor], list[tuple[Tensor, Tensor]]] = ([], [])  # (.grads seen, the check's copies)
     homes: dict[int, Tensor] = dataclasses.field(default_factory=dict)  # param id -> its kept .grad (no views)
     retired: list[Any] = dataclasses.field(default_factory=list)  # replaced graphs (and what they read), kept
     # alive until the next capture synchronises the device: their last replay may still be running
@@ -171,7 +171,9 @@ class GroupGraphs:
         self.counts = {"eager": 0, "captures": 0, "replays": 0}
         self._check: tuple[tuple, torch.cuda.CUDAGraph | None, Tensor | None, Any] = ((), None, None, None)
         self._check_failed = False  # (finite_flag)
+        self._check_tensors: tuple[list[Tensor], list[int], tuple] = ([], [], ())  # finite_flag: last call's, key
         self._ready: set[int] | None = None  # the groups whose buffers hold this step's gradients (check_operands)
+        self._ids: dict[int, frozenset[int]] = {}  # group id -> its parameters' ids
         self.counters: dict[str, int] | None = None  # the optimizer's counters, also incremented
 
     # ------------------------------------------------------------------------ eligibility
@@ -225,8 +227,9 @@ class GroupGraphs:
 
     @staticmethod
     def _aliased(e: _Entry) -> bool:
-        """Are the gradients the buffer's views (the last ``zero_grad`` installed them, autograd kept them)?"""
-        return bool(e.views) and all(p.grad is not None and p.grad.data_ptr() == v.data_ptr() for p, v in e.views)
+        """Are the gradients the buffer's views (the last ``zero_grad`` installed them, autograd kept them:
+        it accumulates into a ``.grad`` in place, the same tensor; one that replaced it is another)?"""
+        return bool(e.views) and all(p.grad is v for p, v in e.views)
 
     # ------------------------------------------------------------------------------ check
     def check_operands(self, gather: bool) -> tuple[list[Tensor], list[tuple[Tensor, Tensor]], set[int]]:
@@ -244,21 +247,42 @@ class GroupGraphs:
             grp = self.groups[self.pos[gid]]
             if self._aliased(e):
                 checks.append(e.grads)
-                covered.update(id(p) for p, _ in e.views)
+                covered |= self._param_ids(gid)
                 self._ready.add(gid)
                 continue
-            params = [grp.params[pid] for pid in self._pids[gid]]
-            if not gather or any(p.grad is None or p.grad.device != self.device for p in params):
+            if not gather:
                 continue
-            if e.rows is None:
-                e.rows = list(e.grads.unbind(0))
-            for i, s in enumerate(grp.specs):
-                g = grp.params[s.param].grad
-                block = g[s.r0 : s.r1, s.c0 : s.c1] if g.dim() == 2 and s.kind == "kron" else grp.block_view(i, g)
-                copies.append((block, e.rows[i]))
-            covered.update(id(p) for p in params)
+            grads = [grp.params[pid].grad for pid in self._pids[gid]]
+            if any(g is None or g.device != self.device for g in grads):
+                continue
+            copies += self._blocks(grp, e, grads)
+            covered |= self._param_ids(gid)
             self._ready.add(gid)
         return checks, copies, covered
+
+    def _param_ids(self, gid: int) -> frozenset[int]:
+        """The ids of the parameters of group ``gid`` (made once)."""
+        ids = self._ids.get(gid)
+        if ids is None:
+            grp = self.groups[self.pos[gid]]
+            ids = self._ids[gid] = frozenset(id(grp.params[pid]) for pid in self._pids[gid])
+        return ids
+
+    def _blocks(self, grp: Group, e: _Entry, grads: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+        """``(block of its parameter's gradient, the buffer's rows for it)`` for every block of the group; the
+        views made again only when a gradient is another tensor than last step (:meth:`install_grad_views`
+        keeps them the same)."""
+        seen, pairs = e.gather
+        if len(seen) == len(grads) and all(a is b for a, b in zip(seen, grads)):
+            return pairs
+        rows = list(e.grads.unbind(0))
+        pairs = []
+        for i, s in enumerate(grp.specs):
+            g = grp.params[s.param].grad
+            block = g[s.r0 : s.r1, s.c0 : s.c1] if g.dim() == 2 and s.kind == "kron" else grp.block_view(i, g)
+            pairs.append((block, rows[i]))
+        e.gather = (grads, pairs)
+        return pairs
 
     def finite_flag(self, grads: Sequence[Tensor], copies: Sequence[tuple[Tensor, Tensor]] = ()) -> Tensor | None:
         """:func:`~scao_dist.kernels.finite_gather` of ``grads`` and ``copies`` (:meth:`check_operands`), replayed
@@ -268,7 +292,7 @@ class GroupGraphs:
         tensors = [*grads, *(t for pair in copies for t in pair)]
         if not self.record or not tensors or any(g.device != self.device for g in tensors):
             return kernels.finite_gather(grads, copies)
-        key = tuple((g.data_ptr(), g.shape, g.stride(), g.dtype) for g in tensors), len(grads)
+        key = self._check_key(tensors, len(grads))
         seen, graph, out = self._check[:3]
         if key == seen and graph is not None:
             graph.replay()
@@ -291,6 +315,16 @@ class GroupGraphs:
         self._check = (key, graph, out, keep)  # (keep: the tables the graph reads)
         graph.replay()
         return out
+
+    def _check_key(self, tensors: list[Tensor], n_checks: int) -> tuple:
+        """What the recorded check depends on: every tensor's address, shape, strides and dtype (computed again
+        only when the tensors are not the very ones of the last call)."""
+        last, ptrs, key = self._check_tensors
+        now = [g.data_ptr() for g in tensors]
+        if now != ptrs or len(last) != len(tensors) or any(a is not b for a, b in zip(last, tensors)):
+            key = tuple((p, g.shape, g.stride(), g.dtype) for p, g in zip(now, tensors)), n_checks
+            self._check_tensors = (tensors, now, key)
+        return key
 
     # ------------------------------------------------------------------------------ step
     def upload_scalars(self, work: Sequence[Work]) -> None:
