@@ -89,7 +89,8 @@ class _Entry:
     failed: bool = False  # a capture raised: this group steps eagerly
     keep: list[Tensor] = dataclasses.field(default_factory=list)  # tensors the graph reads, kept alive
     views: list[tuple[Tensor, Tensor]] = dataclasses.field(default_factory=list)  # (param, its rows of grads)
-    gather: tuple[list[Tensor], list[tuple[Tensor, Tensor]]] = ([], [])  # (.grads seen, the check's copies)
+    gather: tuple[list[Tensor], list[tuple[Tensor, Tensor]]] = dataclasses.field(default_factory=lambda: ([], []))
+    # (the .grads seen last, the check's copies from them: GroupGraphs._blocks)
     homes: dict[int, Tensor] = dataclasses.field(default_factory=dict)  # param id -> its kept .grad (no views)
     retired: list[Any] = dataclasses.field(default_factory=list)  # replaced graphs (and what they read), kept
     # alive until the next capture synchronises the device: their last replay may still be running

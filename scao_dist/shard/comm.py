@@ -78,7 +78,7 @@ def build_buckets(
 
 def finite_flag(grads: Sequence[Tensor]) -> Tensor | None:
     """Whether every gradient is all finite, as a device bool (``None`` without gradients): launched,
-    not waited for (:func:`..kernels.finite_gather`, nothing to copy: a few launches for all of them)."""
+    not waited for (:func:`scao_dist.kernels.finite_gather` with nothing to copy: a launch or two for all)."""
     return kernels.finite_gather(grads, ())
 
 
