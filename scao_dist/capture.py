@@ -220,12 +220,6 @@ class GroupGraphs:
                     home.zero_()
                 p.grad = home
 
-    def aliased_buffers(self) -> list[tuple[Tensor, list[Tensor]]]:
-        """``(gradient buffer, its parameters)`` of every group whose parameters' ``.grad`` are all
-        views into its buffer now: the buffer holds exactly their gradients (checking it for
-        non-finite values checks them, in one tensor instead of one per parameter)."""
-        return [(e.grads, [p for p, _ in e.views]) for e in self.entries.values() if self._aliased(e)]
-
     @staticmethod
     def _aliased(e: _Entry) -> bool:
         """Are the gradients the buffer's views (the last ``zero_grad`` installed them, autograd kept them:
@@ -373,10 +367,11 @@ class GroupGraphs:
         # while the GPU runs a long one; the groups are independent)
         views: list[Work] = []
         copies: list[Work] = []
-        ready, self._ready = self._ready, None
+        ready, self._ready = self._ready, None  # (None: check_operands did not run this step)
         for w in sorted(work, key=lambda w: -self._size[id(w[0])]):
-            e = self._entry(w[0])
-            (views if (id(w[0]) in ready if ready is not None else self._aliased(e)) else copies).append(w)
+            e = self._entry(w[0])  # (made here at a group's first captured step)
+            filled = id(w[0]) in ready if ready is not None else self._aliased(e)
+            (views if filled else copies).append(w)
         with torch.cuda.device(self.device) if self.record else contextlib.nullcontext():
             for grp, _, hp, runs in views:
                 if not self._run(grp, hp, runs, check):

@@ -44,9 +44,9 @@ WARPS = 8
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 """The dtypes the kernel reads (floats of 2 and 4 bytes); copies keep the dtype."""
 
-SEG_FIELDS = 8
+SEG: tl.constexpr = tl.constexpr(8)
 """int64 values per segment row: source address, destination address (0: none), R, C, S, tiles per
-row, first tile, unused."""
+row, first tile (offset 6), unused."""
 
 
 @triton.jit
@@ -57,8 +57,8 @@ def _finite_gather_kernel(seg_ptr, nseg, flag_ptr, like_ptr, BR: tl.constexpr, B
     pid = tl.program_id(0)
     s = 0  # the last segment whose first tile is at or before this one (a scan of a few dozen cached values)
     for k in range(1, nseg):
-        s = tl.where(pid >= tl.load(seg_ptr + k * 8 + 6), k, s)
-    row = seg_ptr + s.to(tl.int64) * 8
+        s = tl.where(pid >= tl.load(seg_ptr + k * SEG + 6), k, s)
+    row = seg_ptr + s.to(tl.int64) * SEG
     src = tl.load(row).to(tl.pointer_type(like_ptr.dtype.element_ty))
     dst_addr = tl.load(row + 1)
     R = tl.load(row + 2)
@@ -91,9 +91,9 @@ def _segment(src: Tensor, dst: Tensor | None) -> tuple[int, int, int] | None:
     same shape and dtype); ``None`` if the kernel does not take it."""
     if src.dtype not in DTYPES or src.numel() == 0:
         return None
-    if dst is not None and (dst.dtype != src.dtype or dst.shape != src.shape or not dst.is_contiguous()):
-        return None
-    if dst is not None and dst.device != src.device:
+    if dst is not None and (
+        dst.dtype != src.dtype or dst.shape != src.shape or dst.device != src.device or not dst.is_contiguous()
+    ):
         return None
     if src.is_contiguous():
         c = src.shape[-1] if src.dim() else 1
@@ -103,8 +103,8 @@ def _segment(src: Tensor, dst: Tensor | None) -> tuple[int, int, int] | None:
     return None
 
 
-_TABLES: dict[tuple, list[tuple[Tensor, Tensor, Tensor, bool, int]]] = {}
-"""Segment tables per set of tensors (addresses, shapes, strides, dtypes): a few sets at most."""
+_TABLES: dict[tuple, list[tuple[Tensor, Tensor, int, bool, int, Tensor]]] = {}
+"""Segment tables per tile shape and set of tensors (addresses, shapes, strides, dtypes): a few sets at most."""
 
 
 def _tables(segs: list[tuple[Tensor, Tensor | None, tuple[int, int, int]]], key: tuple) -> list:
@@ -124,7 +124,7 @@ def _tables(segs: list[tuple[Tensor, Tensor | None, tuple[int, int, int]]], key:
         rows, first = [], 0
         for src, dst, R, C, S in items:
             ntc = triton.cdiv(C, BC)
-            rows.append([src.data_ptr(), dst.data_ptr() if dst is not None else 0, R, C, S, ntc, first, 0])
+            rows.append([src.data_ptr(), dst.data_ptr() if dst is not None else 0, R, C, S, ntc, first, 0])  # SEG
             first += triton.cdiv(R, BR) * ntc
         dev = items[0][0].device
         host = torch.tensor(rows, dtype=torch.int64, pin_memory=dev.type == "cuda")
@@ -152,9 +152,8 @@ def finite_gather(
         (segs.append((src, dst, rc)) if rc is not None else rest_copies.append((src, dst)))
     flag = None
     if segs:
-        key = tuple(
-            (s.data_ptr(), s.shape, s.stride(), s.dtype, d.data_ptr() if d is not None else 0) for s, d, _ in segs
-        )
+        key = (BR, BC, *((s.data_ptr(), s.shape, s.stride(), s.dtype, d.data_ptr() if d is not None else 0)
+                         for s, d, _ in segs))  # fmt: skip
         byte = torch.ones((), dtype=torch.uint8, device=segs[0][0].device)
         tables = _tables(segs, key)
         if keep is not None:
