@@ -5,9 +5,9 @@
 The 405M GPT's group structure (stream sides, row and column blocks, the 1-D AdamW group) on a GPT of
 ``d_model`` 512 with ``max_precond_dim`` 1024, stepped through ``GroupGraphs(record=False)`` with the
 device work stubbed out (each group's body, the NaN/inf check and the gradient copies): what is left is the
-step's Python. Prints the median time from ``step()``'s entry to the first group's replay, and of the
-whole step. A CPU proxy: the GPU host's own speed and a profiler change the absolute figures
-(BENCHMARKS.md §0 says which were measured where); it tells host-side changes apart.
+step's Python. Prints the median time from ``step()``'s entry to the NaN/inf check's launch and to the
+first group's replay, and of the whole step. A CPU proxy: the GPU host's own speed and a profiler change
+the absolute figures (BENCHMARKS.md §0 says which were measured where); it tells host-side changes apart.
 """
 
 from __future__ import annotations
@@ -46,8 +46,14 @@ def main(argv: list[str] | None = None) -> int:
         g["precond_freq"] = 10**9
     backward()
     flag = torch.ones((), dtype=torch.bool)
-    kernels.finite_gather = lambda checks, copies=(), keep=None: flag  # (the check's device work)
     first: list[float] = []
+    checked: list[float] = []
+
+    def check(checks, copies=(), keep=None) -> torch.Tensor:  # (the check's device work)
+        checked.append(time.perf_counter())
+        return flag
+
+    kernels.finite_gather = check
 
     def body(self, grp, hp, runs, e) -> None:  # (a group's device work)
         if not first:
@@ -55,15 +61,18 @@ def main(argv: list[str] | None = None) -> int:
 
     GroupGraphs._eager = body
     graphs._copy_gradients = lambda work: None
-    pro, tot = [], []
+    pre, pro, tot = [], [], []
     for _ in range(args.steps):
         first.clear()
+        checked.clear()
         t0 = time.perf_counter()
         opt.step()
         t1 = time.perf_counter()
+        pre.append((checked[0] - t0) * 1e6)
         pro.append((first[0] - t0) * 1e6)
         tot.append((t1 - t0) * 1e6)
-    print(f"before the first replay: median {statistics.median(pro):.0f} us; "
+    print(f"before the check: median {statistics.median(pre):.0f} us; "
+          f"before the first replay: median {statistics.median(pro):.0f} us; "
           f"whole step: median {statistics.median(tot):.0f} us (device work stubbed)")  # fmt: skip
     return 0
 

@@ -51,10 +51,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import operator
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -67,6 +69,8 @@ from .shard.comm import FiniteCheck
 from .stacked import SEED_STEP, block_seed
 
 Group = KronGroup | AdamGroup
+
+_GRAD = operator.attrgetter("grad")
 
 NAN_HYPER = {"lr": math.nan, "weight_decay": math.nan}
 """The host lr and weight decay a captured step is given: every use must read the device row, and
@@ -95,13 +99,18 @@ class _Entry:
     retired: list[Any] = dataclasses.field(default_factory=list)  # replaced graphs (and what they read), kept
     # alive until the next capture synchronises the device: their last replay may still be running
 
+    def __post_init__(self) -> None:
+        self.view_params = [p for p, _ in self.views]  # (the views' two sides as lists: _aliased)
+        self.view_grads = [v for _, v in self.views]
+
 
 class _Upload:
     """The step's device inputs (the scalars table and the dither seeds, one byte buffer on the device)
     written from the host in one copy without the host waiting for the stream: through pinned buffers
     (two, used in turn, each refilled only once its last copy is done). A copy from pageable memory
     may make the host wait until the stream reaches it (CUDA's staging), which would undo the
-    overlap of the host's work with the gradient check."""
+    overlap of the host's work with the gradient check. The host writes the values straight into the
+    pinned bytes through numpy views made once (:meth:`fill`)."""
 
     def __init__(self, rows: int, seeds: int, device: torch.device) -> None:
         self.split = rows * ROW_STRIDE * 4  # bytes of the table (32 per row: the seeds after it 8-aligned)
@@ -111,21 +120,27 @@ class _Upload:
         self.bufs = [torch.zeros(nbytes, dtype=torch.uint8, pin_memory=pinned) for _ in range(2)]
         self.done = [torch.cuda.Event() if pinned else None for _ in range(2)]
         self.turn = 0
+        self._arrays = [tuple(v.numpy() for v in self.views(b)) for b in self.bufs]
+        # (destination, sources) of the copy with and without the seeds
+        self._copies = {n: (self.dev[:n], [b[:n] for b in self.bufs]) for n in (self.split, nbytes)}
 
     def views(self, buf: Tensor) -> tuple[Tensor, Tensor]:
         """(scalars table (rows, ROW_STRIDE) fp32, seeds (n,) int64) of one of the byte buffers."""
         return buf[: self.split].view(torch.float32).view(-1, ROW_STRIDE), buf[self.split :].view(torch.int64)
 
-    def __call__(self, table: list[list[float]], seeds: list[int] | None) -> None:
-        buf, done = self.bufs[self.turn], self.done[self.turn]
+    def fill(self) -> tuple[np.ndarray, np.ndarray]:
+        """The table and seeds of the pinned buffer whose turn it is, to write into (once its last copy is
+        done: long done, it was one step ago); :meth:`send` copies them."""
+        done = self.done[self.turn]
         if done is not None:
-            done.synchronize()  # (long done: it was one step ago)
-        t, s = self.views(buf)
-        t.numpy()[:] = table  # (into the pinned buffer: no tensor made on the way)
-        if seeds is not None:
-            s.numpy()[:] = seeds
-        n = self.split if seeds is None else buf.numel()
-        self.dev[:n].copy_(buf[:n], non_blocking=True)
+            done.synchronize()
+        return self._arrays[self.turn]
+
+    def send(self, seeds: bool) -> None:
+        """Copy the buffer :meth:`fill` gave (the table, and the seeds with ``seeds``) to the device."""
+        dst, srcs = self._copies[self.dev.numel() if seeds else self.split]
+        dst.copy_(srcs[self.turn], non_blocking=True)
+        done = self.done[self.turn]
         if done is not None:
             done.record()
         self.turn ^= 1
@@ -158,8 +173,8 @@ class GroupGraphs:
         self._upload = _Upload(len(self.groups), max(seed_rows, 1), device)
         # rows padded to 8 values (32 bytes): every row's address equally aligned, so one kernel variant
         self.table, self.seeds = self._upload.views(self._upload.dev)
-        self._seed_vals = [0] * self.seeds.numel()  # the host's copy of the seeds (upload_scalars)
-        self._seed_base = list(self._seed_vals)  # each row's seed at step 0
+        self._seed_vals = np.zeros(self.seeds.numel(), dtype=np.int64)  # the host's copy of the seeds
+        self._seed_base = self._seed_vals.copy()  # each row's seed at step 0
         for g in self.groups:
             for side, (a, _) in self.seed_layout[id(g)].items():
                 for j, spec in enumerate(g.specs):
@@ -174,8 +189,13 @@ class GroupGraphs:
         self._check_failed = False  # (finite_flag)
         self._check_tensors: tuple[list[Tensor], list[int], tuple] = ([], [], ())  # finite_flag: last call's, key
         self._ready: set[int] | None = None  # the groups whose buffers hold this step's gradients (check_operands)
-        self._ids: dict[int, frozenset[int]] = {}  # group id -> its parameters' ids
         self.counters: dict[str, int] | None = None  # the optimizer's counters, also incremented
+        # (key caches: per group id, the last key's parts and what they were made from)
+        self._state_keys: dict[int, tuple] = {}
+        self._runs_keys: dict[int, tuple] = {}
+        self._plist: dict[int, list[Tensor]] = {}
+        self._modes: tuple | None = None  # this step's math modes (launch)
+        self._gate = self.table[:, scalars.GATE]
 
     # ------------------------------------------------------------------------ eligibility
     def eligible(self, grp: Group, idx: Sequence[int]) -> bool:
@@ -224,7 +244,7 @@ class GroupGraphs:
     def _aliased(e: _Entry) -> bool:
         """Are the gradients the buffer's views (the last ``zero_grad`` installed them, autograd kept them:
         it accumulates into a ``.grad`` in place, the same tensor; one that replaced it is another)?"""
-        return bool(e.views) and all(p.grad is v for p, v in e.views)
+        return bool(e.views) and all(map(operator.is_, map(_GRAD, e.view_params), e.view_grads))
 
     # ------------------------------------------------------------------------------ check
     def check_operands(self, gather: bool) -> tuple[list[Tensor], list[tuple[Tensor, Tensor]], set[int]]:
@@ -232,43 +252,39 @@ class GroupGraphs:
         ``.grad`` are views of (checked where they are), and, with ``gather``, the blocks of the groups whose
         ``.grad`` are not views (column blocks of wider weights) as ``(block, its rows of the buffer)``: the
         check copies them in on its way (:func:`~scao_dist.kernels.finite_gather`), and :meth:`launch` does
-        not copy them again. Returns those and the ids of the parameters covered. ``gather`` only when
-        nothing changes the gradients between the check and the step (one rank, no reduction after it)."""
+        not copy them again. Returns those and the indices of the parameters covered (in the optimizer's
+        parameter list). ``gather`` only when nothing changes the gradients between the check and the step
+        (one rank, no reduction after it)."""
         checks: list[Tensor] = []
         copies: list[tuple[Tensor, Tensor]] = []
         covered: set[int] = set()
         self._ready = set()
         for gid, e in self.entries.items():
-            grp = self.groups[self.pos[gid]]
             if self._aliased(e):
                 checks.append(e.grads)
-                covered |= self._param_ids(gid)
-                self._ready.add(gid)
+            elif gather:
+                grp = self.groups[self.pos[gid]]
+                grads = list(map(_GRAD, self._params(grp)))
+                if not self._same(e.gather[0], grads) and any(g is None or g.device != self.device for g in grads):
+                    continue
+                copies += self._blocks(grp, e, grads)
+            else:
                 continue
-            if not gather:
-                continue
-            grads = [grp.params[pid].grad for pid in self._pids[gid]]
-            if any(g is None or g.device != self.device for g in grads):
-                continue
-            copies += self._blocks(grp, e, grads)
-            covered |= self._param_ids(gid)
+            covered.update(self._pids[gid])
             self._ready.add(gid)
         return checks, copies, covered
 
-    def _param_ids(self, gid: int) -> frozenset[int]:
-        """The ids of the parameters of group ``gid`` (made once)."""
-        ids = self._ids.get(gid)
-        if ids is None:
-            grp = self.groups[self.pos[gid]]
-            ids = self._ids[gid] = frozenset(id(grp.params[pid]) for pid in self._pids[gid])
-        return ids
+    @staticmethod
+    def _same(a: Sequence[Any], b: Sequence[Any]) -> bool:
+        """Are ``a`` and ``b`` the very same objects, in order?"""
+        return len(a) == len(b) and all(map(operator.is_, a, b))
 
     def _blocks(self, grp: Group, e: _Entry, grads: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
         """``(block of its parameter's gradient, the buffer's rows for it)`` for every block of the group; the
         views made again only when a gradient is another tensor than last step (:meth:`install_grad_views`
         keeps them the same)."""
         seen, pairs = e.gather
-        if len(seen) == len(grads) and all(a is b for a, b in zip(seen, grads)):
+        if self._same(seen, grads):
             return pairs
         rows = list(e.grads.unbind(0))
         pairs = []
@@ -327,28 +343,29 @@ class GroupGraphs:
         corrections) and the dither seeds, written to the device tables (stream-ordered after the last
         replay, which read the old ones) through pinned buffers, without the host waiting. Changes no
         optimizer state: a step skipped afterwards just leaves them to be written again."""
-        values = [[0.0] * ROW_STRIDE for _ in self.groups]
+        table, seed_arr = self._upload.fill()
+        table.fill(0.0)  # (the rows of groups not stepped: gate shut)
         seeds = False
-        for grp, idx, hp, _ in work:
+        for grp, _, hp, _ in work:
             t = grp.steps[0] + 1  # (every block is at the same step: eligible)
-            bc1, bc2 = grp.bias([idx[0]], hp, 2, ahead=1)
-            row = scalars.host_values(hp.lr, hp.weight_decay, float(bc1), float(bc2))
-            values[self.pos[id(grp)]] = row + [0.0] * (ROW_STRIDE - len(row))
+            row = scalars.host_values(hp.lr, hp.weight_decay, *grp.bias_at(t, hp))
+            table[self.pos[id(grp)], : len(row)] = row  # (rounded to fp32 on the way, as a tensor copy would)
             for a, b in self.seed_layout[id(grp)].values():
-                # block_seed(block, side, t) = block_seed(block, side, 0) + t * SEED_STEP
-                self._seed_vals[a:b] = [s0 + t * SEED_STEP for s0 in self._seed_base[a:b]]
+                # block_seed(block, side, t) = block_seed(block, side, 0) + t * SEED_STEP (int64, as on the device)
+                np.add(self._seed_base[a:b], t * SEED_STEP, out=self._seed_vals[a:b])
                 seeds = True
-        self._upload(values, self._seed_vals if seeds else None)
+        if seeds:
+            seed_arr[:] = self._seed_vals
+        self._upload.send(seeds)
 
     def arm(self, finite: Tensor | None) -> None:
         """The gate of every group's row: this step's non-finite check (``finite``, a device bool), or
         open when there is none; queued after the upload of the rows (:meth:`upload_scalars`), which
         writes them open. A step whose gate is shut changes nothing."""
-        gate = self.table[:, scalars.GATE]
         if finite is None:
-            gate.fill_(1.0)
+            self._gate.fill_(1.0)
         else:
-            gate.copy_(finite)
+            self._gate.copy_(finite)
 
     def launch(self, work: Sequence[Work], check: FiniteCheck | None = None) -> dict[int, list[int]] | None:
         """Take the step (its scalars uploaded, the gate armed): advance the step counts, copy in the
@@ -372,14 +389,18 @@ class GroupGraphs:
             e = self._entry(w[0])  # (made here at a group's first captured step)
             filled = id(w[0]) in ready if ready is not None else self._aliased(e)
             (views if filled else copies).append(w)
-        with torch.cuda.device(self.device) if self.record else contextlib.nullcontext():
-            for grp, _, hp, runs in views:
-                if not self._run(grp, hp, runs, check):
-                    return None
-            self._copy_gradients(copies)
-            for grp, _, hp, runs in copies:
-                if not self._run(grp, hp, runs, check):
-                    return None
+        self._modes = self._math_modes()  # (the same for every group of the step)
+        try:
+            with torch.cuda.device(self.device) if self.record else contextlib.nullcontext():
+                for grp, _, hp, runs in views:
+                    if not self._run(grp, hp, runs, check):
+                        return None
+                self._copy_gradients(copies)
+                for grp, _, hp, runs in copies:
+                    if not self._run(grp, hp, runs, check):
+                        return None
+        finally:
+            self._modes = None
         # (after the replays: the host works out the refreshes due while the GPU runs them)
         return {id(grp): grp.due(idx, hp) if isinstance(grp, KronGroup) else [] for grp, idx, hp, _ in work}
 
@@ -484,16 +505,51 @@ class GroupGraphs:
 
     def key(self, grp: Group, hp: Hyper, runs: list[list[int]]) -> tuple:
         """What the recorded launches depend on, besides the device inputs (see the module docstring)."""
-        ts = (tuple(grp.t), tuple((v.data_ptr(), v.shape, v.dtype) for v in grp.t.values()))
         consts = (hp.beta1, hp.beta2, hp.eps, hp.shampoo_beta)
-        weights = tuple(grp.params[pid].data_ptr() for pid in self._pids[id(grp)])
+        weights = tuple([p.data_ptr() for p in self._params(grp)])
+        modes = self._modes or self._math_modes()
+        return (self._state_key(grp), consts, weights, modes, self._runs_key(grp, runs), grp.capture_key())
+
+    def _math_modes(self) -> tuple:
+        """The matmul precision flags and the kernel backend (worked out once per step: :meth:`launch`)."""
         mm = torch.backends.cuda.matmul
-        math_modes = (
-            mm.allow_tf32,
-            mm.allow_bf16_reduced_precision_reduction,
-            kernels.backend(next(iter(grp.t.values()))).__name__,
-        )
-        return (ts, consts, weights, math_modes, tuple(map(tuple, runs)), grp.capture_key())
+        return (mm.allow_tf32, mm.allow_bf16_reduced_precision_reduction, kernels.backend(self.table).__name__)
+
+    def _state_key(self, grp: Group) -> tuple:
+        """The group's state tensors' names, addresses, shapes and dtypes; the shapes and dtypes are looked
+        up again only when the tensors are not the very ones of the last call with the same addresses
+        (a tensor object's shape and dtype change only through ``resize_``/``set_``/``.data``, which
+        nothing here applies to state)."""
+        names, vals = tuple(grp.t), list(grp.t.values())
+        ptrs = [v.data_ptr() for v in vals]
+        last = self._state_keys.get(id(grp))
+        if (
+            last is not None
+            and last[0] == names
+            and last[2] == ptrs
+            and len(last[1]) == len(vals)
+            and all(map(operator.is_, last[1], vals))
+        ):
+            return last[3]
+        key = (names, tuple(zip(ptrs, [v.shape for v in vals], [v.dtype for v in vals])))
+        self._state_keys[id(grp)] = (names, vals, ptrs, key)
+        return key
+
+    def _runs_key(self, grp: Group, runs: list[list[int]]) -> tuple:
+        """``runs`` as a tuple, kept while the optimizer passes the same (cached, never mutated) list."""
+        last = self._runs_keys.get(id(grp))
+        if last is not None and last[0] is runs:
+            return last[1]
+        key = tuple(map(tuple, runs))
+        self._runs_keys[id(grp)] = (runs, key)
+        return key
+
+    def _params(self, grp: Group) -> list[Tensor]:
+        """The group's parameters (made once)."""
+        ps = self._plist.get(id(grp))
+        if ps is None:
+            ps = self._plist[id(grp)] = [grp.params[pid] for pid in self._pids[id(grp)]]
+        return ps
 
 
 def _grad_views(grp: Group, grads: Tensor) -> list[tuple[Tensor, Tensor]]:

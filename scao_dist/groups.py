@@ -359,12 +359,17 @@ class _Group:
         blocks' step counts plus ``ahead``."""
         ts = [self.steps[i] + ahead for i in idx]
         if all(t == ts[0] for t in ts):
-            return 1.0 - hp.beta1 ** ts[0], 1.0 - hp.beta2 ** ts[0]
+            return self.bias_at(ts[0], hp)
         t = torch.tensor(ts, dtype=torch.float64)
         shape = (-1,) + (1,) * (ndim - 1)
         bc1 = (1.0 - hp.beta1**t).float().reshape(shape).to(self.device)
         bc2 = (1.0 - hp.beta2**t).float().reshape(shape).to(self.device)
         return bc1, bc2
+
+    @staticmethod
+    def bias_at(t: int, hp: Hyper) -> tuple[float, float]:
+        """The bias corrections ``(1 - beta1^t, 1 - beta2^t)`` at step ``t``."""
+        return 1.0 - hp.beta1**t, 1.0 - hp.beta2**t
 
     # -- captured steps (scao_dist.capture) --------------------------------------------------
     def capture_key(self) -> tuple:
@@ -582,6 +587,15 @@ class KronGroup(RefreshMixin, _Group):
                 out = [was or ranks[i] < d for was, i in zip(out, idx)]
         return out
 
+    def truncated_all(self) -> tuple[bool, ...]:
+        """:meth:`truncated` of every block, worked out again only when some side's ranks changed (a step's
+        host work looks it up per chunk: :meth:`prepare_captured`, :meth:`capture_key`)."""
+        ranks = tuple([(side.mode, side.d, tuple(side.ranks)) for side in self.sides])
+        last = self.__dict__.get("_truncated")
+        if last is None or last[0] != ranks:
+            last = self._truncated = (ranks, tuple(self.truncated(range(self.B))))
+        return last[1]
+
     # -- the step -------------------------------------------------------------------------
     def step(self, idx: Sequence[int], hp: Hyper) -> list[int]:
         """Update blocks ``idx`` from their grads; returns the blocks whose refresh is now due."""
@@ -693,9 +707,9 @@ class KronGroup(RefreshMixin, _Group):
         self.put_back(idx, s, whole)  # (copies the kernels left as they were when the gate is shut)
 
     def capture_key(self) -> tuple:
-        widths = tuple(side.K for side in self.sides)
-        ginv = tuple((k, v.data_ptr()) for k, v in self._ginv.items())
-        trunc = tuple(self.truncated(range(self.B)))
+        widths = tuple([side.K for side in self.sides])
+        ginv = tuple([(k, v.data_ptr()) for k, v in self._ginv.items()])
+        trunc = self.truncated_all()
         dtypes = (self.m_dtype, self.u_dtype, self.p_dtype, self.bf16_left_products)
         return (*super().capture_key(), widths, trunc, ginv, *dtypes)
 
@@ -706,14 +720,16 @@ class KronGroup(RefreshMixin, _Group):
         """The host-side part of a step that a captured step cannot hold: the Gram inverses of the
         bases swapped in since the last step (the graph reads them from the cache), computed from
         the same fp32 bases as :meth:`update` would."""
+        trunc = self.truncated_all()
+        stream = [side for side in self.sides if side.mode == "stream"]
+        if not stream or not any(trunc):
+            return
         for run in runs:
-            if not any(self.truncated(run)):
+            if not any(map(trunc.__getitem__, run)):
                 continue
-            for side in self.sides:
-                if side.mode != "stream":
-                    continue
-                cache, stale = self._ginv.get(side.name), self._ginv_stale.get(side.name, set())
-                if cache is None or cache.shape[-1] != side.K or any(i in stale for i in run):
+            for side in stream:
+                cache, stale = self._ginv.get(side.name), self._ginv_stale.get(side.name)
+                if cache is None or cache.shape[-1] != side.K or (stale and any(i in stale for i in run)):
                     q = block_rows(self.t[f"{side.name}.qh"], list(run))[..., : side.K].float()
                     self._gram_inverses(side, run, q)
 

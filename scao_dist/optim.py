@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -30,6 +31,8 @@ from .groups import AdamGroup, KronGroup, make_group
 from .shard.comm import Comm, FiniteCheck, build_buckets
 from .shard.plan import Plan, make_plan, plan_fingerprint
 from .shard.refresh import RefreshScheduler
+
+_GRAD = operator.attrgetter("grad")
 
 _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
 
@@ -368,26 +371,24 @@ class SCAO(torch.optim.Optimizer):
         self._settle()
         params = self._all_params()
         self.refresher.step_boundary(self._t + 1)
-        with_grad = set()
-        for pid in self._spec_params:
-            g = params[pid].grad
-            if g is not None:
-                if g.is_sparse:
-                    raise TypeError("SCAO does not support sparse gradients")
-                with_grad.add(pid)
+        with_grad = self._with_grad(params)
         one = next(iter(self._graphs.values())) if len(self._graphs) == 1 else None
         checks, copies = self._grads_to_check(params, with_grad, gather=one is not None and not self.comm.sharded)
         flag_of = (lambda grads: one.finite_flag(grads, copies)) if one is not None else None
         check = self.comm.check_finite(checks, flag_of)
         captured: dict[torch.device, list[Work]] = {}
         eager: list[tuple[KronGroup | AdamGroup, list[int]]] = []
+        hypers: dict[int, Hyper] = {}  # (per param group: read once a step)
         for grp in self.groups:
             idx, runs = self._with_grads(grp, with_grad)
             if not idx:
                 continue
             graphs = self._graphs.get(grp.device)
             if graphs is not None and graphs.eligible(grp, idx):
-                captured.setdefault(grp.device, []).append((grp, idx, self._hyper(grp), runs))
+                hp = hypers.get(grp.specs[0].group)
+                if hp is None:
+                    hp = hypers[grp.specs[0].group] = self._hyper(grp)
+                captured.setdefault(grp.device, []).append((grp, idx, hp, runs))
             else:
                 eager.append((grp, idx))
         for dev, work in captured.items():  # (queued behind the check; the host does not wait)
@@ -452,6 +453,13 @@ class SCAO(torch.optim.Optimizer):
         self.counters["steps"] -= 1
         self._skip_nonfinite(check.bad_ranks())
 
+    def _with_grad(self, params: list[Tensor]) -> set[int]:
+        """The indices of the (blocked) parameters that have a gradient; a sparse one is refused."""
+        grads = list(map(_GRAD, map(params.__getitem__, self._spec_params)))
+        if any(g.is_sparse for g in grads if g is not None):
+            raise TypeError("SCAO does not support sparse gradients")
+        return {pid for pid, g in zip(self._spec_params, grads) if g is not None}
+
     def _grads_to_check(
         self, params: list[Tensor], with_grad: set[int], gather: bool = False
     ) -> tuple[list[Tensor], list[tuple[Tensor, Tensor]]]:
@@ -465,11 +473,11 @@ class SCAO(torch.optim.Optimizer):
         copies: list[tuple[Tensor, Tensor]] = []
         covered: set[int] = set()
         for graphs in self._graphs.values():
-            checks, pairs, ids = graphs.check_operands(gather)
+            checks, pairs, pids = graphs.check_operands(gather)
             out += checks
             copies += pairs
-            covered |= ids
-        return out + [params[pid].grad for pid in sorted(with_grad) if id(params[pid]) not in covered], copies
+            covered |= pids
+        return out + [params[pid].grad for pid in sorted(with_grad - covered)], copies
 
     def _with_grads(self, grp: KronGroup | AdamGroup, with_grad: set[int]) -> tuple[list[int], list[list[int]]]:
         """The group's blocks whose parameters have gradients, and their chunks (:meth:`_runs`); a group
