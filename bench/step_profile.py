@@ -63,6 +63,63 @@ def _timed_steps(model: GPT, opt: Any, n: int, batch: int, device: torch.device,
     return out
 
 
+def _event() -> torch.cuda.Event:
+    ev = torch.cuda.Event(enable_timing=True)
+    ev.record()
+    return ev
+
+
+def _host_split(model: GPT, opt: Any, n: int, batch: int, device: torch.device) -> dict[str, Any] | None:
+    """Where a captured step's time goes, without a profiler (one device's groups captured; else ``None``).
+
+    Per step (after a real backward and a sync, as the timed steps): host time from ``step()``'s entry to the
+    NaN/inf check's launch (``host_check_us``), to the first group replay's launch (``host_first_us``) and to
+    its return (``host_step_us``); the wall time until the GPU is done (``wall_us``); and from CUDA events
+    recorded at the entry, after the check's launch and before the first replay: when the GPU finished the
+    check (``gpu_check_us``) and reached the first replay (``gpu_first_us``), and the GPU's idle time between
+    the two (``idle_us``: the host was not there yet). Medians over ``n`` steps."""
+    if device.type != "cuda" or len(getattr(opt, "_graphs", {})) != 1:
+        return None
+    graphs = next(iter(opt._graphs.values()))
+    marks: dict[str, tuple[float, torch.cuda.Event]] = {}
+    flag_of, run = graphs.finite_flag, graphs._run
+
+    def finite_flag(*args: Any, **kwargs: Any) -> Any:
+        out = flag_of(*args, **kwargs)
+        marks.setdefault("check", (time.perf_counter(), _event()))
+        return out
+
+    def first_run(*args: Any, **kwargs: Any) -> Any:
+        marks.setdefault("first", (time.perf_counter(), _event()))
+        return run(*args, **kwargs)
+
+    graphs.finite_flag, graphs._run = finite_flag, first_run  # (instance attributes: the methods come back below)
+    rows: list[dict[str, float]] = []
+    try:
+        for i in range(n):
+            _grads(model, batch, device, 20_000 + i)
+            _sync(device)
+            marks.clear()
+            e0, t0 = _event(), time.perf_counter()
+            opt.step()
+            t1 = time.perf_counter()
+            _sync(device)
+            t2 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            if "check" not in marks or "first" not in marks:
+                continue
+            (tc, ec), (tf, ef) = marks["check"], marks["first"]
+            gc, gf = e0.elapsed_time(ec) * 1e3, e0.elapsed_time(ef) * 1e3
+            rows.append({"host_check_us": (tc - t0) * 1e6, "host_first_us": (tf - t0) * 1e6,
+                         "host_step_us": (t1 - t0) * 1e6, "wall_us": (t2 - t0) * 1e6, "gpu_check_us": gc,
+                         "gpu_first_us": gf, "idle_us": max(0.0, gf - gc)})  # fmt: skip
+    finally:
+        del graphs.finite_flag, graphs._run
+    if not rows:
+        return None
+    return {k: round(statistics.median(r[k] for r in rows), 1) for k in rows[0]} | {"steps": len(rows)}
+
+
 def _torch_profile(model: GPT, opt: Any, n: int, batch: int, device: torch.device) -> dict[str, Any]:
     acts = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
@@ -295,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
         ms = _timed_steps(model, opt, args.steps, args.batch, device, 100)
         rec: dict[str, Any] = {"step_ms": _stats(ms)}
         if case.startswith("scao"):
+            rec["host_split"] = _host_split(model, opt, args.steps, args.batch, device)
+            if rec["host_split"]:
+                print(f"   host split (us, medians, no profiler): {rec['host_split']}", flush=True)
             rec["counters"] = {k: int(v) for k, v in opt.counters.items()}
             rec["torch_profile"] = _torch_profile(model, opt, args.profile_steps, args.batch, device)
             rec["cprofile"] = _cprofile(model, opt, args.profile_steps, args.batch, device)
