@@ -189,6 +189,7 @@ class GroupGraphs:
         self._check_failed = False  # (finite_flag)
         self._check_tensors: tuple[list[Tensor], list[int], tuple] = ([], [], ())  # finite_flag: last call's, key
         self._ready: set[int] | None = None  # the groups whose buffers hold this step's gradients (check_operands)
+        self._operands: tuple | None = None  # check_operands' last (inputs, answer, ready groups)
         self.counters: dict[str, int] | None = None  # the optimizer's counters, also incremented
         # (key caches: per group id, the last key's parts and what they were made from)
         self._state_keys: dict[int, tuple] = {}
@@ -247,14 +248,21 @@ class GroupGraphs:
         return bool(e.views) and all(map(operator.is_, map(_GRAD, e.view_params), e.view_grads))
 
     # ------------------------------------------------------------------------------ check
-    def check_operands(self, gather: bool) -> tuple[list[Tensor], list[tuple[Tensor, Tensor]], set[int]]:
+    def check_operands(
+        self, gather: bool, same: bool = False
+    ) -> tuple[list[Tensor], list[tuple[Tensor, Tensor]], set[int]]:
         """What the step's NaN/inf check reads for the captured groups: the gradient buffers the parameters'
         ``.grad`` are views of (checked where they are), and, with ``gather``, the blocks of the groups whose
         ``.grad`` are not views (column blocks of wider weights) as ``(block, its rows of the buffer)``: the
         check copies them in on its way (:func:`~scao_dist.kernels.finite_gather`), and :meth:`launch` does
         not copy them again. Returns those and the indices of the parameters covered (in the optimizer's
         parameter list). ``gather`` only when nothing changes the gradients between the check and the step
-        (one rank, no reduction after it)."""
+        (one rank, no reduction after it). ``same``: every parameter's ``.grad`` is the tensor of the last
+        call (``SCAO._with_grad``), so the answer is the last one (with the same ``gather``, no new group)."""
+        memo = self._operands
+        if same and memo is not None and memo[0] == (gather, len(self.entries)):
+            self._ready = set(memo[2])
+            return memo[1]
         checks: list[Tensor] = []
         copies: list[tuple[Tensor, Tensor]] = []
         covered: set[int] = set()
@@ -272,6 +280,7 @@ class GroupGraphs:
                 continue
             covered.update(self._pids[gid])
             self._ready.add(gid)
+        self._operands = ((gather, len(self.entries)), (checks, copies, covered), frozenset(self._ready))
         return checks, copies, covered
 
     @staticmethod

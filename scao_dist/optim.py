@@ -297,6 +297,8 @@ class SCAO(torch.optim.Optimizer):
         self.specs = specs
         self._spec_params = sorted({s.param for s in specs})
         self._whole: dict[int, tuple[frozenset[int], list[int], list[list[int]]]] = {}  # _with_grads' cache
+        self._grads_seen: tuple[list[Tensor | None], set[int]] = ([], set())  # _with_grad's last call
+        self._check_memo: tuple[tuple, Any] | None = None  # _grads_to_check's last (inputs, result)
         self.plan: Plan = make_plan(
             specs,
             self.comm.world_size,
@@ -368,14 +370,16 @@ class SCAO(torch.optim.Optimizer):
             self._t += 1
             self.refresher.step_boundary(self._t + 1)
             return loss
-        self._settle()
+        # the NaN/inf check first (the GPU runs it while the host does the rest); it reads only gradients
         params = self._all_params()
-        self.refresher.step_boundary(self._t + 1)
-        with_grad = self._with_grad(params)
+        with_grad, same = self._with_grad(params)
         one = next(iter(self._graphs.values())) if len(self._graphs) == 1 else None
-        checks, copies = self._grads_to_check(params, with_grad, gather=one is not None and not self.comm.sharded)
+        gather = one is not None and not self.comm.sharded
+        checks, copies = self._grads_to_check(params, with_grad, gather, same)
         flag_of = (lambda grads: one.finite_flag(grads, copies)) if one is not None else None
-        check = self.comm.check_finite(checks, flag_of)
+        check = self.comm.check_finite(checks, flag_of)  # (reads the last step's check first: _settle)
+        self._settle()
+        self.refresher.step_boundary(self._t + 1)
         captured: dict[torch.device, list[Work]] = {}
         eager: list[tuple[KronGroup | AdamGroup, list[int]]] = []
         hypers: dict[int, Hyper] = {}  # (per param group: read once a step)
@@ -453,22 +457,36 @@ class SCAO(torch.optim.Optimizer):
         self.counters["steps"] -= 1
         self._skip_nonfinite(check.bad_ranks())
 
-    def _with_grad(self, params: list[Tensor]) -> set[int]:
-        """The indices of the (blocked) parameters that have a gradient; a sparse one is refused."""
+    def _with_grad(self, params: list[Tensor]) -> tuple[set[int], bool]:
+        """The indices of the (blocked) parameters that have a gradient (a sparse one is refused), and
+        whether every ``.grad`` is the very tensor (or ``None``) of the last call: then what the step
+        works out from them for its check is the same too (:meth:`_grads_to_check`). In a training loop
+        they are (``zero_grad`` installs the same views, autograd accumulates into them)."""
         grads = list(map(_GRAD, map(params.__getitem__, self._spec_params)))
+        last, with_grad = self._grads_seen
+        if len(last) == len(grads) and all(map(operator.is_, last, grads)):
+            return with_grad, True
         if any(g.is_sparse for g in grads if g is not None):
             raise TypeError("SCAO does not support sparse gradients")
-        return {pid for pid, g in zip(self._spec_params, grads) if g is not None}
+        with_grad = {pid for pid, g in zip(self._spec_params, grads) if g is not None}
+        self._grads_seen = (grads, with_grad)
+        return with_grad, False
 
     def _grads_to_check(
-        self, params: list[Tensor], with_grad: set[int], gather: bool = False
+        self, params: list[Tensor], with_grad: set[int], gather: bool = False, same: bool = False
     ) -> tuple[list[Tensor], list[tuple[Tensor, Tensor]]]:
         """Every gradient of this step, for the non-finite check: a captured group's gradient buffer in
         place of its parameters' ``.grad`` when those are views into it (a few large tensors instead of
         hundreds), and with ``gather`` the blocks of the other captured groups as ``(block, buffer rows)``
         pairs the check copies on its way (:meth:`GroupGraphs.check_operands`); the other gradients as
         they are. When these are the same tensors every step the check is replayed
-        (:meth:`GroupGraphs.finite_flag`)."""
+        (:meth:`GroupGraphs.finite_flag`). ``same``: the gradients are the tensors of the last call
+        (:meth:`_with_grad`), so the operands are those of the last call (with the same ``gather``)."""
+        memo, inputs = self._check_memo, (gather, [len(graphs.entries) for graphs in self._graphs.values()])
+        if same and memo is not None and memo[0] == inputs:
+            for graphs in self._graphs.values():
+                graphs.check_operands(gather, same=True)  # (marks the groups the check fills, as before)
+            return memo[1]
         out: list[Tensor] = []
         copies: list[tuple[Tensor, Tensor]] = []
         covered: set[int] = set()
@@ -477,7 +495,9 @@ class SCAO(torch.optim.Optimizer):
             out += checks
             copies += pairs
             covered |= pids
-        return out + [params[pid].grad for pid in sorted(with_grad - covered)], copies
+        result = out + [params[pid].grad for pid in sorted(with_grad - covered)], copies
+        self._check_memo = (inputs, result)
+        return result
 
     def _with_grads(self, grp: KronGroup | AdamGroup, with_grad: set[int]) -> tuple[list[int], list[list[int]]]:
         """The group's blocks whose parameters have gradients, and their chunks (:meth:`_runs`); a group

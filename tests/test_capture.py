@@ -264,8 +264,8 @@ def _spy(graphs: GroupGraphs) -> tuple[list[int], list[int]]:
         copied_by_step.append(len(work))
         return copy_gradients(work)
 
-    def operands(gather):
-        out = check_operands(gather)
+    def operands(gather, same=False):
+        out = check_operands(gather, same)
         gathered.append(len(out[1]))
         return out
 

@@ -213,9 +213,10 @@ class Comm:
         """Launch the non-finite check of ``grads`` without waiting for it (see :class:`FiniteCheck`);
         ``flag_of`` computes its device flag instead of :func:`finite_flag` (the same one, replayed from
         a CUDA graph: ``GroupGraphs.finite_flag``)."""
+        finite = (flag_of or finite_flag)(grads)  # (launched first: the host's work below overlaps it)
         if self._pending is not None and not self._pending.resolved:
             self._pending.bad_ranks()  # (its flag's host copy is about to be reused)
-        self._pending = FiniteCheck(self, (flag_of or finite_flag)(grads))
+        self._pending = FiniteCheck(self, finite)
         return self._pending
 
     def _host_flag(self) -> tuple[Tensor, Any]:
