@@ -140,34 +140,6 @@ def bf16_ulp(w):
 
 
 # ---------------------------------------------------------------------------- group codecs
-DIV_LO: tl.constexpr = tl.constexpr(2.0**-96)
-DIV_HI: tl.constexpr = tl.constexpr(2.0**96)
-"""Divisor range of :func:`div_by_groups`' division-free path (far from fp32's under- and overflow)."""
-
-
-@triton.jit
-def div_by_groups(x, s):
-    """``div_rn(x, s[:, None])`` bit for bit, for a [groups, 32] tile ``x`` and positive per-group divisors
-    ``s`` [groups] (the codecs' bf16 scales), with one division per group instead of one per value.
-
-    Markstein's correction: with ``r = RN(1/s)`` (the one division), ``q = RN(x r)`` is within an ulp of
-    ``x/s``, the remainder ``e = x - s q`` is exact in one FMA, and ``RN(q + e r)`` is the correctly rounded
-    quotient ``RN(x/s)``, as long as nothing under- or overflows. So the tile takes that path when every
-    divisor lies in ``[2^-96, 2^96]``, else ``div_rn``. (In that range a value too small for an exact
-    remainder, ``|x| < 2^-119``, has ``|x/s| < 2^-23``: its code is 0 either way, any quotient in
-    ``[0, 2^-22]`` encoding to 0.) ``verify.division_errors`` checks the path against ``div_rn`` for
-    every fp32 mantissa of ``x`` and every bf16 mantissa of ``s``."""
-    ok = (tl.min(s, axis=0) >= DIV_LO) & (tl.max(s, axis=0) <= DIV_HI)
-    if ok:
-        r = tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s)[:, None]
-        q = x * r
-        y = tl.fma(-q, s[:, None], x)
-        y = tl.fma(y, r, q)
-    else:
-        y = tl.math.div_rn(x, s[:, None])
-    return y
-
-
 @triton.jit
 def decode_signed(q, s):
     """``quant.decode_signed``: phi = q/127, y = phi/(2-|phi|), x = y·s."""
@@ -184,7 +156,8 @@ def encode_signed(x):
     Returns (int8 codes, int16 scale bits [groups], fp32 scales [groups]).
     """
     sbits, s = bf16_ceil(tl.max(tl.abs(x), axis=1))
-    y = tl.where(s[:, None] > 0, div_by_groups(x, tl.where(s > 0, s, 1.0)), 0.0)
+    s2 = s[:, None]
+    y = tl.where(s2 > 0, tl.math.div_rn(x, tl.where(s2 > 0, s2, 1.0)), 0.0)
     y = tl.minimum(tl.maximum(y, -1.0), 1.0)
     phi = tl.math.div_rn(2.0 * y, 1.0 + tl.abs(y))
     return rint(phi * 127.0).to(tl.int8), sbits, s
@@ -209,7 +182,8 @@ def encode_sqrt(v):
     """
     u = tl.sqrt_rn(tl.minimum(tl.maximum(v, 0.0), FMAX))
     sbits, s = bf16_ceil(tl.max(u, axis=1))
-    r = tl.where(s[:, None] > 0, div_by_groups(u, tl.where(s > 0, s, 1.0)), 0.0)
+    s2 = s[:, None]
+    r = tl.where(s2 > 0, tl.math.div_rn(u, tl.where(s2 > 0, s2, 1.0)), 0.0)
     r = tl.minimum(tl.maximum(r, 0.0), 1.0)
     return rint(r * 255.0).to(tl.uint8), sbits, s
 
@@ -315,41 +289,3 @@ def bias_rows(bc: torch.Tensor | float, lead: tuple[int, ...], device: torch.dev
     except RuntimeError:
         return None
     return inv.reshape(-1).contiguous()
-
-
-# ---------------------------------------------------------------------------- the division's check
-DIVISION_REGIMES = ((0, 0), (-118, -96), (-117, -96), (94, 95))
-"""``(x exponent, s exponent)`` of :func:`division_mismatches`' operands: quotients near 1; the smallest
-quotients a code can see, at the smallest divisor of the fast path (``2^-96``: the remainder's bits reach
-fp32's last subnormal ones); and the largest divisors."""
-
-
-@triton.jit
-def _division_check_kernel(count_ptr, x0, XE: tl.constexpr, SE: tl.constexpr, BG: tl.constexpr):
-    """Program (i, k): the [BG, 32] fp32 values ``x = 2^XE (1 + (x0 + i BG 32 + lane) 2^-23)`` divided by the bf16
-    ``s = 2^SE (1 + k/128)``, by :func:`div_by_groups` and by ``div_rn``; adds the bit mismatches where the
-    quotient is at least ``2^-22`` (where the two must agree) to ``count_ptr[k]``."""
-    k = tl.program_id(1)
-    m = x0 + tl.program_id(0) * (BG * 32) + tl.arange(0, BG)[:, None] * 32 + tl.arange(0, 32)[None, :]
-    x = (((127 + XE) << 23) + m).to(tl.float32, bitcast=True)  # (built from bits: exact, fp32)
-    s = (tl.zeros([BG], tl.int32) + (((127 + SE) << 23) + (k << 16))).to(tl.float32, bitcast=True)
-    fast = div_by_groups(x, s)
-    ref = tl.math.div_rn(x, s[:, None])
-    bad = (fast.to(tl.int32, bitcast=True) != ref.to(tl.int32, bitcast=True)) & (ref >= 2.0**-22)
-    tl.atomic_add(count_ptr + k, tl.sum(bad.to(tl.int32), axis=1).sum(axis=0))
-
-
-def division_mismatches(device: torch.device, x_values: int = 1 << 23, mantissas: int = 128) -> dict[str, int]:
-    """Per :data:`DIVISION_REGIMES`: the number of ``(x, s)`` where :func:`div_by_groups` and ``div_rn`` differ
-    (quotients ``>= 2^-22``), over the first ``x_values`` fp32 mantissas of ``x`` (all ``2^23`` by default) and
-    the first ``mantissas`` bf16 mantissas of ``s`` (all 128). The division depends on the mantissas alone
-    where nothing under- or overflows, so the default is every case of the fast path's normal range."""
-    bg = 32
-    if x_values % (bg * 32):
-        raise ValueError(f"x_values must be a multiple of {bg * 32}, got {x_values}")
-    out = {}
-    for xe, se in DIVISION_REGIMES:
-        count = torch.zeros(mantissas, dtype=torch.int32, device=device)
-        _division_check_kernel[(x_values // (bg * 32), mantissas)](count, 0, XE=xe, SE=se, BG=bg, **LAUNCH)
-        out[f"x 2^{xe}, s 2^{se}"] = int(count.sum())
-    return out

@@ -841,11 +841,3 @@ def _bits_differ(a: Tensor, b: Tensor) -> list[str]:
     ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
     bad = a.contiguous().view(ints) != b.contiguous().view(ints)
     return [f"{int(bad.sum())}/{a.numel()} values differ"] if bool(bad.any()) else []
-
-
-def division_errors(device: torch.device, x_values: int = 1 << 23, mantissas: int = 128) -> list[str]:
-    """The codecs' per-group division (:func:`.common.div_by_groups`) against ``div_rn``, bit for bit, over
-    ``x_values`` fp32 mantissas of the dividend and ``mantissas`` bf16 mantissas of the divisor in each of
-    :data:`.common.DIVISION_REGIMES` (:func:`.common.division_mismatches`; all of them by default)."""
-    counts = common.division_mismatches(device, x_values, mantissas)
-    return [f"div_by_groups [{regime}]: {n} quotients differ from div_rn" for regime, n in counts.items() if n]
