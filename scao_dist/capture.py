@@ -53,6 +53,7 @@ import dataclasses
 import math
 import operator
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -537,11 +538,12 @@ class GroupGraphs:
             and last[0] == names
             and last[2] == ptrs
             and len(last[1]) == len(vals)
-            and all(map(operator.is_, last[1], vals))
+            and all(map(operator.is_, [r() for r in last[1]], vals))
         ):
             return last[3]
         key = (names, tuple(zip(ptrs, [v.shape for v in vals], [v.dtype for v in vals])))
-        self._state_keys[id(grp)] = (names, vals, ptrs, key)
+        self._state_keys[id(grp)] = (names, [weakref.ref(v) for v in vals], ptrs, key)  # (weak: replaced state is
+        # freed; the graph keeps what it reads)
         return key
 
     def _runs_key(self, grp: Group, runs: list[list[int]]) -> tuple:

@@ -17,6 +17,7 @@ import contextlib
 import math
 import operator
 import warnings
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -33,6 +34,11 @@ from .shard.plan import Plan, make_plan, plan_fingerprint
 from .shard.refresh import RefreshScheduler
 
 _GRAD = operator.attrgetter("grad")
+
+
+def _no_ref() -> None:
+    """The weak reference of a missing gradient (always ``None``)."""
+
 
 _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
 
@@ -297,8 +303,7 @@ class SCAO(torch.optim.Optimizer):
         self.specs = specs
         self._spec_params = sorted({s.param for s in specs})
         self._whole: dict[int, tuple[frozenset[int], list[int], list[list[int]]]] = {}  # _with_grads' cache
-        self._grads_seen: tuple[list[Tensor | None], set[int]] = ([], set())  # _with_grad's last call
-        self._check_memo: tuple[tuple, Any] | None = None  # _grads_to_check's last (inputs, result)
+        self._grads_seen: tuple[list[Callable[[], Tensor | None]], set[int]] = ([], set())  # _with_grad's last
         self.plan: Plan = make_plan(
             specs,
             self.comm.world_size,
@@ -463,13 +468,13 @@ class SCAO(torch.optim.Optimizer):
         works out from them for its check is the same too (:meth:`_grads_to_check`). In a training loop
         they are (``zero_grad`` installs the same views, autograd accumulates into them)."""
         grads = list(map(_GRAD, map(params.__getitem__, self._spec_params)))
-        last, with_grad = self._grads_seen
-        if len(last) == len(grads) and all(map(operator.is_, last, grads)):
+        refs, with_grad = self._grads_seen  # (weak: a gradient the caller drops is not kept alive here)
+        if len(refs) == len(grads) and all(map(operator.is_, [r() for r in refs], grads)):
             return with_grad, True
         if any(g.is_sparse for g in grads if g is not None):
             raise TypeError("SCAO does not support sparse gradients")
         with_grad = {pid for pid, g in zip(self._spec_params, grads) if g is not None}
-        self._grads_seen = (grads, with_grad)
+        self._grads_seen = ([_no_ref if g is None else weakref.ref(g) for g in grads], with_grad)
         return with_grad, False
 
     def _grads_to_check(
@@ -481,23 +486,16 @@ class SCAO(torch.optim.Optimizer):
         pairs the check copies on its way (:meth:`GroupGraphs.check_operands`); the other gradients as
         they are. When these are the same tensors every step the check is replayed
         (:meth:`GroupGraphs.finite_flag`). ``same``: the gradients are the tensors of the last call
-        (:meth:`_with_grad`), so the operands are those of the last call (with the same ``gather``)."""
-        memo, inputs = self._check_memo, (gather, [len(graphs.entries) for graphs in self._graphs.values()])
-        if same and memo is not None and memo[0] == inputs:
-            for graphs in self._graphs.values():
-                graphs.check_operands(gather, same=True)  # (marks the groups the check fills, as before)
-            return memo[1]
+        (:meth:`_with_grad`), so the captured groups' operands are those of the last call."""
         out: list[Tensor] = []
         copies: list[tuple[Tensor, Tensor]] = []
         covered: set[int] = set()
         for graphs in self._graphs.values():
-            checks, pairs, pids = graphs.check_operands(gather)
+            checks, pairs, pids = graphs.check_operands(gather, same)
             out += checks
             copies += pairs
             covered |= pids
-        result = out + [params[pid].grad for pid in sorted(with_grad - covered)], copies
-        self._check_memo = (inputs, result)
-        return result
+        return out + [params[pid].grad for pid in sorted(with_grad - covered)], copies
 
     def _with_grads(self, grp: KronGroup | AdamGroup, with_grad: set[int]) -> tuple[list[int], list[list[int]]]:
         """The group's blocks whose parameters have gradients, and their chunks (:meth:`_runs`); a group
