@@ -73,6 +73,12 @@ Group = KronGroup | AdamGroup
 
 _GRAD = operator.attrgetter("grad")
 
+
+def same_objects(a: Sequence[Any], b: Sequence[Any]) -> bool:
+    """Are ``a`` and ``b`` the very same objects, in order (identity, not equality)?"""
+    return len(a) == len(b) and all(map(operator.is_, a, b))
+
+
 NAN_HYPER = {"lr": math.nan, "weight_decay": math.nan}
 """The host lr and weight decay a captured step is given: every use must read the device row, and
 a use that does not shows up as NaN weights instead of as a silently stale lr."""
@@ -246,7 +252,7 @@ class GroupGraphs:
     def _aliased(e: _Entry) -> bool:
         """Are the gradients the buffer's views (the last ``zero_grad`` installed them, autograd kept them:
         it accumulates into a ``.grad`` in place, the same tensor; one that replaced it is another)?"""
-        return bool(e.views) and all(map(operator.is_, map(_GRAD, e.view_params), e.view_grads))
+        return bool(e.views) and same_objects(list(map(_GRAD, e.view_params)), e.view_grads)
 
     # ------------------------------------------------------------------------------ check
     def check_operands(
@@ -274,7 +280,7 @@ class GroupGraphs:
             elif gather:
                 grp = self.groups[self.pos[gid]]
                 grads = list(map(_GRAD, self._params(grp)))
-                if not self._same(e.gather[0], grads) and any(g is None or g.device != self.device for g in grads):
+                if not same_objects(e.gather[0], grads) and any(g is None or g.device != self.device for g in grads):
                     continue
                 copies += self._blocks(grp, e, grads)
             else:
@@ -284,17 +290,12 @@ class GroupGraphs:
         self._operands = ((gather, len(self.entries)), (checks, copies, covered), frozenset(self._ready))
         return checks, copies, covered
 
-    @staticmethod
-    def _same(a: Sequence[Any], b: Sequence[Any]) -> bool:
-        """Are ``a`` and ``b`` the very same objects, in order?"""
-        return len(a) == len(b) and all(map(operator.is_, a, b))
-
     def _blocks(self, grp: Group, e: _Entry, grads: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
         """``(block of its parameter's gradient, the buffer's rows for it)`` for every block of the group; the
         views made again only when a gradient is another tensor than last step (:meth:`install_grad_views`
         keeps them the same)."""
         seen, pairs = e.gather
-        if self._same(seen, grads):
+        if same_objects(seen, grads):
             return pairs
         rows = list(e.grads.unbind(0))
         pairs = []
@@ -342,7 +343,7 @@ class GroupGraphs:
         only when the tensors are not the very ones of the last call)."""
         last, ptrs, key = self._check_tensors
         now = [g.data_ptr() for g in tensors]
-        if now != ptrs or len(last) != len(tensors) or any(a is not b for a, b in zip(last, tensors)):
+        if now != ptrs or not same_objects(last, tensors):
             key = tuple((p, g.shape, g.stride(), g.dtype) for p, g in zip(now, tensors)), n_checks
             self._check_tensors = (tensors, now, key)
         return key
@@ -533,13 +534,7 @@ class GroupGraphs:
         names, vals = tuple(grp.t), list(grp.t.values())
         ptrs = [v.data_ptr() for v in vals]
         last = self._state_keys.get(id(grp))
-        if (
-            last is not None
-            and last[0] == names
-            and last[2] == ptrs
-            and len(last[1]) == len(vals)
-            and all(map(operator.is_, [r() for r in last[1]], vals))
-        ):
+        if last is not None and last[0] == names and last[2] == ptrs and same_objects([r() for r in last[1]], vals):
             return last[3]
         key = (names, tuple(zip(ptrs, [v.shape for v in vals], [v.dtype for v in vals])))
         self._state_keys[id(grp)] = (names, [weakref.ref(v) for v in vals], ptrs, key)  # (weak: replaced state is

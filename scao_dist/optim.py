@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .blocks import BlockSpec, split_param
-from .capture import GroupGraphs, Work
+from .capture import GroupGraphs, Work, same_objects
 from .config import GROUP_DEFAULTS, Config, Hyper, quantize_pieces, validate_group
 from .groups import AdamGroup, KronGroup, make_group
 from .shard.comm import Comm, FiniteCheck, build_buckets
@@ -469,7 +469,7 @@ class SCAO(torch.optim.Optimizer):
         they are (``zero_grad`` installs the same views, autograd accumulates into them)."""
         grads = list(map(_GRAD, map(params.__getitem__, self._spec_params)))
         refs, with_grad = self._grads_seen  # (weak: a gradient the caller drops is not kept alive here)
-        if len(refs) == len(grads) and all(map(operator.is_, [r() for r in refs], grads)):
+        if same_objects([r() for r in refs], grads):
             return with_grad, True
         if any(g.is_sparse for g in grads if g is not None):
             raise TypeError("SCAO does not support sparse gradients")
