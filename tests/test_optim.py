@@ -310,6 +310,70 @@ def test_drop_in_for_adamw_api():
     assert not any(s.param == 3 for s in opt.specs)  # the frozen parameter got no state
 
 
+def test_step_hooks_run_as_torch_runs_them(monkeypatch):
+    """SCAO's own step wrapper (scao_dist.step_hooks) keeps torch's contract: global then per-optimizer
+    pre-hooks (a returned pair replaces the arguments), the step, post-hooks; the grad mode restored,
+    also when the step raises; an LR scheduler sees the step; the profiler's ``record_function`` only
+    while a profiler records, under torch's name."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    model = _mlp()
+    opt = SCAO(model.parameters(), lr=1e-3)
+    calls = []
+    x, y = next(_batches())
+
+    def closure():
+        calls.append("closure")
+        opt.zero_grad()
+        loss = (model(x) - y).square().mean()
+        loss.backward()
+        return loss
+
+    handles = [
+        register_optimizer_step_pre_hook(lambda o, a, k: calls.append(("global pre", o is opt))),
+        opt.register_step_pre_hook(lambda o, a, k: ((o,), {"closure": closure})),  # supplies the closure
+        opt.register_step_post_hook(lambda o, a, k: calls.append(("post", k["closure"] is closure))),
+        register_optimizer_step_post_hook(lambda o, a, k: calls.append("global post")),
+    ]
+    try:
+        assert torch.isfinite(opt.step())  # the closure came from the pre-hook
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls == [("global pre", True), "closure", ("post", True), "global post"]
+    assert type(opt).step.hooked and torch.is_grad_enabled()
+
+    bad = opt.register_step_pre_hook(lambda o, a, k: "not a pair")
+    with pytest.raises(RuntimeError, match="must return None or a tuple"):
+        opt.step()
+    bad.remove()
+    model[0].weight.grad = torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), [], (12, 12))
+    with pytest.raises(TypeError, match="sparse"):
+        opt.step()
+    assert torch.is_grad_enabled()  # restored although the step raised
+    opt.zero_grad()
+
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    closure()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "lr_scheduler.step() before optimizer.step()" would raise here
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-4)
+
+    def no_record(*a, **k):
+        raise AssertionError("record_function entered without a profiler")
+
+    closure()  # (torch's zero_grad opens a record_function of its own)
+    with monkeypatch.context() as m:
+        m.setattr(torch.autograd.profiler, "record_function", no_record)
+        opt.step()
+    closure()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        opt.step()
+    assert "Optimizer.step#SCAO.step" in {e.name for e in prof.events()}
+
+
 def test_weight_decay_is_decoupled_and_per_group():
     p1 = torch.nn.Parameter(torch.ones(16))
     p2 = torch.nn.Parameter(torch.ones(16))
