@@ -1,0 +1,38 @@
+# Shared helpers of the GPU-call scripts (bench/session_v*.sh): source it after setting NAME.
+#   NAME=va; . bench/session_lib.sh
+# Sets OUT (what comes back), W (work files), a Triton cache in W, and defines
+#   profile LABEL [DIR [KW]]  bench.step_profile of the 405M step without refreshes, captured, SCAO against fused
+#                         AdamW in one process, 60 timed steps; run in DIR (default .: this tree; ab_old: an
+#                         older tree unpacked there, given this tree's bench/step_profile.py; KW: the SCAO
+#                         keyword arguments as JSON members, default '"cuda_graph": true'); JSON to
+#                         $OUT/prof_LABEL.json, the lines that matter printed.
+#   capture [KW]          bench.capture_check on the 405M GPT, a NaN at step 16 (KW: more SCAO keyword
+#                         arguments as JSON members): its verdict printed.
+#   pack                  the work files (logs) as $OUT/session_$NAME.tgz.
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/session_$NAME}
+W=/tmp/session_${NAME}_work
+mkdir -p "$OUT" "$W"
+export TRITON_CACHE_DIR=$W/triton_cache
+if [ -d ab_old/bench ]; then cp bench/step_profile.py ab_old/bench/step_profile.py; fi
+
+profile() {
+  local D=${2:-.} KW=${3:-'"cuda_graph": true'}
+  (cd "$D" && timeout 100 python3 -m bench.step_profile --size large --cases scao_norefresh,adamw --steps 60 \
+    --profile-steps 3 --scao-kwargs "{$KW}" --out "$OUT/prof_$1.json" > "$W/prof_$1.log" 2>&1)
+  echo "profile $1 ($D) rc=$?"
+  grep -E "step\(\)|inside step|host split|_complement_update|_sumsq|_ema_signed" "$W/prof_$1.log" | cut -c1-330 | head -8
+}
+
+capture() {
+  local KW=${1:-}
+  timeout 130 python3 -m bench.capture_check --size large --steps 20 --nan-at 16 --scao-kwargs "{$KW}" \
+    --out "$OUT/capture_large.json" > "$W/capture_large.log" 2>&1
+  echo "capture ($KW) rc=$?"
+  python3 -c "import json; d=json.load(open('$OUT/capture_large.json')); print({k: d.get(k) for k in ('bit_exact','first_weight_mismatch_step','state_mismatch_counts','graph_counts','graph_groups','skipped_steps','steps_taken')})"
+}
+
+pack() {
+  tar czf "$OUT/session_$NAME.tgz" -C "$W" --exclude triton_cache .
+}
