@@ -349,8 +349,12 @@ def main(argv: list[str] | None = None) -> int:
         if case == "scao_norefresh":
             for g in opt.param_groups:
                 g["precond_freq"] = 10**9
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         ms = _timed_steps(model, opt, args.steps, args.batch, device, 100)
         rec: dict[str, Any] = {"step_ms": _stats(ms)}
+        if device.type == "cuda":  # (model, gradients, states and the graphs' pools, held or in use)
+            rec["peak_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
         if case.startswith("scao"):
             rec["host_split"] = _host_split(model, opt, args.steps, args.batch, device)
             if rec["host_split"]:
@@ -359,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             rec["torch_profile"] = _torch_profile(model, opt, args.profile_steps, args.batch, device)
             rec["cprofile"] = _cprofile(model, opt, args.profile_steps, args.batch, device)
         result["cases"][case] = rec
-        print(f"== {case}: step() {rec['step_ms']}", flush=True)
+        print(f"== {case}: step() {rec['step_ms']}, peak {rec.get('peak_mb')} MB", flush=True)
         if "torch_profile" in rec:
             tp = rec["torch_profile"]
             print(f"   launches/step {tp['launches_per_step']:.0f}, syncs/step {tp['sync_calls_per_step']}")

@@ -153,6 +153,49 @@ class _Upload:
         self.turn ^= 1
 
 
+def assign_lanes(sizes: dict[int, int], lanes: int) -> dict[int, int]:
+    """Each group (id -> elements) to one of ``lanes`` streams: the largest first, each to the lane with the
+    fewest elements so far (ties: the lowest lane). Groups on different lanes share no tensor, so their
+    replays may run at once: a kernel that leaves a multiprocessor's registers or warp slots unused (the
+    low-rank kernels hold 2 programs of 4 warps) lets another group's kernels fill them."""
+    load = [0] * lanes
+    out = {}
+    for gid, n in sorted(sizes.items(), key=lambda kv: -kv[1]):
+        k = load.index(min(load))
+        out[gid] = k
+        load[k] += n
+    return out
+
+
+class _Lanes:
+    """One step's replays spread over :attr:`GroupGraphs.lane_streams`: lane 0 is the caller's stream; each
+    other lane waits (:meth:`start`) for what the caller's stream holds when the replays begin (the check, the
+    scalars' upload), runs its groups' host-launched work (replays, Gram inverses, captures, eager steps) on its
+    own stream, and the caller's stream waits for every lane at the end (:meth:`join`). Each lane's graphs
+    live in the lane's own memory pool, so replays on different lanes touch different temporaries."""
+
+    def __init__(self, graphs: GroupGraphs, work: Sequence[Work]) -> None:
+        self.graphs = graphs
+        used = {graphs.lane_of[id(w[0])] for w in work} - {0}
+        self.streams = [graphs.lane_streams[k] for k in sorted(used)] if graphs.record else []
+        self.main = torch.cuda.current_stream(graphs.device) if self.streams else None
+
+    def start(self) -> None:
+        for s in self.streams:
+            s.wait_stream(self.main)
+
+    def run(self, grp: Group, fn: Callable[[], bool]) -> bool:
+        s = self.graphs.lane_streams[self.graphs.lane_of[id(grp)]]
+        if s is None or not self.streams:
+            return fn()
+        with torch.cuda.stream(s):
+            return fn()
+
+    def join(self) -> None:
+        for s in self.streams:
+            self.main.wait_stream(s)
+
+
 Work = tuple[Group, list[int], Hyper, list[list[int]]]
 """A group's share of a step: ``(group, its blocks with gradients (all), hyperparameters, chunks)``."""
 
@@ -160,9 +203,12 @@ Work = tuple[Group, list[int], Hyper, list[list[int]]]
 class GroupGraphs:
     """The captured steps of an optimizer's groups on one CUDA device (see the module docstring)."""
 
-    def __init__(self, groups: Sequence[Group], device: torch.device, record: bool = True) -> None:
+    def __init__(self, groups: Sequence[Group], device: torch.device, record: bool = True, streams: int = 1) -> None:
         """``record=False``: everything but the graphs (device inputs, keys, the eager step with the
-        device inputs at every step), on any device: what the CPU tests check against eager steps."""
+        device inputs at every step), on any device: what the CPU tests check against eager steps.
+        ``streams``: the groups' replays are spread over this many streams (:func:`assign_lanes`)."""
+        if streams < 1:
+            raise ValueError(f"streams must be at least 1, got {streams}")
         self.device = device
         self.record = record
         self.groups = list(groups)
@@ -191,6 +237,14 @@ class GroupGraphs:
         self.entries: dict[int, _Entry] = {}
         self.stream = torch.cuda.Stream(device) if record else None
         self.pool = torch.cuda.graph_pool_handle() if record else None
+        self.lane_of = assign_lanes(self._size, streams)  # group id -> lane (fixed: its graphs live in its pool)
+        # lane 0 replays on the caller's stream, lane k > 0 on a stream of its own; each lane has its own memory
+        # pool and its own side stream, on which its graphs are recorded and its eager steps run: torch gives
+        # cuBLAS a workspace per stream, and a graph keeps the workspace of the stream it was recorded on, so
+        # graphs of two lanes recorded on one stream would share one workspace while they run at once
+        self.lane_streams = [None] + [torch.cuda.Stream(device) if record else None for _ in range(1, streams)]
+        self.pools = [self.pool] + [torch.cuda.graph_pool_handle() if record else None for _ in range(1, streams)]
+        self.sides = [self.stream] + [torch.cuda.Stream(device) if record else None for _ in range(1, streams)]
         self.counts = {"eager": 0, "captures": 0, "replays": 0}
         self._check: tuple[tuple, torch.cuda.CUDAGraph | None, Tensor | None, Any] = ((), None, None, None)
         self._check_failed = False  # (finite_flag)
@@ -401,17 +455,22 @@ class GroupGraphs:
             filled = id(w[0]) in ready if ready is not None else self._aliased(e)
             (views if filled else copies).append(w)
         self._modes = self._math_modes()  # (the same for every group of the step)
+        lanes = _Lanes(self, work)
         try:
             with torch.cuda.device(self.device) if self.record else contextlib.nullcontext():
+                lanes.start()  # (the other lanes wait for what the caller's stream holds now: check, scalars)
                 for grp, _, hp, runs in views:
-                    if not self._run(grp, hp, runs, check):
+                    if not lanes.run(grp, lambda grp=grp, hp=hp, runs=runs: self._run(grp, hp, runs, check)):
                         return None
                 self._copy_gradients(copies)
+                if copies:
+                    lanes.start()  # (and for the copies: a rare case, it orders them after the replays before it)
                 for grp, _, hp, runs in copies:
-                    if not self._run(grp, hp, runs, check):
+                    if not lanes.run(grp, lambda grp=grp, hp=hp, runs=runs: self._run(grp, hp, runs, check)):
                         return None
         finally:
             self._modes = None
+            lanes.join()
         # (after the replays: the host works out the refreshes due while the GPU runs them)
         return {id(grp): grp.due(idx, hp) if isinstance(grp, KronGroup) else [] for grp, idx, hp, _ in work}
 
@@ -458,7 +517,7 @@ class GroupGraphs:
     def _capture(self, grp: Group, hp: Hyper, runs: list[list[int]], e: _Entry) -> torch.cuda.CUDAGraph | None:
         """Record the group's step; ``None`` if recording failed (reported; the group then steps eagerly)."""
         try:
-            graph, _ = self._record(lambda g: self._body(grp, hp, runs, e))
+            graph, _ = self._record(lambda g: self._body(grp, hp, runs, e), self.lane_of[id(grp)])
         except Exception as err:  # nothing ran
             e.failed = True
             warnings.warn(
@@ -474,20 +533,20 @@ class GroupGraphs:
         self._count("captures")
         return graph
 
-    def _record(self, body: Callable[[torch.cuda.CUDAGraph], Any]) -> tuple[torch.cuda.CUDAGraph, Any]:
-        """``body(graph)`` recorded into a new graph of the shared pool, on the side stream ordered after
-        the current one; returns the graph and what ``body`` returned. Raises what recording raised
-        (then nothing ran)."""
+    def _record(self, body: Callable[[torch.cuda.CUDAGraph], Any], lane: int = 0) -> tuple[torch.cuda.CUDAGraph, Any]:
+        """``body(graph)`` recorded into a new graph of the lane's pool, on the lane's side stream ordered after
+        the current one; returns the graph and what ``body`` returned. Raises what recording raised (then
+        nothing ran)."""
         graph = torch.cuda.CUDAGraph()
-        cur = torch.cuda.current_stream(self.device)
-        self.stream.wait_stream(cur)
-        with torch.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"):
+        cur, side = torch.cuda.current_stream(self.device), self.sides[lane]
+        side.wait_stream(cur)
+        with torch.cuda.graph(graph, pool=self.pools[lane], stream=side, capture_error_mode="thread_local"):
             out = body(graph)
-        cur.wait_stream(self.stream)
+        cur.wait_stream(side)
         return graph, out
 
     def _eager(self, grp: Group, hp: Hyper, runs: list[list[int]], e: _Entry) -> None:
-        self._on_side_stream(lambda: self._body(grp, hp, runs, e))
+        self._on_side_stream(lambda: self._body(grp, hp, runs, e), self.sides[self.lane_of[id(grp)]])
         self._count("eager")
 
     def _count(self, what: str) -> None:
@@ -495,15 +554,15 @@ class GroupGraphs:
         if self.counters is not None:
             self.counters[f"cuda_graph_{what}"] += 1
 
-    def _on_side_stream(self, fn: Any) -> None:
-        if self.stream is None:
+    def _on_side_stream(self, fn: Any, side: Any) -> None:
+        if side is None:
             fn()
             return
         cur = torch.cuda.current_stream(self.device)
-        self.stream.wait_stream(cur)
-        with torch.cuda.stream(self.stream):
+        side.wait_stream(cur)
+        with torch.cuda.stream(side):
             fn()
-        cur.wait_stream(self.stream)
+        cur.wait_stream(side)
 
     @staticmethod
     def _body(grp: Group, hp: Hyper, runs: list[list[int]], e: _Entry) -> None:

@@ -409,3 +409,23 @@ def test_steps_with_a_missing_gradient_stay_equal() -> None:
     steps = {tuple(g.steps) for g in opt.groups if isinstance(g, KronGroup) and len(set(g.steps)) > 1}
     assert steps  # a group with blocks at different step counts: it steps eagerly from then on
     assert graphs.counts["eager"] > 0
+
+
+def test_lanes_balance_the_groups_by_size() -> None:
+    """``graph_streams``: groups go to lanes largest first, each to the lane with the fewest elements
+    (ties to the lowest); fixed per group (its graphs live in its lane's pool)."""
+    from scao_dist.capture import assign_lanes
+
+    sizes = {11: 100, 12: 60, 13: 50, 14: 10, 15: 10}
+    assert assign_lanes(sizes, 1) == dict.fromkeys(sizes, 0)
+    lanes = assign_lanes(sizes, 2)
+    assert lanes == {11: 0, 12: 1, 13: 1, 14: 0, 15: 0}  # loads 120 / 110
+    assert assign_lanes(sizes, 5) == {11: 0, 12: 1, 13: 2, 14: 3, 15: 4}
+    params = _model(torch.bfloat16)
+    opt = SCAO(params, lr=1e-2, full_factor_dim=24, rank_max=12)
+    graphs = GroupGraphs(opt.groups, torch.device("cpu"), record=False, streams=2)
+    assert sorted(set(graphs.lane_of.values())) == [0, 1] and len(graphs.lane_of) == len(opt.groups)
+    with pytest.raises(ValueError, match="streams must be at least 1"):
+        GroupGraphs(opt.groups, torch.device("cpu"), record=False, streams=0)
+    with pytest.raises(ValueError, match="graph_streams must be at least 1"):
+        SCAO(params, lr=1e-2, graph_streams=0)
