@@ -41,9 +41,17 @@ starts, it saved nothing: the host's Python before the first replay outlasts the
 
 A group is captured when it is on a CUDA device, all its blocks step together at the same step
 count and are warm (their first bases built), its moments are int8 and it does not graft
-(:meth:`KronGroup.capturable`); anything else runs eagerly, in the same step, as before. The
-graphs share one memory pool: a group's temporaries are only alive during its replay, and the
-replays run one after the other on one stream.
+(:meth:`KronGroup.capturable`); anything else runs eagerly, in the same step, as before.
+
+The groups are spread over ``streams`` lanes (:func:`assign_lanes`, ``SCAO(graph_streams=...)``): lane 0
+replays on the caller's stream, every other lane on a stream of its own that waits for the check and the
+uploads, and the caller's stream waits for all lanes before the step returns. The groups share no tensor,
+so two lanes' kernels may run at once (the low-rank kernels leave most of a multiprocessor's registers and
+warp slots to others). Within a lane the graphs share one memory pool (a group's temporaries are alive only
+during its replay, and a lane's replays run one after the other); each lane also records its graphs and
+runs its eager steps on a side stream of its own, because torch keys cuBLAS's workspace by stream and a
+graph keeps the workspace it was recorded with: graphs of two lanes recorded on one stream would share a
+workspace while they run at once.
 """
 
 from __future__ import annotations
@@ -176,8 +184,8 @@ class _Lanes:
 
     def __init__(self, graphs: GroupGraphs, work: Sequence[Work]) -> None:
         self.graphs = graphs
-        used = {graphs.lane_of[id(w[0])] for w in work} - {0}
-        self.streams = [graphs.lane_streams[k] for k in sorted(used)] if graphs.record else []
+        used = sorted({graphs.lane_of[id(w[0])] for w in work} - {0})
+        self.streams = [s for s in map(graphs.lane_streams.__getitem__, used) if s is not None]
         self.main = torch.cuda.current_stream(graphs.device) if self.streams else None
 
     def start(self) -> None:
