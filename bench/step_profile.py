@@ -220,6 +220,7 @@ def step_windows(trace: dict[str, Any], n: int, top: int = 10) -> dict[str, Any]
     runtime = [e for e in ev if e.get("ph") == "X" and e.get("cat") in RUNTIME_CATS and _corr(e) is not None]
     walls, busys, leads, gaps = [], [], [], []
     timeline: list[list[Any]] = []
+    per_name: dict[str, list[float]] = {}  # full kernel name -> [calls, us], summed over the steps
     for k, (t0, t1) in enumerate(steps):
         t_next = steps[k + 1][0] if k + 1 < len(steps) else float("inf")
         launched = {_corr(e) for e in runtime if t0 <= e["ts"] <= t1}
@@ -230,6 +231,10 @@ def step_windows(trace: dict[str, Any], n: int, top: int = 10) -> dict[str, Any]
         if not mine:
             continue
         busy, end, step_gaps = _merged(mine)
+        for e in mine:
+            acc = per_name.setdefault(str(e["name"]), [0, 0.0])
+            acc[0] += 1
+            acc[1] += e.get("dur", 0)
         if k == len(steps) - 1:  # the last step, event by event: what the GPU ran and what the host called
             host = [e for e in runtime if t0 <= e["ts"] <= t1 and e.get("dur", 0) >= 5]
             timeline = sorted(
@@ -244,10 +249,15 @@ def step_windows(trace: dict[str, Any], n: int, top: int = 10) -> dict[str, Any]
     if not walls:
         return {}
     med = statistics.median
+    # what the GPU ran inside the steps, by full name: calls and us per step (streams overlap: the sum can
+    # exceed busy_ms)
+    top_names = sorted(per_name.items(), key=lambda kv: -kv[1][1])[:40]
+    kernels = [[name, round(c / len(walls), 1), round(us / len(walls), 1)] for name, (c, us) in top_names]
     return {"steps": len(walls), "wall_ms": round(med(walls) / 1e3, 3), "busy_ms": round(med(busys) / 1e3, 3),
             "host_lead_ms": round(med(leads) / 1e3, 3),
             "longest_gaps_us": [[round(g, 1), name] for g, name in sorted(gaps, reverse=True)[:top]],
-            "last_step_timeline_us": timeline}  # fmt: skip
+            "last_step_timeline_us": timeline,
+            "kernels_in_step": kernels}  # fmt: skip
 
 
 RUNTIME_CATS = ("cuda_runtime", "cuda_driver")
@@ -381,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"first kernel after {sw['host_lead_ms']} ms (medians of {sw['steps']}); "
                     f"longest gaps inside (us, next): {sw.get('longest_gaps_us', [])[:6]}"
                 )
+            for name, calls, us in sw.get("kernels_in_step", [])[:12] if tp.get("step_windows") else []:
+                print(f"   in step(): {us:8.1f} us {calls:5.1f}x  {name[:150]}")
             print("   -- device time per step (all streams)")
             for row in tp["top_device"][:20]:
                 print(f"   {row['device_ms_per_step']:8.2f} ms {row['calls_per_step']:7.1f}x  {row['name']}")

@@ -293,6 +293,7 @@ def test_step_windows_time_each_step_from_its_host_start_to_its_last_kernel() ->
     sw = step_windows(trace, n=3)
     assert sw.pop("longest_gaps_us") == [[25, "k"]]  # step 1: from 35 to the copy at 60
     assert sw.pop("last_step_timeline_us") == [["gpu", 2, 8, "k"]]  # the last step's work, from its start
+    assert sw.pop("kernels_in_step") == [["k", 1.7, 26.0]]  # by name: 5 of them, 78 us, over 3 steps
     assert sw == {"steps": 3, "wall_ms": 0.06, "busy_ms": 0.03, "host_lead_ms": 0.01}  # medians
 
 
@@ -318,6 +319,7 @@ def test_step_windows_take_the_gpu_work_the_step_launched() -> None:
     assert sw.pop("last_step_timeline_us") == [
         ["gpu", 10, 20, "k"], ["host", 40, 6, "cudaGraphLaunch"], ["gpu", 60, 10, "g1"], ["gpu", 75, 5, "g2"],
     ]  # fmt: skip
+    assert sw.pop("kernels_in_step") == [["k", 1.0, 20.0], ["g1", 1.0, 10.0], ["g2", 1.0, 5.0]]  # not the copy
     assert sw == {"steps": 1, "wall_ms": 0.08, "busy_ms": 0.035, "host_lead_ms": 0.01,
                   "longest_gaps_us": [[30, "g1"], [5, "g2"]]}  # fmt: skip
 
