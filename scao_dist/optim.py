@@ -382,6 +382,10 @@ class SCAO(torch.optim.Optimizer):
         """One optimizer step (see the class docstring); skipped whole on non-finite grads. Runs without
         autograd, as under ``torch.no_grad()`` (switched directly: the context manager's host cost is
         ~5x), and with torch's step hooks (:func:`.step_hooks.hooked_step`)."""
+        return self._step_no_grad(closure)
+
+    def _step_no_grad(self, closure: Callable[[], float] | None) -> float | None:
+        """:meth:`step` without its hooks (a subclass's own hooked ``step`` calls this, so hooks run once)."""
         grad_mode = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)
         try:

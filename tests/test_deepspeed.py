@@ -210,3 +210,20 @@ def test_wrapped_parameters_are_refused():
     opt.param_groups[0]["params"] = [p.detach().float().requires_grad_() for p in opt.param_groups[0]["params"]]
     with pytest.raises(RuntimeError, match="replaced"):
         opt.step()
+
+
+def test_step_hooks_run_once_per_step():
+    """DeepSpeedSCAO's own step is wrapped like SCAO's (not by torch around SCAO's wrapper): a step pre-hook and
+    post-hook run once per step, and the step runs without autograd."""
+    model = _model()
+    opt = scao_ds.DeepSpeedSCAO(model.parameters(), lr=1e-3)
+    calls = []
+    opt.register_step_pre_hook(lambda o, a, k: calls.append(("pre", torch.is_grad_enabled())))
+    opt.register_step_post_hook(lambda o, a, k: calls.append(("post", torch.is_grad_enabled())))
+    x = torch.randint(0, GPT_CFG.vocab, (2, GPT_CFG.seq_len + 1))
+    for _ in range(2):
+        model(x[:, :-1], x[:, 1:]).backward()
+        opt.step()
+        opt.zero_grad()
+    assert calls == [("pre", True), ("post", True)] * 2
+    assert type(opt).step.hooked and type(opt).step.__wrapped__.__qualname__ == "DeepSpeedSCAO.step"

@@ -54,6 +54,7 @@ import torch
 from torch import Tensor
 
 from ..optim import SCAO
+from ..step_hooks import hooked_step
 
 ZERO_MESSAGE = (
     "SCAO under DeepSpeed needs ZeRO stage 0, got stage {stage}: ZeRO-1/2/3 hand the optimizer flat 1-D "
@@ -134,11 +135,12 @@ class DeepSpeedSCAO(SCAO):
     def _param_ids(self) -> list[int]:
         return [id(p) for g in self.param_groups for p in g["params"]]
 
-    @torch.no_grad()
+    @hooked_step
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        """:meth:`SCAO.step`, refused if a wrapper replaced the parameters; torch's step hooks run once."""
         if self._param_ids() != self._built_ids:
             raise RuntimeError(WRAPPED_MESSAGE)
-        return super().step(closure)
+        return self._step_no_grad(closure)
 
 
 def register() -> None:
