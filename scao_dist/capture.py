@@ -79,7 +79,8 @@ from .stacked import SEED_STEP, block_seed
 
 Group = KronGroup | AdamGroup
 
-_GRAD = operator.attrgetter("grad")
+grad_of = operator.attrgetter("grad")
+"""``p.grad`` as a function (``map(grad_of, params)``: one C call per parameter)."""
 
 
 def same_objects(a: Sequence[Any], b: Sequence[Any]) -> bool:
@@ -192,12 +193,13 @@ class _Lanes:
         for s in self.streams:
             s.wait_stream(self.main)
 
-    def run(self, grp: Group, fn: Callable[[], bool]) -> bool:
+    def run(self, grp: Group, fn: Callable[..., bool], *args: Any) -> bool:
+        """``fn(grp, *args)`` on ``grp``'s lane stream (directly on lane 0)."""
         s = self.graphs.lane_streams[self.graphs.lane_of[id(grp)]]
-        if s is None or not self.streams:
-            return fn()
+        if s is None:
+            return fn(grp, *args)
         with torch.cuda.stream(s):
-            return fn()
+            return fn(grp, *args)
 
     def join(self) -> None:
         for s in self.streams:
@@ -243,16 +245,16 @@ class GroupGraphs:
         self._size = {id(g): sum(s.numel for s in g.specs) for g in self.groups}  # the launch order
         self._pids = {id(g): sorted({s.param for s in g.specs}) for g in self.groups}  # (keys)
         self.entries: dict[int, _Entry] = {}
-        self.stream = torch.cuda.Stream(device) if record else None
-        self.pool = torch.cuda.graph_pool_handle() if record else None
         self.lane_of = assign_lanes(self._size, streams)  # group id -> lane (fixed: its graphs live in its pool)
         # lane 0 replays on the caller's stream, lane k > 0 on a stream of its own; each lane has its own memory
         # pool and its own side stream, on which its graphs are recorded and its eager steps run: torch gives
         # cuBLAS a workspace per stream, and a graph keeps the workspace of the stream it was recorded on, so
-        # graphs of two lanes recorded on one stream would share one workspace while they run at once
-        self.lane_streams = [None] + [torch.cuda.Stream(device) if record else None for _ in range(1, streams)]
-        self.pools = [self.pool] + [torch.cuda.graph_pool_handle() if record else None for _ in range(1, streams)]
-        self.sides = [self.stream] + [torch.cuda.Stream(device) if record else None for _ in range(1, streams)]
+        # graphs of two lanes recorded on one stream would share one workspace while they run at once.
+        # (Lane 0's pool and side stream also record the check's graph.)
+        new_stream = (lambda: torch.cuda.Stream(device)) if record else (lambda: None)
+        self.lane_streams = [None] + [new_stream() for _ in range(1, streams)]
+        self.pools = [torch.cuda.graph_pool_handle() if record else None for _ in range(streams)]
+        self.sides = [new_stream() for _ in range(streams)]
         self.counts = {"eager": 0, "captures": 0, "replays": 0}
         self._check: tuple[tuple, torch.cuda.CUDAGraph | None, Tensor | None, Any] = ((), None, None, None)
         self._check_failed = False  # (finite_flag)
@@ -314,7 +316,7 @@ class GroupGraphs:
     def _aliased(e: _Entry) -> bool:
         """Are the gradients the buffer's views (the last ``zero_grad`` installed them, autograd kept them:
         it accumulates into a ``.grad`` in place, the same tensor; one that replaced it is another)?"""
-        return bool(e.views) and same_objects(list(map(_GRAD, e.view_params)), e.view_grads)
+        return bool(e.views) and same_objects(list(map(grad_of, e.view_params)), e.view_grads)
 
     # ------------------------------------------------------------------------------ check
     def check_operands(
@@ -341,7 +343,7 @@ class GroupGraphs:
                 checks.append(e.grads)
             elif gather:
                 grp = self.groups[self.pos[gid]]
-                grads = list(map(_GRAD, self._params(grp)))
+                grads = list(map(grad_of, self._params(grp)))
                 if not same_objects(e.gather[0], grads) and any(g is None or g.device != self.device for g in grads):
                     continue
                 copies += self._blocks(grp, e, grads)
@@ -468,13 +470,13 @@ class GroupGraphs:
             with torch.cuda.device(self.device) if self.record else contextlib.nullcontext():
                 lanes.start()  # (the other lanes wait for what the caller's stream holds now: check, scalars)
                 for grp, _, hp, runs in views:
-                    if not lanes.run(grp, lambda grp=grp, hp=hp, runs=runs: self._run(grp, hp, runs, check)):
+                    if not lanes.run(grp, self._run, hp, runs, check):
                         return None
                 self._copy_gradients(copies)
                 if copies:
                     lanes.start()  # (and for the copies: a rare case, it orders them after the replays before it)
                 for grp, _, hp, runs in copies:
-                    if not lanes.run(grp, lambda grp=grp, hp=hp, runs=runs: self._run(grp, hp, runs, check)):
+                    if not lanes.run(grp, self._run, hp, runs, check):
                         return None
         finally:
             self._modes = None
@@ -545,13 +547,13 @@ class GroupGraphs:
         """``body(graph)`` recorded into a new graph of the lane's pool, on the lane's side stream ordered after
         the current one; returns the graph and what ``body`` returned. Raises what recording raised (then
         nothing ran)."""
-        graph = torch.cuda.CUDAGraph()
-        cur, side = torch.cuda.current_stream(self.device), self.sides[lane]
-        side.wait_stream(cur)
-        with torch.cuda.graph(graph, pool=self.pools[lane], stream=side, capture_error_mode="thread_local"):
-            out = body(graph)
-        cur.wait_stream(side)
-        return graph, out
+        graph, side = torch.cuda.CUDAGraph(), self.sides[lane]
+
+        def record() -> Any:
+            with torch.cuda.graph(graph, pool=self.pools[lane], stream=side, capture_error_mode="thread_local"):
+                return body(graph)
+
+        return graph, self._on_side_stream(record, side)
 
     def _eager(self, grp: Group, hp: Hyper, runs: list[list[int]], e: _Entry) -> None:
         self._on_side_stream(lambda: self._body(grp, hp, runs, e), self.sides[self.lane_of[id(grp)]])
@@ -562,15 +564,17 @@ class GroupGraphs:
         if self.counters is not None:
             self.counters[f"cuda_graph_{what}"] += 1
 
-    def _on_side_stream(self, fn: Any, side: Any) -> None:
+    def _on_side_stream(self, fn: Callable[[], Any], side: Any) -> Any:
+        """``fn()`` on ``side``, ordered after the current stream's work and before its next (directly without
+        a side stream); returns what ``fn`` returned."""
         if side is None:
-            fn()
-            return
+            return fn()
         cur = torch.cuda.current_stream(self.device)
         side.wait_stream(cur)
         with torch.cuda.stream(side):
-            fn()
+            out = fn()
         cur.wait_stream(side)
+        return out
 
     @staticmethod
     def _body(grp: Group, hp: Hyper, runs: list[list[int]], e: _Entry) -> None:

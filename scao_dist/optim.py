@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import operator
 import warnings
 import weakref
 from collections import defaultdict
@@ -26,15 +25,13 @@ import torch
 from torch import Tensor
 
 from .blocks import BlockSpec, split_param
-from .capture import GroupGraphs, Work, same_objects
+from .capture import GroupGraphs, Work, grad_of, same_objects
 from .config import GROUP_DEFAULTS, Config, Hyper, quantize_pieces, validate_group
 from .groups import AdamGroup, KronGroup, make_group
 from .shard.comm import Comm, FiniteCheck, build_buckets
 from .shard.plan import Plan, make_plan, plan_fingerprint
 from .shard.refresh import RefreshScheduler
 from .step_hooks import hooked_step
-
-_GRAD = operator.attrgetter("grad")
 
 
 def _no_ref() -> None:
@@ -496,7 +493,7 @@ class SCAO(torch.optim.Optimizer):
         whether every ``.grad`` is the very tensor (or ``None``) of the last call: then what the step
         works out from them for its check is the same too (:meth:`_grads_to_check`). In a training loop
         they are (``zero_grad`` installs the same views, autograd accumulates into them)."""
-        grads = list(map(_GRAD, map(params.__getitem__, self._spec_params)))
+        grads = list(map(grad_of, map(params.__getitem__, self._spec_params)))
         refs, with_grad = self._grads_seen  # (weak: a gradient the caller drops is not kept alive here)
         if same_objects([r() for r in refs], grads):
             return with_grad, True
