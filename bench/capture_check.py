@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     graphs_on = device.type == "cuda"  # (on CPU "graph" gets the machinery without graphs, below)
     opts = {n: SCAO(models[n].parameters(), lr=args.lr, cuda_graph=graphs_on and n == "graph", **kw) for n in NAMES}
     for n in ("inputs",) + (("graph",) if device.type != "cuda" else ()):
-        opts[n]._graphs = {device: GroupGraphs(opts[n].groups, device, record=False)}
+        gdev = opts[n].groups[0].device  # (cuda:0: the key the step looks its groups' device up by)
+        opts[n]._graphs = {gdev: GroupGraphs(opts[n].groups, gdev, record=False)}
     params = {n: list(m.parameters()) for n, m in models.items()}
     gen = torch.Generator().manual_seed(1)
     ms: dict[str, list[float]] = {n: [] for n in NAMES}
@@ -136,12 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     skip = set(range(min(12, args.steps // 2))) | set(capture_steps)
     timed = {n: [v for t, v in enumerate(ms[n]) if t not in skip] for n in NAMES}
     graphs = next(iter(opts["graph"]._graphs.values()), None)
+    inputs = next(iter(opts["inputs"]._graphs.values()))
     out: dict[str, Any] = {
         "size": args.size, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "steps": args.steps, "scao_kwargs": kw,
         "first_weight_mismatch_step": first_diff, "state_mismatches": {n: v[:20] for n, v in state_diff.items()},
         "state_mismatch_counts": {n: len(v) for n, v in state_diff.items()},
         "graph_counts": dict(graphs.counts) if graphs is not None else None,
+        "inputs_counts": dict(inputs.counts),
         "graph_failed_groups": sum(e.failed for e in graphs.entries.values()) if graphs is not None else None,
         "graph_groups": sum(e.graph is not None for e in graphs.entries.values()) if graphs is not None else None,
         "check_captured": graphs is not None and graphs._check[1] is not None,
@@ -155,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     ok = all(v is None for v in first_diff.values()) and not any(state_diff.values())
     ok = ok and len(set(out["skipped_steps"].values())) == 1 and len(set(out["steps_taken"].values())) == 1
+    ok = ok and inputs.counts["eager"] > 0  # (the device-input path ran: its groups were not stepped eagerly)
     out["bit_exact"] = ok
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)

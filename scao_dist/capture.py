@@ -219,6 +219,9 @@ class GroupGraphs:
         ``streams``: the groups' replays are spread over this many streams (:func:`assign_lanes`)."""
         if streams < 1:
             raise ValueError(f"streams must be at least 1, got {streams}")
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:  # "cuda": the current device, as the groups name it
+            device = torch.device("cuda", torch.cuda.current_device())
         self.device = device
         self.record = record
         self.groups = list(groups)
