@@ -352,9 +352,7 @@ class _Group:
         for k, v in sub.items():
             self.t[k].index_copy_(0, ix, v)
 
-    def bias(
-        self, idx: Sequence[int], hp: Hyper, ndim: int, ahead: int = 0
-    ) -> tuple[Tensor | float, Tensor | float]:
+    def bias(self, idx: Sequence[int], hp: Hyper, ndim: int, ahead: int = 0) -> tuple[Tensor | float, Tensor | float]:
         """Adam bias corrections ``1 - beta^t`` (floats when all blocks are at the same step), at the
         blocks' step counts plus ``ahead``."""
         ts = [self.steps[i] + ahead for i in idx]
@@ -534,13 +532,11 @@ class KronGroup(RefreshMixin, _Group):
         """fp32 ``(b, d, d)`` eigenbasis of a dense side: the frame the block's state lives in."""
         return s[f"{side.name}.q"].float() if side.mode == "dense" else None
 
-    def tracked(self, s: dict[str, Tensor], side: Side, stored: bool = False) -> Tensor | None:
-        """fp32 ``(b, d, K + p)`` tracked basis of a stream side, probes last (original coordinates);
-        its first ``K`` columns are the truncated basis ``Q``. ``stored``: in its stored dtype."""
-        if side.mode != "stream":
-            return None
-        q = s[f"{side.name}.qh"]
-        return q if stored else q.float()
+    def tracked(self, s: dict[str, Tensor], side: Side) -> Tensor | None:
+        """``(b, d, K + p)`` tracked basis of a stream side as stored (bf16, or fp32 without ``bases``
+        quantization), probes last (original coordinates); its first ``K`` columns are the truncated
+        basis ``Q``."""
+        return s[f"{side.name}.qh"] if side.mode == "stream" else None
 
     def rotate(self, x: Tensor, ql: Tensor | None, qr: Tensor | None) -> Tensor:
         """``Q_L^T x Q_R`` (a ``None`` side is the identity)."""
@@ -558,12 +554,11 @@ class KronGroup(RefreshMixin, _Group):
             x = x @ qr.mT
         return x
 
-    def _rotate_moment(
-        self, m: Tensor, ql: Tensor | None, qr: Tensor | None, stored: tuple[Tensor | None, Tensor | None]
-    ) -> Tensor:
+    def _rotate_moment(self, m: Tensor, q32: Bases32, stored: tuple[Tensor | None, Tensor | None]) -> Tensor:
         """``Q_L^T M Q_R`` (fp32). A bf16 ``M`` (:attr:`m_dtype`, bf16 with :attr:`grad_dtype`: bf16 stream
         bases, no dense frame) meets the bases as stored in its full-size product, exactly and at half
-        the bytes of fp32.
+        the bytes of fp32; with two stream sides the small second product takes the fp32 basis of the
+        shorter side (:meth:`_core`'s choice, so a step converts one basis to fp32, not two).
 
         The step rounds ``M`` to bf16 once, in :func:`kernels.ema_signed_`, and uses that same ``M``
         here and in the complement (``M - Q_L C_M Q_R^T``, whose cancellation needs one ``M`` in
@@ -571,11 +566,13 @@ class KronGroup(RefreshMixin, _Group):
         ``q``, ``>= 2^-6``), and ``M`` is written and read three times per step: 6 bytes a weight
         fewer than in fp32."""
         if m.dtype != torch.bfloat16:
-            return self.rotate(m, ql, qr)
+            return self.rotate(m, q32[0], q32[1])
         qls, qrs = stored
+        if qls is not None and qrs is not None and not self._right_second:
+            return q32[0].mT @ matmul_f32(m, qrs)
         if qls is not None:
             x = matmul_f32(qls.mT, m)
-            return x @ qr if qr is not None else x
+            return x @ q32[1] if qrs is not None else x
         return matmul_f32(m, qrs) if qrs is not None else m.float()
 
     def truncated(self, idx: Sequence[int]) -> list[bool]:
@@ -652,30 +649,30 @@ class KronGroup(RefreshMixin, _Group):
         hyper = dev.hyper if dev is not None else None
         s, whole = self.select(idx)
         fl, fr = (self.frame(s, side) for side in self.sides)
-        qhl, qhr = (self.tracked(s, side) for side in self.sides)  # fp32 once per step
-        stored = tuple(self.tracked(s, side, stored=True) for side in self.sides)  # bf16 with bf16 bases
+        stored = tuple(self.tracked(s, side) for side in self.sides)
         kl, kr = (side.K for side in self.sides)
-        ql = qhl[..., :kl] if qhl is not None else None
-        qr = qhr[..., :kr] if qhr is not None else None
         qls, qrs = (q[..., :k] if q is not None else None for q, k in zip(stored, (kl, kr)))
 
         gf = self.rotate(g, fl, fr)
         del g
         if gf.dtype == torch.bfloat16:  # bf16 G_F (grad_dtype) meets the bases as stored, in bf16
             halves = self._stream_halves(gf, *stored)
+            q32 = Bases32((qls, qrs))
         else:
+            qhl, qhr = (q.float() if q is not None else None for q in stored)
             halves = self._stream_halves(gf, qhl, qhr)
-        g_rot = self._core(gf, halves, ql, qr)
+            q32 = Bases32((qls, qrs), [q[..., :k] if q is not None else None for q, k in zip((qhl, qhr), (kl, kr))])
+        g_rot = self._core(gf, halves, q32)
         mf = self.mom.ema(s, gf, hp.beta1, self.m_dtype, hyper=hyper)
-        m_rot = self._rotate_moment(mf, ql, qr, (qls, qrs))
+        m_rot = self._rotate_moment(mf, q32, (qls, qrs))
         u_rot = self.vp.adam(s, g_rot, m_rot, hp.beta2, bc1, bc2, hp.eps, hyper=hyper, floor=self._rot_floor(s))
 
         sumsq = stats = None
         trunc = self.truncated(idx)
         factors = None
         if any(trunc):  # the update and the projections of G_F and M as low-rank products X Y^T
-            ginv = [self._gram_inverses(side, idx, q) for side, q in zip(self.sides, (ql, qr))]
-            factors = self._complement_factors(u_rot, g_rot, m_rot, ql, qr, ginv, (qls, qrs))
+            ginv = [self._gram_inverses(side, idx, q) for side, q in zip(self.sides, (qls, qrs))]
+            factors = self._complement_factors(u_rot, g_rot, m_rot, q32, ginv, (qls, qrs))
         mask = self._device_list(tuple(trunc), torch.bool) if factors is not None else None
         if self.cfg.graft == "norm" or any(side.mode == "stream" for side in self.sides):  # (truncated => stream)
             # one read of G_F: its row/column mean squares (the norm graft, the complement's floor), ||G_F||^2
@@ -693,7 +690,7 @@ class KronGroup(RefreshMixin, _Group):
             target = (w, s.get("ebits")) if fused else None
             uf = self._with_complement(s, mf, factors, hp, bc1, bc2, mask, stats, target=target, hyper=hyper)
         else:
-            uf = self.unrotate(u_rot, ql, qr)
+            uf = self.unrotate(u_rot, q32[0], q32[1])
         if not fused:
             if hyper is not None and self.cfg.graft != "none":
                 raise ValueError("device-side step scalars do not cover grafting (graft='none' only)")
@@ -730,14 +727,13 @@ class KronGroup(RefreshMixin, _Group):
             for side in stream:
                 cache, stale = self._ginv.get(side.name), self._ginv_stale.get(side.name)
                 if cache is None or cache.shape[-1] != side.K or (stale and any(i in stale for i in run)):
-                    q = block_rows(self.t[f"{side.name}.qh"], list(run))[..., : side.K].float()
-                    self._gram_inverses(side, run, q)
+                    self._gram_inverses(side, run, block_rows(self.t[f"{side.name}.qh"], list(run))[..., : side.K])
 
     def _gram_inverses(self, side: Side, idx: Sequence[int], q: Tensor | None) -> Tensor | None:
-        """``(Q^T Q)^-1`` of the blocks ``idx`` of a stream side (``q`` = their fp32 ``(b, d, K)``
-        bases), cached per block: it changes only when a basis does, so each block's is
-        recomputed once after a swap, a growth of ``K`` or a load, not at every step. Derived
-        data (not in the state dict); ``_basis_changed`` marks a block stale."""
+        """``(Q^T Q)^-1`` of the blocks ``idx`` of a stream side (``q`` = their ``(b, d, K)`` bases as
+        stored; the stale ones are taken to fp32 here), cached per block: it changes only when a
+        basis does, so each block's is recomputed once after a swap, a growth of ``K`` or a load, not
+        at every step. Derived data (not in the state dict); ``_basis_changed`` marks a block stale."""
         if q is None:
             return None
         n, k = side.name, q.shape[-1]
@@ -748,7 +744,7 @@ class KronGroup(RefreshMixin, _Group):
         stale = self._ginv_stale[n]
         rows = [j for j, i in enumerate(idx) if i in stale]
         if rows:
-            fresh = _gram_inverse(q if len(rows) == len(idx) else q[rows])
+            fresh = _gram_inverse((q if len(rows) == len(idx) else q[rows]).float())
             for r, j in enumerate(rows):
                 cache[idx[j]].copy_(fresh[r])
                 stale.discard(idx[j])
@@ -780,13 +776,19 @@ class KronGroup(RefreshMixin, _Group):
             out["R"] = matmul_f32(gf, qhr)
         return out
 
-    def _core(self, gf: Tensor, halves: dict[str, Tensor], ql: Tensor | None, qr: Tensor | None) -> Tensor:
-        """``Q_L^T G_F Q_R`` from whichever half makes the second product smaller."""
+    @property
+    def _right_second(self) -> bool:
+        """With two stream sides, is ``Q_R`` the second factor of the core products (``(Q_L^T X) Q_R``: the
+        shorter side, ``n <= m``), so that only its basis is needed in fp32?"""
+        return self.n_dim <= self.m_dim
+
+    def _core(self, gf: Tensor, halves: dict[str, Tensor], q32: Bases32) -> Tensor:
+        """``Q_L^T G_F Q_R`` from whichever half makes the second product smaller (:attr:`_right_second`)."""
         kl, kr = (side.K for side in self.sides)
         if "L" in halves and "R" in halves:
-            if self.n_dim <= self.m_dim:
-                return halves["L"][:, :kl] @ qr
-            return ql.mT @ halves["R"][..., :kr]
+            if self._right_second:
+                return halves["L"][:, :kl] @ q32[1]
+            return q32[0].mT @ halves["R"][..., :kr]
         if "L" in halves:
             return halves["L"][:, :kl]
         if "R" in halves:
@@ -812,8 +814,7 @@ class KronGroup(RefreshMixin, _Group):
         u_rot: Tensor,
         g_rot: Tensor,
         m_rot: Tensor,
-        ql: Tensor | None,
-        qr: Tensor | None,
+        q32: Bases32,
         ginv: Sequence[Tensor | None],
         stored: tuple[Tensor | None, Tensor | None],
     ) -> dict[str, tuple[Tensor, Tensor]]:
@@ -828,26 +829,33 @@ class KronGroup(RefreshMixin, _Group):
         build them tile by tile (:mod:`.kernels.lowrank`). A basis that is a factor as it stands
         (``Y = Q_R``, or ``X = Q_L`` of a one-sided block) is passed to the complement as stored
         (``stored``: the bases' first ``K`` columns in their stored dtype): it reads a bf16 basis at half
-        the bytes, once for both of its products."""
-        core = torch.stack([g_rot, m_rot])
-        if ql is not None:
-            core = (ginv[0] if ginv[0] is not None else _gram_inverse(ql)) @ core
-        if qr is not None:
-            core = core @ (ginv[1] if ginv[1] is not None else _gram_inverse(qr))
-        cores = torch.cat([u_rot.unsqueeze(0), core])  # (3, b, kl, kr)
+        the bytes, once for both of its products.
+
+        With two stream sides the three left factors come from one product ``Q_L [C_u C_g C_m]`` of the
+        cores side by side, ``(b, m, 3 kr)``; each factor is a column slice of it, which the kernels read
+        in place (a product of ``Q_L`` with the three stacked cores would broadcast ``Q_L`` into three
+        copies first)."""
         qls, qrs = stored
-        low = (self.u_dtype, self.p_dtype) == (torch.bfloat16, torch.bfloat16)
-        if ql is not None and qr is not None and low and self.bf16_left_products and qls.dtype == torch.bfloat16:
-            # Q_L C as one bf16 product of the stored basis and the cores rounded to bf16, written in bf16:
-            # the factor is rounded to bf16 anyway; this rounds C first (2^-9 of each entry, where TF32
-            # kept 2^-11) instead of an fp32 TF32 product, its fp32 result and a conversion
-            xs, ys = qls @ cores.to(torch.bfloat16), (qrs,) * 3
-        elif ql is not None and qr is not None:
-            xs, ys = ql @ cores, (qrs,) * 3
-        elif ql is not None:
-            xs, ys = (qls,) * 3, cores.mT
+        core = torch.stack([g_rot, m_rot])
+        if qls is not None:
+            core = (ginv[0] if ginv[0] is not None else _gram_inverse(q32[0])) @ core
+        if qrs is not None:
+            core = core @ (ginv[1] if ginv[1] is not None else _gram_inverse(q32[1]))
+        if qls is not None and qrs is not None:
+            b, kl, kr = u_rot.shape
+            wide = torch.stack([u_rot, core[0], core[1]], dim=2).reshape(b, kl, 3 * kr)  # [C_u C_g C_m]
+            low = (self.u_dtype, self.p_dtype) == (torch.bfloat16, torch.bfloat16)
+            if low and self.bf16_left_products and qls.dtype == torch.bfloat16:
+                # Q_L C as one bf16 product of the stored basis and the cores rounded to bf16, written in
+                # bf16: the factor is rounded to bf16 anyway; this rounds C first (2^-9 of each entry, where
+                # TF32 kept 2^-11) instead of an fp32 TF32 product, its fp32 result and a conversion
+                x = qls @ wide.to(torch.bfloat16)
+            else:
+                x = q32[0] @ wide
+            xs, ys = x.unflatten(-1, (3, kr)).movedim(-2, 0), (qrs,) * 3
         else:
-            xs, ys = cores, (qrs,) * 3
+            cores = torch.cat([u_rot.unsqueeze(0), core])  # (3, b, kl, kr)
+            xs, ys = ((qls,) * 3, cores.mT) if qls is not None else (cores, (qrs,) * 3)
         # each coefficient factor meets the stored basis in the basis' dtype (:attr:`u_dtype`, :attr:`p_dtype`):
         # against a bf16 basis each product is one exact bf16 product, read as stored, instead of two (an
         # fp32 factor split in bf16 terms, lowrank.dot_chunk) or a TF32 one, at half the bytes (the
@@ -859,7 +867,7 @@ class KronGroup(RefreshMixin, _Group):
         out = {}
         for j, (key, dt) in enumerate((("u", self.u_dtype), ("g", self.p_dtype), ("m", self.p_dtype))):
             x, y = xs[j], ys[j]
-            out[key] = (x, y.to(dt)) if ql is not None and qr is None else (x.to(dt), y)
+            out[key] = (x, y.to(dt)) if qls is not None and qrs is None else (x.to(dt), y)
         return out
 
     def _with_complement(
@@ -1109,6 +1117,24 @@ def _gram_inverse(q: Tensor) -> Tensor:
     eye = torch.diag_embed((gram.diagonal(dim1=-2, dim2=-1) > 0.5).to(gram.dtype))
     e = gram - eye
     return eye - e + e @ e
+
+
+class Bases32:
+    """The fp32 truncated bases ``Q`` (b, d, K) of a step's sides (``None``: not a stream side), each taken
+    to fp32 from its stored copy on first use and kept for the step. A step with bf16 gradients and
+    bases multiplies the stored bf16 in its full-size products and needs one side in fp32 at most (the
+    small TF32 products of an fp32 intermediate, :meth:`KronGroup._core`); an fp32 step passes the
+    fp32 bases it made already (``made``)."""
+
+    def __init__(self, stored: Sequence[Tensor | None], made: Sequence[Tensor | None] | None = None):
+        self._stored = list(stored)
+        self._f32: list[Tensor | None] = list(made) if made is not None else [None] * len(self._stored)
+
+    def __getitem__(self, side: int) -> Tensor | None:
+        q = self._f32[side]
+        if q is None and self._stored[side] is not None:
+            q = self._f32[side] = self._stored[side].float()
+        return q
 
 
 def make_group(specs, params, cfg, device):

@@ -12,6 +12,7 @@ within a tolerance; so are the complement's coefficient factors in bf16 (``u_dty
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from scao_dist import SCAO
@@ -24,10 +25,12 @@ def _run(
     m_dtype: torch.dtype = torch.bfloat16,
     u_dtype: torch.dtype = torch.bfloat16,
     p_dtype: torch.dtype = torch.bfloat16,
+    shape: tuple[int, int] = (96, 80),
     **kw,
 ) -> tuple[torch.Tensor, KronGroup]:
     torch.manual_seed(0)
-    w = torch.nn.Parameter(torch.randn(96, 80).bfloat16())
+    m, n = shape
+    w = torch.nn.Parameter(torch.randn(m, n).bfloat16())
     opt = SCAO([w], lr=1e-2, refresh_lag=0, full_factor_dim=32, rank_max=16, oversample=4, **kw)
     grp = next(g for g in opt.groups if isinstance(g, KronGroup))
     assert grp.grad_dtype == torch.bfloat16  # stream sides on both ends, bf16 weights and bases
@@ -41,16 +44,17 @@ def _run(
         grp.grad_dtype = torch.float32
     gen = torch.Generator().manual_seed(1)
     for _ in range(steps):
-        w.grad = (torch.randn(96, 8, generator=gen) @ torch.randn(8, 80, generator=gen)).bfloat16()
+        w.grad = (torch.randn(m, 8, generator=gen) @ torch.randn(8, n, generator=gen)).bfloat16()
         opt.step()
     return w.detach().clone(), grp
 
 
-def test_bf16_gradient_path_updates_equal_the_fp32_path() -> None:
-    w16, g16 = _run(True, 6, precond_freq=100)  # no refresh reads the sketches yet
-    w32, g32 = _run(False, 6, precond_freq=100)
+@pytest.mark.parametrize("shape", [(96, 80), (80, 96)])  # the core's second product on Q_R / on Q_L
+def test_bf16_gradient_path_updates_equal_the_fp32_path(shape: tuple[int, int]) -> None:
+    w16, g16 = _run(True, 6, precond_freq=100, shape=shape)  # no refresh reads the sketches yet
+    w32, g32 = _run(False, 6, precond_freq=100, shape=shape)
     assert torch.equal(w16, w32)
-    assert not torch.equal(w16, _run(True, 0, precond_freq=100)[0])  # the steps moved the weights
+    assert not torch.equal(w16, _run(True, 0, precond_freq=100, shape=shape)[0])  # the steps moved the weights
     for side in ("L", "R"):
         a, b = g16.t[f"{side}.sketch"].float(), g32.t[f"{side}.sketch"].float()
         assert 0 < (a - b).norm() < 2**-8 * b.norm()  # measured 1.2e-3 = 2^-9.7
