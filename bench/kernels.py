@@ -58,6 +58,8 @@ WRITES = {
 EXTRA = ("finite_gather",)
 """Kernels timed and verified here that ``verify.KERNELS`` (the twin-comparison suite of ``Case``s) leaves out:
 the step's NaN/inf check with the gradients' copies, checked by ``verify.finite_gather_errors``."""
+CHECKS = ("division",)
+"""Checks run with the verification, not timed: the codecs' per-group division (``verify.division_errors``)."""
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -467,10 +469,14 @@ def verify_on(device: Any, dry: bool, only: Sequence[str] = ()) -> dict[str, Any
     if not only or "finite_gather" in only:  # (its own suite: flags planted, copies into poisoned buffers)
         res["finite_gather"] = verify.finite_gather_errors(triton_ops, gen, device)
         print(f"  verify finite_gather: {'ok' if not res['finite_gather'] else 'mismatches'}", flush=True)
+    if not only or "division" in only:  # (the codecs' division, exhaustively on a GPU: 2^30 cases per regime)
+        res["division"] = verify.division_errors(device, *(() if device.type == "cuda" else (4096, 8)))
+        print(f"  verify division: {'ok' if not res['division'] else res['division']}", flush=True)
     fails = [e for errs in res.values() for e in errs]
     return {
         "ok": not fails,
-        "cases": {k: len(v) for k, v in cases.items()} | {"finite_gather": int("finite_gather" in res)},
+        "cases": {k: len(v) for k, v in cases.items()}
+        | {"finite_gather": int("finite_gather" in res), "division": int("division" in res)},
         "failures": fails[:200],
         "seconds": time.perf_counter() - t0,
     }
@@ -517,9 +523,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# bench.kernels on {name} (torch {torch.__version__}, triton {triton.__version__})", flush=True)
 
     only = [k for k in args.only.split(",") if k]
-    unknown = sorted(set(only) - set(verify.KERNELS) - set(EXTRA))
+    unknown = sorted(set(only) - set(verify.KERNELS) - set(EXTRA) - set(CHECKS))
     if unknown:
-        print(f"--only: unknown kernel(s) {unknown}; choose from {sorted(verify.KERNELS + EXTRA)}", file=sys.stderr)
+        choices = sorted(verify.KERNELS + EXTRA + CHECKS)
+        print(f"--only: unknown kernel(s) {unknown}; choose from {choices}", file=sys.stderr)
         return 2
     print("verifying kernels against their twins ...", flush=True)
     ver = verify_on(device, args.dry_run, only)

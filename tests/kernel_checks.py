@@ -106,6 +106,16 @@ def check_finite_gather() -> list[str]:
     return errs
 
 
+def check_division() -> list[str]:
+    """The codecs' division by their group scales (``common.div_by_groups``: one division per group, then a
+    product and two FMAs per value) == ``div_rn`` bit for bit, on a slice of the GPU's exhaustive check
+    (``verify.division_errors``: 8 of the 128 bf16 mantissas of the divisor, the first 4096 fp32 mantissas
+    of the dividend, in each regime)."""
+    errs = verify.division_errors(CPU, x_values=4096, mantissas=8)
+    print(f"division: {'ok' if not errs else f'{len(errs)} mismatches'}")
+    return errs
+
+
 def check_fallbacks() -> list[str]:
     """Operands the kernels do not cover go to the twin (still drop-in): bf16 update, per-element bc;
     strided in-place operands go through the kernels via contiguous copies."""
@@ -420,7 +430,8 @@ def main() -> int:
     results: dict[str, list[str]] = {}
     t0 = time.perf_counter()
     checks = (("kernels", check_kernels), ("fallbacks", check_fallbacks), ("hyper", check_hyper),
-              ("weight_blocks", check_weight_blocks), ("finite_gather", check_finite_gather))  # fmt: skip
+              ("weight_blocks", check_weight_blocks), ("finite_gather", check_finite_gather),
+              ("division", check_division))  # fmt: skip
     for name, fn in checks:
         try:
             out = fn()

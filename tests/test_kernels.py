@@ -100,6 +100,13 @@ def test_finite_check_with_gather_matches_twin(runs):
     _assert_clean(runs, "finite_gather")
 
 
+def test_group_division_matches_div_rn(runs):
+    """The codecs divide a group's values by its scale with one division per group and Markstein's correction
+    per value (``common.div_by_groups``): bit for bit ``div_rn`` on every case checked (near 1, at the smallest
+    and largest divisors of that path), so every code and the twins' equality rest on it."""
+    _assert_clean(runs, "division")
+
+
 def test_kernels_with_step_scalars_match_kernels_with_floats(runs):
     """Each kernel reading lr, 1 - lr wd and the bias corrections from a ``StepScalars`` row gives, bit for
     bit, what it gives with them as float arguments (odd shapes, t = 1 .. 1000); without falling back to
@@ -135,6 +142,7 @@ def test_bench_dry_run(runs):
     kernels = {r["kernel"] for r in out["kernels"]}
     assert kernels == {*KERNELS, "finite_gather"}
     assert out["verify"]["cases"]["finite_gather"] == 1  # (its own suite ran in the verification)
+    assert out["verify"]["cases"]["division"] == 1
     for r in out["kernels"]:
         assert r["bytes"] > 0 and r["ms"] > 0 and r["twin_ms"] > 0 and r["gbps"] > 0
     assert out["copy"]["gbps"] > 0 and "| kernel |" in out["markdown"]

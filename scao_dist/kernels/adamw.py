@@ -8,8 +8,10 @@ Per [BG, 32] tile of scale groups: read g, the int8 m (codes + scales), the uint
     u = (m/bc1) / (sqrt(v̂/bc2) + eps)
     x = x (1 - lr wd) - lr u                 -> fp32 w, or bf16 w + rho
 
-and write every state once. Many small params of one shape are the rows of one (B, n) group: one
-launch. With ``hyper`` (:class:`.scalars.StepScalars`) the kernel loads ``1/bc1``, ``1/bc2``,
+and write every state once. The old m is decoded through :func:`.moments.decode_table` and the codecs
+divide by their group scales once per group (:func:`.common.div_by_groups`): the kernel is bound by its
+instructions (IEEE divisions and square roots), not its bytes. Many small params of one shape are the rows
+of one (B, n) group: one launch. With ``hyper`` (:class:`.scalars.StepScalars`) the kernel loads ``1/bc1``, ``1/bc2``,
 ``c = 1 - lr wd`` and ``lr`` from it (b1, b2, eps stay arguments).
 Twin: :func:`.reference.adamw_` (= ema_signed_ + rotated_adam_ + apply_update_).
 """
@@ -32,7 +34,6 @@ from .common import (
     bf16_bits,
     bf16_to_f32,
     bias_rows,
-    decode_signed,
     decode_sqrt,
     encode_signed,
     encode_sqrt,
@@ -44,6 +45,7 @@ from .common import (
     writable,
     write_back,
 )
+from .moments import decode_table
 from .scalars import StepScalars
 
 BG = 32
@@ -56,10 +58,10 @@ GRAD_DTYPES = (torch.float32, torch.bfloat16)
 
 @triton.jit(do_not_specialize=SHAPE_ARGS)
 def _adamw_kernel(
-    w_ptr, rho_ptr, g_ptr, mc_ptr, ms_ptr, vc_ptr, vs_ptr, ib1_ptr, ib2_ptr, hp_ptr,
+    w_ptr, rho_ptr, g_ptr, mc_ptr, ms_ptr, vc_ptr, vs_ptr, ib1_ptr, ib2_ptr, hp_ptr, lut_ptr,
     nq, G, total, beta1, omb1, beta2, omb2, ib1, ib2, eps, c, lr,
     BG: tl.constexpr, NMUL: tl.constexpr, BC1_ROWS: tl.constexpr, BC2_ROWS: tl.constexpr, R: tl.constexpr,
-    HP_DEV: tl.constexpr,
+    HP_DEV: tl.constexpr, ALIGNED: tl.constexpr,
 ):  # fmt: skip
     """The module docstring's step on a [BG, 32] tile of groups; ``HP_DEV``: ``ib1``, ``ib2``, ``c``, ``lr``
     loaded from the step scalars at ``hp_ptr``."""
@@ -70,12 +72,13 @@ def _adamw_kernel(
         ib2 = tl.load(hp_ptr + HP_IB2)
         c = tl.load(hp_ptr + HP_C)
         lr = tl.load(hp_ptr + HP_LR)
-    gid, row, gmask, coff, xoff, valid = group_tile(nq, G, total, BG, NMUL)
+    gid, row, gmask, coff, xoff, valid = group_tile(nq, G, total, BG, NMUL, ALIGNED)
     g = tl.load(g_ptr + xoff, mask=valid, other=0.0).to(tl.float32)  # fp32 or bf16 (widened exactly)
     # first moment (ema_signed_)
     qm = tl.load(mc_ptr + coff, mask=gmask[:, None], other=0)
     sm = bf16_to_f32(tl.load(ms_ptr + gid, mask=gmask, other=0))
-    m = tl.where(valid, decode_signed(qm, sm[:, None]) * beta1 + g * omb1, 0.0)
+    y = tl.load(lut_ptr + (qm.to(tl.int32) + 128))  # decode_signed(qm, 1), as moments.decode_table holds it
+    m = tl.where(valid, (y * sm[:, None]) * beta1 + g * omb1, 0.0)
     qm, smb, _ = encode_signed(m)
     tl.store(mc_ptr + coff, qm, mask=gmask[:, None])
     tl.store(ms_ptr + gid, smb, mask=gmask)
@@ -157,10 +160,11 @@ def adamw_(
     grid = (triton.cdiv(total, BG),)
     _adamw_kernel[grid](
         bf16_bits(wb) if R else wb, rb if R else wb, g.contiguous(), mc, bf16_bits(ms), vc, bf16_bits(vs),
-        ib1 if rows1 else g, ib2 if rows2 else g, hp,
+        ib1 if rows1 else g, ib2 if rows2 else g, hp, decode_table(g.device),
         nq, G, total, float(beta1), 1.0 - beta1, float(beta2), 1.0 - beta2,
         1.0 if rows1 else ib1, 1.0 if rows2 else ib2, float(eps), c, lr,
-        BG=BG, NMUL=nmul, BC1_ROWS=rows1, BC2_ROWS=rows2, R=R, HP_DEV=hyper is not None, **LAUNCH,
+        BG=BG, NMUL=nmul, BC1_ROWS=rows1, BC2_ROWS=rows2, R=R, HP_DEV=hyper is not None,
+        ALIGNED=g.shape[-1] % 32 == 0, **LAUNCH,
     )  # fmt: skip
     for dst, buf in zip((w, m_codes, m_scales, v_codes, v_scales), bufs):
         write_back(dst, buf)

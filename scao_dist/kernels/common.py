@@ -141,6 +141,32 @@ def bf16_ulp(w):
 
 # ---------------------------------------------------------------------------- group codecs
 @triton.jit
+def div_by_groups(x, s):
+    """``div_rn(x, s[:, None])`` wherever a code can tell, for a [groups, 32] tile ``x`` and positive per-group
+    divisors ``s`` [groups] (the codecs' bf16 scales, ``|x| <= s``), with one division per group and three
+    products per value instead of a division per value (the codec kernels are bound by their instructions).
+
+    Both operands are first scaled by the power of two ``2^(127-E)`` (``E`` the exponent field of ``s``, kept
+    in ``[1, 253]``), exactly, so ``s'`` lies in ``[2^-23, 4)`` and the quotient is unchanged. Then Markstein's
+    correction: with ``r = RN(1/s')`` (the one division), ``q = RN(x' r)`` is within an ulp of ``x'/s'``, the
+    remainder ``e = x' - s' q`` is exact in one FMA, and ``RN(q + e r)`` is the correctly rounded quotient.
+    Only a quotient under ``2^-100`` (``x'`` subnormal) can come out otherwise; its code is 0 either way. An
+    infinite scale gives a zero quotient (``s' = r = 0``) as ``div_rn`` does (up to its sign, which no code
+    sees), a NaN one NaN. ``verify.division_errors`` checks it against ``div_rn`` bit for bit."""
+    e = (s.to(tl.int32, bitcast=True) >> 23) & 0xFF
+    scale = ((254 - tl.minimum(tl.maximum(e, 1), 253)) << 23).to(tl.float32, bitcast=True)  # 2^(127-E), normal
+    sp = s * scale
+    r = tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), sp)
+    inf = s == float("inf")
+    sp = tl.where(inf, 0.0, sp)[:, None]
+    r = tl.where(inf, 0.0, r)[:, None]
+    xp = x * scale[:, None]
+    q = xp * r
+    err = tl.fma(-q, sp, xp)
+    return tl.fma(err, r, q)
+
+
+@triton.jit
 def decode_signed(q, s):
     """``quant.decode_signed``: phi = q/127, y = phi/(2-|phi|), x = y·s."""
     phi = q.to(tl.float32) * INV127
@@ -156,8 +182,7 @@ def encode_signed(x):
     Returns (int8 codes, int16 scale bits [groups], fp32 scales [groups]).
     """
     sbits, s = bf16_ceil(tl.max(tl.abs(x), axis=1))
-    s2 = s[:, None]
-    y = tl.where(s2 > 0, tl.math.div_rn(x, tl.where(s2 > 0, s2, 1.0)), 0.0)
+    y = tl.where(s[:, None] > 0, div_by_groups(x, tl.where(s > 0, s, 1.0)), 0.0)
     y = tl.minimum(tl.maximum(y, -1.0), 1.0)
     phi = tl.math.div_rn(2.0 * y, 1.0 + tl.abs(y))
     return rint(phi * 127.0).to(tl.int8), sbits, s
@@ -182,14 +207,13 @@ def encode_sqrt(v):
     """
     u = tl.sqrt_rn(tl.minimum(tl.maximum(v, 0.0), FMAX))
     sbits, s = bf16_ceil(tl.max(u, axis=1))
-    s2 = s[:, None]
-    r = tl.where(s2 > 0, tl.math.div_rn(u, tl.where(s2 > 0, s2, 1.0)), 0.0)
+    r = tl.where(s[:, None] > 0, div_by_groups(u, tl.where(s > 0, s, 1.0)), 0.0)
     r = tl.minimum(tl.maximum(r, 0.0), 1.0)
     return rint(r * 255.0).to(tl.uint8), sbits, s
 
 
 @triton.jit
-def group_tile(nq, G, total, BG: tl.constexpr, NMUL: tl.constexpr):
+def group_tile(nq, G, total, BG: tl.constexpr, NMUL: tl.constexpr, ALIGNED: tl.constexpr):
     """Offsets of this program's [BG, 32] tile of scale groups.
 
     The operands are (R, n) rows (all leading dims flattened), the codes (R, G·32) and the
@@ -197,6 +221,11 @@ def group_tile(nq, G, total, BG: tl.constexpr, NMUL: tl.constexpr):
     ``gid % G`` of row ``gid // G``; its codes sit at ``gid·32 + lane`` and its values at
     ``row·n + (gid % G)·32 + lane``. Returns (gid [BG], row [BG], group mask [BG], codes offsets,
     value offsets, value mask [BG, 32]).
+
+    ``ALIGNED`` (rows of a multiple of 32 values, ``n = 32 G``): a group's values sit at its codes' offsets,
+    ``row·n + (gid % G)·32 = gid·32``, so neither the row nor a per-value bound is worked out (the row's
+    integer division is a tenth of the first moment's instructions). Only for a kernel whose widths never
+    change mid-run (:data:`ALIGNED_KERNELS`): a basis that grows by 16 would toggle it (:data:`SHAPE_ARGS`).
     """
     n = nq * NMUL  # NMUL tells the compiler how rows are aligned: 4 or more gives 16-byte vector loads
     g32 = tl.program_id(0) * BG + tl.arange(0, BG)
@@ -206,9 +235,13 @@ def group_tile(nq, G, total, BG: tl.constexpr, NMUL: tl.constexpr):
     row = row32.to(tl.int64)
     lane = tl.arange(0, GROUP)
     coff = gid[:, None] * GROUP + lane[None, :]
-    col = (g32 - row32 * G) * GROUP
-    xoff = (row * n + col)[:, None] + lane[None, :]
-    valid = gmask[:, None] & ((col[:, None] + lane[None, :]) < n)
+    if ALIGNED:
+        xoff = coff
+        valid = gmask[:, None] & (lane[None, :] < GROUP)
+    else:
+        col = (g32 - row32 * G) * GROUP
+        xoff = (row * n + col)[:, None] + lane[None, :]
+        valid = gmask[:, None] & ((col[:, None] + lane[None, :]) < n)
     return gid, row, gmask, coff, xoff, valid
 
 
@@ -218,6 +251,11 @@ a basis that grows by 16 columns at a refresh changes ``n % 32``, ``G == 1`` and
 and each of those would otherwise compile a new variant mid-run (measured: 320-355 ms stalls
 in the 405M run, BENCHMARKS.md §0c). Only ``NMUL`` (a constexpr) varies: it is 16 for every
 width the groups allocate (multiples of 16) except a basis capped at ``d - p``."""
+
+
+ALIGNED_KERNELS = ("ema_signed_", "adamw_")
+"""The group kernels that take :func:`group_tile`'s ``ALIGNED`` path for rows of a multiple of 32 values: they
+read weight-shaped operands (the first moment, the 1-D AdamW rows), whose widths are fixed for a run."""
 
 
 def group_layout(x: torch.Tensor) -> tuple[int, int, int, int]:
@@ -289,3 +327,41 @@ def bias_rows(bc: torch.Tensor | float, lead: tuple[int, ...], device: torch.dev
     except RuntimeError:
         return None
     return inv.reshape(-1).contiguous()
+
+
+# ---------------------------------------------------------------------------- the division's check
+DIVISION_REGIMES = ((0, 0), (-118, -96), (-117, -96), (94, 95), (-126, -126), (126, 127), (105, 127))
+"""``(x exponent, s exponent)`` of :func:`division_mismatches`' operands: quotients near 1; the smallest
+quotients a code can see at small and at the smallest normal divisors; and the largest divisors, where the
+scaling multiplies by ``2^-126``."""
+
+
+@triton.jit
+def _division_check_kernel(count_ptr, x0, XE: tl.constexpr, SE: tl.constexpr, BG: tl.constexpr):
+    """Program (i, k): the [BG, 32] fp32 values ``x = 2^XE (1 + (x0 + i BG 32 + lane) 2^-23)`` divided by the bf16
+    ``s = 2^SE (1 + k/128)``, by :func:`div_by_groups` and by ``div_rn``; adds the bit mismatches where the
+    quotient is at least ``2^-22`` (where the two must agree) to ``count_ptr[k]``."""
+    k = tl.program_id(1)
+    m = x0 + tl.program_id(0) * (BG * 32) + tl.arange(0, BG)[:, None] * 32 + tl.arange(0, 32)[None, :]
+    x = (((127 + XE) << 23) + m).to(tl.float32, bitcast=True)  # (built from bits: exact, fp32)
+    s = (tl.zeros([BG], tl.int32) + (((127 + SE) << 23) + (k << 16))).to(tl.float32, bitcast=True)
+    fast = div_by_groups(x, s)
+    ref = tl.math.div_rn(x, s[:, None])
+    bad = (fast.to(tl.int32, bitcast=True) != ref.to(tl.int32, bitcast=True)) & (ref >= 2.0**-22)
+    tl.atomic_add(count_ptr + k, tl.sum(bad.to(tl.int32), axis=1).sum(axis=0))
+
+
+def division_mismatches(device: torch.device, x_values: int = 1 << 23, mantissas: int = 128) -> dict[str, int]:
+    """Per :data:`DIVISION_REGIMES`: the number of ``(x, s)`` where :func:`div_by_groups` and ``div_rn`` differ
+    (quotients ``>= 2^-22``), over the first ``x_values`` fp32 mantissas of ``x`` (all ``2^23`` by default) and
+    the first ``mantissas`` bf16 mantissas of ``s`` (all 128). The division depends on the mantissas alone
+    where nothing under- or overflows, so the default is every case of the normal range."""
+    bg = 32
+    if x_values % (bg * 32):
+        raise ValueError(f"x_values must be a multiple of {bg * 32}, got {x_values}")
+    out = {}
+    for xe, se in DIVISION_REGIMES:
+        count = torch.zeros(mantissas, dtype=torch.int32, device=device)
+        _division_check_kernel[(x_values // (bg * 32), mantissas)](count, 0, XE=xe, SE=se, BG=bg, **LAUNCH)
+        out[f"x 2^{xe}, s 2^{se}"] = int(count.sum())
+    return out

@@ -68,7 +68,7 @@ def decode_table(device: torch.device) -> torch.Tensor:
 @triton.jit(do_not_specialize=SHAPE_ARGS)
 def _ema_signed_kernel(
     codes_ptr, scales_ptr, x_ptr, out_ptr, lut_ptr, hp_ptr, nq, G, total, beta, omb, BG: tl.constexpr,
-    NMUL: tl.constexpr, OUT_BF16: tl.constexpr, LUT: tl.constexpr, HP_DEV: tl.constexpr,
+    NMUL: tl.constexpr, OUT_BF16: tl.constexpr, LUT: tl.constexpr, HP_DEV: tl.constexpr, ALIGNED: tl.constexpr,
 ):  # fmt: skip
     """m = decode(codes, scales)·beta + x·(1-beta); (codes, scales) <- encode(m); out <- m (x fp32 or bf16;
     ``OUT_BF16``: ``out`` holds bf16 bit patterns, m rounded to nearest even). ``LUT``: the code's unscaled
@@ -77,7 +77,7 @@ def _ema_signed_kernel(
     if HP_DEV:  # noqa: SIM102 (the row is read only when there is one)
         if gate_shut(hp_ptr):
             return
-    gid, _row, gmask, coff, xoff, valid = group_tile(nq, G, total, BG, NMUL)
+    gid, _row, gmask, coff, xoff, valid = group_tile(nq, G, total, BG, NMUL, ALIGNED)
     q = tl.load(codes_ptr + coff, mask=gmask[:, None], other=0)
     s = bf16_to_f32(tl.load(scales_ptr + gid, mask=gmask, other=0))
     x = tl.load(x_ptr + xoff, mask=valid, other=0.0).to(tl.float32)
@@ -113,7 +113,7 @@ def _rotated_adam_kernel(
     if HP_DEV:  # noqa: SIM102 (the row is read only when there is one)
         if gate_shut(hp_ptr):
             return
-    gid, row, gmask, coff, xoff, valid = group_tile(nq, G, total, BG, NMUL)
+    gid, row, gmask, coff, xoff, valid = group_tile(nq, G, total, BG, NMUL, False)  # (widths vary: no ALIGNED)
     q = tl.load(codes_ptr + coff, mask=gmask[:, None], other=0)
     s = bf16_to_f32(tl.load(scales_ptr + gid, mask=gmask, other=0))
     g = tl.load(g_ptr + xoff, mask=valid, other=0.0)
@@ -162,7 +162,8 @@ def ema_signed_(
     lut = decode_table(x.device) if DECODE_LUT else c
     _ema_signed_kernel[grid](
         c, bf16_bits(s), x.contiguous(), bf16_bits(out) if bf16 else out, lut, hp, nq, G, total, float(beta),
-        1.0 - beta, BG=BG, NMUL=nmul, OUT_BF16=bf16, LUT=DECODE_LUT, HP_DEV=hyper is not None, **LAUNCH,
+        1.0 - beta, BG=BG, NMUL=nmul, OUT_BF16=bf16, LUT=DECODE_LUT, HP_DEV=hyper is not None,
+        ALIGNED=x.shape[-1] % 32 == 0, **LAUNCH,
     )  # fmt: skip
     write_back(codes, c)
     write_back(scales, s)

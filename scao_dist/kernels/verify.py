@@ -684,7 +684,8 @@ def small_cases(gen: torch.Generator, device: torch.device) -> dict[str, list[Ca
     for shape, bf in (((3, 19, 300, 32), "y"), ((2, 70, 65, 40), "x"), ((2, 64, 128, 16), "y")):
         out["residual_sumsq"].append(case_residual(shape, "exact", gen, device, torch.bfloat16, bf16=bf))
     out["residual_sumsq"].append(case_residual((2, 70, 90, 48), "dense", gen, device, torch.bfloat16, bf16="y"))
-    for shape in ((3, 5, 95), (2, 3, 48), (1, 31)):  # the bf16 gradient (and first moment) of a frame-less group
+    # the bf16 gradient (and first moment) of a frame-less group, rows off and on the 32-value grid
+    for shape in ((3, 5, 95), (2, 3, 48), (1, 31), (2, 4, 64)):
         out["ema_signed_"].append(case_ema(shape, "state", gen, device, xdtype=torch.bfloat16))
         out["ema_signed_"].append(case_ema(shape, "state", gen, device, torch.bfloat16, out_dtype=torch.bfloat16))
     out["ema_signed_"].append(case_ema((2, 70), "overwrite", gen, device, out_dtype=torch.bfloat16))
@@ -841,3 +842,11 @@ def _bits_differ(a: Tensor, b: Tensor) -> list[str]:
     ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
     bad = a.contiguous().view(ints) != b.contiguous().view(ints)
     return [f"{int(bad.sum())}/{a.numel()} values differ"] if bool(bad.any()) else []
+
+
+def division_errors(device: torch.device, x_values: int = 1 << 23, mantissas: int = 128) -> list[str]:
+    """The codecs' per-group division (:func:`.common.div_by_groups`) against ``div_rn``, bit for bit, over
+    ``x_values`` fp32 mantissas of the dividend and ``mantissas`` bf16 mantissas of the divisor in each of
+    :data:`.common.DIVISION_REGIMES` (:func:`.common.division_mismatches`; all of them by default)."""
+    counts = common.division_mismatches(device, x_values, mantissas)
+    return [f"div_by_groups [{regime}]: {n} quotients differ from div_rn" for regime, n in counts.items() if n]
