@@ -271,6 +271,8 @@ class GroupGraphs:
         self._plist: dict[int, list[Tensor]] = {}
         self._modes: tuple | None = None  # this step's math modes (launch)
         self._gate = self.table[:, scalars.GATE]
+        # gate != 0 per row, worked out once a step (_open_rows) for the torch ops' gated writes to read
+        self._open = torch.zeros(len(self.groups), dtype=torch.bool, device=device)
 
     # ------------------------------------------------------------------------ eligibility
     def eligible(self, grp: Group, idx: Sequence[int]) -> bool:
@@ -286,7 +288,8 @@ class GroupGraphs:
             m, n = grp.specs[0].shape
             dtype = grp.grad_dtype
             slots = self.seed_layout[id(grp)]
-            row = StepScalars(self.table[self.pos[id(grp)], : len(scalars.FIELDS)])
+            pos = self.pos[id(grp)]
+            row = StepScalars(self.table[pos, : len(scalars.FIELDS)], open_flag=self._open[pos])
             dev = DeviceInputs(row, {k: self.seeds[a:b] for k, (a, b) in slots.items()})
             grads = torch.zeros(grp.B, m, n, dtype=dtype, device=self.device)
             e = self.entries[id(grp)] = _Entry(grads, dev, slots, views=_grad_views(grp, grads))
@@ -435,6 +438,7 @@ class GroupGraphs:
         if seeds:
             seed_arr[:] = self._seed_vals
         self._upload.send(seeds)
+        self._open_rows()
 
     def arm(self, finite: Tensor | None) -> None:
         """The gate of every group's row: this step's non-finite check (``finite``, a device bool), or
@@ -444,6 +448,12 @@ class GroupGraphs:
             self._gate.fill_(1.0)
         else:
             self._gate.copy_(finite)
+        self._open_rows()
+
+    def _open_rows(self) -> None:
+        """``gate != 0`` of every row into the rows' ``open_flag`` (:class:`.kernels.scalars.StepScalars`), queued
+        after what wrote the gates: one comparison a step instead of one per gated write in the groups' steps."""
+        torch.ne(self._gate, 0.0, out=self._open)
 
     def launch(self, work: Sequence[Work], check: FiniteCheck | None = None) -> dict[int, list[int]] | None:
         """Take the step (its scalars uploaded, the gate armed): advance the step counts, copy in the

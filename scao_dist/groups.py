@@ -766,14 +766,17 @@ class KronGroup(RefreshMixin, _Group):
         return base + self._device_list(tuple(steps), torch.int64) * SEED_STEP
 
     def _stream_halves(self, gf: Tensor, qhl: Tensor | None, qhr: Tensor | None) -> dict[str, Tensor]:
-        """fp32 ``Qh_L^T G_F`` and ``G_F Qh_R`` (tracked bases plus probes) of the stream sides, once:
-        the core rotation and the sketch updates both start from them. ``G_F`` and the bases are
-        both fp32 or both bf16 (:attr:`grad_dtype`)."""
+        """``Qh_L^T G_F`` and ``G_F Qh_R`` (tracked bases plus probes) of the stream sides, once: the core
+        rotation and the sketch updates both start from them. ``G_F`` and the bases are both fp32 or both
+        bf16 (:attr:`grad_dtype`). The halves are fp32, except with bf16 operands and two stream sides the
+        half that does not feed the core (:meth:`_core`): only its sketch reads it, as bf16, so it is
+        formed in bf16 (rounded once from the product's fp32 sums) rather than in fp32 and converted."""
         out = {}
+        low = gf.dtype == torch.bfloat16 and qhl is not None and qhr is not None
         if qhl is not None:
-            out["L"] = matmul_f32(qhl.mT, gf)
+            out["L"] = torch.bmm(qhl.mT, gf) if low and not self._right_second else matmul_f32(qhl.mT, gf)
         if qhr is not None:
-            out["R"] = matmul_f32(gf, qhr)
+            out["R"] = torch.bmm(gf, qhr) if low and self._right_second else matmul_f32(gf, qhr)
         return out
 
     @property

@@ -40,10 +40,16 @@ class StepScalars:
     """A ``(7,)`` fp32 row of this step's hyperparameters (see :data:`FIELDS`), usually a view
     into a table that holds every group's row and is refilled by one copy before a replay."""
 
-    def __init__(self, row: Tensor) -> None:
+    def __init__(self, row: Tensor, open_flag: Tensor | None = None) -> None:
+        """``open_flag``: a 0-d device bool kept equal to ``gate != 0`` by whoever writes the gate
+        (``capture.GroupGraphs``: once a step for every row), so :attr:`open` need not compare again at
+        each read; without it :attr:`open` compares."""
         if row.shape != (len(FIELDS),) or row.dtype != torch.float32 or not row.is_contiguous():
             raise ValueError(f"StepScalars takes a contiguous fp32 tensor of shape ({len(FIELDS)},), got {row}")
+        if open_flag is not None and (open_flag.shape != () or open_flag.dtype != torch.bool):
+            raise ValueError(f"open_flag must be a 0-d bool tensor, got {open_flag}")
         self.row = row
+        self.open_flag = open_flag
 
     @classmethod
     def of(cls, lr: float, wd: float, bc1: float, bc2: float, device: torch.device | str = "cpu") -> StepScalars:
@@ -90,7 +96,7 @@ class StepScalars:
     @property
     def open(self) -> Tensor:
         """The gate as a 0-d device bool (for ``torch.where`` in the twins: no host read)."""
-        return self.row[GATE] != 0
+        return self.open_flag if self.open_flag is not None else self.row[GATE] != 0
 
 
 def gated_(dst: Tensor, new: Tensor, hyper: StepScalars | None) -> Tensor:
