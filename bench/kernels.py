@@ -389,7 +389,7 @@ def with_config(cfg: dict[str, Any], fn: Callable[[], float]) -> float:
         for k, v in cfg.items():
             if "." in k:
                 setattr(mods[k.split(".")[0]], k.split(".")[1], v)
-        common.LAUNCH.update({k: v for k, v in cfg.items() if k in ("num_warps", "num_stages")})
+        common.LAUNCH.update({k: v for k, v in cfg.items() if k in ("num_warps", "num_stages", "maxnreg")})
         return fn()
     finally:
         for k, v in saved.items():

@@ -1,13 +1,15 @@
 # Shared helpers of the GPU-call scripts (bench/session_v*.sh): source it after setting NAME.
 #   NAME=va; . bench/session_lib.sh
 # Sets OUT (what comes back), W (work files), a Triton cache in W, and defines
-#   profile LABEL [DIR [KW]]  bench.step_profile of the 405M step without refreshes, captured, SCAO against fused
+#   profile LABEL [DIR [KW [EXTRA]]]  bench.step_profile of the 405M step without refreshes, captured, SCAO against fused
 #                         AdamW in one process, 60 timed steps; run in DIR (default .: this tree; ab_old: an
 #                         older tree unpacked there, given this tree's bench/step_profile.py; KW: the SCAO
-#                         keyword arguments as JSON members, default '"cuda_graph": true'); JSON to
+#                         keyword arguments as JSON members, default '"cuda_graph": true'; EXTRA: more options,
+#                         e.g. '--set lowrank.COMPLEMENT_MAXNREG=168'); JSON to
 #                         $OUT/prof_LABEL.json, the lines that matter printed.
 #   capture [KW]          bench.capture_check on the 405M GPT, a NaN at step 16 (KW: more SCAO keyword
 #                         arguments as JSON members): its verdict printed.
+#   summary               one line per $OUT/prof_*.json: step, AdamW, GPU busy and wall in step(), peak, skipped.
 #   pack                  the work files (logs) as $OUT/session_$NAME.tgz.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -18,9 +20,10 @@ export TRITON_CACHE_DIR=$W/triton_cache
 if [ -d ab_old/bench ]; then cp bench/step_profile.py ab_old/bench/step_profile.py; fi
 
 profile() {
-  local D=${2:-.} KW=${3:-'"cuda_graph": true'}
+  local D=${2:-.} KW=${3:-'"cuda_graph": true'} EXTRA=${4:-}
+  # shellcheck disable=SC2086  # (EXTRA: options split on spaces)
   (cd "$D" && timeout 100 python3 -m bench.step_profile --size large --cases scao_norefresh,adamw --steps 60 \
-    --profile-steps 3 --scao-kwargs "{$KW}" --out "$OUT/prof_$1.json" > "$W/prof_$1.log" 2>&1)
+    --profile-steps 3 --scao-kwargs "{$KW}" $EXTRA --out "$OUT/prof_$1.json" > "$W/prof_$1.log" 2>&1)
   echo "profile $1 ($D) rc=$?"
   grep -E "step\(\)|inside step|host split|_complement_update|_sumsq|_ema_signed" "$W/prof_$1.log" | cut -c1-330 | head -8
 }
@@ -31,6 +34,12 @@ capture() {
     --out "$OUT/capture_large.json" > "$W/capture_large.log" 2>&1
   echo "capture ($KW) rc=$?"
   python3 -c "import json; d=json.load(open('$OUT/capture_large.json')); print({k: d.get(k) for k in ('bit_exact','first_weight_mismatch_step','state_mismatch_counts','graph_counts','graph_groups','skipped_steps','steps_taken')})"
+}
+
+summary() {
+  for f in "$OUT"/prof_*.json; do
+    python3 -c "import json,sys; d=json.load(open(sys.argv[1])); c=d['cases']['scao_norefresh']; sw=c['torch_profile'].get('step_windows',{}); print(sys.argv[1].split('/')[-1], 'step', c['step_ms']['median'], 'adamw', d['cases']['adamw']['step_ms']['median'], 'busy', sw.get('busy_ms'), 'wall', sw.get('wall_ms'), 'peak', c.get('peak_mb'), 'skipped', c['counters'].get('skipped_steps', 0))" "$f"
+  done
 }
 
 pack() {

@@ -89,6 +89,11 @@ products plain bf16 ones (bf16 factors against a bf16 basis), 4 stages ran the a
 time of 3 on the bench case and the 405M step's complement in 2.28 against 2.43 ms (``session_yg``: 18
 settings of tiles, warps and stages; 64x64 tiles at 4 warps stayed best)."""
 
+COMPLEMENT_MAXNREG: int | None = None
+SUMSQ_MAXNREG: int | None = None
+"""Register caps (Triton's ``maxnreg``) of :func:`_complement_update_kernel` and :func:`_sumsq_kernel`
+(``None``: the compiler's choice, 174 and 254 registers a thread on an H200: 2 programs per multiprocessor)."""
+
 
 def _even(M: int, N: int, bm: int, bn: int) -> bool:
     """Do the [bm, bn] tiles divide an M x N block (then no tile load or store is masked)?"""
@@ -566,7 +571,7 @@ def _sumsq_parts(g: torch.Tensor, x: torch.Tensor | None, y: torch.Tensor | None
             g.contiguous(), x_k, y_k, *parts[:2], *parts[2 if back else 0 :][:2],
             M, N, K, sx, sy, ntm, ntn,
             BM=SUMSQ_BM, BN=SUMSQ_BN, BK=BK, HAS_BACK=back, PREC=precision(), EVEN=_even(M, N, SUMSQ_BM, SUMSQ_BN),
-            **LAUNCH,
+            **LAUNCH, **({"maxnreg": SUMSQ_MAXNREG} if SUMSQ_MAXNREG else {}),
         )  # fmt: skip
     return parts
 
@@ -766,6 +771,7 @@ def complement_update(
             HP_DEV=hyper is not None, EVEN=_even(M, N, BM, BN), SHARED_Y=shared, WTAB=blocks,
             **{**LAUNCH, "num_warps": COMPLEMENT_WARPS[w is not None]},
             **({"num_stages": COMPLEMENT_STAGES} if COMPLEMENT_STAGES else {}),
+            **({"maxnreg": COMPLEMENT_MAXNREG} if COMPLEMENT_MAXNREG else {}),
         )  # fmt: skip
     if w is None:
         return out
