@@ -92,7 +92,9 @@ settings of tiles, warps and stages; 64x64 tiles at 4 warps stayed best)."""
 COMPLEMENT_MAXNREG: int | None = None
 SUMSQ_MAXNREG: int | None = None
 """Register caps (Triton's ``maxnreg``) of :func:`_complement_update_kernel` and :func:`_sumsq_kernel`
-(``None``: the compiler's choice, 174 and 254 registers a thread on an H200: 2 programs per multiprocessor)."""
+(``None``: the compiler's choice, 174 and 254 registers a thread on an H200: 2 programs per multiprocessor).
+Both at 168 (3 programs) ran slower in the 405M step (complement 1969 -> 2004 us, sums 1053 -> 1121;
+``session_ue``, BENCHMARKS.md §0): the spills cost more than the occupancy bought."""
 
 
 def _even(M: int, N: int, bm: int, bn: int) -> bool:
