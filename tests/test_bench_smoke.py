@@ -336,3 +336,37 @@ def test_capture_check_smoke(tmp_path) -> None:
     res = json.loads(out.read_text())
     assert res["bit_exact"] and res["state_mismatch_counts"] == {"inputs": 0, "graph": 0}
     assert res["graph_counts"]["eager"] > 0 and all(_finite(v) for v in res["step_ms_median"].values())
+    assert res["inputs_counts"]["eager"] > 0  # the device-input path ran (not the eager step under its name)
+
+
+def test_glue_trace_attributes_gpu_work_to_the_launching_line() -> None:
+    """bench.glue_trace: each kernel goes to the scao_dist frames open on the host thread when its launch was
+    made (matched by correlation id, innermost first, other threads' frames and other packages' left out); work
+    launched outside the step's annotation is not counted."""
+    from bench.glue_trace import STEP, attribute
+
+    def frame(ts, dur, name, tid=1):
+        return {"ph": "X", "cat": "python_function", "ts": ts, "dur": dur, "name": name, "pid": 0, "tid": tid}
+
+    def call(ts, corr):
+        return {"ph": "X", "cat": "cuda_runtime", "ts": ts, "dur": 1, "name": "cudaLaunchKernel", "pid": 0,
+                "tid": 1, "args": {"correlation": corr}}  # fmt: skip
+
+    def k(dur, corr, name):
+        return {"ph": "X", "cat": "kernel", "ts": 500 + corr, "dur": dur, "name": name, "args": {"correlation": corr}}
+
+    trace = {"traceEvents": [
+        {"ph": "X", "cat": "user_annotation", "ts": 0, "dur": 100, "name": STEP},
+        frame(1, 90, "/x/scao_dist/groups.py(639): update"),
+        frame(5, 10, "/x/scao_dist/groups.py(537): tracked"),
+        frame(6, 3, "/x/torch/_tensor.py(10): float"),
+        frame(6, 50, "/x/scao_dist/other.py(1): on_another_thread", tid=2),
+        call(7, 1), k(40, 1, "copy"),  # inside tracked (and torch's frame, not ours)
+        call(20, 2), k(9, 2, "gemm"),  # inside update only
+        call(150, 3), k(99, 3, "after"),  # after the step: not counted
+    ]}  # fmt: skip
+    rows = attribute(trace, depth=2, gpu=True)
+    assert rows == [
+        (40.0, "copy", ["scao_dist/groups.py(537): tracked", "scao_dist/groups.py(639): update"]),
+        (9.0, "gemm", ["scao_dist/groups.py(639): update"]),
+    ]
