@@ -370,3 +370,15 @@ def test_glue_trace_attributes_gpu_work_to_the_launching_line() -> None:
         (40.0, "copy", ["scao_dist/groups.py(537): tracked", "scao_dist/groups.py(639): update"]),
         (9.0, "gemm", ["scao_dist/groups.py(639): update"]),
     ]
+
+
+def test_sass_count_leaves_out_the_blocks_a_branch_skips() -> None:
+    """bench.sass_count counts a kernel's main body up to its last EXIT, without the division's slow path (the
+    block between a predicated BRA and the BSYNC it jumps to) and without the subroutines after the EXIT."""
+    from bench.sass_count import fast_path
+
+    sass = ["LDG.E R1, [R2]", "@!P0 EXIT", "FCHK P0, R1, R3", "@!P0 BRA `(.L_x_1)", "MOV R4, 0x10",
+            "CALL.REL.NOINC `(slowpath)", "BSYNC B0", "STG.E [R2], R1", "EXIT", "BRA `(.L_x_2)",
+            "MUFU.RCP R0, R1", "RET.REL.NODEC R4"]  # fmt: skip
+    assert fast_path(sass) == ["LDG.E R1, [R2]", "@!P0 EXIT", "FCHK P0, R1, R3", "@!P0 BRA `(.L_x_1)", "BSYNC B0",
+                               "STG.E [R2], R1", "EXIT"]  # fmt: skip

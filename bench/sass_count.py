@@ -1,0 +1,110 @@
+"""Instructions a group kernel executes per thread, from its sm_90 SASS compiled here (no GPU needed).
+
+Compiles the step's variants of the first moment (``ema_signed_``: bf16 ``x``, bf16 out, step scalars from a
+row) and of ``adamw_`` (bf16 weights + int8 bits, bf16 gradient, row) for an H100/H200 with this Triton, as
+``tests/kernel_compile.py`` does, disassembles them with the ``nvdisasm`` Triton ships, and counts the main
+body's instructions up to its last ``EXIT``, leaving out the blocks a branch skips: the IEEE division's slow
+path (taken only for operands near the ends of the fp32 range) and any other forward branch's body (an
+``@P BRA`` over a block up to the ``BSYNC`` it jumps to). For these straight-line kernels that is the
+instruction count of a thread in the common case (each thread holds 8 values), the figure an issue-bound
+kernel's time follows. ::
+
+    python -m bench.sass_count            # both kernels, the opcodes they use most
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fast_path(lines: list[str]) -> list[str]:
+    """The instructions up to the last ``EXIT``, without those between a predicated ``BRA`` and the next ``BSYNC``."""
+    end = max(i for i, line in enumerate(lines) if line.startswith("EXIT"))
+    out, skip = [], False
+    for line in lines[: end + 1]:
+        if skip:
+            if line.startswith("BSYNC"):
+                skip = False
+                out.append(line)
+            continue
+        out.append(line)
+        if line.startswith("@") and " BRA" in line:
+            skip = True
+    return out
+
+
+def sass(kernel, args, kw) -> list[str]:
+    """The SASS instructions of one recorded launch compiled for sm_90."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    import kernel_compile as kc
+
+    sig, consts, attrs, options = kc.signature(kernel, args, kw)
+    compiled = triton.compile(
+        ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs), target=GPUTarget("cuda", 90, 32),
+        options=options,
+    )  # fmt: skip
+    nvdisasm = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(compiled.asm["cubin"])
+        text = subprocess.run([str(nvdisasm), "-c", path], capture_output=True, text=True, check=True).stdout
+    return [re.sub(r"^\s*/\*[0-9a-f]+\*/\s*", "", line).strip() for line in text.splitlines()
+            if re.match(r"\s*/\*[0-9a-f]{4}\*/", line)]  # fmt: skip
+
+
+def recorded_launches() -> list[tuple]:
+    """The two kernels' launches as the 405M step makes them (small operands: the variant is what matters)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import kernel_compile as kc
+
+    from scao_dist.kernels import adamw, moments, triton_ops
+    from scao_dist.kernels.scalars import StepScalars
+
+    seen: list = []
+    saved = {(m, n): getattr(m, n) for m, n in ((adamw, "_adamw_kernel"), (moments, "_ema_signed_kernel"))}
+    for (mod, name), fn in saved.items():
+        setattr(mod, name, kc.Recorder(fn, seen))
+    try:
+        hyper = StepScalars.of(1e-3, 0.1, 0.5, 0.25)
+        rows, n = 64, 768
+        groups = (n + 31) // 32
+        g = torch.randn(rows, n).bfloat16()
+        mc, ms = torch.zeros(rows, groups * 32, dtype=torch.int8), torch.ones(rows, groups, dtype=torch.bfloat16)
+        vc, vs = torch.zeros(rows, groups * 32, dtype=torch.uint8), torch.ones(rows, groups, dtype=torch.bfloat16)
+        w, rho = torch.randn(rows, n).bfloat16(), torch.zeros(rows, n, dtype=torch.int8)
+        triton_ops.ema_signed_(mc, ms, g, 0.9, torch.bfloat16, hyper=hyper)
+        triton_ops.adamw_(w, rho, g, mc, ms, vc, vs, lr=1e-3, beta1=0.9, beta2=0.99, bc1=0.5, bc2=0.5, eps=1e-8,
+                          wd=0.1, hyper=hyper)  # fmt: skip
+    finally:
+        for (mod, name), fn in saved.items():
+            setattr(mod, name, fn)
+    return seen
+
+
+def main() -> int:
+    for kernel, args, kw in recorded_launches():
+        body = fast_path(sass(kernel, args, kw))
+        ops = collections.Counter((line.split()[1] if line.startswith("@") else line.split()[0]).split(".")[0]
+                                  for line in body)  # fmt: skip
+        print(f"{kernel.__name__}: {len(body)} instructions per thread (8 values) on the common path")
+        print("   " + ", ".join(f"{op} {n}" for op, n in ops.most_common(14)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
