@@ -84,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     graphs_on = device.type == "cuda"  # (on CPU "graph" gets the machinery without graphs, below)
     opts = {n: SCAO(models[n].parameters(), lr=args.lr, cuda_graph=graphs_on and n == "graph", **kw) for n in NAMES}
     for n in ("inputs",) + (("graph",) if device.type != "cuda" else ()):
-        gdev = opts[n].groups[0].device  # (cuda:0: the key the step looks its groups' device up by)
-        opts[n]._graphs = {gdev: GroupGraphs(opts[n].groups, gdev, record=False)}
+        GroupGraphs(opts[n].groups, device, record=False).install(opts[n])
     params = {n: list(m.parameters()) for n, m in models.items()}
     gen = torch.Generator().manual_seed(1)
     ms: dict[str, list[float]] = {n: [] for n in NAMES}

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from bench.step_profile import DEVICE_CATS, RUNTIME_CATS, _corr, _grads, _model, _sync
+from bench.step_profile import DEVICE_CATS, RUNTIME_CATS, _corr, _grads, _model, _sync, _timed_steps
 from scao_dist import SCAO
 from scao_dist.capture import GroupGraphs
 
@@ -79,18 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     model = _model(args.size, device, True)
     opt = SCAO(model.parameters(), lr=1e-4, **json.loads(args.scao_kwargs))
-    for i in range(21):  # first bases and a few refreshes, as step_profile's warm-up
-        _grads(model, args.batch, device, i)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    _timed_steps(model, opt, 21, args.batch, device, 0)  # first bases and a few refreshes, as step_profile's warm-up
     for g in opt.param_groups:
         g["precond_freq"] = 10**9
-    gdev = opt.groups[0].device  # (cuda:0: the key the step looks its groups' device up by)
-    graphs = opt._graphs = {gdev: GroupGraphs(opt.groups, gdev, record=False)}
-    for i in range(2):
-        _grads(model, args.batch, device, 100 + i)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    graphs = GroupGraphs(opt.groups, device, record=False).install(opt)
+    _timed_steps(model, opt, 2, args.batch, device, 100)
     acts = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         acts.append(torch.profiler.ProfilerActivity.CUDA)
@@ -102,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                 opt.step()
             _sync(device)
             opt.zero_grad(set_to_none=True)
-    ran = graphs[gdev].counts["eager"]
+    ran = graphs.counts["eager"]
     if ran < len(opt.groups) * (2 + args.steps):
         raise SystemExit(f"only {ran} group steps took the device-input path; expected every group at every step")
     with tempfile.TemporaryDirectory() as tmp:

@@ -31,8 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = GPTConfig(seq_len=64, d_model=512, n_layer=8, n_head=8)
     model = GPT(cfg).to(torch.bfloat16)
     opt = SCAO(model.parameters(), lr=1e-4, max_precond_dim=1024, refresh_lag=0, rank_max=64, full_factor_dim=256)
-    graphs = GroupGraphs(opt.groups, torch.device("cpu"), record=False)
-    opt._graphs = {torch.device("cpu"): graphs}
+    graphs = GroupGraphs(opt.groups, torch.device("cpu"), record=False).install(opt)
 
     def backward() -> None:
         x = torch.randint(0, cfg.vocab, (2, cfg.seq_len + 1))

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "tests") not in sys.path:  # tests/kernel_compile.py: the launch recorder and its signatures
+    sys.path.insert(0, str(ROOT / "tests"))
 
 
 def fast_path(lines: list[str]) -> list[str]:
@@ -45,12 +47,10 @@ def fast_path(lines: list[str]) -> list[str]:
 
 def sass(kernel, args, kw) -> list[str]:
     """The SASS instructions of one recorded launch compiled for sm_90."""
+    import kernel_compile as kc
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-
-    sys.path.insert(0, str(ROOT / "tests"))
-    import kernel_compile as kc
 
     sig, consts, attrs, options = kc.signature(kernel, args, kw)
     compiled = triton.compile(
@@ -69,7 +69,6 @@ def sass(kernel, args, kw) -> list[str]:
 
 def recorded_launches() -> list[tuple]:
     """The two kernels' launches as the 405M step makes them (small operands: the variant is what matters)."""
-    sys.path.insert(0, str(ROOT / "tests"))
     import kernel_compile as kc
 
     from scao_dist.kernels import adamw, moments, triton_ops

@@ -342,8 +342,8 @@ def _apply_settings(items: list[str]) -> dict[str, Any]:
         mod = importlib.import_module(f"scao_dist.kernels.{mod_name}")
         if not attr or not hasattr(mod, attr):
             raise SystemExit(f"--set {item!r}: scao_dist.kernels.{mod_name} has no constant {attr!r}")
-        setattr(mod, attr, json.loads(value))
         out[key] = json.loads(value)
+        setattr(mod, attr, out[key])
     return out
 
 

@@ -274,6 +274,13 @@ class GroupGraphs:
         # gate != 0 per row, worked out once a step (_open_rows) for the torch ops' gated writes to read
         self._open = torch.zeros(len(self.groups), dtype=torch.bool, device=device)
 
+    def install(self, opt: Any) -> GroupGraphs:
+        """Make these the graphs ``opt`` (a :class:`~scao_dist.SCAO`) steps its groups on this device through,
+        keyed as its step looks them up (the groups' device: ``cuda:0``, not ``cuda``); returns ``self``. What
+        the tests and ``bench`` use to run the device-input path without graphs (``record=False``)."""
+        opt._graphs = {self.device: self}
+        return self
+
     # ------------------------------------------------------------------------ eligibility
     def eligible(self, grp: Group, idx: Sequence[int]) -> bool:
         if grp.device != self.device or id(grp) not in self.pos or len(idx) != grp.B or not grp.capturable():

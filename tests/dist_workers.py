@@ -86,8 +86,7 @@ def run_sharded_device_inputs(rank, world, layers, steps, captured):
     model = make_model(layers)
     opt = SCAO(model.parameters(), lr=1e-2, min_precond_dim=2, precond_freq=4)
     if captured:
-        cpu = torch.device("cpu")
-        opt._graphs = {cpu: GroupGraphs(opt.groups, cpu, record=False)}
+        GroupGraphs(opt.groups, torch.device("cpu"), record=False).install(opt)
     train(model, opt, global_batches(steps), rank, world)
     counts = opt._graphs[torch.device("cpu")].counts if captured else {}
     return {"params": params_of(model), "owned": sorted(opt.owned_blocks()), "counts": counts}

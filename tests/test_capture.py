@@ -48,7 +48,7 @@ def _opt(params: list[torch.nn.Parameter], captured: bool, **kw) -> tuple[SCAO, 
     opt = SCAO(params, lr=1e-2, **kw)
     graphs = GroupGraphs(opt.groups, torch.device("cpu"), record=False)
     if captured:
-        opt._graphs = {torch.device("cpu"): graphs}
+        graphs.install(opt)
     return opt, graphs
 
 
@@ -129,8 +129,7 @@ def test_ineligible_groups_step_eagerly() -> None:
     """Grafting reads the bias corrections as floats: such groups are never captured."""
     params = _model(torch.float32)
     opt = SCAO(params, lr=1e-2, refresh_lag=0, graft="norm", full_factor_dim=24, oversample=4)
-    graphs = GroupGraphs(opt.groups, torch.device("cpu"), record=False)
-    opt._graphs = {torch.device("cpu"): graphs}
+    graphs = GroupGraphs(opt.groups, torch.device("cpu"), record=False).install(opt)
     gen = torch.Generator().manual_seed(1)
     for _ in range(3):
         _grads(params, gen)
@@ -146,7 +145,7 @@ def _mlp_run(captured: bool, steps: int) -> tuple[list[torch.Tensor], SCAO, list
     ).to(torch.bfloat16)
     opt = SCAO(model.parameters(), lr=1e-2, refresh_lag=0, precond_freq=2, full_factor_dim=24, oversample=4)
     if captured:
-        opt._graphs = {torch.device("cpu"): GroupGraphs(opt.groups, torch.device("cpu"), record=False)}
+        GroupGraphs(opt.groups, torch.device("cpu"), record=False).install(opt)
     gen = torch.Generator().manual_seed(1)
     aliased = []
     for _ in range(steps):
@@ -199,8 +198,7 @@ def test_a_nonfinite_gradient_skips_the_step_through_the_buffers(where: str, fre
     params = list(model.parameters())
     kw = {"lr": 1e-2, "refresh_lag": 0, "precond_freq": freq, "full_factor_dim": 24, "oversample": 4}
     opt = SCAO(params, **kw)
-    graphs = GroupGraphs(opt.groups, torch.device("cpu"), record=False)
-    opt._graphs = {torch.device("cpu"): graphs}
+    graphs = GroupGraphs(opt.groups, torch.device("cpu"), record=False).install(opt)
     gen = torch.Generator().manual_seed(1)
 
     def backward() -> None:
@@ -291,7 +289,7 @@ def test_column_blocks_are_copied_in_by_the_check() -> None:
         model, opt = make()
         graphs = GroupGraphs(opt.groups, torch.device("cpu"), record=False)
         if captured:
-            opt._graphs = {torch.device("cpu"): graphs}
+            graphs.install(opt)
         copied_by_step, gathered = _spy(graphs)
         gen = torch.Generator().manual_seed(1)
         for _ in range(8):
@@ -469,7 +467,7 @@ def test_lanes_order_their_streams_around_the_step(monkeypatch) -> None:
     eager, _ = _opt(ref, False)
     graphs = GroupGraphs(opt.groups, torch.device("cpu"), record=False, streams=2)
     graphs.lane_streams = [None, lane1]
-    opt._graphs = {torch.device("cpu"): graphs}
+    graphs.install(opt)
     gen, gen_ref = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
     both = 0
     for _ in range(8):
