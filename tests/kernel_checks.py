@@ -110,8 +110,11 @@ def check_division() -> list[str]:
     """The codecs' division by their group scales (``common.div_by_groups``: one division per group, then a
     product and two FMAs per value) == ``div_rn`` bit for bit, on a slice of the GPU's exhaustive check
     (``verify.division_errors``: 8 of the 128 bf16 mantissas of the divisor, the first 4096 fp32 mantissas
-    of the dividend, in each regime)."""
-    errs = verify.division_errors(CPU, x_values=4096, mantissas=8)
+    of the dividend, in each regime); the companding's division (``common.div_companding``) on the 4096 ``|y|``
+    around 2^-100, where the check turns from quotients to codes (the interpreter runs its ``div_rn`` branch: the
+    hardware reciprocal's sequence is checked on the GPU, ``bench.kernels``)."""
+    tiny = verify.COMPANDING_TINY_BITS
+    errs = verify.division_errors(CPU, x_values=4096, mantissas=8, y_bits=(tiny - 2048, tiny + 2048))
     print(f"division: {'ok' if not errs else f'{len(errs)} mismatches'}")
     return errs
 

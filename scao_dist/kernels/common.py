@@ -102,13 +102,33 @@ def bf16_to_f32(b):
     return (b.to(tl.int32) << 16).to(tl.float32, bitcast=True)
 
 
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+"""Kernels run by Triton's interpreter (CPU tensors). It rounds fp32 to bf16 by truncation and multiplies bf16
+tiles wrongly (Triton 3.9), so kernels that lean on the hardware's bf16 take a bit-level path under it."""
+
+HW_BF16: tl.constexpr = tl.constexpr(not INTERPRETED)
+"""Round fp32 to bf16 by the hardware's conversion (``cvt.rn.bf16x2.f32``: two values an instruction) in
+:func:`f32_to_bf16`; the interpreter takes the bit-level path, the same bits."""
+
+HW_RCP: tl.constexpr = tl.constexpr(not INTERPRETED)
+"""Seed :func:`div_companding` with the hardware reciprocal (``rcp.approx.ftz.f32``, inline PTX the interpreter
+cannot run); under the interpreter it is ``div_rn`` itself."""
+
+
 @triton.jit
 def f32_to_bf16(x):
-    """fp32 -> int16 bf16 bit pattern, round to nearest even (NaN -> 0x7FC0, as torch)."""
-    u = x.to(tl.uint32, bitcast=True)
-    r = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
-    r = tl.where(x != x, 0x7FC0, r)
-    return r.to(tl.int32).to(tl.int16)
+    """fp32 -> int16 bf16 bit pattern, round to nearest even.
+
+    On the GPU the hardware conversion (:data:`HW_BF16`), as torch's own on CUDA; under the interpreter the
+    same rounding on the bits, ``(u + 0x7FFF + lsb) >> 16``. The two differ only in a NaN's payload (0x7FFF
+    on the GPU, 0x7FC0 from the bits, as torch on the CPU): no code reads it."""
+    if HW_BF16:
+        r = x.to(tl.bfloat16).to(tl.int16, bitcast=True)
+    else:
+        u = x.to(tl.uint32, bitcast=True)
+        b = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+        r = tl.where(x != x, 0x7FC0, b).to(tl.int32).to(tl.int16)
+    return r
 
 
 @triton.jit
@@ -167,6 +187,28 @@ def div_by_groups(x, s):
 
 
 @triton.jit
+def div_companding(a, d):
+    """``div_rn(a, d)`` for the signed companding's ``phi = 2y / (1 + |y|)`` (``|y| <= 1``: ``d`` in [1, 2]),
+    without the division's range check and its branch (4 of its 10 instructions a value on sm_90).
+
+    The same sequence as the IEEE division's fast path: ``r = rcp(d)`` (the hardware's approximate reciprocal),
+    one Newton step ``r' = r + r (1 - d r)``, ``q = a r'`` and the remainder's correction ``q + r' (a - d q)``
+    (FMAs). That path is correctly rounded wherever the hardware's check lets it through, which for ``d`` in
+    [1, 2] is every ``|a|`` above the bottom of the fp32 range; below it the quotient (``< 2^-100``) codes as 0
+    either way. ``verify.division_errors`` checks every fp32 ``y`` in [-1, 1] against ``div_rn``."""
+    if HW_RCP:
+        r = tl.inline_asm_elementwise(
+            "rcp.approx.ftz.f32 $0, $1;", "=f,f", [d], dtype=tl.float32, is_pure=True, pack=1
+        )  # (d in [1, 2]: flushing subnormals changes nothing)
+        r = tl.fma(r, tl.fma(-d, r, 1.0), r)
+        q = a * r
+        q = tl.fma(r, tl.fma(-d, q, a), q)
+    else:
+        q = tl.math.div_rn(a, d)
+    return q
+
+
+@triton.jit
 def decode_signed(q, s):
     """``quant.decode_signed``: phi = q/127, y = phi/(2-|phi|), x = y·s."""
     phi = q.to(tl.float32) * INV127
@@ -184,7 +226,7 @@ def encode_signed(x):
     sbits, s = bf16_ceil(tl.max(tl.abs(x), axis=1))
     y = tl.where(s[:, None] > 0, div_by_groups(x, tl.where(s > 0, s, 1.0)), 0.0)
     y = tl.minimum(tl.maximum(y, -1.0), 1.0)
-    phi = tl.math.div_rn(2.0 * y, 1.0 + tl.abs(y))
+    phi = div_companding(2.0 * y, 1.0 + tl.abs(y))
     return rint(phi * 127.0).to(tl.int8), sbits, s
 
 
@@ -349,6 +391,45 @@ def _division_check_kernel(count_ptr, x0, XE: tl.constexpr, SE: tl.constexpr, BG
     ref = tl.math.div_rn(x, s[:, None])
     bad = (fast.to(tl.int32, bitcast=True) != ref.to(tl.int32, bitcast=True)) & (ref >= 2.0**-22)
     tl.atomic_add(count_ptr + k, tl.sum(bad.to(tl.int32), axis=1).sum(axis=0))
+
+
+@triton.jit
+def _companding_check_kernel(count_ptr, y0, BLOCK: tl.constexpr):
+    """Program i: the fp32 ``y`` with bit patterns ``y0 + i BLOCK + [0, BLOCK)`` (both signs) through the
+    companding's division (:func:`div_companding`) and through ``div_rn``; adds the quotients whose bits differ
+    to ``count_ptr[0]`` and the codes (``rint(127 phi)``) that differ to ``count_ptr[1]``."""
+    bits = y0 + tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    for sign in tl.static_range(2):
+        y = bits.to(tl.float32, bitcast=True)
+        if sign == 1:
+            y = -y
+        a = 2.0 * y
+        d = 1.0 + tl.abs(y)
+        fast = div_companding(a, d)
+        ref = tl.math.div_rn(a, d)
+        differ = fast.to(tl.int32, bitcast=True) != ref.to(tl.int32, bitcast=True)
+        tl.atomic_add(count_ptr, tl.sum(differ.to(tl.int32), axis=0))
+        codes = rint(fast * 127.0) != rint(ref * 127.0)
+        tl.atomic_add(count_ptr + 1, tl.sum(codes.to(tl.int32), axis=0))
+
+
+COMPANDING_Y_BITS = (0, 0x3F800001)
+"""Bit patterns of the ``|y|`` :func:`companding_mismatches` runs through by default: every fp32 in [0, 1]."""
+
+
+def companding_mismatches(
+    device: torch.device, lo: int = COMPANDING_Y_BITS[0], hi: int = COMPANDING_Y_BITS[1]
+) -> dict[str, int]:
+    """Over every fp32 ``y`` with ``|y|``'s bits in ``[lo, hi)`` (both signs; by default all of [-1, 1]): how many
+    quotients of :func:`div_companding` differ from ``div_rn`` in any bit (``"quotients"``: at most the tiny ones,
+    whose codes are 0 either way) and how many codes ``rint(127 phi)`` differ (``"codes"``: must be 0)."""
+    block = 1024
+    count = torch.zeros(2, dtype=torch.int32, device=device)
+    n = -(-(hi - lo) // block) * block  # (rounded up: past hi are y just above 1, still d in [1, 2])
+    if n > 0:
+        _companding_check_kernel[(n // block,)](count, lo, BLOCK=block, **LAUNCH)
+    quotients, codes = (int(c) for c in count.tolist())
+    return {"quotients": quotients, "codes": codes}
 
 
 def division_mismatches(device: torch.device, x_values: int = 1 << 23, mantissas: int = 128) -> dict[str, int]:

@@ -35,8 +35,6 @@ within a tolerance, and bit for bit where the products are exact (:mod:`.verify`
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 import triton
@@ -48,6 +46,7 @@ from .common import (
     HP_BC2,
     HP_C,
     HP_LR,
+    INTERPRETED,
     LAUNCH,
     bf16_bits,
     bf16_to_f32,
@@ -107,7 +106,7 @@ def _sumsq_tiles(M: int, N: int) -> tuple[int, int]:
     return triton.cdiv(M, SUMSQ_BM), triton.cdiv(N, SUMSQ_BN)
 
 
-BF16_MMA = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
+BF16_MMA = tl.constexpr(not INTERPRETED)
 """Multiply bf16 chunks as bf16 (tensor cores). The Triton interpreter multiplies bf16 tiles wrongly
 and rounds fp32 to bf16 by truncation (Triton 3.9): under it the pieces are rounded with
 :func:`.common.f32_to_bf16` and multiplied as their exact fp32 values, the same products and sums."""

@@ -844,9 +844,26 @@ def _bits_differ(a: Tensor, b: Tensor) -> list[str]:
     return [f"{int(bad.sum())}/{a.numel()} values differ"] if bool(bad.any()) else []
 
 
-def division_errors(device: torch.device, x_values: int = 1 << 23, mantissas: int = 128) -> list[str]:
-    """The codecs' per-group division (:func:`.common.div_by_groups`) against ``div_rn``, bit for bit, over
-    ``x_values`` fp32 mantissas of the dividend and ``mantissas`` bf16 mantissas of the divisor in each of
-    :data:`.common.DIVISION_REGIMES` (:func:`.common.division_mismatches`; all of them by default)."""
+def division_errors(
+    device: torch.device,
+    x_values: int = 1 << 23,
+    mantissas: int = 128,
+    y_bits: tuple[int, int] = common.COMPANDING_Y_BITS,
+) -> list[str]:
+    """The codecs' divisions against ``div_rn``, bit for bit: the per-group one (:func:`.common.div_by_groups`)
+    over ``x_values`` fp32 mantissas of the dividend and ``mantissas`` bf16 mantissas of the divisor in each of
+    :data:`.common.DIVISION_REGIMES` (:func:`.common.division_mismatches`; all of them by default), and the
+    companding's (:func:`.common.div_companding`) over the ``|y|`` bit patterns ``y_bits`` (every fp32 in [-1, 1]
+    by default): no code may differ, nor any quotient of ``|y| >= 2^-100``."""
     counts = common.division_mismatches(device, x_values, mantissas)
-    return [f"div_by_groups [{regime}]: {n} quotients differ from div_rn" for regime, n in counts.items() if n]
+    errs = [f"div_by_groups [{regime}]: {n} quotients differ from div_rn" for regime, n in counts.items() if n]
+    lo, hi = y_bits
+    tiny = min(max(COMPANDING_TINY_BITS, lo), hi)  # |y| < 2^-100: only the codes must agree
+    below, above = common.companding_mismatches(device, lo, tiny), common.companding_mismatches(device, tiny, hi)
+    wrong = {"codes": below["codes"] + above["codes"], "quotients of |y| >= 2^-100": above["quotients"]}
+    errs += [f"div_companding: {n} {what} differ from div_rn's" for what, n in wrong.items() if n]
+    return errs
+
+
+COMPANDING_TINY_BITS = (127 - 100) << 23
+"""The bits of 2^-100: below it :func:`division_errors` asks the companding's division for the codes alone."""
