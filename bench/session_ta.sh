@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# GPU call (device tool, nvidia-h200), 2026-12-03 (fifteenth session): the codecs' last per-value division without
+# its range check (common.div_companding: the hardware reciprocal, a Newton step and the remainder's correction)
+# and every fp32 -> bf16 rounding by the hardware's conversion (common.f32_to_bf16), verified against the twins and
+# the companding's division against div_rn over every fp32 in [-1, 1]; timed against ab_old/ = 5ccab57 (the
+# session's start) in the same call: the group kernels, the applied complement, the 405M step alternating.
+NAME=ta
+. bench/session_lib.sh
+K=ema_signed_,adamw_,apply_update_,complement_update
+timeout 200 python3 -m bench.kernels --only $K,division --out "$OUT/kernels_new.json" > "$W/kernels_new.log" 2>&1
+echo "kernels new rc=$?"
+(cd ab_old && timeout 150 python3 -m bench.kernels --only $K --out "$OUT/kernels_old.json" > "$W/kernels_old.log" 2>&1)
+echo "kernels old rc=$?"
+for f in "$OUT"/kernels_*.json; do
+  python3 - "$f" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+v = d["verify"]
+print(sys.argv[1].split("/")[-1], "copy GB/s", round(d["copy"]["gbps"]), "verify ok", v.get("ok"), v.get("cases"), v.get("failures", [])[:3])
+print(d["markdown"])
+PY
+done
+grep -iE "division|mismatch|differ" "$W/kernels_new.log" | head -12
+timeout 100 python3 -m bench.capture_check --size small --steps 14 --grow-at 8 --nan-at 11 \
+  --out "$OUT/capture_small_grow.json" > "$W/capture_small_grow.log" 2>&1
+echo "capture small rc=$?"
+python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d.get(k) for k in ('bit_exact','state_mismatch_counts','graph_counts','inputs_counts','skipped_steps')})" "$OUT/capture_small_grow.json"
+profile new
+profile old ab_old
+profile new2
+profile old2 ab_old
+summary
+timeout 100 python3 -m bench.kernels --only ema_signed_,adamw_ --match "bf16" --sweep --out "$OUT/kernels_sweep.json" \
+  > "$W/kernels_sweep.log" 2>&1
+echo "sweep rc=$?"; grep -E "sweep|GB/s" "$W/kernels_sweep.log" | head -12
+pack
