@@ -351,10 +351,16 @@ def copy_bandwidth(nbytes: int, device: Any, timer: Callable[[Callable[[], Any]]
 
 def sweep_configs(kernel: str) -> list[dict[str, Any]]:
     """Block-size / warp variants tried by ``--sweep`` (module attribute overrides + num_warps)."""
-    if kernel in ("ema_signed_", "rotated_adam_"):
+    if kernel == "ema_signed_":
+        return [
+            {"moments.EMA_BG": bg, "moments.EMA_WARPS": w, "moments.EMA_BG_ODD": bg, "moments.EMA_WARPS_ODD": w}
+            for bg in (16, 32, 64, 128)
+            for w in (1, 2, 4, 8)
+        ]
+    if kernel == "rotated_adam_":
         return [{"moments.BG": bg, "num_warps": w} for bg in (16, 32, 64, 128) for w in (2, 4, 8)]
     if kernel == "adamw_":
-        return [{"adamw.BG": bg, "num_warps": w} for bg in (16, 32, 64) for w in (2, 4, 8)]
+        return [{"adamw.BG": bg, "num_warps": w} for bg in (16, 32, 64, 128) for w in (1, 2, 4, 8)]
     if kernel == "apply_update_":
         return [{"apply.BLOCK": bl, "num_warps": w} for bl in (1024, 2048, 4096) for w in (4, 8)]
     if kernel == "complement_update":  # tiles, warps, pipeline depth (the rank chunk stays 16: K = 144)

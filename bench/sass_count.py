@@ -6,8 +6,8 @@ row) and of ``adamw_`` (bf16 weights + int8 bits, bf16 gradient, row) for an H10
 body's instructions up to its last ``EXIT``, leaving out the blocks a branch skips: the IEEE division's slow
 path (taken only for operands near the ends of the fp32 range) and any other forward branch's body (an
 ``@P BRA`` over a block up to the ``BSYNC`` it jumps to). For these straight-line kernels that is the
-instruction count of a thread in the common case (each thread holds 8 values), the figure an issue-bound
-kernel's time follows. ::
+instruction count of a thread in the common case, and per value (a thread holds ``BG / num_warps``), the
+figure an issue-bound kernel's time follows. ::
 
     python -m bench.sass_count            # both kernels, the opcodes they use most
 """
@@ -100,7 +100,9 @@ def main() -> int:
         body = fast_path(sass(kernel, args, kw))
         ops = collections.Counter((line.split()[1] if line.startswith("@") else line.split()[0]).split(".")[0]
                                   for line in body)  # fmt: skip
-        print(f"{kernel.__name__}: {len(body)} instructions per thread (8 values) on the common path")
+        per = kw["BG"] // kw["num_warps"]  # values a thread: BG groups of 32 over num_warps x 32 threads
+        print(f"{kernel.__name__}: {len(body)} instructions per thread ({per} values, {len(body) / per:.1f} a value)"
+              " on the common path")  # fmt: skip
         print("   " + ", ".join(f"{op} {n}" for op, n in ops.most_common(14)))
     return 0
 

@@ -43,9 +43,11 @@ def check_kernels() -> dict[str, list[str]]:
         if not any("hyper" in c.kwargs for c in cases[k]):
             res[k].append(f"{k}: verify.small_cases has no hyper case")
     saved = moments.BG, adamw.BG, apply.BLOCK, factor.MAX_BJ, factor.TILE, factor.DIAG_BLOCK
+    saved_e = moments.EMA_BG, moments.EMA_BG_ODD
     saved_l = lowrank.BM, lowrank.SUMSQ_BM, lowrank.SUMSQ_BN, lowrank.BN, lowrank.BK, lowrank.STATS_BLOCK
     # factor: [4, 16] tiles (not square, so the diagonal crosses tiles off their corners), 16-row diagonal pass
     moments.BG, adamw.BG, apply.BLOCK, factor.MAX_BJ, factor.TILE, factor.DIAG_BLOCK = 2, 4, 64, 16, 64, 16
+    moments.EMA_BG, moments.EMA_BG_ODD = 2, 2
     # [16, 32] tiles ([32, 32] for the sums), 16-wide dot chunks, ragged everywhere but the (2, 64, 64) blocks
     lowrank.BM, lowrank.SUMSQ_BM, lowrank.SUMSQ_BN, lowrank.BN, lowrank.BK = 16, 32, 32, 32, 16
     lowrank.STATS_BLOCK = 8  # statistics: more row chunks than one pass of the finishing kernel adds (16)
@@ -86,6 +88,7 @@ def check_kernels() -> dict[str, list[str]]:
             res[k] += [f"(tiny blocks) {e}" for e in errs]
     finally:
         moments.BG, adamw.BG, apply.BLOCK, factor.MAX_BJ, factor.TILE, factor.DIAG_BLOCK = saved
+        moments.EMA_BG, moments.EMA_BG_ODD = saved_e
         lowrank.BM, lowrank.SUMSQ_BM, lowrank.SUMSQ_BN, lowrank.BN, lowrank.BK, lowrank.STATS_BLOCK = saved_l
     return res
 

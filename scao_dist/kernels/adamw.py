@@ -48,8 +48,9 @@ from .common import (
 from .moments import decode_table
 from .scalars import StepScalars
 
-BG = 32
-"""Scale groups per program (32 x 32 = 1024 values; this kernel holds more live state)."""
+BG = 64
+"""Scale groups per program (64 x 32 = 2048 values, 16 a thread at 4 warps): 0.96x the time of 32 groups with bf16
+weights, 0.98x with fp32 on an H200 (``bench.kernels --sweep``, BENCHMARKS.md §0, ``session_tb``)."""
 
 
 GRAD_DTYPES = (torch.float32, torch.bfloat16)

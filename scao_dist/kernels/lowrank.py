@@ -88,6 +88,12 @@ products plain bf16 ones (bf16 factors against a bf16 basis), 4 stages ran the a
 time of 3 on the bench case and the 405M step's complement in 2.28 against 2.43 ms (``session_yg``: 18
 settings of tiles, warps and stages; 64x64 tiles at 4 warps stayed best)."""
 
+SUMSQ_FROM_G = True
+""":func:`_sumsq_kernel` accumulates the product onto ``-G`` (``X Y^T - G``, squared the same) instead of
+subtracting it from ``G`` after the loop, so the tile of ``G`` is not held in registers across the product: the
+405M step's sums 1066-1073 -> 925 us on an H200 (``session_tb``, BENCHMARKS.md §0). The residual is then rounded
+in the product's accumulation rather than once after it: exact wherever the sums are (the twins' exact cases)."""
+
 COMPLEMENT_MAXNREG: int | None = None
 SUMSQ_MAXNREG: int | None = None
 """Register caps (Triton's ``maxnreg``) of :func:`_complement_update_kernel` and :func:`_sumsq_kernel`
@@ -203,7 +209,13 @@ def lowrank_tile(x_ptr, y_ptr, b64, i, j, M, N, K, SX, SY, BM: tl.constexpr, BN:
     rank with zero columns). Rows ``i >= M`` (columns ``j >= N``) repeat row ``M - 1`` (column ``N - 1``):
     the callers never keep them. So no load is masked, which saves the per-element predicates (the
     kernels' integer work, ``session_zm``)."""
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    return lowrank_acc(tl.zeros((BM, BN), dtype=tl.float32), x_ptr, y_ptr, b64, i, j, M, N, K, SX, SY, BK, PREC)
+
+
+@triton.jit
+def lowrank_acc(acc, x_ptr, y_ptr, b64, i, j, M, N, K, SX, SY, BK: tl.constexpr, PREC: tl.constexpr):
+    """``acc + X_b Y_b^T`` on rows ``i``, columns ``j``, the products added into ``acc`` chunk by chunk
+    (:func:`lowrank_tile`)."""
     xrow = _rows(x_ptr, b64, i, M, SX)[:, None]
     ycol = _rows(y_ptr, b64, j, N, SY)[None, :]
     for k0 in range(0, K, BK):
@@ -261,10 +273,11 @@ def _sumsq_kernel(
     g_ptr, x_ptr, y_ptr, grow_ptr, gcol_ptr, rrow_ptr, rcol_ptr,
     M, N, K, SX, SY, ntm, ntn,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HAS_BACK: tl.constexpr, PREC: tl.constexpr,
-    EVEN: tl.constexpr,
+    EVEN: tl.constexpr, FROM_G: tl.constexpr,
 ):  # fmt: skip
     """Tile (tm, tn) of block b: partial row sums of squares into slot tn of the (B, ntn, M) outputs,
-    partial column sums into slot tm of the (B, ntm, N) outputs; of G, and of G - X Y^T."""
+    partial column sums into slot tm of the (B, ntm, N) outputs; of G, and of G - X Y^T (``FROM_G``: as
+    ``X Y^T - G``, the product accumulated onto ``-G``)."""
     pid = tl.program_id(0)
     per = ntm * ntn
     b = pid // per
@@ -283,8 +296,11 @@ def _sumsq_kernel(
     gg = g * g
     tl.store(grow_ptr + rows, tl.sum(gg, axis=1), mask=mi)
     tl.store(gcol_ptr + cols, tl.sum(gg, axis=0), mask=mj)
-    if HAS_BACK:  # (the sums of G first: the product before them ran 1.33x slower on an H200, session_xa)
+    if HAS_BACK and FROM_G:  # the product added to -G (its sign drops out of the squares): G dies here
+        r = lowrank_acc(-g, x_ptr, y_ptr, b64, i, j, M, N, K, SX, SY, BK, PREC)
+    elif HAS_BACK:  # (the sums of G first: the product before them ran 1.33x slower on an H200, session_xa)
         r = g - lowrank_tile(x_ptr, y_ptr, b64, i, j, M, N, K, SX, SY, BM, BN, BK, PREC)
+    if HAS_BACK:
         if not EVEN:
             r = tl.where(inside, r, 0.0)  # the product's rows/columns past the block are copies, not zeros
         rr = r * r
@@ -572,6 +588,7 @@ def _sumsq_parts(g: torch.Tensor, x: torch.Tensor | None, y: torch.Tensor | None
             g.contiguous(), x_k, y_k, *parts[:2], *parts[2 if back else 0 :][:2],
             M, N, K, sx, sy, ntm, ntn,
             BM=SUMSQ_BM, BN=SUMSQ_BN, BK=BK, HAS_BACK=back, PREC=precision(), EVEN=_even(M, N, SUMSQ_BM, SUMSQ_BN),
+            FROM_G=SUMSQ_FROM_G,
             **LAUNCH, **({"maxnreg": SUMSQ_MAXNREG} if SUMSQ_MAXNREG else {}),
         )  # fmt: skip
     return parts

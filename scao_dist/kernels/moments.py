@@ -46,6 +46,20 @@ on an H200 (``bench.kernels --sweep``, BENCHMARKS.md §0c); which program owns a
 its arithmetic."""
 
 
+EMA_BG = 64
+EMA_WARPS = 2
+"""Scale groups per program and warps of :func:`ema_signed_` on rows of a multiple of 32 values (the aligned
+path; :data:`BG` and the common launch serve ``rotated_adam_``): 64 groups on 2 warps (32 values a thread) ran the
+step's variant (bf16 in, bf16 out) in 0.85x the time of 32 on 4, bf16 in and fp32 out in 0.89x, fp32 in 0.98x on an
+H200 (``bench.kernels --sweep``, BENCHMARKS.md §0, ``session_tb``): with fewer instructions a value, more values a
+thread keep more loads in flight."""
+
+EMA_BG_ODD = 32
+EMA_WARPS_ODD = 2
+"""The same for other rows (a group's values found by the row's division; fewer values a thread paid there:
+64 on 2 warps 1.19x, 32 on 2 0.97x the time of 32 on 4, ``session_tb``)."""
+
+
 DECODE_LUT = True
 """``ema_signed_`` looks its codes' unscaled values up in :func:`decode_table` (one cached load) instead of
 dividing them out (an IEEE division per value: the kernel is bound by its arithmetic, not its bytes)."""
@@ -158,12 +172,13 @@ def ema_signed_(
     if total == 0:
         return out
     c, s = writable(codes), writable(scales)
-    grid = (triton.cdiv(total, BG),)
+    aligned = x.shape[-1] % 32 == 0
+    bg, warps = (EMA_BG, EMA_WARPS) if aligned else (EMA_BG_ODD, EMA_WARPS_ODD)
     lut = decode_table(x.device) if DECODE_LUT else c
-    _ema_signed_kernel[grid](
+    _ema_signed_kernel[(triton.cdiv(total, bg),)](
         c, bf16_bits(s), x.contiguous(), bf16_bits(out) if bf16 else out, lut, hp, nq, G, total, float(beta),
-        1.0 - beta, BG=BG, NMUL=nmul, OUT_BF16=bf16, LUT=DECODE_LUT, HP_DEV=hyper is not None,
-        ALIGNED=x.shape[-1] % 32 == 0, **LAUNCH,
+        1.0 - beta, BG=bg, NMUL=nmul, OUT_BF16=bf16, LUT=DECODE_LUT, HP_DEV=hyper is not None,
+        ALIGNED=aligned, **{**LAUNCH, "num_warps": warps},
     )  # fmt: skip
     write_back(codes, c)
     write_back(scales, s)
