@@ -525,10 +525,10 @@ def case_complement_update(
     label += f" applied to {str(wdtype)[6:]}" + (f"+int{bits}" if rho is not None else "")
     if mode == "exact":
         return done(Case("complement_update", label, kw, ("w", "rho"), exact=("w",), rtol=FP32_RTOL))
-    # U is compared within ``atol``: the weights then differ by up to lr·atol plus one rounding of the
-    # stored weight (bf16 + bits: about 2^-(8 + bits) relative; twice that allowed), so compare the
-    # weights they stand for
-    master_rtol = FP32_RTOL if rho is None else 2.0 ** -(7 + 8 * rho.element_size())
+    # U is compared within ``atol``: the weights then differ by up to lr·atol plus a step of the bits where the two
+    # round the bits apart (ulp(w)/2R: up to 2^-7 |w| / 254 ~ 2^-15 |w| with int8 bits, at the bottom of a binade;
+    # twice that allowed), so compare the weights they stand for
+    master_rtol = FP32_RTOL if rho is None else 2.0 ** -(6 + 8 * rho.element_size())
     extra = {"master_atol": kw["lr"] * atol, "master_rtol": master_rtol}
     return done(Case("complement_update", label, kw, (), extra=extra))
 

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# GPU call (device tool, nvidia-h200), 2026-12-03 (fifteenth session), the last: this tree's defaults (ta's codec
+# cuts, tb's block sizes and residual sums) against ab_old/ = 5ccab57 (the session's start), the 405M step
+# alternating; capture_check (recaptures on two lanes, a NaN step) small and large; every kernel verified against its
+# twin and timed (bench.kernels, no --only).
+NAME=tc
+. bench/session_lib.sh
+timeout 80 python3 -m bench.capture_check --size small --steps 14 --grow-at 8 --nan-at 11 \
+  --out "$OUT/capture_small_grow.json" > "$W/capture_small_grow.log" 2>&1
+echo "capture small rc=$?"
+python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d.get(k) for k in ('bit_exact','state_mismatch_counts','graph_counts','inputs_counts','skipped_steps')})" "$OUT/capture_small_grow.json"
+profile new
+profile old ab_old
+profile new2
+profile old2 ab_old
+summary
+timeout 200 python3 -m bench.kernels --out "$OUT/kernels.json" > "$W/kernels.log" 2>&1
+echo "kernels rc=$?"; grep -E "verify|GB/s" "$W/kernels.log" | head -40
+capture
+pack
