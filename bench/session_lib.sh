@@ -9,6 +9,9 @@
 #                         $OUT/prof_LABEL.json, the lines that matter printed.
 #   capture [KW]          bench.capture_check on the 405M GPT, a NaN at step 16 (KW: more SCAO keyword
 #                         arguments as JSON members): its verdict printed.
+#   capture_grow          bench.capture_check on the 43M GPT: a basis widened at step 8 (recaptures on both lanes),
+#                         a NaN at step 11: its verdict printed.
+#   kernels_report FILE.. each bench.kernels JSON: copy bandwidth, the verification's verdict, the table.
 #   summary               one line per $OUT/prof_*.json: step, AdamW, GPU busy and wall in step(), peak, skipped.
 #   pack                  the work files (logs) as $OUT/session_$NAME.tgz.
 set -uo pipefail
@@ -34,6 +37,25 @@ capture() {
     --out "$OUT/capture_large.json" > "$W/capture_large.log" 2>&1
   echo "capture ($KW) rc=$?"
   python3 -c "import json; d=json.load(open('$OUT/capture_large.json')); print({k: d.get(k) for k in ('bit_exact','first_weight_mismatch_step','state_mismatch_counts','graph_counts','graph_groups','skipped_steps','steps_taken')})"
+}
+
+capture_grow() {
+  timeout 100 python3 -m bench.capture_check --size small --steps 14 --grow-at 8 --nan-at 11 \
+    --out "$OUT/capture_small_grow.json" > "$W/capture_small_grow.log" 2>&1
+  echo "capture small rc=$?"
+  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d.get(k) for k in ('bit_exact','state_mismatch_counts','graph_counts','inputs_counts','skipped_steps')})" "$OUT/capture_small_grow.json"
+}
+
+kernels_report() {
+  for f in "$@"; do
+    python3 - "$f" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+v = d["verify"]
+print(sys.argv[1].split("/")[-1], "copy GB/s", round(d["copy"]["gbps"]), "verify ok", v.get("ok"), v.get("cases"), v.get("failures", [])[:3])
+print(d["markdown"])
+PY
+  done
 }
 
 summary() {

@@ -11,20 +11,9 @@ timeout 200 python3 -m bench.kernels --only $K,division --out "$OUT/kernels_new.
 echo "kernels new rc=$?"
 (cd ab_old && timeout 150 python3 -m bench.kernels --only $K --out "$OUT/kernels_old.json" > "$W/kernels_old.log" 2>&1)
 echo "kernels old rc=$?"
-for f in "$OUT"/kernels_*.json; do
-  python3 - "$f" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1]))
-v = d["verify"]
-print(sys.argv[1].split("/")[-1], "copy GB/s", round(d["copy"]["gbps"]), "verify ok", v.get("ok"), v.get("cases"), v.get("failures", [])[:3])
-print(d["markdown"])
-PY
-done
+kernels_report "$OUT"/kernels_*.json
 grep -iE "division|mismatch|differ" "$W/kernels_new.log" | head -12
-timeout 100 python3 -m bench.capture_check --size small --steps 14 --grow-at 8 --nan-at 11 \
-  --out "$OUT/capture_small_grow.json" > "$W/capture_small_grow.log" 2>&1
-echo "capture small rc=$?"
-python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d.get(k) for k in ('bit_exact','state_mismatch_counts','graph_counts','inputs_counts','skipped_steps')})" "$OUT/capture_small_grow.json"
+capture_grow
 profile new
 profile old ab_old
 profile new2

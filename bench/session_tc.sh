@@ -5,10 +5,7 @@
 # twin and timed (bench.kernels, no --only).
 NAME=tc
 . bench/session_lib.sh
-timeout 80 python3 -m bench.capture_check --size small --steps 14 --grow-at 8 --nan-at 11 \
-  --out "$OUT/capture_small_grow.json" > "$W/capture_small_grow.log" 2>&1
-echo "capture small rc=$?"
-python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d.get(k) for k in ('bit_exact','state_mismatch_counts','graph_counts','inputs_counts','skipped_steps')})" "$OUT/capture_small_grow.json"
+capture_grow
 profile new
 profile old ab_old
 profile new2
