@@ -5,9 +5,12 @@ operations, so the kernels match the torch twins bit for bit:
 
 * no FMA contraction (kernels are launched with ``enable_fp_fusion=False``);
 * divisions by tensors use ``tl.math.div_rn`` and square roots ``tl.sqrt_rn`` (IEEE, like torch;
-  Triton's plain ``/`` and ``tl.sqrt`` are approximate on NVIDIA GPUs);
-* bf16 values travel as their int16 bit patterns (the wrappers pass ``t.view(torch.int16)``), and
-  every bf16 rounding is done on the bits, so no conversion mode of the backend matters;
+  Triton's plain ``/`` and ``tl.sqrt`` are approximate on NVIDIA GPUs), or a sequence proven to give the
+  same quotients for the operands it gets (:func:`div_by_groups`, :func:`div_companding`; both checked
+  exhaustively against ``div_rn`` on the GPU by ``verify.division_errors``);
+* bf16 values travel as their int16 bit patterns (the wrappers pass ``t.view(torch.int16)``); fp32 is
+  rounded to bf16 to nearest even, by the hardware's conversion on the GPU and on the bits under the
+  interpreter (:func:`f32_to_bf16`), never by a mode the backend picks;
 * ``round`` (half to even, as ``torch.round``) is the magic-number trick ``(v + 1.5·2^23) - 1.5·2^23``,
   exact for ``|v| <= 2^22`` (every value rounded here is below 2^16).
 

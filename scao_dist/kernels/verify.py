@@ -844,6 +844,10 @@ def _bits_differ(a: Tensor, b: Tensor) -> list[str]:
     return [f"{int(bad.sum())}/{a.numel()} values differ"] if bool(bad.any()) else []
 
 
+COMPANDING_TINY_BITS = (127 - 100) << 23
+"""The bits of 2^-100: below it :func:`division_errors` asks the companding's division for the codes alone."""
+
+
 def division_errors(
     device: torch.device,
     x_values: int = 1 << 23,
@@ -864,6 +868,3 @@ def division_errors(
     errs += [f"div_companding: {n} {what} differ from div_rn's" for what, n in wrong.items() if n]
     return errs
 
-
-COMPANDING_TINY_BITS = (127 - 100) << 23
-"""The bits of 2^-100: below it :func:`division_errors` asks the companding's division for the codes alone."""
