@@ -840,10 +840,10 @@ class KronGroup(RefreshMixin, _Group):
         copies first)."""
         qls, qrs = stored
         core = torch.stack([g_rot, m_rot])
-        if qls is not None:
-            core = (ginv[0] if ginv[0] is not None else _gram_inverse(q32[0])) @ core
+        if qls is not None:  # (a stream side's Gram inverse is always there: _gram_inverses, cached)
+            core = ginv[0] @ core
         if qrs is not None:
-            core = core @ (ginv[1] if ginv[1] is not None else _gram_inverse(q32[1]))
+            core = core @ ginv[1]
         if qls is not None and qrs is not None:
             b, kl, kr = u_rot.shape
             wide = torch.stack([u_rot, core[0], core[1]], dim=2).reshape(b, kl, 3 * kr)  # [C_u C_g C_m]
