@@ -7,6 +7,8 @@
 #                         keyword arguments as JSON members, default '"cuda_graph": true'; EXTRA: more options,
 #                         e.g. '--set lowrank.COMPLEMENT_MAXNREG=168'); JSON to
 #                         $OUT/prof_LABEL.json, the lines that matter printed.
+#   profile_ab [N]        N rounds (default 2) of profile new / profile old ab_old, alternating (labels new, old,
+#                         new2, old2, ...).
 #   capture [KW]          bench.capture_check on the 405M GPT, a NaN at step 16 (KW: more SCAO keyword
 #                         arguments as JSON members): its verdict printed.
 #   capture_grow          bench.capture_check on the 43M GPT: a basis widened at step 8 (recaptures on both lanes),
@@ -29,6 +31,15 @@ profile() {
     --profile-steps 3 --scao-kwargs "{$KW}" $EXTRA --out "$OUT/prof_$1.json" > "$W/prof_$1.log" 2>&1)
   echo "profile $1 ($D) rc=$?"
   grep -E "step\(\)|inside step|host split|_complement_update|_sumsq|_ema_signed" "$W/prof_$1.log" | cut -c1-330 | head -8
+}
+
+profile_ab() {
+  local n=${1:-2} i s
+  for ((i = 1; i <= n; i++)); do
+    s=""; [ "$i" -gt 1 ] && s=$i
+    profile "new$s"
+    profile "old$s" ab_old
+  done
 }
 
 capture() {

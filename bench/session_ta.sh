@@ -14,10 +14,7 @@ echo "kernels old rc=$?"
 kernels_report "$OUT"/kernels_*.json
 grep -iE "division|mismatch|differ" "$W/kernels_new.log" | head -12
 capture_grow
-profile new
-profile old ab_old
-profile new2
-profile old2 ab_old
+profile_ab
 summary
 timeout 100 python3 -m bench.kernels --only ema_signed_,adamw_ --match "bf16" --sweep --out "$OUT/kernels_sweep.json" \
   > "$W/kernels_sweep.log" 2>&1

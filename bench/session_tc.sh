@@ -6,10 +6,7 @@
 NAME=tc
 . bench/session_lib.sh
 capture_grow
-profile new
-profile old ab_old
-profile new2
-profile old2 ab_old
+profile_ab
 summary
 timeout 200 python3 -m bench.kernels --out "$OUT/kernels.json" > "$W/kernels.log" 2>&1
 echo "kernels rc=$?"; grep -E "verify|GB/s" "$W/kernels.log" | head -40

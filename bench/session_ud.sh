@@ -10,24 +10,10 @@ timeout 240 python3 -m bench.kernels --only ema_signed_,adamw_,division --out "$
 echo "kernels new rc=$?"
 (cd ab_old && timeout 180 python3 -m bench.kernels --only ema_signed_,adamw_ --out "$OUT/kernels_old.json" > "$W/kernels_old.log" 2>&1)
 echo "kernels old rc=$?"
-for f in "$OUT"/kernels_*.json; do
-  python3 - "$f" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1]))
-v = d["verify"]
-print(sys.argv[1].split("/")[-1], "copy GB/s", round(d["copy"]["gbps"]), "verify ok", v.get("ok"), v.get("cases"), v.get("failures", [])[:3])
-print(d["markdown"])
-PY
-done
+kernels_report "$OUT"/kernels_*.json
 grep -iE "division|mismatch" "$W/kernels_new.log" | head -12
-timeout 100 python3 -m bench.capture_check --size small --steps 14 --grow-at 8 --nan-at 11 \
-  --out "$OUT/capture_small_grow.json" > "$W/capture_small_grow.log" 2>&1
-echo "capture small rc=$?"
-python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d.get(k) for k in ('bit_exact','state_mismatch_counts','graph_counts','inputs_counts','skipped_steps')})" "$OUT/capture_small_grow.json"
-profile new
-profile old ab_old
-profile new2
-profile old2 ab_old
+capture_grow
+profile_ab
 for f in "$OUT"/prof_*.json; do
   python3 -c "import json,sys; d=json.load(open(sys.argv[1])); c=d['cases']['scao_norefresh']; sw=c['torch_profile'].get('step_windows',{}); print(sys.argv[1].split('/')[-1], 'step', c['step_ms']['median'], 'adamw', d['cases']['adamw']['step_ms']['median'], 'busy', sw.get('busy_ms'), 'wall', sw.get('wall_ms'), 'peak', c.get('peak_mb'), 'skipped', c['counters'].get('skipped_steps', 0)); [print('   ', round(us,1), n[:40]) for n, calls, us in sw.get('kernels_in_step', [])[:4]]" "$f"
 done
