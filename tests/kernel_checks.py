@@ -114,10 +114,12 @@ def check_division() -> list[str]:
     product and two FMAs per value) == ``div_rn`` bit for bit, on a slice of the GPU's exhaustive check
     (``verify.division_errors``: 8 of the 128 bf16 mantissas of the divisor, the first 4096 fp32 mantissas
     of the dividend, in each regime); the companding's division (``common.div_companding``) on the 4096 ``|y|``
-    around 2^-100, where the check turns from quotients to codes (the interpreter runs its ``div_rn`` branch: the
-    hardware reciprocal's sequence is checked on the GPU, ``bench.kernels``)."""
+    around 2^-100, where the check turns from quotients to codes, and the branch-free square root
+    (``common.sqrt_nobranch``) on the same 4096 bit patterns, where it starts scaling its operand (the interpreter
+    runs their ``div_rn`` / ``sqrt_rn`` branches: the hardware sequences are checked on the GPU, ``bench.kernels``)."""
     tiny = verify.COMPANDING_TINY_BITS
-    errs = verify.division_errors(CPU, x_values=4096, mantissas=8, y_bits=(tiny - 2048, tiny + 2048))
+    near = (tiny - 2048, tiny + 2048)
+    errs = verify.division_errors(CPU, x_values=4096, mantissas=8, y_bits=near, sqrt_bits=near)
     print(f"division: {'ok' if not errs else f'{len(errs)} mismatches'}")
     return errs
 

@@ -39,10 +39,14 @@ NO_DIVISION = {"_apply_kernel", "_factor_corr_kernel"}
 """Kernels without a tensor division (the rest must show IEEE ``div.rn.f32``)."""
 NO_DIVISION |= {"_sumsq_kernel", "_stats_kernel", "_complement_update_kernel", "_finite_gather_kernel"}
 RECIPROCAL_SEED = r"rcp\.approx\.ftz\.f32"
-"""The one approximate instruction allowed, in the kernels that encode the signed companding: the reciprocal that
+"""One of two approximate instructions allowed, in the kernels that encode the signed companding: the reciprocal that
 seeds ``common.div_companding``'s Newton step and correction (its quotients are ``div_rn``'s, checked on every fp32
 on the GPU by ``verify.division_errors``). Taken out of the PTX before the flush-to-zero check."""
 COMPANDING = {"_ema_signed_kernel", "_adamw_kernel"}
+RSQRT_SEED = r"rsqrt\.approx\.ftz\.f32"
+"""The other one, in the kernels that take square roots of their second moments: the reciprocal square root that seeds
+``common.sqrt_nobranch`` (its roots are ``sqrt_rn``'s, checked on every fp32 on the GPU by the same check)."""
+SQRT_NOBRANCH = {"_rotated_adam_kernel", "_adamw_kernel"}
 DIVISION_IF = {"_stats_finish_kernel": "HAS_BACK"}
 """Kernels that divide only in the variants where this constexpr is true."""
 NEEDS_SQRT = {"_factor_diag_kernel", "_complement_prep_kernel"}
@@ -231,10 +235,12 @@ def main() -> int:
             k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs), target=target,
                                options=options)  # fmt: skip
             ptx = k.asm["ptx"]
-            if fn.__name__ in COMPANDING:
-                ptx, seeds = re.subn(RECIPROCAL_SEED, "", ptx)
-                if not seeds:
-                    res["compile"].append(f"{label}: no hardware reciprocal seed (common.div_companding) in the PTX")
+            for kernels, seed, what in ((COMPANDING, RECIPROCAL_SEED, "reciprocal seed (common.div_companding)"),
+                                        (SQRT_NOBRANCH, RSQRT_SEED, "rsqrt seed (common.sqrt_nobranch)")):  # fmt: skip
+                if fn.__name__ in kernels:
+                    ptx, seeds = re.subn(seed, "", ptx)
+                    if not seeds:
+                        res["compile"].append(f"{label}: no hardware {what} in the PTX")
         except Exception:
             res["compile"].append(f"{label}: compile failed\n{traceback.format_exc()[-9000:]}")
             continue

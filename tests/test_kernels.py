@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 240
@@ -252,3 +254,37 @@ def test_complement_twin_is_its_expression_and_its_math_within_ulps():
             moved += int((got != u).sum())
     assert checked > 30_000 and moved > checked // 4  # not vacuous: the update changes most of u
     assert 0.0 < worst < 2.0**-20, worst  # a few ulps of the term; not bit for bit (the roots round apart)
+
+
+def _magic_quotient(n: int, m: int, s: int) -> int:
+    """``common.div_magic`` in Python integers: ``umulhi(2n, m) >> s`` on 32 unsigned bits."""
+    return ((2 * n) * (m & 0xFFFFFFFF) >> 32) >> s
+
+
+@settings(max_examples=400, deadline=None)
+@given(d=st.integers(1, (1 << 31) - 1), n=st.integers(0, (1 << 30) - 1))
+def test_magic_divisor_is_floor_division(d, n):
+    """The group kernels' row index ``g // G`` by a high product and a shift (``common.magic_divisor``) == the
+    integer division for any divisor and any dividend below ``MAX_GROUPS``; the multiplier fits 32 bits."""
+    from scao_dist.kernels.common import MAX_GROUPS, magic_divisor
+
+    m, s = magic_divisor(d)
+    assert -(1 << 31) <= m < 1 << 31 and 0 <= s < 31
+    for k in (n, MAX_GROUPS - 1, d - 1, d, 2 * d - 1, (n // d) * d, (n // d) * d + d - 1):
+        if 0 <= k < MAX_GROUPS:
+            assert _magic_quotient(k, m, s) == k // d, (d, k)
+
+
+def test_magic_divisor_small_divisors_every_boundary():
+    """Every divisor a row of up to 2^16 scale groups gives, at each multiple's edges up to the top of the range."""
+    from scao_dist.kernels.common import MAX_GROUPS, magic_divisor
+
+    for d in [*range(1, 2049), 1 << 16, (1 << 16) - 1, 96, 24]:
+        m, s = magic_divisor(d)
+        top = (MAX_GROUPS - 1) // d * d
+        for q in (*range(0, 40), top // d - 1, top // d):
+            for k in (q * d - 1, q * d, q * d + d - 1):
+                if 0 <= k < MAX_GROUPS:
+                    assert _magic_quotient(k, m, s) == k // d, (d, k)
+    with pytest.raises(ValueError, match="divisor"):
+        magic_divisor(0)

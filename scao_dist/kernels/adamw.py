@@ -42,15 +42,21 @@ from .common import (
     group_tile,
     hyper_row,
     packed_ok,
+    sqrt_nobranch,
     writable,
     write_back,
 )
 from .moments import decode_table
 from .scalars import StepScalars
 
-BG = 64
-"""Scale groups per program (64 x 32 = 2048 values, 16 a thread at 4 warps): 0.96x the time of 32 groups with bf16
-weights, 0.98x with fp32 on an H200 (``bench.kernels --sweep``, BENCHMARKS.md §0, ``session_tb``)."""
+BG = 16
+WARPS = 1
+MAXNREG: int | None = 64
+"""Scale groups per program, warps and the register cap of the launch: 16 groups on one warp (16 values a thread)
+capped at 64 registers ran 0.96x the time of 64 groups on 4 warps uncapped with bf16 weights, 0.88x with fp32 on an
+H200 (``bench.kernels --only adamw_ --sweep``, BENCHMARKS.md §0, ``session_sb``): with fewer instructions a value
+the kernel is bound by latency, and smaller programs at a lower register count keep more of them in flight (the
+``session_tb`` sweep, before the codecs' last cuts, had favoured 64 groups on 4 warps)."""
 
 
 GRAD_DTYPES = (torch.float32, torch.bfloat16)
@@ -60,7 +66,7 @@ GRAD_DTYPES = (torch.float32, torch.bfloat16)
 @triton.jit(do_not_specialize=SHAPE_ARGS)
 def _adamw_kernel(
     w_ptr, rho_ptr, g_ptr, mc_ptr, ms_ptr, vc_ptr, vs_ptr, ib1_ptr, ib2_ptr, hp_ptr, lut_ptr,
-    nq, G, total, beta1, omb1, beta2, omb2, ib1, ib2, eps, c, lr,
+    nq, G, gm, gs, total, beta1, omb1, beta2, omb2, ib1, ib2, eps, c, lr,
     BG: tl.constexpr, NMUL: tl.constexpr, BC1_ROWS: tl.constexpr, BC2_ROWS: tl.constexpr, R: tl.constexpr,
     HP_DEV: tl.constexpr, ALIGNED: tl.constexpr,
 ):  # fmt: skip
@@ -73,7 +79,7 @@ def _adamw_kernel(
         ib2 = tl.load(hp_ptr + HP_IB2)
         c = tl.load(hp_ptr + HP_C)
         lr = tl.load(hp_ptr + HP_LR)
-    gid, row, gmask, coff, xoff, valid = group_tile(nq, G, total, BG, NMUL, ALIGNED)
+    gid, row, gmask, coff, xoff, valid = group_tile(nq, G, gm, gs, total, BG, NMUL, ALIGNED)
     g = tl.load(g_ptr + xoff, mask=valid, other=0.0).to(tl.float32)  # fp32 or bf16 (widened exactly)
     # first moment (ema_signed_)
     qm = tl.load(mc_ptr + coff, mask=gmask[:, None], other=0)
@@ -95,7 +101,7 @@ def _adamw_kernel(
         ib1 = tl.load(ib1_ptr + row, mask=gmask, other=1.0)[:, None]
     if BC2_ROWS:
         ib2 = tl.load(ib2_ptr + row, mask=gmask, other=1.0)[:, None]
-    u = tl.math.div_rn(m * ib1, tl.sqrt_rn(vq * ib2) + eps)
+    u = tl.math.div_rn(m * ib1, sqrt_nobranch(vq * ib2, True) + eps)
     # apply (apply_update_)
     if R == 0:
         w = tl.load(w_ptr + xoff, mask=valid, other=0.0)
@@ -103,7 +109,7 @@ def _adamw_kernel(
     else:
         wb = tl.load(w_ptr + xoff, mask=valid, other=0)
         rf = tl.load(rho_ptr + xoff, mask=valid, other=0).to(tl.float32)
-        nb, nr = master_update(wb, rf, u, c, lr, R)
+        nb, nr = master_update(wb, rf, u, c, lr, R, True)
         tl.store(w_ptr + xoff, nb, mask=valid)
         tl.store(rho_ptr + xoff, nr.to(rho_ptr.dtype.element_ty), mask=valid)
 
@@ -144,13 +150,14 @@ def adamw_(
         and hp is not None
         and all(isinstance(h, float | int) for h in floats)
     )
-    if not ok:
+    layout = group_layout(g) if ok else None
+    if layout is None:
         return reference.adamw_(
             w, rho, g, m_codes, m_scales, v_codes, v_scales,
             lr=lr, beta1=beta1, beta2=beta2, bc1=bc1, bc2=bc2, eps=eps, wd=wd, hyper=hyper,
         )  # fmt: skip
-    nq, G, total, nmul = group_layout(g)
-    if total == 0:
+    shape_args, nmul = layout
+    if shape_args[-1] == 0:
         return None
     R = correction_r(rho)
     bufs = [writable(t) for t in (w, m_codes, m_scales, v_codes, v_scales)]
@@ -158,14 +165,14 @@ def adamw_(
     rb = writable(rho) if rho is not None else None
     rows1, rows2 = isinstance(ib1, torch.Tensor), isinstance(ib2, torch.Tensor)
     c, lr = (1.0, 0.0) if hyper is not None else (1.0 - lr * wd, float(lr))
-    grid = (triton.cdiv(total, BG),)
+    grid = (triton.cdiv(shape_args[-1], BG),)
     _adamw_kernel[grid](
         bf16_bits(wb) if R else wb, rb if R else wb, g.contiguous(), mc, bf16_bits(ms), vc, bf16_bits(vs),
         ib1 if rows1 else g, ib2 if rows2 else g, hp, decode_table(g.device),
-        nq, G, total, float(beta1), 1.0 - beta1, float(beta2), 1.0 - beta2,
+        *shape_args, float(beta1), 1.0 - beta1, float(beta2), 1.0 - beta2,
         1.0 if rows1 else ib1, 1.0 if rows2 else ib2, float(eps), c, lr,
         BG=BG, NMUL=nmul, BC1_ROWS=rows1, BC2_ROWS=rows2, R=R, HP_DEV=hyper is not None,
-        ALIGNED=g.shape[-1] % 32 == 0, **LAUNCH,
+        ALIGNED=g.shape[-1] % 32 == 0, **{**LAUNCH, "num_warps": WARPS}, **({"maxnreg": MAXNREG} if MAXNREG else {}),
     )  # fmt: skip
     for dst, buf in zip((w, m_codes, m_scales, v_codes, v_scales), bufs):
         write_back(dst, buf)

@@ -21,11 +21,11 @@ from .common import (
     LAUNCH,
     bf16_bits,
     bf16_to_f32,
-    bf16_ulp,
     f32_to_bf16,
     gate_shut,
     hyper_row,
     rint,
+    rint_i32,
     writable,
     write_back,
 )
@@ -36,34 +36,73 @@ BLOCK = 2048
 
 
 @triton.jit
-def master_update(wb, rf, u, c, lr, R: tl.constexpr):
-    """(bf16 bits, fp32 rho, update) -> (new bf16 bits, new fp32 rho): join, step, split.
+def master_update(wb, rf, u, c, lr, R: tl.constexpr, SHORT: tl.constexpr):
+    """(bf16 bits, fp32 rho, update) -> (new bf16 bits, new rho): join, step, split.
 
     x = (w + rho·(ulp(w)·(1/2R)))·c - u·lr ; w' = bf16(x) ; rho' = clamp(round((x - w')·2R / ulp(w')), ±R)
 
-    The division by the power of two ``ulp(w')`` is a product (:func:`over_bf16_ulp`), same bits.
+    The division by the power of two ``ulp(w')`` is a product (:func:`over_bf16_ulp`), same bits. Two spellings of
+    the same bits: ``SHORT`` (``apply_update_``, ``adamw_``) takes ``ulp(w)·(1/2R)`` as one product of ``w``'s power
+    of two (:func:`exponent_bits`) and the constant ``2^-7·(1/2R)`` (the same real number as the twin's two
+    factors, so the same rounding: ``ulp(w) = 2^(E-134)`` is exact, and so is ``2^-7`` times the fp32 ``1/2R``) and
+    rounds ``rho'`` by the hardware's conversion (:func:`.common.rint_i32`, int32 out); the long form (the
+    complement's epilogue, which ran ~10% slower in the 405M step with the short one: its compiled schedule at 168
+    registers, BENCHMARKS.md §0) builds ``ulp`` from the exponent field as :func:`scao_dist.quant.bf16_ulp` does and
+    rounds in fp32 (:func:`.common.rint`, fp32 out).
     """
     w = bf16_to_f32(wb)
-    x = (w + rf * (bf16_ulp(w) * (1.0 / (2.0 * R)))) * c - u * lr
+    if SHORT:
+        step = exponent_bits(w).to(tl.float32, bitcast=True) * (0.0078125 / (2.0 * R))  # 2^-7 / 2R
+    else:
+        step = bf16_ulp(w) * (1.0 / (2.0 * R))
+    x = (w + rf * step) * c - u * lr
     nb = f32_to_bf16(x)
     nw = bf16_to_f32(nb)
-    r = rint(over_bf16_ulp((x - nw) * (2.0 * R), nw))
+    if SHORT:
+        r = rint_i32(over_bf16_ulp((x - nw) * (2.0 * R), nw, True))
+    else:
+        r = rint(over_bf16_ulp((x - nw) * (2.0 * R), nw, False))
     return nb, tl.minimum(tl.maximum(r, -R), R)
 
 
 @triton.jit
-def over_bf16_ulp(a, w):
+def exponent_bits(w):
+    """The bits of ``2^(E-127)`` for fp32 ``w`` with ``E = max(exponent field, 1)`` (``w``'s power of two, the
+    smallest normal for zeros and subnormals): ``bf16_ulp(w) = 2^(E-134)`` is that times ``2^-7``."""
+    return tl.maximum(w.to(tl.int32, bitcast=True) & 0x7F800000, 0x00800000)
+
+
+@triton.jit
+def bf16_ulp(w):
+    """``quant.bf16_ulp``: spacing of bf16 at fp32 ``w`` (a bf16 value): ``2^(E-134)``, E = max(exp, 1).
+
+    Built from bits: a normal fp32 for E > 7, a subnormal ``2^(E+15) * 2^-149`` for E <= 7.
+    """
+    e = (w.to(tl.int32, bitcast=True) >> 23) & 0xFF
+    normal = ((e - 7) << 23).to(tl.float32, bitcast=True)
+    sub = (1 << (tl.minimum(tl.maximum(e, 1), 7) + 15)).to(tl.float32, bitcast=True)  # shift < 32
+    return tl.where(e > 7, normal, sub)
+
+
+@triton.jit
+def over_bf16_ulp(a, w, SHORT: tl.constexpr):
     """``a / bf16_ulp(w)``, bit for bit as ``div_rn`` gives it, without a division.
 
     ``bf16_ulp(w) = 2^(E-134)`` (E = max(exponent field, 1)), so the quotient is ``a`` times the power
     of two ``2^(134-E)``: one product, rounded once like the division (both round the same real
     number). For E < 7 that factor overflows fp32; ``a 2^64`` first (exact: only ``a``'s exponent
-    moves, and ``|a| <= 2^8 ulp(w)`` cannot overflow), then ``2^(70-E)``.
+    moves, and ``|a| <= 2^8 ulp(w)`` cannot overflow), then ``2^(70-E)``. ``SHORT``: built from
+    :func:`exponent_bits` ``= E << 23``, as ``(261 << 23) - (E << 23)``; else from the field itself.
     """
-    e = tl.maximum((w.to(tl.int32, bitcast=True) >> 23) & 0xFF, 1)
-    small = e < 7
+    if SHORT:
+        eb = exponent_bits(w)
+        small = eb < (7 << 23)
+        inv = (tl.where(small, 197 << 23, 261 << 23) - eb).to(tl.float32, bitcast=True)  # 2^(70-E) or 2^(134-E)
+    else:
+        e = tl.maximum((w.to(tl.int32, bitcast=True) >> 23) & 0xFF, 1)
+        small = e < 7
+        inv = (tl.where(small, 197 - e, 261 - e) << 23).to(tl.float32, bitcast=True)
     pre = tl.where(small, 18446744073709551616.0, 1.0)  # 2^64
-    inv = (tl.where(small, 197 - e, 261 - e) << 23).to(tl.float32, bitcast=True)  # 2^(70-E) or 2^(134-E)
     return (a * pre) * inv
 
 
@@ -85,7 +124,7 @@ def _apply_kernel(w_ptr, rho_ptr, u_ptr, hp_ptr, N, c, lr, R: tl.constexpr, BLOC
     else:
         wb = tl.load(w_ptr + offs, mask=mask, other=0)
         rf = tl.load(rho_ptr + offs, mask=mask, other=0).to(tl.float32)
-        nb, nr = master_update(wb, rf, u, c, lr, R)
+        nb, nr = master_update(wb, rf, u, c, lr, R, True)
         tl.store(w_ptr + offs, nb, mask=mask)
         tl.store(rho_ptr + offs, nr.to(rho_ptr.dtype.element_ty), mask=mask)
 

@@ -118,6 +118,16 @@ HW_RCP: tl.constexpr = tl.constexpr(not INTERPRETED)
 cannot run); under the interpreter it is ``div_rn`` itself."""
 
 
+HW_CVT: tl.constexpr = tl.constexpr(not INTERPRETED)
+"""Round fp32 to an integer by the hardware's conversions (``cvt.rni.s32.f32``, ``cvt.rmi.s32.f32``: one
+instruction for what the bit-level path does in three or more; inline PTX, which the interpreter cannot run) in
+:func:`rint_i32` and :func:`floor_clamp`; the interpreter takes the fp32 path, the same integers."""
+
+HW_RSQRT: tl.constexpr = tl.constexpr(not INTERPRETED)
+"""Seed :func:`sqrt_nobranch` with the hardware reciprocal square root (``rsqrt.approx.ftz.f32``, inline PTX);
+under the interpreter it is ``sqrt_rn`` itself."""
+
+
 @triton.jit
 def f32_to_bf16(x):
     """fp32 -> int16 bf16 bit pattern, round to nearest even.
@@ -151,15 +161,58 @@ def rint(v):
 
 
 @triton.jit
-def bf16_ulp(w):
-    """``quant.bf16_ulp``: spacing of bf16 at fp32 ``w`` (a bf16 value): ``2^(E-134)``, E = max(exp, 1).
+def rint_i32(v):
+    """``torch.round(v)`` (half to even) as int32, for ``|v| <= 2^22``: one ``cvt.rni.s32.f32`` on the GPU
+    (:data:`HW_CVT`), :func:`rint` and an exact conversion under the interpreter."""
+    if HW_CVT:
+        r = tl.inline_asm_elementwise("cvt.rni.s32.f32 $0, $1;", "=r,f", [v], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        r = rint(v).to(tl.int32)
+    return r
 
-    Built from bits: a normal fp32 for E > 7, a subnormal ``2^(E+15) * 2^-149`` for E <= 7.
-    """
-    e = (w.to(tl.int32, bitcast=True) >> 23) & 0xFF
-    normal = ((e - 7) << 23).to(tl.float32, bitcast=True)
-    sub = (1 << (tl.minimum(tl.maximum(e, 1), 7) + 15)).to(tl.float32, bitcast=True)  # shift < 32
-    return tl.where(e > 7, normal, sub)
+
+@triton.jit
+def floor_clamp(t, LIM: tl.constexpr):
+    """``clamp(floor(t), -LIM, LIM)`` as int32 for any non-NaN fp32 ``t`` (``LIM < 2^22``).
+
+    On the GPU (:data:`HW_CVT`) ``cvt.rmi.s32.f32``, which rounds toward -inf without flushing subnormals
+    (``-2^-130 -> -1``; ``tl.floor`` is the ``.ftz`` form, which gives 0 there) and saturates at the int32 range,
+    then the clamp in integers. Under the interpreter: ``t`` clamped to ``±(LIM + 1)`` first (same floor inside
+    the range, and inside :func:`rint`'s exact range), ``floor = rint(t) - [rint(t) > t]``."""
+    if HW_CVT:
+        q = tl.inline_asm_elementwise("cvt.rmi.s32.f32 $0, $1;", "=r,f", [t], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        x = tl.minimum(tl.maximum(t, -(LIM + 1.0)), LIM + 1.0)
+        r = rint(x)
+        q = (r - tl.where(r > x, 1.0, 0.0)).to(tl.int32)
+    return tl.minimum(tl.maximum(q, -LIM), LIM)
+
+
+@triton.jit
+def sqrt_nobranch(x, INF: tl.constexpr):
+    """``sqrt_rn(x)`` for ``x`` in [0, FMAX] (and ``+inf`` with ``INF``; NaN gives NaN), bit for bit, without the
+    IEEE square root's range check and branch, so the compiler can interleave a tile's square roots.
+
+    The IEEE square root's own fast path: ``r = rsqrt(x)`` (the hardware's approximation), ``s = x r``,
+    ``e = x - s²`` (one FMA, exact) and ``s + e (r/2)``, correctly rounded for every ``x >= 2^-101`` (where the
+    library's check sends it). Smaller ``x`` (0, subnormals) are first scaled by ``2^64`` and the root by ``2^-32``
+    (both exact: the root of a positive fp32 is normal); 0 seeds the reciprocal at ``2^-126`` (``rsqrt(0)`` is
+    infinite) and comes out 0. ``verify.division_errors`` checks every fp32 in [0, inf] against ``sqrt_rn``."""
+    if HW_RSQRT:
+        tiny = x < 7.888609052210118e-31  # 2^-100
+        xs = x * tl.where(tiny, 18446744073709551616.0, 1.0)  # 2^64
+        r = tl.inline_asm_elementwise(
+            "rsqrt.approx.ftz.f32 $0, $1;", "=f,f", [tl.maximum(xs, 1.1754943508222875e-38)], dtype=tl.float32,
+            is_pure=True, pack=1,
+        )  # fmt: skip
+        s = xs * r
+        y = tl.fma(tl.fma(-s, s, xs), r * 0.5, s)
+        y = y * tl.where(tiny, 2.3283064365386963e-10, 1.0)  # 2^-32
+        if INF:
+            y = tl.where(x == float("inf"), x, y)  # (rsqrt(inf) = 0: s would be NaN)
+    else:
+        y = tl.sqrt_rn(x)
+    return y
 
 
 # ---------------------------------------------------------------------------- group codecs
@@ -225,12 +278,14 @@ def encode_signed(x):
 
     s = bf16 round-up of max|x|; y = clamp(x/s, -1, 1); q = round(127 · 2y/(1+|y|)).
     Returns (int8 codes, int16 scale bits [groups], fp32 scales [groups]).
+
+    The twin's ``where(s > 0, ..., 0)`` and clamp are no-ops for finite ``x`` and left out: ``s >= |x|``, so the
+    correctly rounded ``x/s`` is in [-1, 1], and a group with ``s = 0`` holds only zeros (``±0/1`` codes as 0).
     """
     sbits, s = bf16_ceil(tl.max(tl.abs(x), axis=1))
-    y = tl.where(s[:, None] > 0, div_by_groups(x, tl.where(s > 0, s, 1.0)), 0.0)
-    y = tl.minimum(tl.maximum(y, -1.0), 1.0)
+    y = div_by_groups(x, tl.where(s > 0, s, 1.0))
     phi = div_companding(2.0 * y, 1.0 + tl.abs(y))
-    return rint(phi * 127.0).to(tl.int8), sbits, s
+    return rint_i32(phi * 127.0).to(tl.int8), sbits, s
 
 
 @triton.jit
@@ -249,33 +304,61 @@ def encode_sqrt(v):
 
     u = sqrt(clamp(v, 0, FMAX)), s = bf16 round-up of max u, q = round(255 · clamp(u/s, 0, 1)).
     Returns (uint8 codes, int16 scale bits [groups], fp32 scales [groups]).
+
+    For ``v >= 0`` (every caller's: a sum of products of non-negatives) the clamps at 0 and 1 and the twin's
+    ``where(s > 0, ..., 0)`` are no-ops, left out as in :func:`encode_signed`.
     """
-    u = tl.sqrt_rn(tl.minimum(tl.maximum(v, 0.0), FMAX))
+    u = sqrt_nobranch(tl.minimum(v, FMAX), False)
     sbits, s = bf16_ceil(tl.max(u, axis=1))
-    r = tl.where(s[:, None] > 0, div_by_groups(u, tl.where(s > 0, s, 1.0)), 0.0)
-    r = tl.minimum(tl.maximum(r, 0.0), 1.0)
-    return rint(r * 255.0).to(tl.uint8), sbits, s
+    r = div_by_groups(u, tl.where(s > 0, s, 1.0))
+    return rint_i32(r * 255.0).to(tl.uint8), sbits, s
+
+
+MAX_GROUPS = 1 << 30
+"""Scale groups a group kernel takes in one launch (:func:`div_magic`'s range); more go to the twins."""
+
+
+def magic_divisor(d: int) -> tuple[int, int]:
+    """``(m, s)`` for :func:`div_magic`: ``floor(n/d) = umulhi(2n, m) >> s`` for every ``0 <= n < 2^30``.
+
+    Granlund and Montgomery's round-up multiplier: with ``l = ceil(log2 d)``, ``s = max(l - 1, 0)`` and
+    ``m = ceil(2^(31+s) / d)``, the error ``e = m d - 2^(31+s) <= d - 1 < 2^l`` keeps ``floor(m n / 2^(31+s))`` on
+    ``floor(n/d)`` for every ``n < 2^(31+s-l) = 2^30`` (``2^31`` for ``d = 1``). ``m <= 2^31`` fits 32 unsigned bits;
+    it is returned as the int32 with those bits (a launch argument of one type for every ``d``)."""
+    if not 1 <= d < 1 << 31:
+        raise ValueError(f"magic_divisor: divisor {d} is outside [1, 2^31)")
+    s = max((d - 1).bit_length() - 1, 0)
+    m = -(-(1 << (31 + s)) // d)
+    return (m - (1 << 32) if m >= 1 << 31 else m), s
 
 
 @triton.jit
-def group_tile(nq, G, total, BG: tl.constexpr, NMUL: tl.constexpr, ALIGNED: tl.constexpr):
+def div_magic(n, m, s):
+    """``floor(n / d)`` for int32 ``0 <= n < 2^30`` and ``(m, s) = magic_divisor(d)``: a high product and a shift
+    (three instructions) instead of the integer division's ~20."""
+    q = tl.umulhi((n << 1).to(tl.uint32, bitcast=True), m.to(tl.uint32, bitcast=True)) >> s.to(tl.uint32)
+    return q.to(tl.int32, bitcast=True)
+
+
+@triton.jit
+def group_tile(nq, G, gm, gs, total, BG: tl.constexpr, NMUL: tl.constexpr, ALIGNED: tl.constexpr):
     """Offsets of this program's [BG, 32] tile of scale groups.
 
     The operands are (R, n) rows (all leading dims flattened), the codes (R, G·32) and the
     scales (R, G), with ``n = nq·NMUL`` (see :func:`group_layout`). Group ``gid`` is group
-    ``gid % G`` of row ``gid // G``; its codes sit at ``gid·32 + lane`` and its values at
-    ``row·n + (gid % G)·32 + lane``. Returns (gid [BG], row [BG], group mask [BG], codes offsets,
-    value offsets, value mask [BG, 32]).
+    ``gid % G`` of row ``gid // G`` (:func:`div_magic` by ``(gm, gs) = magic_divisor(G)``); its codes sit at
+    ``gid·32 + lane`` and its values at ``row·n + (gid % G)·32 + lane``. Returns (gid [BG], row [BG], group mask
+    [BG], codes offsets, value offsets, value mask [BG, 32]).
 
     ``ALIGNED`` (rows of a multiple of 32 values, ``n = 32 G``): a group's values sit at its codes' offsets,
-    ``row·n + (gid % G)·32 = gid·32``, so neither the row nor a per-value bound is worked out (the row's
-    integer division is a tenth of the first moment's instructions). Only for a kernel whose widths never
+    ``row·n + (gid % G)·32 = gid·32``, so neither the row nor a per-value bound is worked out. Only for a kernel
+    whose widths never
     change mid-run (:data:`ALIGNED_KERNELS`): a basis that grows by 16 would toggle it (:data:`SHAPE_ARGS`).
     """
     n = nq * NMUL  # NMUL tells the compiler how rows are aligned: 4 or more gives 16-byte vector loads
     g32 = tl.program_id(0) * BG + tl.arange(0, BG)
     gmask = g32 < total
-    row32 = g32 // G
+    row32 = div_magic(g32, gm, gs)
     gid = g32.to(tl.int64)
     row = row32.to(tl.int64)
     lane = tl.arange(0, GROUP)
@@ -290,9 +373,10 @@ def group_tile(nq, G, total, BG: tl.constexpr, NMUL: tl.constexpr, ALIGNED: tl.c
     return gid, row, gmask, coff, xoff, valid
 
 
-SHAPE_ARGS = ["nq", "G", "total"]
+SHAPE_ARGS = ["nq", "G", "gm", "gs", "total"]
 """Size arguments of the group kernels, kept out of Triton's specialisation (``do_not_specialize``):
-a basis that grows by 16 columns at a refresh changes ``n % 32``, ``G == 1`` and ``total % 16``,
+a basis that grows by 16 columns at a refresh changes ``n % 32``, ``G == 1``, ``G``'s multiplier and shift and
+``total % 16``,
 and each of those would otherwise compile a new variant mid-run (measured: 320-355 ms stalls
 in the 405M run, BENCHMARKS.md §0c). Only ``NMUL`` (a constexpr) varies: it is 16 for every
 width the groups allocate (multiples of 16) except a basis capped at ``d - p``."""
@@ -303,15 +387,18 @@ ALIGNED_KERNELS = ("ema_signed_", "adamw_")
 read weight-shaped operands (the first moment, the 1-D AdamW rows), whose widths are fixed for a run."""
 
 
-def group_layout(x: torch.Tensor) -> tuple[int, int, int, int]:
-    """``(nq, G, total, NMUL)`` of an (..., n) operand for :func:`group_tile`: ``n = nq·NMUL`` with
-    ``NMUL = gcd(n, 16)`` (the alignment the compiler may assume), ``G = ceil(n/32)`` groups per
-    row, ``total`` groups in all."""
+def group_layout(x: torch.Tensor) -> tuple[tuple[int, int, int, int, int], int] | None:
+    """``((nq, G, gm, gs, total), NMUL)`` of an (..., n) operand for :func:`group_tile` (the first five are its
+    launch arguments): ``n = nq·NMUL`` with ``NMUL = gcd(n, 16)`` (the alignment the compiler may assume),
+    ``G = ceil(n/32)`` groups per row, ``(gm, gs) = magic_divisor(G)``, ``total`` groups in all. ``None`` for
+    :data:`MAX_GROUPS` groups or more (the caller then uses the reference)."""
     n = x.shape[-1]
-    G = (n + 31) // 32
+    G = max((n + 31) // 32, 1)
     total = (x.numel() // n if n else 0) * G
+    if total >= MAX_GROUPS:
+        return None
     nmul = math.gcd(n, 16) or 1
-    return n // nmul, G, total, nmul
+    return (n // nmul, G, *magic_divisor(G), total), nmul
 
 
 # -------------------------------------------------------------------------- host-side helpers
@@ -414,6 +501,31 @@ def _companding_check_kernel(count_ptr, y0, BLOCK: tl.constexpr):
         tl.atomic_add(count_ptr, tl.sum(differ.to(tl.int32), axis=0))
         codes = rint(fast * 127.0) != rint(ref * 127.0)
         tl.atomic_add(count_ptr + 1, tl.sum(codes.to(tl.int32), axis=0))
+
+
+@triton.jit
+def _sqrt_check_kernel(count_ptr, x0, hi, BLOCK: tl.constexpr):
+    """Program i: the fp32 with bit patterns ``x0 + i BLOCK + [0, BLOCK)`` below ``hi`` through :func:`sqrt_nobranch`
+    and through ``sqrt_rn``; adds the results whose bits differ to ``count_ptr[0]``."""
+    bits = x0 + tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    x = bits.to(tl.float32, bitcast=True)
+    fast = sqrt_nobranch(x, True).to(tl.int32, bitcast=True)
+    differ = (fast != tl.sqrt_rn(x).to(tl.int32, bitcast=True)) & (bits < hi)
+    tl.atomic_add(count_ptr, tl.sum(differ.to(tl.int32), axis=0))
+
+
+SQRT_X_BITS = (0, 0x7F800001)
+"""Bit patterns of the ``x`` :func:`sqrt_mismatches` runs through by default: every fp32 in [0, inf]."""
+
+
+def sqrt_mismatches(device: torch.device, lo: int = SQRT_X_BITS[0], hi: int = SQRT_X_BITS[1]) -> int:
+    """How many fp32 with bit patterns in ``[lo, hi)`` (by default all of [0, inf]) :func:`sqrt_nobranch` takes to
+    other bits than ``sqrt_rn`` (must be 0)."""
+    block = 1024
+    count = torch.zeros(1, dtype=torch.int32, device=device)
+    if hi > lo:
+        _sqrt_check_kernel[(-(-(hi - lo) // block),)](count, lo, hi, BLOCK=block, **LAUNCH)
+    return int(count.item())
 
 
 COMPANDING_Y_BITS = (0, 0x3F800001)

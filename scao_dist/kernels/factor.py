@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from . import reference
-from .common import INV127, LAUNCH, gate_shut, hyper_row, new_output, rint, tile_coords, writable, write_back
+from .common import INV127, LAUNCH, floor_clamp, gate_shut, hyper_row, new_output, tile_coords, writable, write_back
 from .scalars import StepScalars
 
 MAX_BJ = 128
@@ -103,12 +103,7 @@ def _factor_corr_kernel(
     f = tl.where(i[:, None] == j[None, :], f_ii, f)  # decode_corr restores the old diagonal exactly
     c = (f * inv_i) * inv_j
     u = hash_uniform(i.to(tl.uint32)[:, None] * d + j.to(tl.uint32)[None, :], seed)
-    # floor(t) clamped to ±127 == floor(clamp(t, ±128)) clamped to ±127 for every non-NaN t; the clamp
-    # keeps t inside the exact range of rint. floor(t) = rint(t) - [rint(t) > t]: tl.floor is
-    # cvt.rmi.ftz on NVIDIA (-2^-130 -> 0, not -1)
-    x = tl.minimum(tl.maximum(c * 127.0 + u, -128.0), 128.0)
-    r = rint(x)
-    qn = tl.minimum(tl.maximum(r - tl.where(r > x, 1.0, 0.0), -127.0), 127.0)
+    qn = floor_clamp(c * 127.0 + u, 127)
     tl.store(codes_ptr + off, qn.to(tl.int8), mask=mask)
 
 

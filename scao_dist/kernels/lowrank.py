@@ -522,7 +522,7 @@ def _complement_update_kernel(
     elif R == 0:  # fp32 weights
         store_tile(wp, w * c - u * lr, mask, EVEN)
     else:
-        nb, nr = master_update(w, rho.to(tl.float32), u, c, lr, R)
+        nb, nr = master_update(w, rho.to(tl.float32), u, c, lr, R, False)  # (the long form: see its docstring)
         store_tile(wp, nb, mask, EVEN)
         store_tile(rho_ptr + off, nr.to(rho_ptr.dtype.element_ty), mask, EVEN)
 

@@ -25,6 +25,7 @@ from .common import (
     bias_rows,
     decode_signed,
     decode_sqrt,
+    div_magic,
     encode_signed,
     encode_sqrt,
     f32_to_bf16,
@@ -33,8 +34,10 @@ from .common import (
     group_layout,
     group_tile,
     hyper_row,
+    magic_divisor,
     new_output,
     packed_ok,
+    sqrt_nobranch,
     writable,
     write_back,
 )
@@ -81,7 +84,7 @@ def decode_table(device: torch.device) -> torch.Tensor:
 
 @triton.jit(do_not_specialize=SHAPE_ARGS)
 def _ema_signed_kernel(
-    codes_ptr, scales_ptr, x_ptr, out_ptr, lut_ptr, hp_ptr, nq, G, total, beta, omb, BG: tl.constexpr,
+    codes_ptr, scales_ptr, x_ptr, out_ptr, lut_ptr, hp_ptr, nq, G, gm, gs, total, beta, omb, BG: tl.constexpr,
     NMUL: tl.constexpr, OUT_BF16: tl.constexpr, LUT: tl.constexpr, HP_DEV: tl.constexpr, ALIGNED: tl.constexpr,
 ):  # fmt: skip
     """m = decode(codes, scales)·beta + x·(1-beta); (codes, scales) <- encode(m); out <- m (x fp32 or bf16;
@@ -91,7 +94,7 @@ def _ema_signed_kernel(
     if HP_DEV:  # noqa: SIM102 (the row is read only when there is one)
         if gate_shut(hp_ptr):
             return
-    gid, _row, gmask, coff, xoff, valid = group_tile(nq, G, total, BG, NMUL, ALIGNED)
+    gid, _row, gmask, coff, xoff, valid = group_tile(nq, G, gm, gs, total, BG, NMUL, ALIGNED)
     q = tl.load(codes_ptr + coff, mask=gmask[:, None], other=0)
     s = bf16_to_f32(tl.load(scales_ptr + gid, mask=gmask, other=0))
     x = tl.load(x_ptr + xoff, mask=valid, other=0.0).to(tl.float32)
@@ -110,10 +113,10 @@ def _ema_signed_kernel(
         tl.store(out_ptr + xoff, m, mask=valid)
 
 
-@triton.jit(do_not_specialize=[*SHAPE_ARGS, "frows"])
+@triton.jit(do_not_specialize=[*SHAPE_ARGS, "fm", "fs"])
 def _rotated_adam_kernel(
     codes_ptr, scales_ptr, g_ptr, m_ptr, out_ptr, ib1_ptr, ib2_ptr, hp_ptr, floor_ptr,
-    nq, G, total, beta2, omb2, ib1, ib2, eps, frows,
+    nq, G, gm, gs, total, beta2, omb2, ib1, ib2, eps, fm, fs,
     BG: tl.constexpr, NMUL: tl.constexpr, BC1_ROWS: tl.constexpr, BC2_ROWS: tl.constexpr, HP_DEV: tl.constexpr,
     FLOOR: tl.constexpr,
 ):  # fmt: skip
@@ -122,12 +125,12 @@ def _rotated_adam_kernel(
     ``v̂`` is the stored value, decoded with the zero-code floor. ``ib1``/``ib2`` are ``1/bc`` as
     scalars, per row (``BC*_ROWS``: loaded from ``ib*_ptr[row]``), or from the step scalars at
     ``hp_ptr`` (``HP_DEV``; nothing is written when its gate is shut). ``f``: ``floor_ptr[row // frows]`` with
-    ``FLOOR``, else no floor.
+    ``FLOOR`` (``(fm, fs) = magic_divisor(frows)``), else no floor.
     """
     if HP_DEV:  # noqa: SIM102 (the row is read only when there is one)
         if gate_shut(hp_ptr):
             return
-    gid, row, gmask, coff, xoff, valid = group_tile(nq, G, total, BG, NMUL, False)  # (widths vary: no ALIGNED)
+    gid, row, gmask, coff, xoff, valid = group_tile(nq, G, gm, gs, total, BG, NMUL, False)  # (widths vary: no ALIGNED)
     q = tl.load(codes_ptr + coff, mask=gmask[:, None], other=0)
     s = bf16_to_f32(tl.load(scales_ptr + gid, mask=gmask, other=0))
     g = tl.load(g_ptr + xoff, mask=valid, other=0.0)
@@ -145,10 +148,10 @@ def _rotated_adam_kernel(
     if BC2_ROWS:
         ib2 = tl.load(ib2_ptr + row, mask=gmask, other=1.0)[:, None]
     if FLOOR:
-        f = tl.load(floor_ptr + row // frows, mask=gmask, other=0.0)[:, None]
+        f = tl.load(floor_ptr + div_magic(row.to(tl.int32), fm, fs), mask=gmask, other=0.0)[:, None]
         vq = tl.maximum(vq, f, propagate_nan=tl.PropagateNan.ALL)
     m = tl.load(m_ptr + xoff, mask=valid, other=0.0)
-    u = tl.math.div_rn(m * ib1, tl.sqrt_rn(vq * ib2) + eps)
+    u = tl.math.div_rn(m * ib1, sqrt_nobranch(vq * ib2, True) + eps)
     tl.store(out_ptr + xoff, u, mask=valid)
 
 
@@ -164,9 +167,11 @@ def ema_signed_(
     x_ok = packed_ok(codes, scales, x, torch.int8, (torch.float32, torch.bfloat16))
     hp = hyper_row(hyper, x.device, x)
     bad = not isinstance(beta, float | int) or out_dtype not in (torch.float32, torch.bfloat16) or hp is None
-    if not x_ok or bad:
+    layout = group_layout(x) if x_ok else None
+    if layout is None or bad:
         return reference.ema_signed_(codes, scales, x, beta, out_dtype, hyper=hyper)
-    nq, G, total, nmul = group_layout(x)
+    shape_args, nmul = layout
+    total = shape_args[-1]
     out = new_output(x.shape, x.device, out_dtype)
     bf16 = out_dtype == torch.bfloat16
     if total == 0:
@@ -176,7 +181,7 @@ def ema_signed_(
     bg, warps = (EMA_BG, EMA_WARPS) if aligned else (EMA_BG_ODD, EMA_WARPS_ODD)
     lut = decode_table(x.device) if DECODE_LUT else c
     _ema_signed_kernel[(triton.cdiv(total, bg),)](
-        c, bf16_bits(s), x.contiguous(), bf16_bits(out) if bf16 else out, lut, hp, nq, G, total, float(beta),
+        c, bf16_bits(s), x.contiguous(), bf16_bits(out) if bf16 else out, lut, hp, *shape_args, float(beta),
         1.0 - beta, BG=bg, NMUL=nmul, OUT_BF16=bf16, LUT=DECODE_LUT, HP_DEV=hyper is not None,
         ALIGNED=aligned, **{**LAUNCH, "num_warps": warps},
     )  # fmt: skip
@@ -207,9 +212,11 @@ def rotated_adam_(
     hp = hyper_row(hyper, g.device, g)
     ok = packed_ok(codes, scales, g, torch.uint8) and m.shape == g.shape and m.dtype == torch.float32
     bad_floor = floor is not None and fl is None
-    if not ok or ib1 is None or ib2 is None or hp is None or m.device != g.device or bad_floor:
+    layout = group_layout(g) if ok else None
+    if layout is None or ib1 is None or ib2 is None or hp is None or m.device != g.device or bad_floor:
         return reference.rotated_adam_(codes, scales, g, m, beta2, bc1, bc2, eps, hyper=hyper, floor=floor)
-    nq, G, total, nmul = group_layout(g)
+    shape_args, nmul = layout
+    total = shape_args[-1]
     out = new_output(g.shape, g.device)
     if total == 0:
         return out
@@ -219,8 +226,8 @@ def rotated_adam_(
     _rotated_adam_kernel[grid](
         c, bf16_bits(s), g.contiguous(), m.contiguous(), out,
         ib1 if rows1 else out, ib2 if rows2 else out, out if hyper is None else hp, out if fl is None else fl[0],
-        nq, G, total, float(beta2), 1.0 - beta2, 1.0 if rows1 else ib1, 1.0 if rows2 else ib2, float(eps),
-        1 if fl is None else fl[1],
+        *shape_args, float(beta2), 1.0 - beta2, 1.0 if rows1 else ib1, 1.0 if rows2 else ib2, float(eps),
+        *magic_divisor(1 if fl is None else fl[1]),
         BG=BG, NMUL=nmul, BC1_ROWS=rows1, BC2_ROWS=rows2, HP_DEV=hyper is not None, FLOOR=fl is not None,
         **LAUNCH,
     )  # fmt: skip

@@ -853,12 +853,15 @@ def division_errors(
     x_values: int = 1 << 23,
     mantissas: int = 128,
     y_bits: tuple[int, int] = common.COMPANDING_Y_BITS,
+    sqrt_bits: tuple[int, int] = common.SQRT_X_BITS,
 ) -> list[str]:
     """The codecs' divisions against ``div_rn``, bit for bit: the per-group one (:func:`.common.div_by_groups`)
     over ``x_values`` fp32 mantissas of the dividend and ``mantissas`` bf16 mantissas of the divisor in each of
     :data:`.common.DIVISION_REGIMES` (:func:`.common.division_mismatches`; all of them by default), and the
     companding's (:func:`.common.div_companding`) over the ``|y|`` bit patterns ``y_bits`` (every fp32 in [-1, 1]
-    by default): no code may differ, nor any quotient of ``|y| >= 2^-100``."""
+    by default): no code may differ, nor any quotient of ``|y| >= 2^-100``. And the branch-free square root
+    (:func:`.common.sqrt_nobranch`) against ``sqrt_rn`` over the bit patterns ``sqrt_bits`` (every fp32 in [0, inf]
+    by default): no result may differ."""
     counts = common.division_mismatches(device, x_values, mantissas)
     errs = [f"div_by_groups [{regime}]: {n} quotients differ from div_rn" for regime, n in counts.items() if n]
     lo, hi = y_bits
@@ -866,5 +869,6 @@ def division_errors(
     below, above = common.companding_mismatches(device, lo, tiny), common.companding_mismatches(device, tiny, hi)
     wrong = {"codes": below["codes"] + above["codes"], "quotients of |y| >= 2^-100": above["quotients"]}
     errs += [f"div_companding: {n} {what} differ from div_rn's" for what, n in wrong.items() if n]
-    return errs
+    n = common.sqrt_mismatches(device, *sqrt_bits)
+    return errs + ([f"sqrt_nobranch: {n} roots differ from sqrt_rn's"] if n else [])
 
