@@ -32,6 +32,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from bench import knobs
+
 # what each kernel reads and writes (keyword names); "returned" = its fp32 result, written once
 READS = {
     "ema_signed_": ("codes", "scales", "x"),
@@ -78,6 +80,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--only", default="", help="comma-separated kernels: verify and time these alone")
     ap.add_argument("--match", default="", help="time only the cases whose variant label contains this text")
     ap.add_argument("--dry-run", action="store_true", help="CPU + Triton interpreter, tiny sizes, wall-clock timer")
+    knobs.add_argument(ap)
     return ap.parse_args(argv)
 
 
@@ -360,7 +363,12 @@ def sweep_configs(kernel: str) -> list[dict[str, Any]]:
     if kernel == "rotated_adam_":
         return [{"moments.BG": bg, "num_warps": w} for bg in (16, 32, 64, 128) for w in (2, 4, 8)]
     if kernel == "adamw_":
-        return [{"adamw.BG": bg, "num_warps": w} for bg in (16, 32, 64, 128) for w in (1, 2, 4, 8)]
+        return [
+            {"adamw.BG": bg, "adamw.WARPS": w, "adamw.MAXNREG": r}
+            for bg in (16, 32, 64, 128)
+            for w in (1, 2, 4, 8)
+            for r in (None, 64)
+        ]
     if kernel == "apply_update_":
         return [{"apply.BLOCK": bl, "num_warps": w} for bl in (1024, 2048, 4096) for w in (4, 8)]
     if kernel == "complement_update":  # tiles, warps, pipeline depth (the rank chunk stays 16: K = 144)
@@ -478,7 +486,8 @@ def verify_on(device: Any, dry: bool, only: Sequence[str] = ()) -> dict[str, Any
         print(f"  verify finite_gather: {'ok' if not res['finite_gather'] else 'mismatches'}", flush=True)
     if not only or "division" in only:  # (the codecs' division, exhaustively on a GPU: 2^30 cases per regime)
         tiny = verify.COMPANDING_TINY_BITS
-        small = dict(x_values=4096, mantissas=8, y_bits=(tiny - 2048, tiny + 2048))
+        near = (tiny - 2048, tiny + 2048)
+        small = dict(x_values=4096, mantissas=8, y_bits=near, sqrt_bits=near)
         res["division"] = verify.division_errors(device, **({} if device.type == "cuda" else small))
         print(f"  verify division: {'ok' if not res['division'] else res['division']}", flush=True)
     fails = [e for errs in res.values() for e in errs]
@@ -518,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     import triton
 
     from scao_dist.kernels import reference, triton_ops, verify
+
+    settings = knobs.apply_settings(args.set)
 
     if args.dry_run:
         device = torch.device("cpu")
@@ -588,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         "dry_run": args.dry_run,
         "copy": copy,
         "verify": ver,
+        "settings": settings,
         "kernels": rows,
         "markdown": md,
         "min_frac_of_copy": min((r["frac_of_copy"] for r in rows), default=math.nan),

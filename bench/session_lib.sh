@@ -3,7 +3,7 @@
 # Sets OUT (what comes back), W (work files), a Triton cache in W, and defines
 #   profile LABEL [DIR [KW [EXTRA]]]  bench.step_profile of the 405M step without refreshes, captured, SCAO against fused
 #                         AdamW in one process, 60 timed steps; run in DIR (default .: this tree; ab_old: an
-#                         older tree unpacked there, given this tree's bench/step_profile.py; KW: the SCAO
+#                         older tree unpacked there, given this tree's bench/step_profile.py and knobs.py; KW: the SCAO
 #                         keyword arguments as JSON members, default '"cuda_graph": true'; EXTRA: more options,
 #                         e.g. '--set lowrank.COMPLEMENT_MAXNREG=168'); JSON to
 #                         $OUT/prof_LABEL.json, the lines that matter printed.
@@ -22,7 +22,7 @@ OUT=${OUT:-/tmp/session_$NAME}
 W=/tmp/session_${NAME}_work
 mkdir -p "$OUT" "$W"
 export TRITON_CACHE_DIR=$W/triton_cache
-if [ -d ab_old/bench ]; then cp bench/step_profile.py ab_old/bench/step_profile.py; fi
+if [ -d ab_old/bench ]; then cp bench/step_profile.py bench/knobs.py ab_old/bench/; fi
 
 profile() {
   local D=${2:-.} KW=${3:-'"cuda_graph": true'} EXTRA=${4:-}

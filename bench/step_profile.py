@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from bench import knobs
 from scao_dist import SCAO
 from scao_dist.demo.gpt import GPT, GPTConfig
 
@@ -331,22 +332,6 @@ def _stats(ms: list[float]) -> dict[str, float]:
             "min": round(ms[0], 3)}  # fmt: skip
 
 
-def _apply_settings(items: list[str]) -> dict[str, Any]:
-    """``MODULE.NAME=JSON`` items set on ``scao_dist.kernels.MODULE`` (an existing constant only)."""
-    import importlib
-
-    out = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        mod_name, _, attr = key.partition(".")
-        mod = importlib.import_module(f"scao_dist.kernels.{mod_name}")
-        if not attr or not hasattr(mod, attr):
-            raise SystemExit(f"--set {item!r}: scao_dist.kernels.{mod_name} has no constant {attr!r}")
-        out[key] = json.loads(value)
-        setattr(mod, attr, out[key])
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="large", choices=("tiny", "small", "large"))
@@ -355,14 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile-steps", type=int, default=10)
     ap.add_argument("--cases", default="scao,scao_norefresh,adamw")
     ap.add_argument("--scao-kwargs", default="{}", help='JSON: more SCAO keyword arguments, e.g. {"precond_freq": 10}')
-    ap.add_argument(
-        "--set", action="append", default=[], metavar="MODULE.NAME=JSON",
-        help="set a scao_dist.kernels module constant first, e.g. lowrank.COMPLEMENT_MAXNREG=168 (repeatable)",
-    )  # fmt: skip
+    knobs.add_argument(ap)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     scao_kwargs = json.loads(args.scao_kwargs)
-    settings = _apply_settings(args.set)
+    settings = knobs.apply_settings(args.set)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = True
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
