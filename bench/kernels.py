@@ -61,8 +61,8 @@ EXTRA = ("finite_gather",)
 """Kernels timed and verified here that ``verify.KERNELS`` (the twin-comparison suite of ``Case``s) leaves out:
 the step's NaN/inf check with the gradients' copies, checked by ``verify.finite_gather_errors``."""
 CHECKS = ("division",)
-"""Checks run with the verification, not timed: the codecs' divisions (``verify.division_errors``: the per-group one,
-and the companding's over every fp32 in [-1, 1])."""
+"""Checks run with the verification, not timed: the codecs' divisions and square root (``verify.division_errors``:
+the per-group division, the companding's over every fp32 in [-1, 1], the square root over every fp32 in [0, inf])."""
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -485,10 +485,7 @@ def verify_on(device: Any, dry: bool, only: Sequence[str] = ()) -> dict[str, Any
         res["finite_gather"] = verify.finite_gather_errors(triton_ops, gen, device)
         print(f"  verify finite_gather: {'ok' if not res['finite_gather'] else 'mismatches'}", flush=True)
     if not only or "division" in only:  # (the codecs' division, exhaustively on a GPU: 2^30 cases per regime)
-        tiny = verify.COMPANDING_TINY_BITS
-        near = (tiny - 2048, tiny + 2048)
-        small = dict(x_values=4096, mantissas=8, y_bits=near, sqrt_bits=near)
-        res["division"] = verify.division_errors(device, **({} if device.type == "cuda" else small))
+        res["division"] = verify.division_errors(device, **({} if device.type == "cuda" else verify.DIVISION_SLICE))
         print(f"  verify division: {'ok' if not res['division'] else res['division']}", flush=True)
     fails = [e for errs in res.values() for e in errs]
     return {

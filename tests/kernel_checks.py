@@ -117,9 +117,7 @@ def check_division() -> list[str]:
     around 2^-100, where the check turns from quotients to codes, and the branch-free square root
     (``common.sqrt_nobranch``) on the same 4096 bit patterns, where it starts scaling its operand (the interpreter
     runs their ``div_rn`` / ``sqrt_rn`` branches: the hardware sequences are checked on the GPU, ``bench.kernels``)."""
-    tiny = verify.COMPANDING_TINY_BITS
-    near = (tiny - 2048, tiny + 2048)
-    errs = verify.division_errors(CPU, x_values=4096, mantissas=8, y_bits=near, sqrt_bits=near)
+    errs = verify.division_errors(CPU, **verify.DIVISION_SLICE)
     print(f"division: {'ok' if not errs else f'{len(errs)} mismatches'}")
     return errs
 

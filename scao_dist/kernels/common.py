@@ -352,8 +352,8 @@ def group_tile(nq, G, gm, gs, total, BG: tl.constexpr, NMUL: tl.constexpr, ALIGN
 
     ``ALIGNED`` (rows of a multiple of 32 values, ``n = 32 G``): a group's values sit at its codes' offsets,
     ``row·n + (gid % G)·32 = gid·32``, so neither the row nor a per-value bound is worked out. Only for a kernel
-    whose widths never
-    change mid-run (:data:`ALIGNED_KERNELS`): a basis that grows by 16 would toggle it (:data:`SHAPE_ARGS`).
+    whose widths never change mid-run (:data:`ALIGNED_KERNELS`): a basis that grows by 16 would toggle it
+    (:data:`SHAPE_ARGS`).
     """
     n = nq * NMUL  # NMUL tells the compiler how rows are aligned: 4 or more gives 16-byte vector loads
     g32 = tl.program_id(0) * BG + tl.arange(0, BG)
@@ -376,8 +376,7 @@ def group_tile(nq, G, gm, gs, total, BG: tl.constexpr, NMUL: tl.constexpr, ALIGN
 SHAPE_ARGS = ["nq", "G", "gm", "gs", "total"]
 """Size arguments of the group kernels, kept out of Triton's specialisation (``do_not_specialize``):
 a basis that grows by 16 columns at a refresh changes ``n % 32``, ``G == 1``, ``G``'s multiplier and shift and
-``total % 16``,
-and each of those would otherwise compile a new variant mid-run (measured: 320-355 ms stalls
+``total % 16``, and each of those would otherwise compile a new variant mid-run (measured: 320-355 ms stalls
 in the 405M run, BENCHMARKS.md §0c). Only ``NMUL`` (a constexpr) varies: it is 16 for every
 width the groups allocate (multiples of 16) except a basis capped at ``d - p``."""
 

@@ -59,8 +59,8 @@ thread keep more loads in flight."""
 
 EMA_BG_ODD = 32
 EMA_WARPS_ODD = 2
-"""The same for other rows (a group's values found by the row's division; fewer values a thread paid there:
-64 on 2 warps 1.19x, 32 on 2 0.97x the time of 32 on 4, ``session_tb``)."""
+"""The same for other rows (a group's values found through its row; fewer values a thread paid there: 64 on 2 warps
+1.19x, 32 on 2 0.97x the time of 32 on 4, ``session_tb``)."""
 
 
 DECODE_LUT = True

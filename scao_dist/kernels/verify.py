@@ -845,7 +845,18 @@ def _bits_differ(a: Tensor, b: Tensor) -> list[str]:
 
 
 COMPANDING_TINY_BITS = (127 - 100) << 23
-"""The bits of 2^-100: below it :func:`division_errors` asks the companding's division for the codes alone."""
+"""The bits of 2^-100: below it :func:`division_errors` asks the companding's division for the codes alone (and
+:func:`.common.sqrt_nobranch` scales its operand)."""
+
+DIVISION_SLICE = dict(
+    x_values=4096,
+    mantissas=8,
+    y_bits=(COMPANDING_TINY_BITS - 2048, COMPANDING_TINY_BITS + 2048),
+    sqrt_bits=(COMPANDING_TINY_BITS - 2048, COMPANDING_TINY_BITS + 2048),
+)
+""":func:`division_errors`' arguments for a run under the interpreter (the CPU tests, ``bench.kernels --dry-run``):
+8 of the 128 divisor mantissas and the first 4096 dividend mantissas in each regime, and the 4096 bit patterns
+around 2^-100, where the companding's check turns from quotients to codes and the square root starts scaling."""
 
 
 def division_errors(
