@@ -127,6 +127,7 @@ def shapes(dry: bool, mb: float) -> list[tuple[str, str, dict[str, Any]]]:
     return [
         ("ema_signed_", "(B,768,3072)", dict(shape=(b(10.125, blk), 768, 3072))),
         ("ema_signed_", "(B,767,3071) odd", dict(shape=(b(10.125, blk), 767, 3071))),
+        ("ema_signed_", "(B,767,3071) odd, bf16 x", dict(shape=(b(8.125, blk), 767, 3071), gdtype=torch.bfloat16)),
         ("ema_signed_", "(B,2048,4096) bf16 x", dict(shape=(b(8.125, 2048 * 4096), 2048, 4096), gdtype=torch.bfloat16)),
         (
             "ema_signed_",

@@ -48,12 +48,16 @@ def check_kernels() -> dict[str, list[str]]:
     # factor: [4, 16] tiles (not square, so the diagonal crosses tiles off their corners), 16-row diagonal pass
     moments.BG, adamw.BG, apply.BLOCK, factor.MAX_BJ, factor.TILE, factor.DIAG_BLOCK = 2, 4, 64, 16, 64, 16
     moments.EMA_BG, moments.EMA_BG_ODD = 2, 2
+    # the other side of each decode/load switch: table against division, lane-wise loads against the tile's layout
+    saved_d = moments.DECODE_LUT, moments.DECODE_LUT_ODD, moments.EMA_LANEWISE, adamw.DECODE_LUT
+    moments.DECODE_LUT, moments.DECODE_LUT_ODD, moments.EMA_LANEWISE, adamw.DECODE_LUT = (not v for v in saved_d)
     # [16, 32] tiles ([32, 32] for the sums), 16-wide dot chunks, ragged everywhere but the (2, 64, 64) blocks
     lowrank.BM, lowrank.SUMSQ_BM, lowrank.SUMSQ_BN, lowrank.BN, lowrank.BK = 16, 32, 32, 32, 16
     lowrank.STATS_BLOCK = 8  # statistics: more row chunks than one pass of the finishing kernel adds (16)
     try:
         tiny = {
-            "ema_signed_": [verify.case_ema((3, 2, 100), m, gen, CPU) for m in ("state", "overwrite")],
+            "ema_signed_": [verify.case_ema((3, 2, 100), m, gen, CPU) for m in ("state", "overwrite")]
+            + [verify.case_ema((3, 2, 64), "state", gen, CPU, xdtype=torch.bfloat16)],
             "rotated_adam_": [verify.case_rotated_adam((3, 2, 100), m, gen, CPU) for m in ("state", "overwrite")]
             + [verify.case_rotated_adam((3, 2, 100), "state", gen, CPU, hyper=True)],
             "apply_update_": [verify.case_apply((5, 77), m, gen, CPU) for m in ("state", "overwrite")]
@@ -89,6 +93,7 @@ def check_kernels() -> dict[str, list[str]]:
     finally:
         moments.BG, adamw.BG, apply.BLOCK, factor.MAX_BJ, factor.TILE, factor.DIAG_BLOCK = saved
         moments.EMA_BG, moments.EMA_BG_ODD = saved_e
+        moments.DECODE_LUT, moments.DECODE_LUT_ODD, moments.EMA_LANEWISE, adamw.DECODE_LUT = saved_d
         lowrank.BM, lowrank.SUMSQ_BM, lowrank.SUMSQ_BN, lowrank.BN, lowrank.BK, lowrank.STATS_BLOCK = saved_l
     return res
 

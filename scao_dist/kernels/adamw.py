@@ -8,7 +8,8 @@ Per [BG, 32] tile of scale groups: read g, the int8 m (codes + scales), the uint
     u = (m/bc1) / (sqrt(v̂/bc2) + eps)
     x = x (1 - lr wd) - lr u                 -> fp32 w, or bf16 w + rho
 
-and write every state once. The old m is decoded through :func:`.moments.decode_table` and the codecs
+and write every state once. The old m is decoded by the companding's branch-free division
+(:func:`.common.decode_signed`; :data:`DECODE_LUT`: through :func:`.moments.decode_table`) and the codecs
 divide by their group scales once per group (:func:`.common.div_by_groups`): the kernel is bound by its
 instructions (IEEE divisions and square roots), not its bytes. Many small params of one shape are the rows
 of one (B, n) group: one launch. With ``hyper`` (:class:`.scalars.StepScalars`) the kernel loads ``1/bc1``, ``1/bc2``,
@@ -34,6 +35,7 @@ from .common import (
     bf16_bits,
     bf16_to_f32,
     bias_rows,
+    decode_signed,
     decode_sqrt,
     encode_signed,
     encode_sqrt,
@@ -59,6 +61,12 @@ the kernel is bound by latency, and smaller programs at a lower register count k
 ``session_tb`` sweep, before the codecs' last cuts, had favoured 64 groups on 4 warps)."""
 
 
+DECODE_LUT = False
+"""Decode the first moment's codes through :func:`.moments.decode_table` (a cached load a value) instead of
+:func:`.common.decode_signed`'s branch-free division: the division ran 0.96x the table's time with bf16 weights,
+0.94x with fp32 on an H200 (``bench.kernels --only adamw_ --sweep``, BENCHMARKS.md §0, ``session_rc``); the first
+moment's own kernel keeps the table (its aligned rows within noise, its odd rows 1.5x slower without it)."""
+
 GRAD_DTYPES = (torch.float32, torch.bfloat16)
 """Gradients the kernel reads (a bf16 one is widened to fp32 exactly, as the twin does)."""
 
@@ -68,7 +76,7 @@ def _adamw_kernel(
     w_ptr, rho_ptr, g_ptr, mc_ptr, ms_ptr, vc_ptr, vs_ptr, ib1_ptr, ib2_ptr, hp_ptr, lut_ptr,
     nq, G, gm, gs, total, beta1, omb1, beta2, omb2, ib1, ib2, eps, c, lr,
     BG: tl.constexpr, NMUL: tl.constexpr, BC1_ROWS: tl.constexpr, BC2_ROWS: tl.constexpr, R: tl.constexpr,
-    HP_DEV: tl.constexpr, ALIGNED: tl.constexpr,
+    HP_DEV: tl.constexpr, ALIGNED: tl.constexpr, LUT: tl.constexpr,
 ):  # fmt: skip
     """The module docstring's step on a [BG, 32] tile of groups; ``HP_DEV``: ``ib1``, ``ib2``, ``c``, ``lr``
     loaded from the step scalars at ``hp_ptr``."""
@@ -84,15 +92,22 @@ def _adamw_kernel(
     # first moment (ema_signed_)
     qm = tl.load(mc_ptr + coff, mask=gmask[:, None], other=0)
     sm = bf16_to_f32(tl.load(ms_ptr + gid, mask=gmask, other=0))
-    y = tl.load(lut_ptr + (qm.to(tl.int32) + 128))  # decode_signed(qm, 1), as moments.decode_table holds it
-    m = tl.where(valid, (y * sm[:, None]) * beta1 + g * omb1, 0.0)
+    if LUT:
+        y = tl.load(lut_ptr + (qm.to(tl.int32) + 128))  # decode_signed(qm, 1), as moments.decode_table holds it
+        m = (y * sm[:, None]) * beta1 + g * omb1
+    else:
+        m = decode_signed(qm, sm[:, None]) * beta1 + g * omb1
+    if not ALIGNED:  # the padding of the last group encodes as 0 (aligned: a stored group has no padding)
+        m = tl.where(valid, m, 0.0)
     qm, smb, _ = encode_signed(m)
     tl.store(mc_ptr + coff, qm, mask=gmask[:, None])
     tl.store(ms_ptr + gid, smb, mask=gmask)
     # second moment and direction (rotated_adam_)
     qv = tl.load(vc_ptr + coff, mask=gmask[:, None], other=0)
     sv = bf16_to_f32(tl.load(vs_ptr + gid, mask=gmask, other=0))
-    v = tl.where(valid, decode_sqrt(qv, sv[:, None], False) * beta2 + (g * g) * omb2, 0.0)
+    v = decode_sqrt(qv, sv[:, None], False) * beta2 + (g * g) * omb2
+    if not ALIGNED:
+        v = tl.where(valid, v, 0.0)
     qv, svb, sv = encode_sqrt(v)
     tl.store(vc_ptr + coff, qv, mask=gmask[:, None])
     tl.store(vs_ptr + gid, svb, mask=gmask)
@@ -168,11 +183,12 @@ def adamw_(
     grid = (triton.cdiv(shape_args[-1], BG),)
     _adamw_kernel[grid](
         bf16_bits(wb) if R else wb, rb if R else wb, g.contiguous(), mc, bf16_bits(ms), vc, bf16_bits(vs),
-        ib1 if rows1 else g, ib2 if rows2 else g, hp, decode_table(g.device),
+        ib1 if rows1 else g, ib2 if rows2 else g, hp, decode_table(g.device) if DECODE_LUT else g,
         *shape_args, float(beta1), 1.0 - beta1, float(beta2), 1.0 - beta2,
         1.0 if rows1 else ib1, 1.0 if rows2 else ib2, float(eps), c, lr,
         BG=BG, NMUL=nmul, BC1_ROWS=rows1, BC2_ROWS=rows2, R=R, HP_DEV=hyper is not None,
-        ALIGNED=g.shape[-1] % 32 == 0, **{**LAUNCH, "num_warps": WARPS}, **({"maxnreg": MAXNREG} if MAXNREG else {}),
+        ALIGNED=g.shape[-1] % 32 == 0, LUT=DECODE_LUT, **{**LAUNCH, "num_warps": WARPS},
+        **({"maxnreg": MAXNREG} if MAXNREG else {}),
     )  # fmt: skip
     for dst, buf in zip((w, m_codes, m_scales, v_codes, v_scales), bufs):
         write_back(dst, buf)

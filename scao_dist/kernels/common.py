@@ -266,9 +266,10 @@ def div_companding(a, d):
 
 @triton.jit
 def decode_signed(q, s):
-    """``quant.decode_signed``: phi = q/127, y = phi/(2-|phi|), x = y·s."""
+    """``quant.decode_signed``: phi = q/127, y = phi/(2-|phi|), x = y·s (the division by :func:`div_companding`:
+    its divisor is in [1, 2] and ``|phi|`` is 0 or at least 1/127, where it is ``div_rn``'s)."""
     phi = q.to(tl.float32) * INV127
-    y = tl.math.div_rn(phi, 2.0 - tl.abs(phi))
+    y = div_companding(phi, 2.0 - tl.abs(phi))
     return y * s
 
 
@@ -371,6 +372,17 @@ def group_tile(nq, G, gm, gs, total, BG: tl.constexpr, NMUL: tl.constexpr, ALIGN
         xoff = (row * n + col)[:, None] + lane[None, :]
         valid = gmask[:, None] & ((col[:, None] + lane[None, :]) < n)
     return gid, row, gmask, coff, xoff, valid
+
+
+@triton.jit
+def load_lanewise(ptr, off, mask, BG: tl.constexpr):
+    """``tl.load(ptr + off, mask=mask, other=0)`` of a [BG, 32] tile through a flat [BG·32] view, for rows off the
+    16-byte grid (no vector loads): the compiler lays the flat load out one value a thread, lane after lane (each
+    warp-wide load reads 32 consecutive values), and moves the values into the tile's layout through shared memory.
+    Loaded in the tile's own layout, each thread would read its 16 consecutive values one by one, and each
+    warp-wide load would touch 16 cache lines instead of one or two."""
+    flat = tl.load(ptr + tl.reshape(off, (BG * GROUP,)), mask=tl.reshape(mask, (BG * GROUP,)), other=0)
+    return tl.reshape(flat, (BG, GROUP))
 
 
 SHAPE_ARGS = ["nq", "G", "gm", "gs", "total"]
@@ -500,6 +512,24 @@ def _companding_check_kernel(count_ptr, y0, BLOCK: tl.constexpr):
         tl.atomic_add(count_ptr, tl.sum(differ.to(tl.int32), axis=0))
         codes = rint(fast * 127.0) != rint(ref * 127.0)
         tl.atomic_add(count_ptr + 1, tl.sum(codes.to(tl.int32), axis=0))
+
+
+@triton.jit
+def _decode_check_kernel(count_ptr):
+    """Every int8 code through :func:`decode_signed` (its division by :func:`div_companding`) and through
+    ``div_rn``; adds the values whose bits differ to ``count_ptr[0]``."""
+    q = tl.arange(0, 256) - 128
+    phi = q.to(tl.float32) * INV127
+    ref = tl.math.div_rn(phi, 2.0 - tl.abs(phi))
+    differ = decode_signed(q, 1.0).to(tl.int32, bitcast=True) != ref.to(tl.int32, bitcast=True)
+    tl.atomic_add(count_ptr, tl.sum(differ.to(tl.int32), axis=0))
+
+
+def decode_mismatches(device: torch.device) -> int:
+    """How many of the 256 codes :func:`decode_signed` decodes to other bits than ``div_rn`` does (must be 0)."""
+    count = torch.zeros(1, dtype=torch.int32, device=device)
+    _decode_check_kernel[(1,)](count, **LAUNCH)
+    return int(count.item())
 
 
 @triton.jit

@@ -34,6 +34,7 @@ from .common import (
     group_layout,
     group_tile,
     hyper_row,
+    load_lanewise,
     magic_divisor,
     new_output,
     packed_ok,
@@ -57,15 +58,25 @@ step's variant (bf16 in, bf16 out) in 0.85x the time of 32 on 4, bf16 in and fp3
 H200 (``bench.kernels --sweep``, BENCHMARKS.md §0, ``session_tb``): with fewer instructions a value, more values a
 thread keep more loads in flight."""
 
-EMA_BG_ODD = 32
-EMA_WARPS_ODD = 2
-"""The same for other rows (a group's values found through its row; fewer values a thread paid there: 64 on 2 warps
-1.19x, 32 on 2 0.97x the time of 32 on 4, ``session_tb``)."""
+EMA_BG_ODD = 8
+EMA_WARPS_ODD = 1
+"""The same for other rows (a group's values found through its row): with ``x`` read lane by lane
+(:data:`EMA_LANEWISE`), 8 groups on one warp (8 values a thread) ran rows of 3071 in 0.79x the time of 32 on 2 with
+fp32 ``x``, 0.90x with bf16 ``x``; 4 or 16 groups, or 2 warps, were slower (``session_rb``, ``session_rc``)."""
 
+
+EMA_LANEWISE = True
+"""Read ``x`` lane by lane (:func:`.common.load_lanewise`) on rows whose values cannot be read 16 bytes at a time:
+0.93-0.94x the time of the tile's own layout on rows of 3071, fp32 or bf16 ``x`` (``session_ra``, 32 groups on 2
+warps both)."""
 
 DECODE_LUT = True
 """``ema_signed_`` looks its codes' unscaled values up in :func:`decode_table` (one cached load) instead of
-dividing them out (an IEEE division per value: the kernel is bound by its arithmetic, not its bytes)."""
+dividing them out (:func:`.common.decode_signed`): on rows of a multiple of 32 the two are within 3% of each other
+(``session_rc``), and the kernel is at 90-97% of the copy bandwidth either way."""
+
+DECODE_LUT_ODD = True
+"""The same on rows off the 32-value grid, where the division took 1.5x the table's time (``session_rc``)."""
 
 _TABLES: dict[torch.device, torch.Tensor] = {}
 
@@ -86,24 +97,30 @@ def decode_table(device: torch.device) -> torch.Tensor:
 def _ema_signed_kernel(
     codes_ptr, scales_ptr, x_ptr, out_ptr, lut_ptr, hp_ptr, nq, G, gm, gs, total, beta, omb, BG: tl.constexpr,
     NMUL: tl.constexpr, OUT_BF16: tl.constexpr, LUT: tl.constexpr, HP_DEV: tl.constexpr, ALIGNED: tl.constexpr,
+    LANEWISE: tl.constexpr,
 ):  # fmt: skip
     """m = decode(codes, scales)·beta + x·(1-beta); (codes, scales) <- encode(m); out <- m (x fp32 or bf16;
     ``OUT_BF16``: ``out`` holds bf16 bit patterns, m rounded to nearest even). ``LUT``: the code's unscaled
     value ``phi/(2-|phi|)`` read from a 256-entry table (:func:`decode_table`) instead of divided out.
-    ``HP_DEV``: nothing is written when the step scalars' gate at ``hp_ptr`` is shut."""
+    ``HP_DEV``: nothing is written when the step scalars' gate at ``hp_ptr`` is shut. ``LANEWISE``: ``x`` read
+    through :func:`.common.load_lanewise` (rows off the 16-byte grid)."""
     if HP_DEV:  # noqa: SIM102 (the row is read only when there is one)
         if gate_shut(hp_ptr):
             return
     gid, _row, gmask, coff, xoff, valid = group_tile(nq, G, gm, gs, total, BG, NMUL, ALIGNED)
     q = tl.load(codes_ptr + coff, mask=gmask[:, None], other=0)
     s = bf16_to_f32(tl.load(scales_ptr + gid, mask=gmask, other=0))
-    x = tl.load(x_ptr + xoff, mask=valid, other=0.0).to(tl.float32)
+    if LANEWISE:
+        x = load_lanewise(x_ptr, xoff, valid, BG).to(tl.float32)
+    else:
+        x = tl.load(x_ptr + xoff, mask=valid, other=0.0).to(tl.float32)
     if LUT:
         y = tl.load(lut_ptr + (q.to(tl.int32) + 128))
         m = (y * s[:, None]) * beta + x * omb
     else:
         m = decode_signed(q, s[:, None]) * beta + x * omb
-    m = tl.where(valid, m, 0.0)  # the padding of the last group encodes as 0
+    if not ALIGNED:  # the padding of the last group encodes as 0 (aligned: a stored group has no padding)
+        m = tl.where(valid, m, 0.0)
     qn, sbits, _ = encode_signed(m)
     tl.store(codes_ptr + coff, qn, mask=gmask[:, None])
     tl.store(scales_ptr + gid, sbits, mask=gmask)
@@ -179,11 +196,12 @@ def ema_signed_(
     c, s = writable(codes), writable(scales)
     aligned = x.shape[-1] % 32 == 0
     bg, warps = (EMA_BG, EMA_WARPS) if aligned else (EMA_BG_ODD, EMA_WARPS_ODD)
-    lut = decode_table(x.device) if DECODE_LUT else c
+    use_lut = DECODE_LUT if aligned else DECODE_LUT_ODD
+    lut = decode_table(x.device) if use_lut else c
     _ema_signed_kernel[(triton.cdiv(total, bg),)](
         c, bf16_bits(s), x.contiguous(), bf16_bits(out) if bf16 else out, lut, hp, *shape_args, float(beta),
-        1.0 - beta, BG=bg, NMUL=nmul, OUT_BF16=bf16, LUT=DECODE_LUT, HP_DEV=hyper is not None,
-        ALIGNED=aligned, **{**LAUNCH, "num_warps": warps},
+        1.0 - beta, BG=bg, NMUL=nmul, OUT_BF16=bf16, LUT=use_lut, HP_DEV=hyper is not None,
+        ALIGNED=aligned, LANEWISE=EMA_LANEWISE and nmul * x.element_size() < 16, **{**LAUNCH, "num_warps": warps},
     )  # fmt: skip
     write_back(codes, c)
     write_back(scales, s)

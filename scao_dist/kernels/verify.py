@@ -870,7 +870,8 @@ def division_errors(
     over ``x_values`` fp32 mantissas of the dividend and ``mantissas`` bf16 mantissas of the divisor in each of
     :data:`.common.DIVISION_REGIMES` (:func:`.common.division_mismatches`; all of them by default), and the
     companding's (:func:`.common.div_companding`) over the ``|y|`` bit patterns ``y_bits`` (every fp32 in [-1, 1]
-    by default): no code may differ, nor any quotient of ``|y| >= 2^-100``. And the branch-free square root
+    by default): no code may differ, nor any quotient of ``|y| >= 2^-100``; the same division in the decode of every
+    int8 code (:func:`.common.decode_signed`): no value may differ. And the branch-free square root
     (:func:`.common.sqrt_nobranch`) against ``sqrt_rn`` over the bit patterns ``sqrt_bits`` (every fp32 in [0, inf]
     by default): no result may differ."""
     counts = common.division_mismatches(device, x_values, mantissas)
@@ -880,6 +881,8 @@ def division_errors(
     below, above = common.companding_mismatches(device, lo, tiny), common.companding_mismatches(device, tiny, hi)
     wrong = {"codes": below["codes"] + above["codes"], "quotients of |y| >= 2^-100": above["quotients"]}
     errs += [f"div_companding: {n} {what} differ from div_rn's" for what, n in wrong.items() if n]
+    n = common.decode_mismatches(device)
+    errs += [f"decode_signed: {n} of the 256 codes decode to other bits than div_rn gives"] if n else []
     n = common.sqrt_mismatches(device, *sqrt_bits)
     return errs + ([f"sqrt_nobranch: {n} roots differ from sqrt_rn's"] if n else [])
 
