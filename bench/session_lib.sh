@@ -13,6 +13,8 @@
 #                         arguments as JSON members): its verdict printed.
 #   capture_grow          bench.capture_check on the 43M GPT: a basis widened at step 8 (recaptures on both lanes),
 #                         a NaN at step 11: its verdict printed.
+#   sweep LABEL KERNEL MATCH GRID  bench.kernels --sweep of KERNEL's cases matching MATCH over the settings GRID (JSON
+#                         list); every setting's time printed, the JSON kept in the work files ($W/sweep_LABEL.json).
 #   kernels_report FILE.. each bench.kernels JSON: copy bandwidth, the verification's verdict, the table.
 #   summary               one line per $OUT/prof_*.json: step, AdamW, GPU busy and wall in step(), peak, skipped.
 #   pack                  the work files (logs) as $OUT/session_$NAME.tgz.
@@ -55,6 +57,20 @@ capture_grow() {
     --out "$OUT/capture_small_grow.json" > "$W/capture_small_grow.log" 2>&1
   echo "capture small rc=$?"
   python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d.get(k) for k in ('bit_exact','state_mismatch_counts','graph_counts','inputs_counts','skipped_steps')})" "$OUT/capture_small_grow.json"
+}
+
+sweep() {
+  timeout 150 python3 -m bench.kernels --only "$2" --match "$3" --sweep --grid "$4" --out "$W/sweep_$1.json" \
+    > "$W/sweep_$1.log" 2>&1
+  echo "sweep $1 rc=$?"
+  python3 - "$W/sweep_$1.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+for k in d["kernels"]:
+    print(f"  {k['kernel']} {k['variant']}: default {k['ms']:.4f} ms ({k['frac_of_copy']:.0%})")
+    for s in k.get("sweep", []):
+        print(f"     {s['ms']:.4f}  {({a: b for a, b in s.items() if a != 'ms'})}")
+PY
 }
 
 kernels_report() {
