@@ -50,13 +50,14 @@ on an H200 (``bench.kernels --sweep``, BENCHMARKS.md §0c); which program owns a
 its arithmetic."""
 
 
-EMA_BG = 64
-EMA_WARPS = 2
+EMA_BG = 16
+EMA_WARPS = 1
 """Scale groups per program and warps of :func:`ema_signed_` on rows of a multiple of 32 values (the aligned
-path; :data:`BG` and the common launch serve ``rotated_adam_``): 64 groups on 2 warps (32 values a thread) ran the
-step's variant (bf16 in, bf16 out) in 0.85x the time of 32 on 4, bf16 in and fp32 out in 0.89x, fp32 in 0.98x on an
-H200 (``bench.kernels --sweep``, BENCHMARKS.md §0, ``session_tb``): with fewer instructions a value, more values a
-thread keep more loads in flight."""
+path; :data:`BG` and the common launch serve ``rotated_adam_``): 16 groups on one warp (16 values a thread), with
+the codes decoded by the division (:data:`DECODE_LUT` false), ran the step's variant (bf16 in, bf16 out) in 0.97x
+the time of 64 groups on 2 warps through the table (``session_rc``) and the 405M step's first moment in 719 against
+758 us (``session_rd``). Before, 64 on 2 (32 values a thread) had run it in 0.85x the time of 32 on 4
+(``session_tb``)."""
 
 EMA_BG_ODD = 8
 EMA_WARPS_ODD = 1
@@ -70,13 +71,14 @@ EMA_LANEWISE = True
 0.93-0.94x the time of the tile's own layout on rows of 3071, fp32 or bf16 ``x`` (``session_ra``, 32 groups on 2
 warps both)."""
 
-DECODE_LUT = True
-"""``ema_signed_`` looks its codes' unscaled values up in :func:`decode_table` (one cached load) instead of
-dividing them out (:func:`.common.decode_signed`): on rows of a multiple of 32 the two are within 3% of each other
-(``session_rc``), and the kernel is at 90-97% of the copy bandwidth either way."""
+DECODE_LUT = False
+"""``ema_signed_`` looks its codes' unscaled values up in :func:`decode_table` (one cached load a value) instead of
+dividing them out (:func:`.common.decode_signed`, the companding's branch-free division) on rows of a multiple of
+32: the division won with the launch above (``session_rc``, ``session_rd``); the kernel is at 90-97% of the copy
+bandwidth either way."""
 
 DECODE_LUT_ODD = True
-"""The same on rows off the 32-value grid, where the division took 1.5x the table's time (``session_rc``)."""
+"""The same on rows off the 32-value grid, where the table wins: the division took 1.5x its time (``session_rc``)."""
 
 _TABLES: dict[torch.device, torch.Tensor] = {}
 
