@@ -2,11 +2,12 @@
 #   NAME=va; . bench/session_lib.sh
 # Sets OUT (what comes back), W (work files), a Triton cache in W, and defines
 #   profile LABEL [DIR [KW [EXTRA]]]  bench.step_profile of the 405M step without refreshes, captured, SCAO against fused
-#                         AdamW in one process, 60 timed steps; run in DIR (default .: this tree; ab_old: an
-#                         older tree unpacked there, given this tree's bench/step_profile.py and knobs.py; KW: the SCAO
-#                         keyword arguments as JSON members, default '"cuda_graph": true'; EXTRA: more options,
-#                         e.g. '--set lowrank.COMPLEMENT_MAXNREG=168'); JSON to
-#                         $OUT/prof_LABEL.json, the lines that matter printed.
+#                         AdamW in one process (CASES: other cases, e.g. CASES=scao_norefresh,adamw,flash), 60 timed
+#                         steps; run in DIR (default .: this tree; ab_old: an older tree unpacked there, given this
+#                         tree's bench/step_profile.py and knobs.py; KW: the SCAO keyword arguments as JSON members,
+#                         default '"cuda_graph": true'; EXTRA: more options, e.g.
+#                         '--set lowrank.COMPLEMENT_MAXNREG=168'); JSON to $OUT/prof_LABEL.json, the lines that
+#                         matter printed.
 #   profile_ab [N]        N rounds (default 2) of profile new / profile old ab_old, alternating (labels new, old,
 #                         new2, old2, ...).
 #   capture [KW]          bench.capture_check on the 405M GPT, a NaN at step 16 (KW: more SCAO keyword
@@ -29,7 +30,7 @@ if [ -d ab_old/bench ]; then cp bench/step_profile.py bench/knobs.py ab_old/benc
 profile() {
   local D=${2:-.} KW=${3:-'"cuda_graph": true'} EXTRA=${4:-}
   # shellcheck disable=SC2086  # (EXTRA: options split on spaces)
-  (cd "$D" && timeout 100 python3 -m bench.step_profile --size large --cases scao_norefresh,adamw --steps 60 \
+  (cd "$D" && timeout 150 python3 -m bench.step_profile --size large --cases "${CASES:-scao_norefresh,adamw}" --steps 60 \
     --profile-steps 3 --scao-kwargs "{$KW}" $EXTRA --out "$OUT/prof_$1.json" > "$W/prof_$1.log" 2>&1)
   echo "profile $1 ($D) rc=$?"
   grep -E "step\(\)|inside step|host split|_complement_update|_sumsq|_ema_signed" "$W/prof_$1.log" | cut -c1-330 | head -8
@@ -87,7 +88,7 @@ PY
 
 summary() {
   for f in "$OUT"/prof_*.json; do
-    python3 -c "import json,sys; d=json.load(open(sys.argv[1])); c=d['cases']['scao_norefresh']; sw=c['torch_profile'].get('step_windows',{}); print(sys.argv[1].split('/')[-1], 'step', c['step_ms']['median'], 'adamw', d['cases']['adamw']['step_ms']['median'], 'busy', sw.get('busy_ms'), 'wall', sw.get('wall_ms'), 'peak', c.get('peak_mb'), 'skipped', c['counters'].get('skipped_steps', 0))" "$f"
+    python3 -c "import json,sys; d=json.load(open(sys.argv[1])); c=d['cases']['scao_norefresh']; sw=c['torch_profile'].get('step_windows',{}); fl=d['cases'].get('flash',{}); print(sys.argv[1].split('/')[-1], 'step', c['step_ms']['median'], 'adamw', d['cases']['adamw']['step_ms']['median'], *(('flash', fl.get('step_ms',{}).get('median', fl.get('skipped'))) if fl else ()), 'busy', sw.get('busy_ms'), 'wall', sw.get('wall_ms'), 'peak', c.get('peak_mb'), 'skipped', c['counters'].get('skipped_steps', 0))" "$f"
   done
 }
 

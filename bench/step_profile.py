@@ -4,7 +4,8 @@
     python -m bench.step_profile --size tiny --steps 4 --out /tmp/p.json       # CPU smoke
 
 For each case (scao_dist default; the same with refreshes off after the first basis; torch AdamW
-fused as the reference) it runs a few warm-up steps on random tokens, then times ``step()`` alone
+fused as the reference; ``flash``: flashoptim's FlashAdamW, the compressed-state anchor, when
+installed) it runs a few warm-up steps on random tokens, then times ``step()`` alone
 (device-synchronised before and after, so the number is the step's whole cost, host and device),
 and for scao_dist also records with ``torch.profiler`` the operators and CUDA runtime calls per
 step (kernel launches, synchronising calls) and with ``cProfile`` the Python functions that take
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 
 from bench import knobs
+from bench.optimizers import NotInstalledError, build, make_spec, prepare_model
 from scao_dist import SCAO
 from scao_dist.demo.gpt import GPT, GPTConfig
 
@@ -41,6 +43,14 @@ def _model(size: str, device: torch.device, bf16: bool) -> GPT:
     torch.manual_seed(0)
     model = GPT(getattr(GPTConfig, size)()).to(device)
     return model.to(torch.bfloat16) if bf16 else model
+
+
+def _flash(model: GPT, device: torch.device) -> Any:
+    """flashoptim's ``FlashAdamW`` as ``bench.optimizers`` builds it (bf16 weights by ``cast_model``, its 8-bit
+    states and correction bits; AdamW's default weight decay), on ``model``."""
+    spec = make_spec("flash")
+    prepare_model(spec, model)
+    return build(spec, model, 1e-4, betas=None, eps=1e-8, weight_decay=0.01, device=device).opt
 
 
 def _grads(model: GPT, batch: int, device: torch.device, seed: int) -> None:
@@ -355,6 +365,13 @@ def main(argv: list[str] | None = None) -> int:
         model = _model(args.size, device, bf16)
         if case == "adamw":
             opt: Any = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+        elif case == "flash":
+            try:
+                opt = _flash(model, device)
+            except NotInstalledError as e:  # (the anchors' wheels travel to the GPU: bench/use_wheels.sh)
+                result["cases"][case] = {"skipped": str(e)}
+                print(f"== {case}: skipped ({e})", flush=True)
+                continue
         else:
             opt = SCAO(model.parameters(), lr=1e-4, **scao_kwargs)
         warm = 21
