@@ -7,7 +7,7 @@ The 405M GPT's group structure (stream sides, row and column blocks, the 1-D Ada
 device work stubbed out (each group's body, the NaN/inf check and the gradient copies): what is left is the
 step's Python. Prints the median time from ``step()``'s entry to the NaN/inf check's launch and to the
 first group's replay, and of the whole step. A CPU proxy: the GPU host's own speed and a profiler change
-the absolute figures (BENCHMARKS.md §0 says which were measured where); it tells host-side changes apart.
+the absolute figures (BENCHMARKS.md §0l and §0m say which were measured where); it tells host-side changes apart.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ fp32 states move there only by arithmetic noise. With int8 moments the codes' ro
 2^-7 of a scale group's largest value) lands on basis directions whose second moment is ~0 and on an
 empty complement, and Adam divides it by the second moments' floors (``reference.RES_FLOOR``, ``ROT_FLOOR``:
 11.5 outside at the old floors, 1.45 at today's). Prints, per setting, the norm of the weight's movement
-and of its part outside the subspace (BENCHMARKS.md §0).
+and of its part outside the subspace (BENCHMARKS.md §0j, §0k).
 
     python -m bench.lowrank_toy [--steps 30] [--rank 4]
 """

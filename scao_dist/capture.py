@@ -37,7 +37,7 @@ without waiting for the check and reads it at the next step (``SCAO._settle``: a
 then taken back on the host too, its step counts undone): in a training loop the backward need not
 drain before the replays are queued. (In ``bench.step_profile``, where the GPU is idle when ``step()``
 starts, it saved nothing: the host's Python before the first replay outlasts the check, BENCHMARKS.md
-§0.) An eager step (a new key) still waits for the check.
+§0m.) An eager step (a new key) still waits for the check.
 
 A group is captured when it is on a CUDA device, all its blocks step together at the same step
 count and are warm (their first bases built), its moments are int8 and it does not graft

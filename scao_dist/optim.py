@@ -131,7 +131,7 @@ class SCAO(torch.optim.Optimizer):
             (largest groups first, balanced by size), so the kernels of two groups can share the GPU
             at once: the low-rank kernels leave registers and warp slots of each multiprocessor
             free, which the other group's kernels fill (405M GPT on an H200: ``step()`` 8.07 ->
-            7.38 ms, BENCHMARKS.md §0). Each stream's graphs get a memory pool and a recording
+            7.38 ms, BENCHMARKS.md §0n). Each stream's graphs get a memory pool and a recording
             stream of their own (one more group step's temporaries per stream: +13 to +103 MB at that
             step's peak, and torch keeps a 32 MB cuBLAS workspace for each new stream).
             1 replays them one after the other.

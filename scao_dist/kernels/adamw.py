@@ -56,7 +56,7 @@ WARPS = 1
 MAXNREG: int | None = 64
 """Scale groups per program, warps and the register cap of the launch: 16 groups on one warp (16 values a thread)
 capped at 64 registers ran 0.96x the time of 64 groups on 4 warps uncapped with bf16 weights, 0.88x with fp32 on an
-H200 (``bench.kernels --only adamw_ --sweep``, BENCHMARKS.md §0, ``session_sb``): with fewer instructions a value
+H200 (``bench.kernels --only adamw_ --sweep``, BENCHMARKS.md §0q, ``session_sb``): with fewer instructions a value
 the kernel is bound by latency, and smaller programs at a lower register count keep more of them in flight (the
 ``session_tb`` sweep, before the codecs' last cuts, had favoured 64 groups on 4 warps)."""
 

@@ -47,7 +47,7 @@ def master_update(wb, rf, u, c, lr, R: tl.constexpr, SHORT: tl.constexpr):
     factors, so the same rounding: ``ulp(w) = 2^(E-134)`` is exact, and so is ``2^-7`` times the fp32 ``1/2R``) and
     rounds ``rho'`` by the hardware's conversion (:func:`.common.rint_i32`, int32 out); the long form (the
     complement's epilogue, which ran ~10% slower in the 405M step with the short one: its compiled schedule at 168
-    registers, BENCHMARKS.md §0) builds ``ulp`` from the exponent field as :func:`scao_dist.quant.bf16_ulp` does and
+    registers, BENCHMARKS.md §0q) builds ``ulp`` from the exponent field as :func:`scao_dist.quant.bf16_ulp` does and
     rounds in fp32 (:func:`.common.rint`, fp32 out).
     """
     w = bf16_to_f32(wb)

@@ -91,7 +91,7 @@ settings of tiles, warps and stages; 64x64 tiles at 4 warps stayed best)."""
 SUMSQ_FROM_G = True
 """:func:`_sumsq_kernel` accumulates the product onto ``-G`` (``X Y^T - G``, squared the same) instead of
 subtracting it from ``G`` after the loop, so the tile of ``G`` is not held in registers across the product: the
-405M step's sums 1066-1073 -> 925 us on an H200 (``session_tb``, BENCHMARKS.md §0). The residual is then rounded
+405M step's sums 1066-1073 -> 925 us on an H200 (``session_tb``, BENCHMARKS.md §0p). The residual is then rounded
 in the product's accumulation rather than once after it: exact wherever the sums are (the twins' exact cases)."""
 
 COMPLEMENT_MAXNREG: int | None = None
@@ -99,7 +99,7 @@ SUMSQ_MAXNREG: int | None = None
 """Register caps (Triton's ``maxnreg``) of :func:`_complement_update_kernel` and :func:`_sumsq_kernel`
 (``None``: the compiler's choice, 174 and 254 registers a thread on an H200: 2 programs per multiprocessor).
 Both at 168 (3 programs) ran slower in the 405M step (complement 1969 -> 2004 us, sums 1053 -> 1121;
-``session_ue``, BENCHMARKS.md §0): the spills cost more than the occupancy bought."""
+``session_ue``, BENCHMARKS.md §0o): the spills cost more than the occupancy bought."""
 
 
 def _even(M: int, N: int, bm: int, bn: int) -> bool:
