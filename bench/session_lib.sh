@@ -2,10 +2,10 @@
 #   NAME=va; . bench/session_lib.sh
 # Sets OUT (what comes back), W (work files), a Triton cache in W, and defines
 #   profile LABEL [DIR [KW [EXTRA]]]  bench.step_profile of the 405M step without refreshes, captured, SCAO against fused
-#                         AdamW in one process (CASES: other cases, e.g. CASES=scao_norefresh,adamw,flash), 60 timed
-#                         steps; run in DIR (default .: this tree; ab_old: an older tree unpacked there, given this
-#                         tree's bench/step_profile.py and knobs.py; KW: the SCAO keyword arguments as JSON members,
-#                         default '"cuda_graph": true'; EXTRA: more options, e.g.
+#                         AdamW in one process (CASES: other cases, e.g. CASES=scao_norefresh,adamw,flash; SIZE=small:
+#                         the 43M GPT), 60 timed steps; run in DIR (default .: this tree; ab_old: an older tree
+#                         unpacked there, given this tree's bench/step_profile.py and knobs.py; KW: the SCAO keyword
+#                         arguments as JSON members, default '"cuda_graph": true'; EXTRA: more options, e.g.
 #                         '--set lowrank.COMPLEMENT_MAXNREG=168'); JSON to $OUT/prof_LABEL.json, the lines that
 #                         matter printed.
 #   profile_ab [N]        N rounds (default 2) of profile new / profile old ab_old, alternating (labels new, old,
@@ -30,7 +30,7 @@ if [ -d ab_old/bench ]; then cp bench/step_profile.py bench/knobs.py ab_old/benc
 profile() {
   local D=${2:-.} KW=${3:-'"cuda_graph": true'} EXTRA=${4:-}
   # shellcheck disable=SC2086  # (EXTRA: options split on spaces)
-  (cd "$D" && timeout 150 python3 -m bench.step_profile --size large --cases "${CASES:-scao_norefresh,adamw}" --steps 60 \
+  (cd "$D" && timeout 150 python3 -m bench.step_profile --size "${SIZE:-large}" --cases "${CASES:-scao_norefresh,adamw}" --steps 60 \
     --profile-steps 3 --scao-kwargs "{$KW}" $EXTRA --out "$OUT/prof_$1.json" > "$W/prof_$1.log" 2>&1)
   echo "profile $1 ($D) rc=$?"
   grep -E "step\(\)|inside step|host split|_complement_update|_sumsq|_ema_signed" "$W/prof_$1.log" | cut -c1-330 | head -8
