@@ -74,8 +74,8 @@ warps both)."""
 DECODE_LUT = False
 """``ema_signed_`` looks its codes' unscaled values up in :func:`decode_table` (one cached load a value) instead of
 dividing them out (:func:`.common.decode_signed`, the companding's branch-free division) on rows of a multiple of
-32: the division won with the launch above (``session_rc``, ``session_rd``); the kernel is at 90-97% of the copy
-bandwidth either way."""
+32: the division won with the launch above (``session_rc``, ``session_rd``), at 91-101% of the copy bandwidth
+(``session_re``)."""
 
 DECODE_LUT_ODD = True
 """The same on rows off the 32-value grid, where the table wins: the division took 1.5x its time (``session_rc``)."""
