@@ -382,3 +382,19 @@ def test_sass_count_leaves_out_the_blocks_a_branch_skips() -> None:
             "MUFU.RCP R0, R1", "RET.REL.NODEC R4"]  # fmt: skip
     assert fast_path(sass) == ["LDG.E R1, [R2]", "@!P0 EXIT", "FCHK P0, R1, R3", "@!P0 BRA `(.L_x_1)", "BSYNC B0",
                                "STG.E [R2], R1", "EXIT"]  # fmt: skip
+
+
+def test_step_profile_times_the_anchors_or_says_why_not(tmp_path) -> None:
+    """bench.step_profile's AdamW case times finite steps; its FlashAdamW case either does too or, without
+    flashoptim, records that it was skipped and why (the run goes on)."""
+    from bench import step_profile
+
+    out = tmp_path / "prof.json"
+    args = ["--size", "tiny", "--steps", "2", "--profile-steps", "1", "--cases", "flash,adamw", "--out", str(out)]
+    assert step_profile.main(args) == 0
+    cases = json.loads(out.read_text())["cases"]
+    assert all(_finite(v) for v in cases["adamw"]["step_ms"].values())
+    if importlib.util.find_spec("flashoptim") is None:
+        assert cases["flash"] == {"skipped": "flashoptim is not installed (No module named 'flashoptim')"}
+    else:
+        assert all(_finite(v) for v in cases["flash"]["step_ms"].values())
