@@ -396,20 +396,18 @@ def sweep_configs(kernel: str) -> list[dict[str, Any]]:
 
 
 def with_config(cfg: dict[str, Any], fn: Callable[[], float]) -> float:
-    from scao_dist.kernels import adamw, apply, common, factor, lowrank, moments
+    """``fn()`` with the sweep setting ``cfg`` in force: ``MODULE.NAME`` keys set by :func:`.knobs.set_constant`,
+    ``num_warps`` / ``num_stages`` / ``maxnreg`` in the common launch options; everything put back after."""
+    from scao_dist.kernels import common
 
-    mods = {"moments": moments, "adamw": adamw, "apply": apply, "factor": factor, "lowrank": lowrank}
-    saved = {k: getattr(mods[k.split(".")[0]], k.split(".")[1]) for k in cfg if "." in k}
+    saved = {k: knobs.set_constant(k, v) for k, v in cfg.items() if "." in k}
     launch = dict(common.LAUNCH)
     try:
-        for k, v in cfg.items():
-            if "." in k:
-                setattr(mods[k.split(".")[0]], k.split(".")[1], v)
         common.LAUNCH.update({k: v for k, v in cfg.items() if k in ("num_warps", "num_stages", "maxnreg")})
         return fn()
     finally:
         for k, v in saved.items():
-            setattr(mods[k.split(".")[0]], k.split(".")[1], v)
+            knobs.set_constant(k, v)
         common.LAUNCH.clear()
         common.LAUNCH.update(launch)
 

@@ -16,19 +16,25 @@ def add_argument(ap: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def apply_settings(items: list[str]) -> dict[str, Any]:
-    """``MODULE.NAME=JSON`` items set on ``scao_dist.kernels.MODULE`` (an existing constant only); a ``tl.constexpr``
-    constant keeps its type. Returns what was set, for the results' JSON."""
+def set_constant(key: str, value: Any) -> Any:
+    """Set the ``scao_dist.kernels`` module constant ``key`` (``MODULE.NAME``, an existing one only) to ``value``; a
+    ``tl.constexpr`` constant keeps its type. Returns the value it held (to put back with ``setattr``)."""
     import triton.language as tl
 
+    mod_name, _, attr = key.partition(".")
+    mod = importlib.import_module(f"scao_dist.kernels.{mod_name}")
+    if not attr or not hasattr(mod, attr):
+        raise SystemExit(f"{key!r}: scao_dist.kernels.{mod_name} has no constant {attr!r}")
+    old = getattr(mod, attr)
+    setattr(mod, attr, tl.constexpr(value) if isinstance(old, tl.constexpr) else value)
+    return old
+
+
+def apply_settings(items: list[str]) -> dict[str, Any]:
+    """``MODULE.NAME=JSON`` items set by :func:`set_constant`. Returns what was set, for the results' JSON."""
     out = {}
     for item in items:
         key, _, value = item.partition("=")
-        mod_name, _, attr = key.partition(".")
-        mod = importlib.import_module(f"scao_dist.kernels.{mod_name}")
-        if not attr or not hasattr(mod, attr):
-            raise SystemExit(f"--set {item!r}: scao_dist.kernels.{mod_name} has no constant {attr!r}")
         out[key] = json.loads(value)
-        old = getattr(mod, attr)
-        setattr(mod, attr, tl.constexpr(out[key]) if isinstance(old, tl.constexpr) else out[key])
+        set_constant(key, out[key])
     return out

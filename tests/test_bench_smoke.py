@@ -398,3 +398,20 @@ def test_step_profile_times_the_anchors_or_says_why_not(tmp_path) -> None:
         assert cases["flash"] == {"skipped": "flashoptim is not installed (No module named 'flashoptim')"}
     else:
         assert all(_finite(v) for v in cases["flash"]["step_ms"].values())
+
+
+def test_sweep_settings_are_set_as_kernel_constants_and_put_back() -> None:
+    """bench.kernels' sweep sets ``MODULE.NAME`` constants through bench.knobs (a ``tl.constexpr`` keeps its type)
+    and the launch options for one call, then restores all of them; an unknown constant is refused by name."""
+    import triton.language as tl
+
+    from bench.kernels import with_config
+    from scao_dist.kernels import adamw, common
+
+    bg, cvt, launch = adamw.BG, common.HW_CVT.value, dict(common.LAUNCH)
+    cfg = {"adamw.BG": bg + 1, "common.HW_CVT": not cvt, "num_warps": 2}
+    got = with_config(cfg, lambda: (adamw.BG, common.HW_CVT, common.LAUNCH["num_warps"]))
+    assert got[0] == bg + 1 and isinstance(got[1], tl.constexpr) and got[1].value == (not cvt) and got[2] == 2
+    assert (adamw.BG, common.HW_CVT.value, common.LAUNCH) == (bg, cvt, launch)
+    with pytest.raises(SystemExit, match="adamw has no constant 'NOPE'"):
+        with_config({"adamw.NOPE": 1}, lambda: 0)
