@@ -14,6 +14,8 @@
 #                         arguments as JSON members): its verdict printed.
 #   capture_grow          bench.capture_check on the 43M GPT: a basis widened at step 8 (recaptures on both lanes),
 #                         a NaN at step 11: its verdict printed.
+#   kernels LABEL DIR LIMIT ARGS..  bench.kernels ARGS in DIR (.: this tree; ab_old: the older one) under a LIMIT of
+#                         seconds; JSON to $OUT/kernels_LABEL.json, log to $W/kernels_LABEL.log, its exit status printed.
 #   sweep LABEL KERNEL MATCH GRID  bench.kernels --sweep of KERNEL's cases matching MATCH over the settings GRID (JSON
 #                         list); every setting's time printed, the JSON kept in the work files ($W/sweep_LABEL.json).
 #   kernels_report FILE.. each bench.kernels JSON: copy bandwidth, the verification's verdict, the table.
@@ -58,6 +60,14 @@ capture_grow() {
     --out "$OUT/capture_small_grow.json" > "$W/capture_small_grow.log" 2>&1
   echo "capture small rc=$?"
   python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d.get(k) for k in ('bit_exact','state_mismatch_counts','graph_counts','inputs_counts','skipped_steps')})" "$OUT/capture_small_grow.json"
+}
+
+kernels() {
+  local label=$1 dir=$2 limit=$3
+  shift 3
+  (cd "$dir" && timeout "$limit" python3 -m bench.kernels "$@" --out "$OUT/kernels_$label.json" \
+    > "$W/kernels_$label.log" 2>&1)
+  echo "kernels $label rc=$?"
 }
 
 sweep() {

@@ -7,10 +7,8 @@
 NAME=ra
 . bench/session_lib.sh
 K=ema_signed_,adamw_,apply_update_
-timeout 120 python3 -m bench.kernels --only $K --out "$OUT/kernels_new.json" > "$W/kernels_new.log" 2>&1
-echo "kernels new rc=$?"
-(cd ab_old && timeout 100 python3 -m bench.kernels --only $K --out "$OUT/kernels_old.json" > "$W/kernels_old.log" 2>&1)
-echo "kernels old rc=$?"
+kernels new . 120 --only $K
+kernels old ab_old 100 --only $K
 timeout 60 python3 -m bench.kernels --only ema_signed_ --match odd --set moments.EMA_LANEWISE=false \
   --out "$OUT/kernels_nolanewise.json" > "$W/kernels_nolanewise.log" 2>&1
 echo "kernels no-lanewise rc=$?"

@@ -6,10 +6,8 @@
 NAME=rb
 . bench/session_lib.sh
 K=ema_signed_,adamw_,apply_update_
-timeout 150 python3 -m bench.kernels --only $K,division --out "$OUT/kernels_new.json" > "$W/kernels_new.log" 2>&1
-echo "kernels new rc=$?"
-(cd ab_old && timeout 100 python3 -m bench.kernels --only $K --out "$OUT/kernels_old.json" > "$W/kernels_old.log" 2>&1)
-echo "kernels old rc=$?"
+kernels new . 150 --only $K,division
+kernels old ab_old 100 --only $K
 kernels_report "$OUT"/kernels_*.json
 for i in 1 2; do
   timeout 40 python3 -m bench.kernels --only apply_update_ --out "$OUT/apply_new$i.json" > "$W/apply_new$i.log" 2>&1

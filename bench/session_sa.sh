@@ -8,10 +8,8 @@
 NAME=sa
 . bench/session_lib.sh
 K=ema_signed_,adamw_,rotated_adam_,apply_update_,factor_ema_corr_
-timeout 200 python3 -m bench.kernels --only $K,division --out "$OUT/kernels_new.json" > "$W/kernels_new.log" 2>&1
-echo "kernels new rc=$?"
-(cd ab_old && timeout 150 python3 -m bench.kernels --only $K --out "$OUT/kernels_old.json" > "$W/kernels_old.log" 2>&1)
-echo "kernels old rc=$?"
+kernels new . 200 --only $K,division
+kernels old ab_old 150 --only $K
 timeout 100 python3 -m bench.kernels --only adamw_,rotated_adam_ --set common.HW_RSQRT=false \
   --out "$OUT/kernels_ieee_sqrt.json" > "$W/kernels_ieee_sqrt.log" 2>&1
 echo "kernels ieee sqrt rc=$?"

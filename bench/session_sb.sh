@@ -6,10 +6,8 @@
 NAME=sb
 . bench/session_lib.sh
 K=ema_signed_,rotated_adam_,adamw_
-timeout 150 python3 -m bench.kernels --only $K,division --out "$OUT/kernels_new.json" > "$W/kernels_new.log" 2>&1
-echo "kernels new rc=$?"
-(cd ab_old && timeout 100 python3 -m bench.kernels --only $K --out "$OUT/kernels_old.json" > "$W/kernels_old.log" 2>&1)
-echo "kernels old rc=$?"
+kernels new . 150 --only $K,division
+kernels old ab_old 100 --only $K
 kernels_report "$OUT"/kernels_*.json
 G='[{"adamw.BG": 64, "num_warps": 4}, {"adamw.BG": 16, "num_warps": 1}, {"adamw.BG": 64, "num_warps": 4, "maxnreg": 64},
 {"adamw.BG": 64, "num_warps": 4, "maxnreg": 72}, {"adamw.BG": 16, "num_warps": 1, "maxnreg": 64},
