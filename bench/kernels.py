@@ -362,7 +362,7 @@ def sweep_configs(kernel: str) -> list[dict[str, Any]]:
             for w in (1, 2, 4, 8)
         ]
     if kernel == "rotated_adam_":
-        return [{"moments.BG": bg, "num_warps": w} for bg in (16, 32, 64, 128) for w in (2, 4, 8)]
+        return [{"moments.BG": bg, "moments.WARPS": w} for bg in (16, 32, 64) for w in (1, 2, 4)]
     if kernel == "adamw_":
         return [
             {"adamw.BG": bg, "adamw.WARPS": w, "adamw.MAXNREG": r}

@@ -12,6 +12,7 @@ Four codecs, each a pair of pure functions ``encode``/``decode``:
   what keeps an 8-bit second moment from diverging (a linear 4/8-bit ``v`` flushes small entries).
   Bound: ``|sqrt(v) - sqrt(v_hat)| <= s/510``. ``floor_zero=True`` decodes a zero code to half a
   step instead of 0: a coordinate whose ``v`` rounded to zero then cannot divide by ``eps`` alone.
+  :func:`decode_root` gives the root itself (Adam's denominator needs no square and no square root).
 * :func:`encode_corr` / :func:`decode_corr` — symmetric psd Kronecker factors ``L`` (d x d),
   stored as the int8 correlation ``C_ij = L_ij / sqrt(L_ii L_jj)`` plus the exact fp32 diagonal.
   The error of an entry scales with the two rows it couples, so rows (or eigen-directions) that
@@ -100,9 +101,16 @@ def decode_signed(q: Tensor, scale: Tensor, n: int, group: int = GROUP) -> Tenso
 
 
 # ---------------------------------------------------------------------------- second moment
+V_MIN = 2.0**-100
+"""Where :func:`encode_sqrt` clamps ``v`` from below: the root of anything smaller, ``2^-50``, is far under any
+Adam ``eps``, and a square root of an operand at least this large needs no rescaling of a subnormal (the
+kernels' :func:`scao_dist.kernels.common.sqrt_fast`)."""
+
+
 def encode_sqrt(v: Tensor, group: int = GROUP) -> tuple[Tensor, Tensor]:
-    """Non-negative fp32 ``(..., N)`` -> (uint8 codes of ``sqrt(v)``, bf16 scales ``(..., G)``)."""
-    ug = _grouped(sqrt_rn(v.float().clamp(0.0, torch.finfo(torch.float32).max)), group)
+    """Non-negative fp32 ``(..., N)`` -> (uint8 codes of ``sqrt(clamp(v, V_MIN, FMAX))``, bf16 scales
+    ``(..., G)``; the tail group's padding codes as 0)."""
+    ug = _grouped(sqrt_rn(v.float().clamp(V_MIN, torch.finfo(torch.float32).max)), group)
     scale = bf16_scale_up(ug.amax(dim=-1))
     s = scale.float().unsqueeze(-1)
     r = torch.where(s > 0, ug / torch.where(s > 0, s, 1.0), 0.0).clamp_(0.0, 1.0)
@@ -117,6 +125,14 @@ def decode_sqrt(q: Tensor, scale: Tensor, n: int, group: int = GROUP, floor_zero
         c = c.clamp_min(0.5)
     u = c.reshape(*q.shape[:-1], q.shape[-1] // group, group) * (1.0 / 255.0) * scale.float().unsqueeze(-1)
     return (u * u).clamp_max_(torch.finfo(torch.float32).max).reshape(*q.shape)[..., :n]
+
+
+def decode_root(q: Tensor, k: Tensor, n: int, group: int = GROUP) -> Tensor:
+    """``max(q, 1/2) k``: the root ``sqrt(v)`` of :func:`encode_sqrt`'s codes with the zero-code floor, times a
+    factor, for a per-group ``k = (s/255) c`` (``(..., G)``, as ``scale.float() * (1/255) * c``); fp32
+    ``(..., n)``. Adam's denominator ``sqrt(v/bc2)`` is this with ``c = sqrt(1/bc2)``: one product a value."""
+    c = q.float().clamp_min(0.5).reshape(*q.shape[:-1], q.shape[-1] // group, group)
+    return (c * k.unsqueeze(-1)).reshape(*q.shape)[..., :n]
 
 
 # ---------------------------------------------------------------------------------- factors

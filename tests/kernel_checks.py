@@ -120,7 +120,7 @@ def check_division() -> list[str]:
     (``verify.division_errors``: 8 of the 128 bf16 mantissas of the divisor, the first 4096 fp32 mantissas
     of the dividend, in each regime); the companding's division (``common.div_companding``) on the 4096 ``|y|``
     around 2^-100, where the check turns from quotients to codes, and the branch-free square root
-    (``common.sqrt_nobranch``) on the same 4096 bit patterns, where it starts scaling its operand (the interpreter
+    (``common.sqrt_fast``) on the 4096 from 2^-100 up, its smallest operands (the interpreter
     runs their ``div_rn`` / ``sqrt_rn`` branches: the hardware sequences are checked on the GPU, ``bench.kernels``)."""
     errs = verify.division_errors(CPU, **verify.DIVISION_SLICE)
     print(f"division: {'ok' if not errs else f'{len(errs)} mismatches'}")

@@ -45,8 +45,8 @@ on the GPU by ``verify.division_errors``). Taken out of the PTX before the flush
 COMPANDING = {"_ema_signed_kernel", "_adamw_kernel"}
 RSQRT_SEED = r"rsqrt\.approx\.ftz\.f32"
 """The other one, in the kernels that take square roots of their second moments: the reciprocal square root that seeds
-``common.sqrt_nobranch`` (its roots are ``sqrt_rn``'s, checked on every fp32 on the GPU by the same check)."""
-SQRT_NOBRANCH = {"_rotated_adam_kernel", "_adamw_kernel"}
+``common.sqrt_fast`` (its roots are ``sqrt_rn``'s, checked on every operand it takes on the GPU by the same check)."""
+SQRT_FAST = {"_rotated_adam_kernel", "_adamw_kernel"}
 DIVISION_IF = {"_stats_finish_kernel": "HAS_BACK"}
 """Kernels that divide only in the variants where this constexpr is true."""
 NEEDS_SQRT = {"_factor_diag_kernel", "_complement_prep_kernel"}
@@ -236,7 +236,7 @@ def main() -> int:
                                options=options)  # fmt: skip
             ptx = k.asm["ptx"]
             for kernels, seed, what in ((COMPANDING, RECIPROCAL_SEED, "reciprocal seed (common.div_companding)"),
-                                        (SQRT_NOBRANCH, RSQRT_SEED, "rsqrt seed (common.sqrt_nobranch)")):  # fmt: skip
+                                        (SQRT_FAST, RSQRT_SEED, "rsqrt seed (common.sqrt_fast)")):  # fmt: skip
                 if fn.__name__ in kernels:
                     ptx, seeds = re.subn(seed, "", ptx)
                     if not seeds:

@@ -41,9 +41,13 @@ def test_sqrt_roundtrip_bound(n, mag, seed):
     assert q.dtype == torch.uint8
     w = quant.decode_sqrt(q, s, n)
     assert torch.isfinite(w).all() and (w >= 0).all()
-    ug = torch.nn.functional.pad(v.sqrt(), (0, quant.n_groups(n) * 32 - n)).reshape(3, -1, 32)
+    vc = v.clamp_min(quant.V_MIN)  # what is encoded: under V_MIN counts as V_MIN
+    ug = torch.nn.functional.pad(vc.sqrt(), (0, quant.n_groups(n) * 32 - n)).reshape(3, -1, 32)
     bound = s.float().unsqueeze(-1).expand_as(ug).reshape(3, -1)[:, :n] / 510.0
-    assert ((w.sqrt() - v.sqrt()).abs() <= bound * 1.0001 + 1e-30).all()
+    assert ((w.sqrt() - vc.sqrt()).abs() <= bound * 1.0001 + 1e-30).all()
+    # the root is what the codes hold: decode_root with k = s/255 squares to decode_sqrt's value (two roundings)
+    root = quant.decode_root(q, s.float() * (1.0 / 255.0), n)
+    assert torch.allclose(root.square(), quant.decode_sqrt(q, s, n, floor_zero=True), rtol=2**-21, atol=0.0)
     # floor_zero never decodes below the true value's possible range and never to 0 unless the group is 0
     wf = quant.decode_sqrt(q, s, n, floor_zero=True)
     assert (wf >= w).all()

@@ -5,13 +5,13 @@ Per [BG, 32] tile of scale groups: read g, the int8 m (codes + scales), the uint
 
     m = b1 m + (1-b1) g                      -> re-encode m
     v = b2 v + (1-b2) g²                     -> re-encode v, v̂ = decode(v) with the zero floor
-    u = (m/bc1) / (sqrt(v̂/bc2) + eps)
+    u = (m/bc1) / (sqrt(v̂/bc2) + eps)        (the root from the codes: .common.adam_root)
     x = x (1 - lr wd) - lr u                 -> fp32 w, or bf16 w + rho
 
 and write every state once. The old m is decoded by the companding's branch-free division
 (:func:`.common.decode_signed`; :data:`DECODE_LUT`: through :func:`.moments.decode_table`) and the codecs
 divide by their group scales once per group (:func:`.common.div_by_groups`): the kernel is bound by its
-instructions (IEEE divisions and square roots), not its bytes. Many small params of one shape are the rows
+instructions (IEEE divisions and the codecs), not its bytes. Many small params of one shape are the rows
 of one (B, n) group: one launch. With ``hyper`` (:class:`.scalars.StepScalars`) the kernel loads ``1/bc1``, ``1/bc2``,
 ``c = 1 - lr wd`` and ``lr`` from it (b1, b2, eps stay arguments).
 Twin: :func:`.reference.adamw_` (= ema_signed_ + rotated_adam_ + apply_update_).
@@ -32,6 +32,7 @@ from .common import (
     HP_LR,
     LAUNCH,
     SHAPE_ARGS,
+    adam_root,
     bf16_bits,
     bf16_to_f32,
     bias_rows,
@@ -44,7 +45,6 @@ from .common import (
     group_tile,
     hyper_row,
     packed_ok,
-    sqrt_nobranch,
     writable,
     write_back,
 )
@@ -106,17 +106,14 @@ def _adamw_kernel(
     qv = tl.load(vc_ptr + coff, mask=gmask[:, None], other=0)
     sv = bf16_to_f32(tl.load(vs_ptr + gid, mask=gmask, other=0))
     v = decode_sqrt(qv, sv[:, None], False) * beta2 + (g * g) * omb2
-    if not ALIGNED:
-        v = tl.where(valid, v, 0.0)
-    qv, svb, sv = encode_sqrt(v)
+    qv, svb, sv = encode_sqrt(v, valid, not ALIGNED)
     tl.store(vc_ptr + coff, qv, mask=gmask[:, None])
     tl.store(vs_ptr + gid, svb, mask=gmask)
-    vq = decode_sqrt(qv, sv[:, None], True)
     if BC1_ROWS:
         ib1 = tl.load(ib1_ptr + row, mask=gmask, other=1.0)[:, None]
     if BC2_ROWS:
-        ib2 = tl.load(ib2_ptr + row, mask=gmask, other=1.0)[:, None]
-    u = tl.math.div_rn(m * ib1, sqrt_nobranch(vq * ib2, True) + eps)
+        ib2 = tl.load(ib2_ptr + row, mask=gmask, other=1.0)
+    u = tl.math.div_rn(m * ib1, adam_root(qv, sv, tl.sqrt_rn(ib2)) + eps)
     # apply (apply_update_)
     if R == 0:
         w = tl.load(w_ptr + xoff, mask=valid, other=0.0)

@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import quant
 from . import scalars
 
 GROUP: tl.constexpr = tl.constexpr(32)
@@ -36,6 +37,7 @@ GROUP: tl.constexpr = tl.constexpr(32)
 INV127: tl.constexpr = tl.constexpr(1.0 / 127.0)
 INV255: tl.constexpr = tl.constexpr(1.0 / 255.0)
 FMAX: tl.constexpr = tl.constexpr(torch.finfo(torch.float32).max)
+V_MIN: tl.constexpr = tl.constexpr(quant.V_MIN)
 RINT_MAGIC: tl.constexpr = tl.constexpr(12582912.0)  # 1.5 * 2^23
 
 HP_LR: tl.constexpr = tl.constexpr(scalars.LR)
@@ -124,7 +126,7 @@ instruction for what the bit-level path does in three or more; inline PTX, which
 :func:`rint_i32` and :func:`floor_clamp`; the interpreter takes the fp32 path, the same integers."""
 
 HW_RSQRT: tl.constexpr = tl.constexpr(not INTERPRETED)
-"""Seed :func:`sqrt_nobranch` with the hardware reciprocal square root (``rsqrt.approx.ftz.f32``, inline PTX);
+"""Seed :func:`sqrt_fast` with the hardware reciprocal square root (``rsqrt.approx.ftz.f32``, inline PTX);
 under the interpreter it is ``sqrt_rn`` itself."""
 
 
@@ -189,27 +191,20 @@ def floor_clamp(t, LIM: tl.constexpr):
 
 
 @triton.jit
-def sqrt_nobranch(x, INF: tl.constexpr):
-    """``sqrt_rn(x)`` for ``x`` in [0, FMAX] (and ``+inf`` with ``INF``; NaN gives NaN), bit for bit, without the
-    IEEE square root's range check and branch, so the compiler can interleave a tile's square roots.
+def sqrt_fast(x):
+    """``sqrt_rn(x)`` for ``x`` in [``V_MIN``, FMAX] (``V_MIN = 2^-100``, where :func:`encode_sqrt` clamps), bit for
+    bit, without the IEEE square root's range check and branch, so the compiler can interleave a tile's roots.
 
     The IEEE square root's own fast path: ``r = rsqrt(x)`` (the hardware's approximation), ``s = x r``,
     ``e = x - s²`` (one FMA, exact) and ``s + e (r/2)``, correctly rounded for every ``x >= 2^-101`` (where the
-    library's check sends it). Smaller ``x`` (0, subnormals) are first scaled by ``2^64`` and the root by ``2^-32``
-    (both exact: the root of a positive fp32 is normal); 0 seeds the reciprocal at ``2^-126`` (``rsqrt(0)`` is
-    infinite) and comes out 0. ``verify.division_errors`` checks every fp32 in [0, inf] against ``sqrt_rn``."""
+    library's check sends it; smaller ``x`` would need their operand rescaled). ``verify.division_errors`` checks
+    every fp32 in [``V_MIN``, FMAX] against ``sqrt_rn`` (:func:`sqrt_mismatches`)."""
     if HW_RSQRT:
-        tiny = x < 7.888609052210118e-31  # 2^-100
-        xs = x * tl.where(tiny, 18446744073709551616.0, 1.0)  # 2^64
         r = tl.inline_asm_elementwise(
-            "rsqrt.approx.ftz.f32 $0, $1;", "=f,f", [tl.maximum(xs, 1.1754943508222875e-38)], dtype=tl.float32,
-            is_pure=True, pack=1,
-        )  # fmt: skip
-        s = xs * r
-        y = tl.fma(tl.fma(-s, s, xs), r * 0.5, s)
-        y = y * tl.where(tiny, 2.3283064365386963e-10, 1.0)  # 2^-32
-        if INF:
-            y = tl.where(x == float("inf"), x, y)  # (rsqrt(inf) = 0: s would be NaN)
+            "rsqrt.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
+        )  # (x is normal: flushing subnormals changes nothing)
+        s = x * r
+        y = tl.fma(tl.fma(-s, s, x), r * 0.5, s)
     else:
         y = tl.sqrt_rn(x)
     return y
@@ -300,19 +295,29 @@ def decode_sqrt(q, s, FLOOR_ZERO: tl.constexpr):
 
 
 @triton.jit
-def encode_sqrt(v):
-    """``quant.encode_sqrt`` of a [groups, 32] tile (invalid lanes hold 0).
+def encode_sqrt(v, valid, MASKED: tl.constexpr):
+    """``quant.encode_sqrt`` of a [groups, 32] tile: ``valid`` its stored values (with ``MASKED``; else all are).
 
-    u = sqrt(clamp(v, 0, FMAX)), s = bf16 round-up of max u, q = round(255 · clamp(u/s, 0, 1)).
+    u = sqrt(clamp(v, V_MIN, FMAX)) (0 on the padding), s = bf16 round-up of max u, q = round(255 · min(u/s, 1)).
     Returns (uint8 codes, int16 scale bits [groups], fp32 scales [groups]).
 
-    For ``v >= 0`` (every caller's: a sum of products of non-negatives) the clamps at 0 and 1 and the twin's
+    ``u/s`` is at most 1 (``s >= u``) and a stored group's ``s`` positive (``u >= 2^-50``): the twin's clamp and
     ``where(s > 0, ..., 0)`` are no-ops, left out as in :func:`encode_signed`.
     """
-    u = sqrt_nobranch(tl.minimum(v, FMAX), False)
+    u = sqrt_fast(tl.minimum(tl.maximum(v, V_MIN), FMAX))
+    if MASKED:
+        u = tl.where(valid, u, 0.0)
     sbits, s = bf16_ceil(tl.max(u, axis=1))
-    r = div_by_groups(u, tl.where(s > 0, s, 1.0))
+    r = div_by_groups(u, tl.where(s > 0, s, 1.0))  # (s = 0 only in a group past the end: nothing stored)
     return rint_i32(r * 255.0).to(tl.uint8), sbits, s
+
+
+@triton.jit
+def adam_root(q, s, r):
+    """:func:`.reference.adam_root` of a [groups, 32] tile of codes without the floor: ``max(q, 1/2) k`` with the
+    per-group ``k = (s/255) r`` (``s`` the fp32 scales [groups], ``r = sqrt_rn(1/bc2)`` a scalar or [groups])."""
+    k = (s * INV255) * r
+    return tl.maximum(q.to(tl.float32), 0.5) * k[:, None]
 
 
 MAX_GROUPS = 1 << 30
@@ -534,21 +539,22 @@ def decode_mismatches(device: torch.device) -> int:
 
 @triton.jit
 def _sqrt_check_kernel(count_ptr, x0, hi, BLOCK: tl.constexpr):
-    """Program i: the fp32 with bit patterns ``x0 + i BLOCK + [0, BLOCK)`` below ``hi`` through :func:`sqrt_nobranch`
+    """Program i: the fp32 with bit patterns ``x0 + i BLOCK + [0, BLOCK)`` below ``hi`` through :func:`sqrt_fast`
     and through ``sqrt_rn``; adds the results whose bits differ to ``count_ptr[0]``."""
     bits = x0 + tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     x = bits.to(tl.float32, bitcast=True)
-    fast = sqrt_nobranch(x, True).to(tl.int32, bitcast=True)
+    fast = sqrt_fast(x).to(tl.int32, bitcast=True)
     differ = (fast != tl.sqrt_rn(x).to(tl.int32, bitcast=True)) & (bits < hi)
     tl.atomic_add(count_ptr, tl.sum(differ.to(tl.int32), axis=0))
 
 
-SQRT_X_BITS = (0, 0x7F800001)
-"""Bit patterns of the ``x`` :func:`sqrt_mismatches` runs through by default: every fp32 in [0, inf]."""
+SQRT_X_BITS = ((127 - 100) << 23, 0x7F800000)
+"""Bit patterns of the ``x`` :func:`sqrt_mismatches` runs through by default: every fp32 in [``V_MIN``, FMAX]
+(:func:`sqrt_fast`'s operands)."""
 
 
 def sqrt_mismatches(device: torch.device, lo: int = SQRT_X_BITS[0], hi: int = SQRT_X_BITS[1]) -> int:
-    """How many fp32 with bit patterns in ``[lo, hi)`` (by default all of [0, inf]) :func:`sqrt_nobranch` takes to
+    """How many fp32 with bit patterns in ``[lo, hi)`` (by default all of [``V_MIN``, FMAX]) :func:`sqrt_fast` takes to
     other bits than ``sqrt_rn`` (must be 0)."""
     block = 1024
     count = torch.zeros(1, dtype=torch.int32, device=device)

@@ -20,6 +20,7 @@ from .common import (
     HP_IB2,
     LAUNCH,
     SHAPE_ARGS,
+    adam_root,
     bf16_bits,
     bf16_to_f32,
     bias_rows,
@@ -38,16 +39,17 @@ from .common import (
     magic_divisor,
     new_output,
     packed_ok,
-    sqrt_nobranch,
     writable,
     write_back,
 )
 from .scalars import StepScalars
 
-BG = 32
-"""Scale groups per program (32 x 32 = 1024 values, 8 per thread at 4 warps): 1-19% faster than 64
-on an H200 (``bench.kernels --sweep``, BENCHMARKS.md §0c); which program owns a group never changes
-its arithmetic."""
+BG = 16
+WARPS = 1
+"""Scale groups per program and warps of ``rotated_adam_`` (16 x 32 values, 16 a thread): with Adam's root taken
+from the codes (no square root a value) 0.96x / 0.98x the time of 32 groups on 4 warps on an H200 (``bench.kernels
+--only rotated_adam_ --sweep``, BENCHMARKS.md §0, ``session_qa``); before, 32 on 4 had run 1-19% faster than 64 (§0c).
+Which program owns a group never changes its arithmetic."""
 
 
 EMA_BG = 16
@@ -141,7 +143,8 @@ def _rotated_adam_kernel(
 ):  # fmt: skip
     """v = decode(codes)·b2 + g²·(1-b2); codes <- encode(v); u = (m/bc1) / (sqrt(max(v̂, f)/bc2) + eps).
 
-    ``v̂`` is the stored value, decoded with the zero-code floor. ``ib1``/``ib2`` are ``1/bc`` as
+    ``v̂`` is the stored value, decoded with the zero-code floor; its root is taken from the codes
+    (:func:`.common.adam_root`, no square root a value). ``ib1``/``ib2`` are ``1/bc`` as
     scalars, per row (``BC*_ROWS``: loaded from ``ib*_ptr[row]``), or from the step scalars at
     ``hp_ptr`` (``HP_DEV``; nothing is written when its gate is shut). ``f``: ``floor_ptr[row // frows]`` with
     ``FLOOR`` (``(fm, fs) = magic_divisor(frows)``), else no floor.
@@ -154,23 +157,23 @@ def _rotated_adam_kernel(
     s = bf16_to_f32(tl.load(scales_ptr + gid, mask=gmask, other=0))
     g = tl.load(g_ptr + xoff, mask=valid, other=0.0)
     v = decode_sqrt(q, s[:, None], False) * beta2 + (g * g) * omb2
-    v = tl.where(valid, v, 0.0)
-    qn, sbits, sn = encode_sqrt(v)
+    qn, sbits, sn = encode_sqrt(v, valid, True)
     tl.store(codes_ptr + coff, qn, mask=gmask[:, None])
     tl.store(scales_ptr + gid, sbits, mask=gmask)
-    vq = decode_sqrt(qn, sn[:, None], True)
     if HP_DEV:
         ib1 = tl.load(hp_ptr + HP_IB1)
         ib2 = tl.load(hp_ptr + HP_IB2)
     if BC1_ROWS:
         ib1 = tl.load(ib1_ptr + row, mask=gmask, other=1.0)[:, None]
     if BC2_ROWS:
-        ib2 = tl.load(ib2_ptr + row, mask=gmask, other=1.0)[:, None]
+        ib2 = tl.load(ib2_ptr + row, mask=gmask, other=1.0)
+    r = tl.sqrt_rn(ib2)
+    root = adam_root(qn, sn, r)
     if FLOOR:
-        f = tl.load(floor_ptr + div_magic(row.to(tl.int32), fm, fs), mask=gmask, other=0.0)[:, None]
-        vq = tl.maximum(vq, f, propagate_nan=tl.PropagateNan.ALL)
+        f = tl.load(floor_ptr + div_magic(row.to(tl.int32), fm, fs), mask=gmask, other=0.0)
+        root = tl.maximum(root, (tl.sqrt_rn(f) * r)[:, None], propagate_nan=tl.PropagateNan.ALL)
     m = tl.load(m_ptr + xoff, mask=valid, other=0.0)
-    u = tl.math.div_rn(m * ib1, sqrt_nobranch(vq * ib2, True) + eps)
+    u = tl.math.div_rn(m * ib1, root + eps)
     tl.store(out_ptr + xoff, u, mask=valid)
 
 
@@ -249,7 +252,7 @@ def rotated_adam_(
         *shape_args, float(beta2), 1.0 - beta2, 1.0 if rows1 else ib1, 1.0 if rows2 else ib2, float(eps),
         *magic_divisor(1 if fl is None else fl[1]),
         BG=BG, NMUL=nmul, BC1_ROWS=rows1, BC2_ROWS=rows2, HP_DEV=hyper is not None, FLOOR=fl is not None,
-        **LAUNCH,
+        **{**LAUNCH, "num_warps": WARPS},
     )  # fmt: skip
     write_back(codes, c)
     write_back(scales, s)

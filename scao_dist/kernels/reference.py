@@ -89,7 +89,8 @@ def rotated_adam_(
     """In-place EMA of the uint8 sqrt-companded ``v`` with ``g^2``; returns the Adam direction.
 
     ``g`` and ``m`` are (B, N) fp32; ``bc1``/``bc2`` are floats or (B, 1) tensors, or ignored for
-    ``hyper`` (``u = (m ib1) / (sqrt(v ib2) + eps)`` with its ``ib1 = 1/bc1``, ``ib2 = 1/bc2``).
+    ``hyper`` (``u = (m ib1) / (sqrt(v ib2) + eps)`` with its ``ib1 = 1/bc1``, ``ib2 = 1/bc2``; the root taken
+    from the codes, :func:`adam_root`).
     ``floor``: fp32, broadcasting to (B, 1): the denominator reads ``max(v, floor)`` (the stored ``v``
     is not changed), so a direction the gradient leaves empty divides its first moment's rounding
     noise by the floor instead of ``eps`` (``groups.KronGroup._rot_floor``).
@@ -99,12 +100,24 @@ def rotated_adam_(
     c, s = quant.encode_sqrt(v)
     gated_(codes, c, hyper)
     gated_(scales, s, hyper)
-    vq = quant.decode_sqrt(c, s, n, floor_zero=True)  # the denominator sees the stored value
+    ib1, ib2 = (hyper.ib1, hyper.ib2) if hyper is not None else (1.0 / bc1, 1.0 / bc2)
+    root = adam_root(c, s, ib2, n, floor, g.device)  # the denominator sees the stored value
+    return (m * ib1) / (root + eps)
+
+
+def adam_root(
+    codes: Tensor, scales: Tensor, ib2: Tensor | float, n: int, floor: Tensor | None, device: torch.device
+) -> Tensor:
+    """Adam's ``sqrt(max(v, floor) / bc2)`` from the stored sqrt-companded ``v``, without a square root a value.
+
+    ``sqrt(v)`` is what the codes hold (``max(q, 1/2) s/255``), so with ``r = sqrt_rn(ib2)`` (fp32, ``ib2 = 1/bc2``
+    a float, a (B, 1) tensor or the step scalars' 0-d one) the root is ``max(q, 1/2) k`` for the per-group
+    ``k = (s/255) r`` (:func:`quant.decode_root`), and the floor's ``sqrt_rn(floor) r`` (sqrt is monotone)."""
+    r = quant.sqrt_rn(torch.as_tensor(ib2, dtype=torch.float32, device=device))
+    root = quant.decode_root(codes, scales.float() * (1.0 / 255.0) * r, n)
     if floor is not None:
-        vq = torch.maximum(vq, floor)
-    if hyper is not None:
-        return (m * hyper.ib1) / (quant.sqrt_rn(vq * hyper.ib2) + eps)
-    return (m * (1.0 / bc1)) / (quant.sqrt_rn(vq * (1.0 / bc2)) + eps)
+        root = torch.maximum(root, quant.sqrt_rn(floor) * r)
+    return root
 
 
 def apply_update_(

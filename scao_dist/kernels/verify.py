@@ -846,17 +846,18 @@ def _bits_differ(a: Tensor, b: Tensor) -> list[str]:
 
 COMPANDING_TINY_BITS = (127 - 100) << 23
 """The bits of 2^-100: below it :func:`division_errors` asks the companding's division for the codes alone (and
-:func:`.common.sqrt_nobranch` scales its operand)."""
+:func:`.common.sqrt_fast` takes no operand: ``quant.V_MIN``)."""
 
 DIVISION_SLICE = dict(
     x_values=4096,
     mantissas=8,
     y_bits=(COMPANDING_TINY_BITS - 2048, COMPANDING_TINY_BITS + 2048),
-    sqrt_bits=(COMPANDING_TINY_BITS - 2048, COMPANDING_TINY_BITS + 2048),
+    sqrt_bits=(COMPANDING_TINY_BITS, COMPANDING_TINY_BITS + 4096),
 )
 """:func:`division_errors`' arguments for a run under the interpreter (the CPU tests, ``bench.kernels --dry-run``):
-8 of the 128 divisor mantissas and the first 4096 dividend mantissas in each regime, and the 4096 bit patterns
-around 2^-100, where the companding's check turns from quotients to codes and the square root starts scaling."""
+8 of the 128 divisor mantissas and the first 4096 dividend mantissas in each regime, the 4096 bit patterns
+around 2^-100, where the companding's check turns from quotients to codes, and the 4096 from 2^-100 up, the
+square root's smallest operands."""
 
 
 def division_errors(
@@ -872,8 +873,8 @@ def division_errors(
     companding's (:func:`.common.div_companding`) over the ``|y|`` bit patterns ``y_bits`` (every fp32 in [-1, 1]
     by default): no code may differ, nor any quotient of ``|y| >= 2^-100``; the same division in the decode of every
     int8 code (:func:`.common.decode_signed`): no value may differ. And the branch-free square root
-    (:func:`.common.sqrt_nobranch`) against ``sqrt_rn`` over the bit patterns ``sqrt_bits`` (every fp32 in [0, inf]
-    by default): no result may differ."""
+    (:func:`.common.sqrt_fast`) against ``sqrt_rn`` over the bit patterns ``sqrt_bits`` (every fp32 in
+    [``quant.V_MIN``, FMAX] by default): no result may differ."""
     counts = common.division_mismatches(device, x_values, mantissas)
     errs = [f"div_by_groups [{regime}]: {n} quotients differ from div_rn" for regime, n in counts.items() if n]
     lo, hi = y_bits
@@ -884,5 +885,4 @@ def division_errors(
     n = common.decode_mismatches(device)
     errs += [f"decode_signed: {n} of the 256 codes decode to other bits than div_rn gives"] if n else []
     n = common.sqrt_mismatches(device, *sqrt_bits)
-    return errs + ([f"sqrt_nobranch: {n} roots differ from sqrt_rn's"] if n else [])
-
+    return errs + ([f"sqrt_fast: {n} roots differ from sqrt_rn's"] if n else [])
