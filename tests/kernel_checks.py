@@ -24,7 +24,7 @@ import warnings
 import torch
 
 from scao_dist import SCAO, kernels
-from scao_dist.kernels import adamw, apply, factor, finite, lowrank, moments, reference, triton_ops, verify
+from scao_dist.kernels import adamw, apply, common, factor, finite, lowrank, moments, reference, triton_ops, verify
 
 CPU = torch.device("cpu")
 HYPER_KERNELS = ("rotated_adam_", "apply_update_", "adamw_", "complement_update")
@@ -49,8 +49,12 @@ def check_kernels() -> dict[str, list[str]]:
     moments.BG, adamw.BG, apply.BLOCK, factor.MAX_BJ, factor.TILE, factor.DIAG_BLOCK = 2, 4, 64, 16, 64, 16
     moments.EMA_BG, moments.EMA_BG_ODD = 2, 2
     # the other side of each decode/load switch: table against division, lane-wise loads against the tile's layout
-    saved_d = moments.DECODE_LUT, moments.DECODE_LUT_ODD, moments.EMA_LANEWISE, adamw.DECODE_LUT
-    moments.DECODE_LUT, moments.DECODE_LUT_ODD, moments.EMA_LANEWISE, adamw.DECODE_LUT = (not v for v in saved_d)
+    # and int64 offsets against int32
+    switches = [(moments, "DECODE_LUT"), (moments, "DECODE_LUT_ODD"), (moments, "EMA_LANEWISE"),
+                (adamw, "DECODE_LUT"), (common, "INT32_OFFSETS")]  # fmt: skip
+    saved_d = [getattr(mod, name) for mod, name in switches]
+    for (mod, name), v in zip(switches, saved_d):
+        setattr(mod, name, not v)
     # [16, 32] tiles ([32, 32] for the sums), 16-wide dot chunks, ragged everywhere but the (2, 64, 64) blocks
     lowrank.BM, lowrank.SUMSQ_BM, lowrank.SUMSQ_BN, lowrank.BN, lowrank.BK = 16, 32, 32, 32, 16
     lowrank.STATS_BLOCK = 8  # statistics: more row chunks than one pass of the finishing kernel adds (16)
@@ -93,7 +97,8 @@ def check_kernels() -> dict[str, list[str]]:
     finally:
         moments.BG, adamw.BG, apply.BLOCK, factor.MAX_BJ, factor.TILE, factor.DIAG_BLOCK = saved
         moments.EMA_BG, moments.EMA_BG_ODD = saved_e
-        moments.DECODE_LUT, moments.DECODE_LUT_ODD, moments.EMA_LANEWISE, adamw.DECODE_LUT = saved_d
+        for (mod, name), v in zip(switches, saved_d):
+            setattr(mod, name, v)
         lowrank.BM, lowrank.SUMSQ_BM, lowrank.SUMSQ_BN, lowrank.BN, lowrank.BK, lowrank.STATS_BLOCK = saved_l
     return res
 

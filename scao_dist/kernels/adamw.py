@@ -44,6 +44,7 @@ from .common import (
     group_layout,
     group_tile,
     hyper_row,
+    int32_offsets,
     packed_ok,
     writable,
     write_back,
@@ -76,7 +77,7 @@ def _adamw_kernel(
     w_ptr, rho_ptr, g_ptr, mc_ptr, ms_ptr, vc_ptr, vs_ptr, ib1_ptr, ib2_ptr, hp_ptr, lut_ptr,
     nq, G, gm, gs, total, beta1, omb1, beta2, omb2, ib1, ib2, eps, c, lr,
     BG: tl.constexpr, NMUL: tl.constexpr, BC1_ROWS: tl.constexpr, BC2_ROWS: tl.constexpr, R: tl.constexpr,
-    HP_DEV: tl.constexpr, ALIGNED: tl.constexpr, LUT: tl.constexpr,
+    HP_DEV: tl.constexpr, ALIGNED: tl.constexpr, LUT: tl.constexpr, I32: tl.constexpr,
 ):  # fmt: skip
     """The module docstring's step on a [BG, 32] tile of groups; ``HP_DEV``: ``ib1``, ``ib2``, ``c``, ``lr``
     loaded from the step scalars at ``hp_ptr``."""
@@ -87,7 +88,7 @@ def _adamw_kernel(
         ib2 = tl.load(hp_ptr + HP_IB2)
         c = tl.load(hp_ptr + HP_C)
         lr = tl.load(hp_ptr + HP_LR)
-    gid, row, gmask, coff, xoff, valid = group_tile(nq, G, gm, gs, total, BG, NMUL, ALIGNED)
+    gid, row, gmask, coff, xoff, valid = group_tile(nq, G, gm, gs, total, BG, NMUL, ALIGNED, I32)
     g = tl.load(g_ptr + xoff, mask=valid, other=0.0).to(tl.float32)  # fp32 or bf16 (widened exactly)
     # first moment (ema_signed_)
     qm = tl.load(mc_ptr + coff, mask=gmask[:, None], other=0)
@@ -184,7 +185,8 @@ def adamw_(
         *shape_args, float(beta1), 1.0 - beta1, float(beta2), 1.0 - beta2,
         1.0 if rows1 else ib1, 1.0 if rows2 else ib2, float(eps), c, lr,
         BG=BG, NMUL=nmul, BC1_ROWS=rows1, BC2_ROWS=rows2, R=R, HP_DEV=hyper is not None,
-        ALIGNED=g.shape[-1] % 32 == 0, LUT=DECODE_LUT, **{**LAUNCH, "num_warps": WARPS},
+        ALIGNED=g.shape[-1] % 32 == 0, LUT=DECODE_LUT, I32=int32_offsets(g, shape_args[-1]),
+        **{**LAUNCH, "num_warps": WARPS},
         **({"maxnreg": MAXNREG} if MAXNREG else {}),
     )  # fmt: skip
     for dst, buf in zip((w, m_codes, m_scales, v_codes, v_scales), bufs):

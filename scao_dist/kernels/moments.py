@@ -35,6 +35,7 @@ from .common import (
     group_layout,
     group_tile,
     hyper_row,
+    int32_offsets,
     load_lanewise,
     magic_divisor,
     new_output,
@@ -101,7 +102,7 @@ def decode_table(device: torch.device) -> torch.Tensor:
 def _ema_signed_kernel(
     codes_ptr, scales_ptr, x_ptr, out_ptr, lut_ptr, hp_ptr, nq, G, gm, gs, total, beta, omb, BG: tl.constexpr,
     NMUL: tl.constexpr, OUT_BF16: tl.constexpr, LUT: tl.constexpr, HP_DEV: tl.constexpr, ALIGNED: tl.constexpr,
-    LANEWISE: tl.constexpr,
+    LANEWISE: tl.constexpr, I32: tl.constexpr,
 ):  # fmt: skip
     """m = decode(codes, scales)·beta + x·(1-beta); (codes, scales) <- encode(m); out <- m (x fp32 or bf16;
     ``OUT_BF16``: ``out`` holds bf16 bit patterns, m rounded to nearest even). ``LUT``: the code's unscaled
@@ -111,7 +112,7 @@ def _ema_signed_kernel(
     if HP_DEV:  # noqa: SIM102 (the row is read only when there is one)
         if gate_shut(hp_ptr):
             return
-    gid, _row, gmask, coff, xoff, valid = group_tile(nq, G, gm, gs, total, BG, NMUL, ALIGNED)
+    gid, _row, gmask, coff, xoff, valid = group_tile(nq, G, gm, gs, total, BG, NMUL, ALIGNED, I32)
     q = tl.load(codes_ptr + coff, mask=gmask[:, None], other=0)
     s = bf16_to_f32(tl.load(scales_ptr + gid, mask=gmask, other=0))
     if LANEWISE:
@@ -139,7 +140,7 @@ def _rotated_adam_kernel(
     codes_ptr, scales_ptr, g_ptr, m_ptr, out_ptr, ib1_ptr, ib2_ptr, hp_ptr, floor_ptr,
     nq, G, gm, gs, total, beta2, omb2, ib1, ib2, eps, fm, fs,
     BG: tl.constexpr, NMUL: tl.constexpr, BC1_ROWS: tl.constexpr, BC2_ROWS: tl.constexpr, HP_DEV: tl.constexpr,
-    FLOOR: tl.constexpr,
+    FLOOR: tl.constexpr, I32: tl.constexpr,
 ):  # fmt: skip
     """v = decode(codes)·b2 + g²·(1-b2); codes <- encode(v); u = (m/bc1) / (sqrt(max(v̂, f)/bc2) + eps).
 
@@ -152,7 +153,8 @@ def _rotated_adam_kernel(
     if HP_DEV:  # noqa: SIM102 (the row is read only when there is one)
         if gate_shut(hp_ptr):
             return
-    gid, row, gmask, coff, xoff, valid = group_tile(nq, G, gm, gs, total, BG, NMUL, False)  # (widths vary: no ALIGNED)
+    # (no ALIGNED: its widths vary)
+    gid, row, gmask, coff, xoff, valid = group_tile(nq, G, gm, gs, total, BG, NMUL, False, I32)
     q = tl.load(codes_ptr + coff, mask=gmask[:, None], other=0)
     s = bf16_to_f32(tl.load(scales_ptr + gid, mask=gmask, other=0))
     g = tl.load(g_ptr + xoff, mask=valid, other=0.0)
@@ -206,7 +208,8 @@ def ema_signed_(
     _ema_signed_kernel[(triton.cdiv(total, bg),)](
         c, bf16_bits(s), x.contiguous(), bf16_bits(out) if bf16 else out, lut, hp, *shape_args, float(beta),
         1.0 - beta, BG=bg, NMUL=nmul, OUT_BF16=bf16, LUT=use_lut, HP_DEV=hyper is not None,
-        ALIGNED=aligned, LANEWISE=EMA_LANEWISE and nmul * x.element_size() < 16, **{**LAUNCH, "num_warps": warps},
+        ALIGNED=aligned, LANEWISE=EMA_LANEWISE and nmul * x.element_size() < 16, I32=int32_offsets(x, total),
+        **{**LAUNCH, "num_warps": warps},
     )  # fmt: skip
     write_back(codes, c)
     write_back(scales, s)
@@ -252,7 +255,7 @@ def rotated_adam_(
         *shape_args, float(beta2), 1.0 - beta2, 1.0 if rows1 else ib1, 1.0 if rows2 else ib2, float(eps),
         *magic_divisor(1 if fl is None else fl[1]),
         BG=BG, NMUL=nmul, BC1_ROWS=rows1, BC2_ROWS=rows2, HP_DEV=hyper is not None, FLOOR=fl is not None,
-        **{**LAUNCH, "num_warps": WARPS},
+        I32=int32_offsets(g, total), **{**LAUNCH, "num_warps": WARPS},
     )  # fmt: skip
     write_back(codes, c)
     write_back(scales, s)
