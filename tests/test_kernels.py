@@ -288,3 +288,20 @@ def test_magic_divisor_small_divisors_every_boundary():
                     assert _magic_quotient(k, m, s) == k // d, (d, k)
     with pytest.raises(ValueError, match="divisor"):
         magic_divisor(0)
+
+
+def test_the_check_copies_what_it_can_widening_included():
+    """The NaN/inf check's kernel takes the copies a group with fp32 buffers makes of bf16 / fp16 gradients
+    (exact widening, as ``copy_``), same-dtype copies of column blocks, and no narrowing copy or other shapes
+    (those go to the twin: ``tests/kernel_checks.py`` compares both sides' results)."""
+    from scao_dist.kernels import finite
+
+    parent = torch.randn(6, 100)
+    for dt in (torch.bfloat16, torch.float16):
+        src = parent.to(dt)[:, 20:60]
+        assert finite._segment(src, torch.empty(6, 40)) == (6, 40, 100)
+        assert finite._segment(src, torch.empty(6, 40, dtype=dt)) == (6, 40, 100)
+    assert finite._segment(parent[:, :40], torch.empty(6, 40, dtype=torch.bfloat16)) is None  # narrowing
+    assert finite._segment(parent.bfloat16(), torch.empty(6, 100, dtype=torch.float16)) is None
+    assert finite._segment(parent.bfloat16(), torch.empty(100, 6)) is None
+    assert finite._segment(parent.bfloat16(), torch.empty(100, 6).mT) is None  # not contiguous

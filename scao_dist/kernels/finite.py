@@ -18,8 +18,9 @@ depend on the order.
 Segment tables (addresses, sizes, first tiles: 8 values per segment) are built on the host once per
 set of tensors and kept (:data:`_TABLES`), so a captured check reads them from the device and a step
 with the same tensors uploads nothing; a new set costs one small copy through pinned memory.
-Tensors the kernel does not take (other dtypes, a last dimension that is not contiguous, copies
-that change dtype) go through the twin, :func:`.reference.finite_gather`, whose flag is combined.
+A copy may widen bf16 or fp16 into fp32 (exact, as ``copy_``: the bf16 gradients of a group that keeps fp32
+buffers). Tensors the kernel does not take (other dtypes, a last dimension that is not contiguous, copies
+that narrow) go through the twin, :func:`.reference.finite_gather`, whose flag is combined.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ WARPS = 8
 """Warps per program (64 values per thread, in 16-byte loads when the segment is aligned)."""
 
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-"""The dtypes the kernel reads (floats of 2 and 4 bytes); copies keep the dtype."""
+"""The dtypes the kernel reads (floats of 2 and 4 bytes); copies keep the dtype or widen to fp32."""
 
 SEG: tl.constexpr = tl.constexpr(8)
 """int64 values per segment row: source address, destination address (0: none), R, C, S, tiles per
@@ -50,10 +51,11 @@ row, first tile (offset 6), unused."""
 
 
 @triton.jit
-def _finite_gather_kernel(seg_ptr, nseg, flag_ptr, like_ptr, BR: tl.constexpr, BC: tl.constexpr,
+def _finite_gather_kernel(seg_ptr, nseg, flag_ptr, like_ptr, out_like_ptr, BR: tl.constexpr, BC: tl.constexpr,
                           ALIGNED: tl.constexpr, VEC: tl.constexpr):  # fmt: skip
-    """One [BR, BC] tile of one segment (module docstring). ``like_ptr``: any pointer of the segments'
-    element type. ``ALIGNED``: every address, ``S`` and ``C`` are multiples of ``VEC`` values (16 bytes)."""
+    """One [BR, BC] tile of one segment (module docstring). ``like_ptr`` / ``out_like_ptr``: any pointers of the
+    sources' and the destinations' element types (the same, or fp32 for a widening copy). ``ALIGNED``: every
+    address, ``S`` and ``C`` are multiples of ``VEC`` values (16 bytes of a source)."""
     pid = tl.program_id(0)
     s = 0  # the last segment whose first tile is at or before this one (a scan of a few dozen cached values)
     for k in range(1, nseg):
@@ -80,19 +82,22 @@ def _finite_gather_kernel(seg_ptr, nseg, flag_ptr, like_ptr, BR: tl.constexpr, B
     if bad > 0:
         tl.store(flag_ptr, 0)
     if dst_addr != 0:
-        dst = dst_addr.to(tl.pointer_type(like_ptr.dtype.element_ty))
+        dst = dst_addr.to(tl.pointer_type(out_like_ptr.dtype.element_ty))
         if ALIGNED:
             dst = tl.multiple_of(dst, 16)
-        tl.store(dst + (r[:, None] * C + c[None, :]), x, mask=mask)
+        tl.store(dst + (r[:, None] * C + c[None, :]), x.to(out_like_ptr.dtype.element_ty), mask=mask)
 
 
 def _segment(src: Tensor, dst: Tensor | None) -> tuple[int, int, int] | None:
-    """``(R, C, S)`` of ``src`` as a matrix of rows with unit stride (``dst``, if any, contiguous and of the
-    same shape and dtype); ``None`` if the kernel does not take it."""
+    """``(R, C, S)`` of ``src`` as a matrix of rows with unit stride (``dst``, if any, contiguous, of the same
+    shape, and of the same dtype or fp32 from a 2-byte float); ``None`` if the kernel does not take it."""
     if src.dtype not in DTYPES or src.numel() == 0:
         return None
     if dst is not None and (
-        dst.dtype != src.dtype or dst.shape != src.shape or dst.device != src.device or not dst.is_contiguous()
+        dst.dtype not in (src.dtype, torch.float32)
+        or dst.shape != src.shape
+        or dst.device != src.device
+        or not dst.is_contiguous()
     ):
         return None
     if src.is_contiguous():
@@ -103,24 +108,25 @@ def _segment(src: Tensor, dst: Tensor | None) -> tuple[int, int, int] | None:
     return None
 
 
-_TABLES: dict[tuple, list[tuple[Tensor, Tensor, int, bool, int, Tensor]]] = {}
+_TABLES: dict[tuple, list[tuple[Tensor, Tensor, Tensor, int, bool, int, Tensor]]] = {}
 """Segment tables per tile shape and set of tensors (addresses, shapes, strides, dtypes): a few sets at most."""
 
 
 def _tables(segs: list[tuple[Tensor, Tensor | None, tuple[int, int, int]]], key: tuple) -> list:
-    """``(like, seg table, segments, aligned, tiles, host copy)`` per launch: segments grouped by dtype and
-    alignment (the pinned host copy kept until the table's upload is surely done: as long as the table)."""
+    """``(like, out like, seg table, segments, aligned, tiles, host copy)`` per launch: segments grouped by their
+    source's and destination's dtypes and alignment (the pinned host copy kept until the table's upload is surely
+    done: as long as the table)."""
     out = _TABLES.get(key)
     if out is not None:
         return out
-    kinds: dict[tuple[torch.dtype, bool], list] = {}
+    kinds: dict[tuple[torch.dtype, torch.dtype, bool], list] = {}
     for src, dst, (R, C, S) in segs:
         vec = 16 // src.element_size()
         ptrs = [src.data_ptr()] + ([dst.data_ptr()] if dst is not None else [])
         aligned = all(p % 16 == 0 for p in ptrs) and C % vec == 0 and S % vec == 0
-        kinds.setdefault((src.dtype, aligned), []).append((src, dst, R, C, S))
+        kinds.setdefault((src.dtype, (dst if dst is not None else src).dtype, aligned), []).append((src, dst, R, C, S))
     out = []
-    for (_, aligned), items in kinds.items():
+    for (_, _, aligned), items in kinds.items():
         rows, first = [], 0
         for src, dst, R, C, S in items:
             ntc = triton.cdiv(C, BC)
@@ -129,7 +135,8 @@ def _tables(segs: list[tuple[Tensor, Tensor | None, tuple[int, int, int]]], key:
         dev = items[0][0].device
         host = torch.tensor(rows, dtype=torch.int64, pin_memory=dev.type == "cuda")
         seg = host.to(dev, non_blocking=True)
-        out.append((items[0][0], seg, len(rows), aligned, first, host))
+        out_like = next((dst for _, dst, *_ in items if dst is not None), items[0][0])
+        out.append((items[0][0], out_like, seg, len(rows), aligned, first, host))
     if len(_TABLES) >= 8:
         _TABLES.clear()
     _TABLES[key] = out
@@ -152,15 +159,15 @@ def finite_gather(
         (segs.append((src, dst, rc)) if rc is not None else rest_copies.append((src, dst)))
     flag = None
     if segs:
-        key = (BR, BC, *((s.data_ptr(), s.shape, s.stride(), s.dtype, d.data_ptr() if d is not None else 0)
-                         for s, d, _ in segs))  # fmt: skip
+        key = (BR, BC, *((s.data_ptr(), s.shape, s.stride(), s.dtype, *((d.data_ptr(), d.dtype) if d is not None
+                          else (0, None))) for s, d, _ in segs))  # fmt: skip
         byte = torch.ones((), dtype=torch.uint8, device=segs[0][0].device)
         tables = _tables(segs, key)
         if keep is not None:
             keep.append(tables)
-        for like, seg, nseg, aligned, tiles, _ in tables:
+        for like, out_like, seg, nseg, aligned, tiles, _ in tables:
             vec = 16 // like.element_size()
-            _finite_gather_kernel[(tiles,)](seg, nseg, byte, like, BR=BR, BC=BC, ALIGNED=aligned, VEC=vec,
+            _finite_gather_kernel[(tiles,)](seg, nseg, byte, like, out_like, BR=BR, BC=BC, ALIGNED=aligned, VEC=vec,
                                             num_warps=WARPS)  # fmt: skip
         flag = byte.view(torch.bool)
     if rest_checks or rest_copies:

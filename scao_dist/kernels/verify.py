@@ -785,7 +785,8 @@ def finite_gather_errors(
     equal to what was planted (all finite, or one NaN / +inf / -inf in a checked tensor or a copied block,
     at random positions; a NaN in a parent outside its copied block must not count), every destination
     (poisoned before) bit for bit equal to its block on both sides. Per dtype the kernel reads (bf16, fp16,
-    fp32), and once with operands it does not take (fp64, a copy that changes dtype: the twin's share)."""
+    fp32; of bf16 and fp16 every other block copied into fp32), and once with operands it does not take (fp64,
+    a copy that narrows: the twin's share)."""
     errs: list[str] = []
     for dtype in dtypes:
         for plant in plants:
@@ -817,8 +818,10 @@ def finite_gather_errors(
                 parents = [q.float() for q in parents]
             blocks = [q[:, c0:c1] for q, (c0, c1) in zip(parents, cols)]
             sides = {}
+            widen = dtype in (torch.bfloat16, torch.float16)  # every other block copied into fp32; poisoned below
+            out = [torch.float32 if widen and i % 2 == 0 else blk.dtype for i, blk in enumerate(blocks)]
             for side, fn in (("kernel", ops.finite_gather), ("twin", reference.finite_gather)):
-                dsts = [torch.full(blk.shape, -12345.0, dtype=blk.dtype, device=device) for blk in blocks]  # (poison)
+                dsts = [torch.full(blk.shape, -12345.0, dtype=dt, device=device) for blk, dt in zip(blocks, out)]
                 dsts += [d.clone() for _, d in extra_copies]
                 srcs = blocks + [s for s, _ in extra_copies]
                 flag = fn([*checks, *extra_checks], list(zip(srcs, dsts)))
