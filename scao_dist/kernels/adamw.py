@@ -65,7 +65,7 @@ the kernel is bound by latency, and smaller programs at a lower register count k
 DECODE_LUT = False
 """Decode the first moment's codes through :func:`.moments.decode_table` (a cached load a value) instead of
 :func:`.common.decode_signed`'s branch-free division: the division ran 0.96x the table's time with bf16 weights,
-0.94x with fp32 on an H200 (``bench.kernels --only adamw_ --sweep``, BENCHMARKS.md §0, ``session_rc``), as in the
+0.94x with fp32 on an H200 (``bench.kernels --only adamw_ --sweep``, BENCHMARKS.md §0r, ``session_rc``), as in the
 first moment's kernel on rows of a multiple of 32 (its other rows keep the table: ``moments.DECODE_LUT_ODD``)."""
 
 GRAD_DTYPES = (torch.float32, torch.bfloat16)

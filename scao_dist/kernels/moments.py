@@ -56,7 +56,7 @@ Which program owns a group never changes its arithmetic."""
 EMA_BG = 16
 EMA_WARPS = 1
 """Scale groups per program and warps of :func:`ema_signed_` on rows of a multiple of 32 values (the aligned
-path; :data:`BG` and the common launch serve ``rotated_adam_``): 16 groups on one warp (16 values a thread), with
+path; :data:`BG` and :data:`WARPS` serve ``rotated_adam_``): 16 groups on one warp (16 values a thread), with
 the codes decoded by the division (:data:`DECODE_LUT` false), ran the step's variant (bf16 in, bf16 out) in 0.97x
 the time of 64 groups on 2 warps through the table (``session_rc``) and the 405M step's first moment in 719 against
 758 us (``session_rd``). Before, 64 on 2 (32 values a thread) had run it in 0.85x the time of 32 on 4
