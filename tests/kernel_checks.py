@@ -55,8 +55,9 @@ def check_kernels() -> dict[str, list[str]]:
     saved_d = [getattr(mod, name) for mod, name in switches]
     for (mod, name), v in zip(switches, saved_d):
         setattr(mod, name, not v)
-    # [16, 32] tiles ([32, 32] for the sums), 16-wide dot chunks, ragged everywhere but the (2, 64, 64) blocks
-    lowrank.BM, lowrank.SUMSQ_BM, lowrank.SUMSQ_BN, lowrank.BN, lowrank.BK = 16, 32, 32, 32, 16
+    # [16, 32] tiles ([32, 32] for the sums), 32-wide dot chunks (masked past the rank: the main pass has 16),
+    # ragged everywhere but the (2, 64, 64) blocks
+    lowrank.BM, lowrank.SUMSQ_BM, lowrank.SUMSQ_BN, lowrank.BN, lowrank.BK = 16, 32, 32, 32, 32
     lowrank.STATS_BLOCK = 8  # statistics: more row chunks than one pass of the finishing kernel adds (16)
     try:
         tiny = {

@@ -64,9 +64,12 @@ BM = 64
 BN = 64
 """Columns per tile."""
 BK = 16
-"""Inner (rank) dimension per ``tl.dot``; the ranks are padded to a multiple of it. Basis widths are
-multiples of 16 (``groups.Side.width_for``), so 16 pads nothing in a step (32 copied both factors
-of every product, ``session_zm``)."""
+"""Inner (rank) dimension per ``tl.dot``. The ranks are padded to a multiple of :data:`RANK_PAD` (16); a wider
+chunk masks its loads past the rank (whole 16-column steps), so no factor is copied for it (padding the ranks
+to 32 copied both factors of every product, ``session_zm``)."""
+RANK_PAD: tl.constexpr = tl.constexpr(16)
+"""The ranks' padding (:func:`_operands`): basis widths are multiples of 16 (``groups.Side.width_for``), so a
+step pads nothing."""
 SUMSQ_BM = 128
 """Rows per :func:`_sumsq_kernel` tile: 128x64 ran in 0.81x the time of 64x64 at rank 144 on an H200, fp32
 and bf16 ``G`` alike (``bench.kernels --sweep``, ``session_zn``)."""
@@ -205,10 +208,11 @@ def _rows(ptr, b64, r, R, S):
 def lowrank_tile(x_ptr, y_ptr, b64, i, j, M, N, K, SX, SY, BM: tl.constexpr, BN: tl.constexpr,
                  BK: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
     """Rows ``i``, columns ``j`` of ``X_b Y_b^T`` for ``X`` (B, M, K), ``Y`` (B, N, K) of row strides ``SX``,
-    ``SY``, each fp32 or bf16 (:func:`dot_chunk`), ``K`` a multiple of ``BK`` (:func:`_operand` pads the
-    rank with zero columns). Rows ``i >= M`` (columns ``j >= N``) repeat row ``M - 1`` (column ``N - 1``):
-    the callers never keep them. So no load is masked, which saves the per-element predicates (the
-    kernels' integer work, ``session_zm``)."""
+    ``SY``, each fp32 or bf16 (:func:`dot_chunk`), ``K`` a multiple of :data:`RANK_PAD` (:func:`_operand` pads
+    the rank with zero columns; chunks wider than that are masked past ``K``, :func:`_rank_chunk`). Rows
+    ``i >= M`` (columns ``j >= N``) repeat row ``M - 1`` (column ``N - 1``): the callers never keep them. So no
+    load is masked along the rows or columns, which saves the per-element predicates (the kernels' integer
+    work, ``session_zm``)."""
     return lowrank_acc(tl.zeros((BM, BN), dtype=tl.float32), x_ptr, y_ptr, b64, i, j, M, N, K, SX, SY, BK, PREC)
 
 
@@ -220,8 +224,25 @@ def lowrank_acc(acc, x_ptr, y_ptr, b64, i, j, M, N, K, SX, SY, BK: tl.constexpr,
     ycol = _rows(y_ptr, b64, j, N, SY)[None, :]
     for k0 in range(0, K, BK):
         kk = k0 + tl.arange(0, BK)
-        acc = dot_chunk(tl.load(xrow + kk[None, :]), tl.load(ycol + kk[:, None]), acc, PREC)
+        acc = dot_chunk(_rank_chunk(xrow, kk, K, True), _rank_chunk(ycol, kk, K, False), acc, PREC)
     return acc
+
+
+@triton.jit
+def _rank_chunk(rows, kk, K, LEFT: tl.constexpr):
+    """Rank columns ``kk`` of a factor's rows ``rows`` ([BM, BK] with ``LEFT``, else [BK, BN]): unmasked for
+    chunks of :data:`RANK_PAD` (``K`` is a multiple), masked past ``K`` (zeros) for wider ones."""
+    if LEFT:
+        ptr = rows + kk[None, :]
+        inside = (kk < K)[None, :]
+    else:
+        ptr = rows + kk[:, None]
+        inside = (kk < K)[:, None]
+    if kk.shape[0] > RANK_PAD:
+        x = tl.load(ptr, mask=inside, other=0.0)
+    else:
+        x = tl.load(ptr)
+    return x
 
 
 @triton.jit
@@ -236,9 +257,9 @@ def lowrank_pair(xu_ptr, xm_ptr, y_ptr, b64, i, j, M, N, K, SXU, SXM, SY, BM: tl
     ycol = _rows(y_ptr, b64, j, N, SY)[None, :]
     for k0 in range(0, K, BK):
         kk = k0 + tl.arange(0, BK)
-        c = tl.load(ycol + kk[:, None])
-        acc_u = dot_chunk(tl.load(urow + kk[None, :]), c, acc_u, PREC)
-        acc_m = dot_chunk(tl.load(mrow + kk[None, :]), c, acc_m, PREC)
+        c = _rank_chunk(ycol, kk, K, False)
+        acc_u = dot_chunk(_rank_chunk(urow, kk, K, True), c, acc_u, PREC)
+        acc_m = dot_chunk(_rank_chunk(mrow, kk, K, True), c, acc_m, PREC)
     return acc_u, acc_m
 
 
@@ -260,7 +281,7 @@ def store_tile(ptr, value, mask, EVEN: tl.constexpr):
 
 
 RANK_ARGS = ("K", "KU", "KM")
-"""The kernels' rank arguments: multiples of :data:`BK` (zero-padded by :func:`_operands`), never 1.
+"""The kernels' rank arguments: multiples of :data:`RANK_PAD` (zero-padded by :func:`_operands`), never 1.
 Triton compiles an integer argument equal to 1 in as a constant; the one-chunk loop is then
 unrolled and ``u + dot(X, Y, 0)`` folded into ``dot(X, Y, u)``, so the tensor cores add the tail to
 the product in their own rounding, not IEEE round-to-nearest (seen on an H200 at rank 1, before
@@ -674,7 +695,7 @@ def residual_stats(
 
 def _operand(t: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
     """A (B, R, k0) factor as the kernels read it, ``(tensor, row stride)``, its rank zero-padded to ``k``
-    (a multiple of :data:`BK`). A slice of the last dim of a contiguous tensor with ``k0 = k`` (a basis'
+    (a multiple of :data:`RANK_PAD`). A slice of the last dim of a contiguous tensor with ``k0 = k`` (a basis'
     first ``K`` columns, the probes after them) is read where it is, not copied."""
     B, R, k0 = t.shape
     if k0 == k and t.stride(2) == 1 and t.stride(1) >= k and (B == 1 or t.stride(0) == R * t.stride(1)):
@@ -688,12 +709,12 @@ def _operands(
     dummy: torch.Tensor, x: torch.Tensor, y: torch.Tensor
 ) -> tuple[torch.Tensor, int, torch.Tensor, int, int]:
     """``X``, its row stride, ``Y``, its row stride and their rank for a launch, the rank padded with zero
-    columns to a multiple of :data:`BK` (the kernels load whole ``BK`` chunks unmasked; zeros add nothing
-    to the products). Rank 0: never read, so a non-empty stand-in replaces the empty tensors."""
+    columns to a multiple of :data:`RANK_PAD` (the kernels load chunks of that width unmasked; zeros add
+    nothing to the products). Rank 0: never read, so a non-empty stand-in replaces the empty tensors."""
     k = x.shape[2]
     if k == 0:
         return dummy, 0, dummy, 0, 0
-    k += -k % BK
+    k += -k % RANK_PAD.value
     return *_operand(x, k), *_operand(y, k), k
 
 
