@@ -372,19 +372,19 @@ def sweep_configs(kernel: str) -> list[dict[str, Any]]:
         ]
     if kernel == "apply_update_":
         return [{"apply.BLOCK": bl, "num_warps": w} for bl in (1024, 2048, 4096) for w in (4, 8)]
-    if kernel == "complement_update":  # tiles, warps, pipeline depth, rank chunk (64: masked past K = 144)
+    if kernel == "complement_update":  # tiles, warps, pipeline depth, rank chunk (32: masked past K = 144)
         return [
             {
                 "lowrank.BM": bm,
                 "lowrank.BN": bn,
                 "lowrank.COMPLEMENT_WARPS": (w, w),
                 "lowrank.COMPLEMENT_STAGES": st,
-                "lowrank.BK": bk,
+                "lowrank.COMPLEMENT_BK": bk,
             }
             for bm, bn in ((64, 64), (64, 128), (128, 64))
             for w in (4, 8)
             for st in (2, 3, 4)
-            for bk in (16, 64)
+            for bk in (16, 32)
         ]
     if kernel in ("residual_sumsq", "residual_stats"):  # tiles, warps, pipeline depth
         return [

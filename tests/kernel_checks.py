@@ -45,6 +45,7 @@ def check_kernels() -> dict[str, list[str]]:
     saved = moments.BG, adamw.BG, apply.BLOCK, factor.MAX_BJ, factor.TILE, factor.DIAG_BLOCK
     saved_e = moments.EMA_BG, moments.EMA_BG_ODD
     saved_l = lowrank.BM, lowrank.SUMSQ_BM, lowrank.SUMSQ_BN, lowrank.BN, lowrank.BK, lowrank.STATS_BLOCK
+    saved_ck = lowrank.COMPLEMENT_BK
     # factor: [4, 16] tiles (not square, so the diagonal crosses tiles off their corners), 16-row diagonal pass
     moments.BG, adamw.BG, apply.BLOCK, factor.MAX_BJ, factor.TILE, factor.DIAG_BLOCK = 2, 4, 64, 16, 64, 16
     moments.EMA_BG, moments.EMA_BG_ODD = 2, 2
@@ -58,6 +59,7 @@ def check_kernels() -> dict[str, list[str]]:
     # [16, 32] tiles ([32, 32] for the sums), 32-wide dot chunks (masked past the rank: the main pass has 16),
     # ragged everywhere but the (2, 64, 64) blocks
     lowrank.BM, lowrank.SUMSQ_BM, lowrank.SUMSQ_BN, lowrank.BN, lowrank.BK = 16, 32, 32, 32, 32
+    lowrank.COMPLEMENT_BK = 32
     lowrank.STATS_BLOCK = 8  # statistics: more row chunks than one pass of the finishing kernel adds (16)
     try:
         tiny = {
@@ -101,6 +103,7 @@ def check_kernels() -> dict[str, list[str]]:
         for (mod, name), v in zip(switches, saved_d):
             setattr(mod, name, v)
         lowrank.BM, lowrank.SUMSQ_BM, lowrank.SUMSQ_BN, lowrank.BN, lowrank.BK, lowrank.STATS_BLOCK = saved_l
+        lowrank.COMPLEMENT_BK = saved_ck
     return res
 
 

@@ -64,9 +64,14 @@ BM = 64
 BN = 64
 """Columns per tile."""
 BK = 16
-"""Inner (rank) dimension per ``tl.dot``. The ranks are padded to a multiple of :data:`RANK_PAD` (16); a wider
-chunk masks its loads past the rank (whole 16-column steps), so no factor is copied for it (padding the ranks
-to 32 copied both factors of every product, ``session_zm``)."""
+"""Inner (rank) dimension per ``tl.dot`` of the residual sums (:data:`COMPLEMENT_BK`: the complement's). The
+ranks are padded to a multiple of :data:`RANK_PAD` (16); a wider chunk masks its loads past the rank (whole
+16-column steps), so no factor is copied for it (padding the ranks to 32 copied both factors of every product,
+``session_zm``)."""
+COMPLEMENT_BK = 16
+"""The same for :func:`_complement_update_kernel`: at K = 144 on an H200, 32 ran the step's all-bf16 applied
+complement in 0.250 against 0.282 ms and every other complement case slower (0.25 -> 0.42 ms with an fp32 ``X_m``),
+64 every case slower (``session_qf``, BENCHMARKS.md §0); not measured in the step yet."""
 RANK_PAD: tl.constexpr = tl.constexpr(16)
 """The ranks' padding (:func:`_operands`): basis widths are multiples of 16 (``groups.Side.width_for``), so a
 step pads nothing."""
@@ -806,7 +811,7 @@ def complement_update(
             ia, ib, fi, scale.reshape(B).contiguous(), rbuf if R else fi, fi if hyper is None else hp,
             w.table if blocks else fi, M, N, ku, km, sxu, syu, sxm, sym, w.ld if blocks else N, ntm, ntn,
             1.0 - lr * wd, float(lr),
-            BM=BM, BN=BN, BK=BK, PREC=precision(), APPLY=w is not None, R=R,
+            BM=BM, BN=BN, BK=COMPLEMENT_BK, PREC=precision(), APPLY=w is not None, R=R,
             HP_DEV=hyper is not None, EVEN=_even(M, N, BM, BN), SHARED_Y=shared, WTAB=blocks,
             **{**LAUNCH, "num_warps": COMPLEMENT_WARPS[w is not None]},
             **({"num_stages": COMPLEMENT_STAGES} if COMPLEMENT_STAGES else {}),
