@@ -70,8 +70,8 @@ ranks are padded to a multiple of :data:`RANK_PAD` (16); a wider chunk masks its
 ``session_zm``)."""
 COMPLEMENT_BK = 16
 """The same for :func:`_complement_update_kernel`: at K = 144 on an H200, 32 ran the step's all-bf16 applied
-complement in 0.250 against 0.282 ms and every other complement case slower (0.25 -> 0.42 ms with an fp32 ``X_m``),
-64 every case slower (``session_qf``, BENCHMARKS.md §0); not measured in the step yet."""
+complement in 0.250 against 0.282 ms and every other complement case slower (0.251 -> 0.420 ms applied with fp32
+factors), 64 every case slower (``session_qf``, BENCHMARKS.md §0); not measured in the step yet."""
 RANK_PAD: tl.constexpr = tl.constexpr(16)
 """The ranks' padding (:func:`_operands`): basis widths are multiples of 16 (``groups.Side.width_for``), so a
 step pads nothing."""
