@@ -106,7 +106,7 @@ def _adamw_kernel(
     # second moment and direction (rotated_adam_)
     qv = tl.load(vc_ptr + coff, mask=gmask[:, None], other=0)
     sv = bf16_to_f32(tl.load(vs_ptr + gid, mask=gmask, other=0))
-    v = decode_sqrt(qv, sv[:, None], False) * beta2 + (g * g) * omb2
+    v = decode_sqrt(qv, sv[:, None]) * beta2 + (g * g) * omb2
     qv, svb, sv = encode_sqrt(v, valid, not ALIGNED)
     tl.store(vc_ptr + coff, qv, mask=gmask[:, None])
     tl.store(vs_ptr + gid, svb, mask=gmask)

@@ -285,12 +285,10 @@ def encode_signed(x):
 
 
 @triton.jit
-def decode_sqrt(q, s, FLOOR_ZERO: tl.constexpr):
-    """``quant.decode_sqrt``: u = (c/255)·s, v = min(u², FMAX); c = max(q, 1/2) with FLOOR_ZERO."""
-    c = q.to(tl.float32)
-    if FLOOR_ZERO:
-        c = tl.maximum(c, 0.5)
-    u = c * INV255 * s
+def decode_sqrt(q, s):
+    """``quant.decode_sqrt`` (no zero-code floor: the EMA's input): u = (q/255)·s, v = min(u², FMAX). The floored
+    value's root, which the denominator reads, is :func:`adam_root`'s."""
+    u = q.to(tl.float32) * INV255 * s
     return tl.minimum(u * u, FMAX)
 
 

@@ -158,7 +158,7 @@ def _rotated_adam_kernel(
     q = tl.load(codes_ptr + coff, mask=gmask[:, None], other=0)
     s = bf16_to_f32(tl.load(scales_ptr + gid, mask=gmask, other=0))
     g = tl.load(g_ptr + xoff, mask=valid, other=0.0)
-    v = decode_sqrt(q, s[:, None], False) * beta2 + (g * g) * omb2
+    v = decode_sqrt(q, s[:, None]) * beta2 + (g * g) * omb2
     qn, sbits, sn = encode_sqrt(v, valid, True)
     tl.store(codes_ptr + coff, qn, mask=gmask[:, None])
     tl.store(scales_ptr + gid, sbits, mask=gmask)
