@@ -49,10 +49,11 @@ def check_kernels() -> dict[str, list[str]]:
     # factor: [4, 16] tiles (not square, so the diagonal crosses tiles off their corners), 16-row diagonal pass
     moments.BG, adamw.BG, apply.BLOCK, factor.MAX_BJ, factor.TILE, factor.DIAG_BLOCK = 2, 4, 64, 16, 64, 16
     moments.EMA_BG, moments.EMA_BG_ODD = 2, 2
-    # the other side of each decode/load switch: table against division, lane-wise loads against the tile's layout
-    # and int64 offsets against int32
+    # the other side of each decode/load switch: table against division, lane-wise loads against the tile's layout,
+    # int64 offsets against int32 and launches over rows against one axis of groups
     switches = [(moments, "DECODE_LUT"), (moments, "DECODE_LUT_ODD"), (moments, "EMA_LANEWISE"),
-                (adamw, "DECODE_LUT"), (common, "INT32_OFFSETS")]  # fmt: skip
+                (adamw, "DECODE_LUT"), (common, "INT32_OFFSETS"), (moments, "EMA_ROWS"),
+                (moments, "ADAM_ROWS")]  # fmt: skip
     saved_d = [getattr(mod, name) for mod, name in switches]
     for (mod, name), v in zip(switches, saved_d):
         setattr(mod, name, not v)

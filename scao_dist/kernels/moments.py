@@ -19,6 +19,7 @@ from .common import (
     HP_IB1,
     HP_IB2,
     LAUNCH,
+    ROW_GRID_MAX,
     SHAPE_ARGS,
     adam_root,
     bf16_bits,
@@ -40,6 +41,7 @@ from .common import (
     magic_divisor,
     new_output,
     packed_ok,
+    row_tile,
     writable,
     write_back,
 )
@@ -52,6 +54,10 @@ from the codes (no square root a value) 0.96x / 0.98x the time of 32 groups on 4
 --only rotated_adam_ --sweep``, BENCHMARKS.md §0, ``session_qa``); before, 32 on 4 had run 1-19% faster than 64 (§0c).
 Which program owns a group never changes its arithmetic."""
 
+
+ADAM_ROWS = False
+"""Launch ``rotated_adam_`` over (rows, groups of a row / ``BG``) programs (:func:`.common.row_tile`), as
+:data:`EMA_ROWS` does the first moment's odd rows. (Measured in BENCHMARKS.md §0, ``session_pa``.)"""
 
 EMA_BG = 16
 EMA_WARPS = 1
@@ -73,6 +79,11 @@ EMA_LANEWISE = True
 """Read ``x`` lane by lane (:func:`.common.load_lanewise`) on rows whose values cannot be read 16 bytes at a time:
 0.93-0.94x the time of the tile's own layout on rows of 3071, fp32 or bf16 ``x`` (``session_ra``, 32 groups on 2
 warps both)."""
+
+EMA_ROWS = True
+"""On rows off the 32-value grid, launch :func:`ema_signed_` over (rows, groups of a row / ``EMA_BG_ODD``) programs
+(:func:`.common.row_tile`) instead of one axis of groups, each group's row divided out of its index: a program's values
+are then one contiguous run at one base. (Measured in BENCHMARKS.md §0, ``session_pa``.)"""
 
 DECODE_LUT = False
 """``ema_signed_`` looks its codes' unscaled values up in :func:`decode_table` (one cached load a value) instead of
@@ -102,17 +113,21 @@ def decode_table(device: torch.device) -> torch.Tensor:
 def _ema_signed_kernel(
     codes_ptr, scales_ptr, x_ptr, out_ptr, lut_ptr, hp_ptr, nq, G, gm, gs, total, beta, omb, BG: tl.constexpr,
     NMUL: tl.constexpr, OUT_BF16: tl.constexpr, LUT: tl.constexpr, HP_DEV: tl.constexpr, ALIGNED: tl.constexpr,
-    LANEWISE: tl.constexpr, I32: tl.constexpr,
+    LANEWISE: tl.constexpr, I32: tl.constexpr, ROWS: tl.constexpr,
 ):  # fmt: skip
     """m = decode(codes, scales)·beta + x·(1-beta); (codes, scales) <- encode(m); out <- m (x fp32 or bf16;
     ``OUT_BF16``: ``out`` holds bf16 bit patterns, m rounded to nearest even). ``LUT``: the code's unscaled
     value ``phi/(2-|phi|)`` read from a 256-entry table (:func:`decode_table`) instead of divided out.
     ``HP_DEV``: nothing is written when the step scalars' gate at ``hp_ptr`` is shut. ``LANEWISE``: ``x`` read
-    through :func:`.common.load_lanewise` (rows off the 16-byte grid)."""
+    through :func:`.common.load_lanewise` (rows off the 16-byte grid). ``ROWS``: launched over (rows, groups of a
+    row / ``BG``) programs (:func:`.common.row_tile`)."""
     if HP_DEV:  # noqa: SIM102 (the row is read only when there is one)
         if gate_shut(hp_ptr):
             return
-    gid, _row, gmask, coff, xoff, valid = group_tile(nq, G, gm, gs, total, BG, NMUL, ALIGNED, I32)
+    if ROWS:
+        gid, _row, gmask, coff, xoff, valid = row_tile(nq, G, BG, NMUL)
+    else:
+        gid, _row, gmask, coff, xoff, valid = group_tile(nq, G, gm, gs, total, BG, NMUL, ALIGNED, I32)
     q = tl.load(codes_ptr + coff, mask=gmask[:, None], other=0)
     s = bf16_to_f32(tl.load(scales_ptr + gid, mask=gmask, other=0))
     if LANEWISE:
@@ -140,7 +155,7 @@ def _rotated_adam_kernel(
     codes_ptr, scales_ptr, g_ptr, m_ptr, out_ptr, ib1_ptr, ib2_ptr, hp_ptr, floor_ptr,
     nq, G, gm, gs, total, beta2, omb2, ib1, ib2, eps, fm, fs,
     BG: tl.constexpr, NMUL: tl.constexpr, BC1_ROWS: tl.constexpr, BC2_ROWS: tl.constexpr, HP_DEV: tl.constexpr,
-    FLOOR: tl.constexpr, I32: tl.constexpr,
+    FLOOR: tl.constexpr, I32: tl.constexpr, ROWS: tl.constexpr,
 ):  # fmt: skip
     """v = decode(codes)·b2 + g²·(1-b2); codes <- encode(v); u = (m/bc1) / (sqrt(max(v̂, f)/bc2) + eps).
 
@@ -148,13 +163,16 @@ def _rotated_adam_kernel(
     (:func:`.common.adam_root`, no square root a value). ``ib1``/``ib2`` are ``1/bc`` as
     scalars, per row (``BC*_ROWS``: loaded from ``ib*_ptr[row]``), or from the step scalars at
     ``hp_ptr`` (``HP_DEV``; nothing is written when its gate is shut). ``f``: ``floor_ptr[row // frows]`` with
-    ``FLOOR`` (``(fm, fs) = magic_divisor(frows)``), else no floor.
+    ``FLOOR`` (``(fm, fs) = magic_divisor(frows)``), else no floor. ``ROWS``: launched over (rows, groups of a row /
+    ``BG``) programs (:func:`.common.row_tile`).
     """
     if HP_DEV:  # noqa: SIM102 (the row is read only when there is one)
         if gate_shut(hp_ptr):
             return
-    # (no ALIGNED: its widths vary)
-    gid, row, gmask, coff, xoff, valid = group_tile(nq, G, gm, gs, total, BG, NMUL, False, I32)
+    if ROWS:
+        gid, row, gmask, coff, xoff, valid = row_tile(nq, G, BG, NMUL)
+    else:  # (no ALIGNED: its widths vary)
+        gid, row, gmask, coff, xoff, valid = group_tile(nq, G, gm, gs, total, BG, NMUL, False, I32)
     q = tl.load(codes_ptr + coff, mask=gmask[:, None], other=0)
     s = bf16_to_f32(tl.load(scales_ptr + gid, mask=gmask, other=0))
     g = tl.load(g_ptr + xoff, mask=valid, other=0.0)
@@ -205,11 +223,14 @@ def ema_signed_(
     bg, warps = (EMA_BG, EMA_WARPS) if aligned else (EMA_BG_ODD, EMA_WARPS_ODD)
     use_lut = DECODE_LUT if aligned else DECODE_LUT_ODD
     lut = decode_table(x.device) if use_lut else c
-    _ema_signed_kernel[(triton.cdiv(total, bg),)](
+    chunks = triton.cdiv(shape_args[1], bg)
+    rows = EMA_ROWS and not aligned and chunks <= ROW_GRID_MAX
+    grid = (total // shape_args[1], chunks) if rows else (triton.cdiv(total, bg),)
+    _ema_signed_kernel[grid](
         c, bf16_bits(s), x.contiguous(), bf16_bits(out) if bf16 else out, lut, hp, *shape_args, float(beta),
         1.0 - beta, BG=bg, NMUL=nmul, OUT_BF16=bf16, LUT=use_lut, HP_DEV=hyper is not None,
         ALIGNED=aligned, LANEWISE=EMA_LANEWISE and nmul * x.element_size() < 16, I32=int32_offsets(x, total),
-        **{**LAUNCH, "num_warps": warps},
+        ROWS=rows, **{**LAUNCH, "num_warps": warps},
     )  # fmt: skip
     write_back(codes, c)
     write_back(scales, s)
@@ -248,14 +269,16 @@ def rotated_adam_(
         return out
     c, s = writable(codes), writable(scales)
     rows1, rows2 = isinstance(ib1, torch.Tensor), isinstance(ib2, torch.Tensor)
-    grid = (triton.cdiv(total, BG),)
+    chunks = triton.cdiv(shape_args[1], BG)
+    by_rows = ADAM_ROWS and chunks <= ROW_GRID_MAX
+    grid = (total // shape_args[1], chunks) if by_rows else (triton.cdiv(total, BG),)
     _rotated_adam_kernel[grid](
         c, bf16_bits(s), g.contiguous(), m.contiguous(), out,
         ib1 if rows1 else out, ib2 if rows2 else out, out if hyper is None else hp, out if fl is None else fl[0],
         *shape_args, float(beta2), 1.0 - beta2, 1.0 if rows1 else ib1, 1.0 if rows2 else ib2, float(eps),
         *magic_divisor(1 if fl is None else fl[1]),
         BG=BG, NMUL=nmul, BC1_ROWS=rows1, BC2_ROWS=rows2, HP_DEV=hyper is not None, FLOOR=fl is not None,
-        I32=int32_offsets(g, total), **{**LAUNCH, "num_warps": WARPS},
+        I32=int32_offsets(g, total), ROWS=by_rows, **{**LAUNCH, "num_warps": WARPS},
     )  # fmt: skip
     write_back(codes, c)
     write_back(scales, s)
