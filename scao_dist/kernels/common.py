@@ -384,19 +384,21 @@ def group_tile(nq, G, gm, gs, total, BG: tl.constexpr, NMUL: tl.constexpr, ALIGN
 
 
 @triton.jit
-def row_tile(nq, G, BG: tl.constexpr, NMUL: tl.constexpr):
-    """:func:`group_tile`'s offsets for a launch over ``(R, cdiv(G, BG))`` programs: program ``(row, c)`` owns
-    groups ``c·BG .. c·BG + BG - 1`` of one row (masked past ``G``), so the row is the program's and not divided
-    out of each group, and the tile's values sit at one base plus ``32 k + lane``: each program reads one
-    contiguous run of ``x`` however its rows are aligned. Same returns, same layout of the operands. The offsets are
-    int64 (unlike :func:`group_tile`'s ``I32``): the run's 64-bit base is then worked out once and each value's
-    address is an immediate past it (int32 offsets are widened value by value: 437 against 412 sm_90 instructions a
-    thread on rows of 767 with bf16 ``x``).
+def row_tile(nq, G, cm, cs, BG: tl.constexpr, NMUL: tl.constexpr):
+    """:func:`group_tile`'s offsets when each program owns ``BG`` consecutive groups of one row (masked past ``G``):
+    program ``p`` takes chunk ``p % C`` of row ``p // C``, ``C = cdiv(G, BG)`` chunks a row, ``(cm, cs) =
+    magic_divisor(C)`` (launch ``R·C`` programs). The row is worked out once for the program instead of once for
+    each group, and the tile's values sit at one base plus ``32 k + lane``: one contiguous run of ``x`` however its
+    rows are aligned. Same returns, same layout of the operands. The offsets are int64 (unlike :func:`group_tile`'s
+    ``I32``): the run's 64-bit base is then worked out once and each value's address is an immediate past it (int32
+    offsets are widened value by value: 437 against 412 sm_90 instructions a thread on rows of 767, bf16 ``x``).
     """
     n = nq * NMUL
-    row = tl.program_id(0).to(tl.int64)
-    k = tl.program_id(1) * BG + tl.arange(0, BG)  # groups of the row
+    pid = tl.program_id(0)
+    row32 = div_magic(pid, cm, cs)
+    k = (pid - row32 * ((G + BG - 1) // BG)) * BG + tl.arange(0, BG)  # groups of the row
     gmask = k < G
+    row = row32.to(tl.int64)
     gid = row * G + k
     lane = tl.arange(0, GROUP)
     coff = gid[:, None] * GROUP + lane[None, :]
@@ -406,8 +408,16 @@ def row_tile(nq, G, BG: tl.constexpr, NMUL: tl.constexpr):
     return gid, tl.full([BG], 0, tl.int64) + row, gmask, coff, xoff, valid
 
 
-ROW_GRID_MAX = 65535
-"""Programs a launch may have on its second axis: :func:`row_tile`'s launches need ``cdiv(G, BG)`` within it."""
+ShapeArgs = tuple[int, int, int, int, int]
+"""``(nq, G, gm, gs, total)``: the size arguments of a group kernel (:func:`group_layout`)."""
+
+
+def row_launch(shape_args: ShapeArgs, bg: int) -> tuple[tuple[int], ShapeArgs]:
+    """The grid and the size arguments of a :func:`row_tile` launch: ``(gm, gs)`` of :func:`group_layout` replaced
+    by the magic divisor of the chunks a row (``cdiv(G, bg)``)."""
+    nq, G, _gm, _gs, total = shape_args
+    chunks = triton.cdiv(G, bg)
+    return ((total // G) * chunks,), (nq, G, *magic_divisor(chunks), total)
 
 
 @triton.jit

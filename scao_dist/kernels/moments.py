@@ -19,7 +19,6 @@ from .common import (
     HP_IB1,
     HP_IB2,
     LAUNCH,
-    ROW_GRID_MAX,
     SHAPE_ARGS,
     adam_root,
     bf16_bits,
@@ -41,6 +40,7 @@ from .common import (
     magic_divisor,
     new_output,
     packed_ok,
+    row_launch,
     row_tile,
     writable,
     write_back,
@@ -56,8 +56,8 @@ Which program owns a group never changes its arithmetic."""
 
 
 ADAM_ROWS = False
-"""Launch ``rotated_adam_`` over (rows, groups of a row / ``BG``) programs (:func:`.common.row_tile`), as
-:data:`EMA_ROWS` does the first moment's odd rows. (Measured in BENCHMARKS.md §0, ``session_pa``.)"""
+"""Give each ``rotated_adam_`` program ``BG`` groups of one row (:func:`.common.row_tile`), as :data:`EMA_ROWS`
+does the first moment's odd rows. (Measured in BENCHMARKS.md §0, ``session_pa``, ``session_pb``.)"""
 
 EMA_BG = 16
 EMA_WARPS = 1
@@ -81,9 +81,10 @@ EMA_LANEWISE = True
 warps both)."""
 
 EMA_ROWS = True
-"""On rows off the 32-value grid, launch :func:`ema_signed_` over (rows, groups of a row / ``EMA_BG_ODD``) programs
-(:func:`.common.row_tile`) instead of one axis of groups, each group's row divided out of its index: a program's values
-are then one contiguous run at one base. (Measured in BENCHMARKS.md §0, ``session_pa``.)"""
+"""On rows off the 32-value grid, give each :func:`ema_signed_` program ``EMA_BG_ODD`` groups of one row
+(:func:`.common.row_tile`) instead of any ``EMA_BG_ODD`` consecutive groups, whose rows each group divides out of its
+index: the row is then the program's, and its values one contiguous run at one base. (Measured in BENCHMARKS.md §0,
+``session_pa``, ``session_pb``.)"""
 
 DECODE_LUT = False
 """``ema_signed_`` looks its codes' unscaled values up in :func:`decode_table` (one cached load a value) instead of
@@ -119,13 +120,13 @@ def _ema_signed_kernel(
     ``OUT_BF16``: ``out`` holds bf16 bit patterns, m rounded to nearest even). ``LUT``: the code's unscaled
     value ``phi/(2-|phi|)`` read from a 256-entry table (:func:`decode_table`) instead of divided out.
     ``HP_DEV``: nothing is written when the step scalars' gate at ``hp_ptr`` is shut. ``LANEWISE``: ``x`` read
-    through :func:`.common.load_lanewise` (rows off the 16-byte grid). ``ROWS``: launched over (rows, groups of a
-    row / ``BG``) programs (:func:`.common.row_tile`)."""
+    through :func:`.common.load_lanewise` (rows off the 16-byte grid). ``ROWS``: each program's groups are of one row
+    (:func:`.common.row_tile`; ``(gm, gs)`` divide by the chunks a row)."""
     if HP_DEV:  # noqa: SIM102 (the row is read only when there is one)
         if gate_shut(hp_ptr):
             return
     if ROWS:
-        gid, _row, gmask, coff, xoff, valid = row_tile(nq, G, BG, NMUL)
+        gid, _row, gmask, coff, xoff, valid = row_tile(nq, G, gm, gs, BG, NMUL)
     else:
         gid, _row, gmask, coff, xoff, valid = group_tile(nq, G, gm, gs, total, BG, NMUL, ALIGNED, I32)
     q = tl.load(codes_ptr + coff, mask=gmask[:, None], other=0)
@@ -163,14 +164,14 @@ def _rotated_adam_kernel(
     (:func:`.common.adam_root`, no square root a value). ``ib1``/``ib2`` are ``1/bc`` as
     scalars, per row (``BC*_ROWS``: loaded from ``ib*_ptr[row]``), or from the step scalars at
     ``hp_ptr`` (``HP_DEV``; nothing is written when its gate is shut). ``f``: ``floor_ptr[row // frows]`` with
-    ``FLOOR`` (``(fm, fs) = magic_divisor(frows)``), else no floor. ``ROWS``: launched over (rows, groups of a row /
-    ``BG``) programs (:func:`.common.row_tile`).
+    ``FLOOR`` (``(fm, fs) = magic_divisor(frows)``), else no floor. ``ROWS``: each program's groups are of one
+    row (:func:`.common.row_tile`; ``(gm, gs)`` divide by the chunks a row).
     """
     if HP_DEV:  # noqa: SIM102 (the row is read only when there is one)
         if gate_shut(hp_ptr):
             return
     if ROWS:
-        gid, row, gmask, coff, xoff, valid = row_tile(nq, G, BG, NMUL)
+        gid, row, gmask, coff, xoff, valid = row_tile(nq, G, gm, gs, BG, NMUL)
     else:  # (no ALIGNED: its widths vary)
         gid, row, gmask, coff, xoff, valid = group_tile(nq, G, gm, gs, total, BG, NMUL, False, I32)
     q = tl.load(codes_ptr + coff, mask=gmask[:, None], other=0)
@@ -223,9 +224,8 @@ def ema_signed_(
     bg, warps = (EMA_BG, EMA_WARPS) if aligned else (EMA_BG_ODD, EMA_WARPS_ODD)
     use_lut = DECODE_LUT if aligned else DECODE_LUT_ODD
     lut = decode_table(x.device) if use_lut else c
-    chunks = triton.cdiv(shape_args[1], bg)
-    rows = EMA_ROWS and not aligned and chunks <= ROW_GRID_MAX
-    grid = (total // shape_args[1], chunks) if rows else (triton.cdiv(total, bg),)
+    rows = EMA_ROWS and not aligned
+    grid, shape_args = row_launch(shape_args, bg) if rows else ((triton.cdiv(total, bg),), shape_args)
     _ema_signed_kernel[grid](
         c, bf16_bits(s), x.contiguous(), bf16_bits(out) if bf16 else out, lut, hp, *shape_args, float(beta),
         1.0 - beta, BG=bg, NMUL=nmul, OUT_BF16=bf16, LUT=use_lut, HP_DEV=hyper is not None,
@@ -269,16 +269,14 @@ def rotated_adam_(
         return out
     c, s = writable(codes), writable(scales)
     rows1, rows2 = isinstance(ib1, torch.Tensor), isinstance(ib2, torch.Tensor)
-    chunks = triton.cdiv(shape_args[1], BG)
-    by_rows = ADAM_ROWS and chunks <= ROW_GRID_MAX
-    grid = (total // shape_args[1], chunks) if by_rows else (triton.cdiv(total, BG),)
+    grid, shape_args = row_launch(shape_args, BG) if ADAM_ROWS else ((triton.cdiv(total, BG),), shape_args)
     _rotated_adam_kernel[grid](
         c, bf16_bits(s), g.contiguous(), m.contiguous(), out,
         ib1 if rows1 else out, ib2 if rows2 else out, out if hyper is None else hp, out if fl is None else fl[0],
         *shape_args, float(beta2), 1.0 - beta2, 1.0 if rows1 else ib1, 1.0 if rows2 else ib2, float(eps),
         *magic_divisor(1 if fl is None else fl[1]),
         BG=BG, NMUL=nmul, BC1_ROWS=rows1, BC2_ROWS=rows2, HP_DEV=hyper is not None, FLOOR=fl is not None,
-        I32=int32_offsets(g, total), ROWS=by_rows, **{**LAUNCH, "num_warps": WARPS},
+        I32=int32_offsets(g, total), ROWS=ADAM_ROWS, **{**LAUNCH, "num_warps": WARPS},
     )  # fmt: skip
     write_back(codes, c)
     write_back(scales, s)
