@@ -380,6 +380,7 @@ def sweep_configs(kernel: str) -> list[dict[str, Any]]:
                 "lowrank.COMPLEMENT_WARPS": (w, w),
                 "lowrank.COMPLEMENT_STAGES": st,
                 "lowrank.COMPLEMENT_BK": bk,
+                "lowrank.COMPLEMENT_BK_BF16": bk,
             }
             for bm, bn in ((64, 64), (64, 128), (128, 64))
             for w in (4, 8)

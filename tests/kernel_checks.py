@@ -45,22 +45,21 @@ def check_kernels() -> dict[str, list[str]]:
     saved = moments.BG, adamw.BG, apply.BLOCK, factor.MAX_BJ, factor.TILE, factor.DIAG_BLOCK
     saved_e = moments.EMA_BG, moments.EMA_BG_ODD
     saved_l = lowrank.BM, lowrank.SUMSQ_BM, lowrank.SUMSQ_BN, lowrank.BN, lowrank.BK, lowrank.STATS_BLOCK
-    saved_ck = lowrank.COMPLEMENT_BK
+    saved_ck = lowrank.COMPLEMENT_BK, lowrank.COMPLEMENT_BK_BF16
     # factor: [4, 16] tiles (not square, so the diagonal crosses tiles off their corners), 16-row diagonal pass
     moments.BG, adamw.BG, apply.BLOCK, factor.MAX_BJ, factor.TILE, factor.DIAG_BLOCK = 2, 4, 64, 16, 64, 16
     moments.EMA_BG, moments.EMA_BG_ODD = 2, 2
     # the other side of each decode/load switch: table against division, lane-wise loads against the tile's layout,
-    # int64 offsets against int32 and launches over rows against one axis of groups
+    # int64 offsets against int32 and each program's groups in one row against any consecutive ones
     switches = [(moments, "DECODE_LUT"), (moments, "DECODE_LUT_ODD"), (moments, "EMA_LANEWISE"),
-                (adamw, "DECODE_LUT"), (common, "INT32_OFFSETS"), (moments, "EMA_ROWS"),
-                (moments, "ADAM_ROWS")]  # fmt: skip
+                (adamw, "DECODE_LUT"), (common, "INT32_OFFSETS"), (moments, "EMA_ROWS")]  # fmt: skip
     saved_d = [getattr(mod, name) for mod, name in switches]
     for (mod, name), v in zip(switches, saved_d):
         setattr(mod, name, not v)
     # [16, 32] tiles ([32, 32] for the sums), 32-wide dot chunks (masked past the rank: the main pass has 16),
     # ragged everywhere but the (2, 64, 64) blocks
     lowrank.BM, lowrank.SUMSQ_BM, lowrank.SUMSQ_BN, lowrank.BN, lowrank.BK = 16, 32, 32, 32, 32
-    lowrank.COMPLEMENT_BK = 32
+    lowrank.COMPLEMENT_BK, lowrank.COMPLEMENT_BK_BF16 = 32, 16
     lowrank.STATS_BLOCK = 8  # statistics: more row chunks than one pass of the finishing kernel adds (16)
     try:
         tiny = {
@@ -86,6 +85,9 @@ def check_kernels() -> dict[str, list[str]]:
                 verify.case_complement_update(
                     (3, 45, 37), "exact", gen, CPU, k=(32, 32), apply=(torch.bfloat16, 8), bf16="shared16"
                 ),
+                verify.case_complement_update(
+                    (3, 45, 37), "exact", gen, CPU, k=(48, 48), apply=(torch.bfloat16, 8), bf16="shared_all"
+                ),
             ],
             "residual_sumsq": [
                 verify.case_residual((3, 45, 37, k), m, gen, CPU) for m, k in (("exact", 40), ("dense", 17))
@@ -104,7 +106,7 @@ def check_kernels() -> dict[str, list[str]]:
         for (mod, name), v in zip(switches, saved_d):
             setattr(mod, name, v)
         lowrank.BM, lowrank.SUMSQ_BM, lowrank.SUMSQ_BN, lowrank.BN, lowrank.BK, lowrank.STATS_BLOCK = saved_l
-        lowrank.COMPLEMENT_BK = saved_ck
+        lowrank.COMPLEMENT_BK, lowrank.COMPLEMENT_BK_BF16 = saved_ck
     return res
 
 

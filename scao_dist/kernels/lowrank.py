@@ -69,9 +69,11 @@ ranks are padded to a multiple of :data:`RANK_PAD` (16); a wider chunk masks its
 16-column steps), so no factor is copied for it (padding the ranks to 32 copied both factors of every product,
 ``session_zm``)."""
 COMPLEMENT_BK = 16
-"""The same for :func:`_complement_update_kernel`: at K = 144 on an H200, 32 ran the step's all-bf16 applied
-complement in 0.250 against 0.282 ms and every other complement case slower (0.251 -> 0.420 ms applied with fp32
-factors), 64 every case slower (``session_qf``, BENCHMARKS.md §0); not measured in the step yet."""
+COMPLEMENT_BK_BF16 = 32
+"""The same for :func:`_complement_update_kernel`, with any fp32 factor and with all four bf16 (as the step's bf16
+stream bases give): at K = 144 on an H200, 32 ran the all-bf16 applied complement in 0.250 against 0.282 ms and
+every case with an fp32 factor slower (0.251 -> 0.420 ms applied with fp32 factors), 64 every case slower
+(``session_qf``, BENCHMARKS.md §0r). In the 405M step: ``session_pc``, BENCHMARKS.md §0."""
 RANK_PAD: tl.constexpr = tl.constexpr(16)
 """The ranks' padding (:func:`_operands`): basis widths are multiples of 16 (``groups.Side.width_for``), so a
 step pads nothing."""
@@ -806,12 +808,13 @@ def complement_update(
             (xm_k, sxm), ym_k, sym, km = _operand(xm, ku), yu_k, syu, ku
         else:
             xm_k, sxm, ym_k, sym, km = _operands(m, xm, ym)
+        bk = COMPLEMENT_BK_BF16 if all(t.dtype == torch.bfloat16 for t in (xu_k, yu_k, xm_k, ym_k)) else COMPLEMENT_BK
         _complement_update_kernel[(B * ntm * ntn,)](
             bf16_bits(out) if R else out, m.contiguous(), xu_k, yu_k, xm_k, ym_k,
             ia, ib, fi, scale.reshape(B).contiguous(), rbuf if R else fi, fi if hyper is None else hp,
             w.table if blocks else fi, M, N, ku, km, sxu, syu, sxm, sym, w.ld if blocks else N, ntm, ntn,
             1.0 - lr * wd, float(lr),
-            BM=BM, BN=BN, BK=COMPLEMENT_BK, PREC=precision(), APPLY=w is not None, R=R,
+            BM=BM, BN=BN, BK=bk, PREC=precision(), APPLY=w is not None, R=R,
             HP_DEV=hyper is not None, EVEN=_even(M, N, BM, BN), SHARED_Y=shared, WTAB=blocks,
             **{**LAUNCH, "num_warps": COMPLEMENT_WARPS[w is not None]},
             **({"num_stages": COMPLEMENT_STAGES} if COMPLEMENT_STAGES else {}),

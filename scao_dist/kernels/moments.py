@@ -55,10 +55,6 @@ from the codes (no square root a value) 0.96x / 0.98x the time of 32 groups on 4
 Which program owns a group never changes its arithmetic."""
 
 
-ADAM_ROWS = False
-"""Give each ``rotated_adam_`` program ``BG`` groups of one row (:func:`.common.row_tile`), as :data:`EMA_ROWS`
-does the first moment's odd rows. (Measured in BENCHMARKS.md §0, ``session_pa``, ``session_pb``.)"""
-
 EMA_BG = 16
 EMA_WARPS = 1
 """Scale groups per program and warps of :func:`ema_signed_` on rows of a multiple of 32 values (the aligned
@@ -72,7 +68,9 @@ EMA_BG_ODD = 8
 EMA_WARPS_ODD = 1
 """The same for other rows (a group's values found through its row): with ``x`` read lane by lane
 (:data:`EMA_LANEWISE`), 8 groups on one warp (8 values a thread) ran rows of 3071 in 0.79x the time of 32 on 2 with
-fp32 ``x``, 0.90x with bf16 ``x``; 4 or 16 groups, or 2 warps, were slower (``session_rb``, ``session_rc``)."""
+fp32 ``x``, 0.90x with bf16 ``x``; 4 or 16 groups, or 2 warps, were slower (``session_rb``, ``session_rc``). With
+:data:`EMA_ROWS` 16 groups ran fp32 ``x`` in 0.97x the time and bf16 ``x`` in 1.11x; 8 on 2 warps or 32 on 4 slower
+(``session_pb``)."""
 
 
 EMA_LANEWISE = True
@@ -83,8 +81,9 @@ warps both)."""
 EMA_ROWS = True
 """On rows off the 32-value grid, give each :func:`ema_signed_` program ``EMA_BG_ODD`` groups of one row
 (:func:`.common.row_tile`) instead of any ``EMA_BG_ODD`` consecutive groups, whose rows each group divides out of its
-index: the row is then the program's, and its values one contiguous run at one base. (Measured in BENCHMARKS.md §0,
-``session_pa``, ``session_pb``.)"""
+index: the row is then the program's, and its values one contiguous run at one base (sm_90 instructions a thread on
+rows of 767: 523 -> 414 with bf16 ``x``, 484 -> 395 with fp32). On an H200 rows of 3071 ran at 78% of the copy
+bandwidth against 68% with bf16 ``x``, 90% against 85% with fp32 (``session_pb``, three pairs; BENCHMARKS.md §0)."""
 
 DECODE_LUT = False
 """``ema_signed_`` looks its codes' unscaled values up in :func:`decode_table` (one cached load a value) instead of
@@ -156,7 +155,7 @@ def _rotated_adam_kernel(
     codes_ptr, scales_ptr, g_ptr, m_ptr, out_ptr, ib1_ptr, ib2_ptr, hp_ptr, floor_ptr,
     nq, G, gm, gs, total, beta2, omb2, ib1, ib2, eps, fm, fs,
     BG: tl.constexpr, NMUL: tl.constexpr, BC1_ROWS: tl.constexpr, BC2_ROWS: tl.constexpr, HP_DEV: tl.constexpr,
-    FLOOR: tl.constexpr, I32: tl.constexpr, ROWS: tl.constexpr,
+    FLOOR: tl.constexpr, I32: tl.constexpr,
 ):  # fmt: skip
     """v = decode(codes)·b2 + g²·(1-b2); codes <- encode(v); u = (m/bc1) / (sqrt(max(v̂, f)/bc2) + eps).
 
@@ -164,16 +163,14 @@ def _rotated_adam_kernel(
     (:func:`.common.adam_root`, no square root a value). ``ib1``/``ib2`` are ``1/bc`` as
     scalars, per row (``BC*_ROWS``: loaded from ``ib*_ptr[row]``), or from the step scalars at
     ``hp_ptr`` (``HP_DEV``; nothing is written when its gate is shut). ``f``: ``floor_ptr[row // frows]`` with
-    ``FLOOR`` (``(fm, fs) = magic_divisor(frows)``), else no floor. ``ROWS``: each program's groups are of one
-    row (:func:`.common.row_tile`; ``(gm, gs)`` divide by the chunks a row).
+    ``FLOOR`` (``(fm, fs) = magic_divisor(frows)``), else no floor. (One axis of groups: with each program's groups
+    those of one row, :func:`.common.row_tile`, it ran no faster on an H200, ``session_pb``.)
     """
     if HP_DEV:  # noqa: SIM102 (the row is read only when there is one)
         if gate_shut(hp_ptr):
             return
-    if ROWS:
-        gid, row, gmask, coff, xoff, valid = row_tile(nq, G, gm, gs, BG, NMUL)
-    else:  # (no ALIGNED: its widths vary)
-        gid, row, gmask, coff, xoff, valid = group_tile(nq, G, gm, gs, total, BG, NMUL, False, I32)
+    # (no ALIGNED: its widths vary)
+    gid, row, gmask, coff, xoff, valid = group_tile(nq, G, gm, gs, total, BG, NMUL, False, I32)
     q = tl.load(codes_ptr + coff, mask=gmask[:, None], other=0)
     s = bf16_to_f32(tl.load(scales_ptr + gid, mask=gmask, other=0))
     g = tl.load(g_ptr + xoff, mask=valid, other=0.0)
@@ -269,14 +266,14 @@ def rotated_adam_(
         return out
     c, s = writable(codes), writable(scales)
     rows1, rows2 = isinstance(ib1, torch.Tensor), isinstance(ib2, torch.Tensor)
-    grid, shape_args = row_launch(shape_args, BG) if ADAM_ROWS else ((triton.cdiv(total, BG),), shape_args)
+    grid = (triton.cdiv(total, BG),)
     _rotated_adam_kernel[grid](
         c, bf16_bits(s), g.contiguous(), m.contiguous(), out,
         ib1 if rows1 else out, ib2 if rows2 else out, out if hyper is None else hp, out if fl is None else fl[0],
         *shape_args, float(beta2), 1.0 - beta2, 1.0 if rows1 else ib1, 1.0 if rows2 else ib2, float(eps),
         *magic_divisor(1 if fl is None else fl[1]),
         BG=BG, NMUL=nmul, BC1_ROWS=rows1, BC2_ROWS=rows2, HP_DEV=hyper is not None, FLOOR=fl is not None,
-        I32=int32_offsets(g, total), ROWS=ADAM_ROWS, **{**LAUNCH, "num_warps": WARPS},
+        I32=int32_offsets(g, total), **{**LAUNCH, "num_warps": WARPS},
     )  # fmt: skip
     write_back(codes, c)
     write_back(scales, s)

@@ -408,7 +408,7 @@ def case_residual(shape, mode, gen, device, gdtype=torch.float32, bf16=None) -> 
 
 
 def _bf16_label(bf16: str | None) -> str:
-    shared = {"shared": " bf16 Y shared", "shared16": " bf16 Y shared, bf16 X_u"}
+    shared = {"shared": " bf16 Y shared", "shared16": " bf16 Y shared, bf16 X_u", "shared_all": " every factor bf16"}
     return {None: "", "x": " bf16 X", "y": " bf16 Y", **shared}[bf16]
 
 
@@ -464,19 +464,22 @@ def case_complement_update(
     ``bf16``: ``"x"`` or ``"y"``, those factors bf16 bases (:func:`_as_basis`); ``"shared"``: as ``"y"``
     with ``Y_m`` the tensor ``Y_u`` (a two-sided basis' ``Q_R``; needs ``k_u = k_m``) and ``m`` in bf16;
     ``"shared16"``: as ``"shared"`` with ``X_u`` rounded to bf16 too, as the step of a two-sided stream block
-    passes them (``KronGroup.u_dtype``).
+    passes them (``KronGroup.u_dtype``); ``"shared_all"``: ``X_m`` too (``KronGroup.p_dtype``), every factor bf16
+    (:data:`.lowrank.COMPLEMENT_BK_BF16`'s chunks).
     """
     bc = ("float", "float") if hyper else bc
     B, M, N = shape
     make = _dense_factors if mode == "dense" else _exact_factors
-    shared = bf16 in ("shared", "shared16")
+    shared = bf16 in ("shared", "shared16", "shared_all")
     side = "y" if shared else bf16
     xu, yu = make(B, M, N, k[0], gen, device, bf16=side)
     xm, ym = make(B, M, N, k[1], gen, device, bf16=side)
     if shared:
         ym = yu
-    if bf16 == "shared16":
+    if bf16 in ("shared16", "shared_all"):
         xu = xu.to(torch.bfloat16)
+    if bf16 == "shared_all":
+        xm = xm.to(torch.bfloat16)
     back_m = reference.lowrank(xm, ym)
     if mode == "dense":
         m = back_m + 1e-3 * torch.randn(B, M, N, generator=gen).to(device)
@@ -680,6 +683,8 @@ def small_cases(gen: torch.Generator, device: torch.device) -> dict[str, list[Ca
     cu.append(case_complement_update((2, 70, 90), "dense", gen, device, k=(48, 48), apply=bf16_8, bf16="shared"))
     cu.append(case_complement_update((2, 70, 90), "dense", gen, device, k=(48, 48), apply=bf16_8, bf16="shared16"))
     cu.append(case_complement_update((3, 64, 96), "exact", gen, device, k=(32, 32), apply=bf16_8, bf16="shared16"))
+    cu.append(case_complement_update((2, 70, 90), "dense", gen, device, k=(48, 48), apply=bf16_8, bf16="shared_all"))
+    cu.append(case_complement_update((3, 64, 96), "exact", gen, device, k=(48, 48), bf16="shared_all"))
     cu.append(case_complement_update((2, 70, 90), "dense", gen, device, k=(37, 70), bf16="x"))
     for shape, bf in (((3, 19, 300, 32), "y"), ((2, 70, 65, 40), "x"), ((2, 64, 128, 16), "y")):
         out["residual_sumsq"].append(case_residual(shape, "exact", gen, device, torch.bfloat16, bf16=bf))
