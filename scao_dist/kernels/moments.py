@@ -51,7 +51,7 @@ BG = 16
 WARPS = 1
 """Scale groups per program and warps of ``rotated_adam_`` (16 x 32 values, 16 a thread): with Adam's root taken
 from the codes (no square root a value) 0.96x / 0.98x the time of 32 groups on 4 warps on an H200 (``bench.kernels
---only rotated_adam_ --sweep``, BENCHMARKS.md §0, ``session_qa``); before, 32 on 4 had run 1-19% faster than 64 (§0c).
+--only rotated_adam_ --sweep``, BENCHMARKS.md §0s, ``session_qa``); before, 32 on 4 had run 1-19% faster than 64 (§0c).
 Which program owns a group never changes its arithmetic."""
 
 
