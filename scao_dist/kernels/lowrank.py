@@ -73,7 +73,9 @@ COMPLEMENT_BK_BF16 = 32
 """The same for :func:`_complement_update_kernel`, with any fp32 factor and with all four bf16 (as the step's bf16
 stream bases give): at K = 144 on an H200, 32 ran the all-bf16 applied complement in 0.250 against 0.282 ms and
 every case with an fp32 factor slower (0.251 -> 0.420 ms applied with fp32 factors), 64 every case slower
-(``session_qf``, BENCHMARKS.md §0s). In the 405M step: ``session_pc``, BENCHMARKS.md §0."""
+(``session_qf``, BENCHMARKS.md §0s). In the 405M step 32 took the complement from 1940-1955 to 1685-1708 us a step
+(``session_pc``, BENCHMARKS.md §0); re-swept there at 32 (``session_pe``), stages, warps, tiles and a register cap
+kept their defaults."""
 RANK_PAD: tl.constexpr = tl.constexpr(16)
 """The ranks' padding (:func:`_operands`): basis widths are multiples of 16 (``groups.Side.width_for``), so a
 step pads nothing."""
