@@ -389,9 +389,10 @@ def row_tile(nq, G, cm, cs, BG: tl.constexpr, NMUL: tl.constexpr):
     program ``p`` takes chunk ``p % C`` of row ``p // C``, ``C = cdiv(G, BG)`` chunks a row, ``(cm, cs) =
     magic_divisor(C)`` (launch ``R·C`` programs). The row is worked out once for the program instead of once for
     each group, and the tile's values sit at one base plus ``32 k + lane``: one contiguous run of ``x`` however its
-    rows are aligned. Same returns, same layout of the operands. The offsets are int64 (unlike :func:`group_tile`'s
-    ``I32``): the run's 64-bit base is then worked out once and each value's address is an immediate past it (int32
-    offsets are widened value by value: 437 against 412 sm_90 instructions a thread on rows of 767, bf16 ``x``).
+    rows are aligned. Same returns and layout of the operands, except that the row is the program's (a scalar). The
+    offsets are int64 (unlike :func:`group_tile`'s ``I32``): the run's 64-bit base is then worked out once and each
+    value's address is an immediate past it (int32 offsets were widened value by value: 437 against 412 sm_90
+    instructions a thread on rows of 767 with bf16 ``x``, measured on ``session_pa``'s two-axis launch).
     """
     n = nq * NMUL
     pid = tl.program_id(0)
@@ -405,7 +406,7 @@ def row_tile(nq, G, cm, cs, BG: tl.constexpr, NMUL: tl.constexpr):
     col = k[:, None] * GROUP + lane[None, :]
     xoff = row * n + col
     valid = col < n
-    return gid, tl.full([BG], 0, tl.int64) + row, gmask, coff, xoff, valid
+    return gid, row, gmask, coff, xoff, valid
 
 
 ShapeArgs = tuple[int, int, int, int, int]
