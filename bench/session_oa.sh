@@ -6,7 +6,7 @@
 # both on (every complement case against its twin on the H200); the settings timed on the bench case (the default
 # twice, first and last: the case's time swings); the best, when it beats the default by 3% or more, A/B in the
 # 405M step (two processes a side, alternating). Both arrangements ran slower (BENCHMARKS.md §0) and their switches
-# were removed: this script records what the call ran and no longer runs on the tree.
+# were removed in the next commit: run this script at commit 0cb782f.
 NAME=oa
 . bench/session_lib.sh
 kernels vseq . 240 --only complement_update --set lowrank.COMPLEMENT_SEQUENTIAL=true \

@@ -45,15 +45,14 @@ def check_kernels() -> dict[str, list[str]]:
     saved = moments.BG, adamw.BG, apply.BLOCK, factor.MAX_BJ, factor.TILE, factor.DIAG_BLOCK
     saved_e = moments.EMA_BG, moments.EMA_BG_ODD
     saved_l = lowrank.BM, lowrank.SUMSQ_BM, lowrank.SUMSQ_BN, lowrank.BN, lowrank.BK, lowrank.STATS_BLOCK
-    saved_ck = lowrank.COMPLEMENT_BK, lowrank.COMPLEMENT_BK_BF16, lowrank.COMPLEMENT_PERSIST
+    saved_ck = lowrank.COMPLEMENT_BK, lowrank.COMPLEMENT_BK_BF16
     # factor: [4, 16] tiles (not square, so the diagonal crosses tiles off their corners), 16-row diagonal pass
     moments.BG, adamw.BG, apply.BLOCK, factor.MAX_BJ, factor.TILE, factor.DIAG_BLOCK = 2, 4, 64, 16, 64, 16
     moments.EMA_BG, moments.EMA_BG_ODD = 2, 2
     # the other side of each decode/load switch: table against division, lane-wise loads against the tile's layout,
     # int64 offsets against int32 and each program's groups in one row against any consecutive ones
     switches = [(moments, "DECODE_LUT"), (moments, "DECODE_LUT_ODD"), (moments, "EMA_LANEWISE"),
-                (adamw, "DECODE_LUT"), (common, "INT32_OFFSETS"), (moments, "EMA_ROWS"),
-                (lowrank, "COMPLEMENT_SEQUENTIAL"), (lowrank, "COMPLEMENT_FLATTEN")]  # fmt: skip
+                (adamw, "DECODE_LUT"), (common, "INT32_OFFSETS"), (moments, "EMA_ROWS")]  # fmt: skip
     saved_d = [getattr(mod, name) for mod, name in switches]
     for (mod, name), v in zip(switches, saved_d):
         setattr(mod, name, not v)
@@ -61,7 +60,6 @@ def check_kernels() -> dict[str, list[str]]:
     # ragged everywhere but the (2, 64, 64) blocks
     lowrank.BM, lowrank.SUMSQ_BM, lowrank.SUMSQ_BN, lowrank.BN, lowrank.BK = 16, 32, 32, 32, 32
     lowrank.COMPLEMENT_BK, lowrank.COMPLEMENT_BK_BF16 = 32, 16
-    lowrank.COMPLEMENT_PERSIST = 2  # (two programs off CUDA: each loops over many tiles)
     lowrank.STATS_BLOCK = 8  # statistics: more row chunks than one pass of the finishing kernel adds (16)
     try:
         tiny = {
@@ -108,7 +106,7 @@ def check_kernels() -> dict[str, list[str]]:
         for (mod, name), v in zip(switches, saved_d):
             setattr(mod, name, v)
         lowrank.BM, lowrank.SUMSQ_BM, lowrank.SUMSQ_BN, lowrank.BN, lowrank.BK, lowrank.STATS_BLOCK = saved_l
-        lowrank.COMPLEMENT_BK, lowrank.COMPLEMENT_BK_BF16, lowrank.COMPLEMENT_PERSIST = saved_ck
+        lowrank.COMPLEMENT_BK, lowrank.COMPLEMENT_BK_BF16 = saved_ck
     return res
 
 

@@ -106,24 +106,6 @@ subtracting it from ``G`` after the loop, so the tile of ``G`` is not held in re
 405M step's sums 1066-1073 -> 925 us on an H200 (``session_tb``, BENCHMARKS.md §0p). The residual is then rounded
 in the product's accumulation rather than once after it: exact wherever the sums are (the twins' exact cases)."""
 
-COMPLEMENT_SEQUENTIAL = False
-""":func:`_complement_update_kernel` forms ``X_m Y_m^T`` and its tail first and only then ``X_u Y_u^T`` (two loops
-over the rank, one fp32 accumulator live at a time, ``M`` consumed before the second), instead of both products in
-one loop (two accumulators, and ``M`` held across it). Same operations, same bits."""
-
-COMPLEMENT_PERSIST = 0
-"""Programs a multiprocessor for a persistent :func:`_complement_update_kernel` (each loops over tiles; 0: one
-program a tile)."""
-COMPLEMENT_FLATTEN = False
-"""With :data:`COMPLEMENT_PERSIST`, let Triton flatten the tile loop with the rank loop (``tl.range(...,
-flatten=True)``), so the pipeline loads the next tile's first rank chunks while this tile's tail runs."""
-
-
-def _sm_count(dev: torch.device) -> int:
-    """Multiprocessors of ``dev`` (1 off CUDA: the interpreter's persistent programs then take many tiles each)."""
-    return torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 1
-
-
 COMPLEMENT_MAXNREG: int | None = None
 SUMSQ_MAXNREG: int | None = None
 """Register caps (Triton's ``maxnreg``) of :func:`_complement_update_kernel` and :func:`_sumsq_kernel`
@@ -506,21 +488,31 @@ def _complement_prep_kernel(
 
 
 @triton.jit
-def _tail(m, bm, ia, ib, fi, scale):
-    """The complement's second term ``((m - bm) min(ia ib, fi)) scale`` in the twin's operations and order."""
-    r = m.to(tl.float32) - bm  # == (-bm) + m, the twin's spelling, bit for bit (signed zeros included)
-    t = tl.minimum(ia * ib, fi, propagate_nan=tl.PropagateNan.ALL)
-    return (r * t) * scale
-
-
-@triton.jit
-def _complement_tile(
-    pid, out_ptr, m_ptr, xu_ptr, yu_ptr, xm_ptr, ym_ptr, ia_ptr, ib_ptr, fi_ptr, scale_ptr, rho_ptr, wtab_ptr, M, N,
-    KU, KM, SXU, SYU, SXM, SYM, LDW, ntm, ntn, c, lr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    PREC: tl.constexpr, APPLY: tl.constexpr, R: tl.constexpr, EVEN: tl.constexpr, SHARED_Y: tl.constexpr,
-    WTAB: tl.constexpr, SEQ: tl.constexpr,
+def _complement_update_kernel(
+    out_ptr, m_ptr, xu_ptr, yu_ptr, xm_ptr, ym_ptr, ia_ptr, ib_ptr, fi_ptr, scale_ptr,
+    rho_ptr, hp_ptr, wtab_ptr, M, N, KU, KM, SXU, SYU, SXM, SYM, LDW, ntm, ntn, c, lr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+    APPLY: tl.constexpr, R: tl.constexpr, HP_DEV: tl.constexpr, EVEN: tl.constexpr, SHARED_Y: tl.constexpr,
+    WTAB: tl.constexpr,
 ):  # fmt: skip
-    """Tile ``pid`` (block-major, then row tiles, then column tiles) of :func:`_complement_update_kernel`."""
+    """Tile (tm, tn) of block b:
+    U = X_u Y_u^T + ((m - X_m Y_m^T) min(ia_i ib_j, fi_b)) scale_b,
+    stored in ``out`` (APPLY false) or applied to the weights ``out`` (and bits ``rho`` for R > 0).
+    ``ia``, ``ib``, ``fi``: :func:`.reference.complement_reciprocals`, formed by :func:`_complement_prep_kernel`
+    (forming them here per tile cost the kernel 0.15 ms a step at 405M, ``session_yj``). Both products run in one
+    rank loop: forming ``X_m Y_m^T`` and its tail before ``X_u Y_u^T`` (one accumulator live, same registers) ran the
+    bench case in 0.34 against 0.25 ms and the 405M step's complement in 2050 against 1722 us, persistent programs
+    looping over tiles in 0.42-0.61 ms (``session_oa``, BENCHMARKS.md §0). ``HP_DEV``: ``c``
+    and ``lr`` loaded from ``hp_ptr``; nothing written when its gate is shut.
+    ``EVEN``: the tiles divide the block (no masks). ``SHARED_Y``: ``Y_u`` is ``Y_m`` (``ym_ptr``, ``SYM``
+    unused; :func:`lowrank_pair`). ``WTAB``: block b's weights start at the
+    address ``wtab_ptr[b]``, rows ``LDW`` apart (:class:`.reference.WeightBlocks`; ``out_ptr`` gives their type)."""
+    if HP_DEV:  # (a shut gate: nothing written)
+        if gate_shut(hp_ptr):
+            return
+        c = tl.load(hp_ptr + HP_C)
+        lr = tl.load(hp_ptr + HP_LR)
+    pid = tl.program_id(0)
     per = ntm * ntn
     b = pid // per
     t = pid - b * per
@@ -550,19 +542,14 @@ def _complement_tile(
         w = load_tile(wp, mask, 0.0 if R == 0 else 0, EVEN)
         if R > 0:
             rho = load_tile(rho_ptr + off, mask, 0, EVEN)
-    if SHARED_Y:  # one Y for both products (its stride SYU, rank KU)
-        ym_ptr, SYM, KM = yu_ptr, SYU, KU
-    if SEQ:  # the tail first, then the update's product: one accumulator live at a time
-        bm = lowrank_tile(xm_ptr, ym_ptr, b64, i, j, M, N, KM, SXM, SYM, BM, BN, BK, PREC)
-        tail = _tail(m, bm, ia, ib, fi, scale)
-        u = lowrank_tile(xu_ptr, yu_ptr, b64, i, j, M, N, KU, SXU, SYU, BM, BN, BK, PREC) + tail
+    if SHARED_Y:
+        u, bm = lowrank_pair(xu_ptr, xm_ptr, yu_ptr, b64, i, j, M, N, KU, SXU, SXM, SYU, BM, BN, BK, PREC)
     else:
-        if SHARED_Y:
-            u, bm = lowrank_pair(xu_ptr, xm_ptr, yu_ptr, b64, i, j, M, N, KU, SXU, SXM, SYU, BM, BN, BK, PREC)
-        else:
-            u = lowrank_tile(xu_ptr, yu_ptr, b64, i, j, M, N, KU, SXU, SYU, BM, BN, BK, PREC)
-            bm = lowrank_tile(xm_ptr, ym_ptr, b64, i, j, M, N, KM, SXM, SYM, BM, BN, BK, PREC)
-        u = u + _tail(m, bm, ia, ib, fi, scale)
+        u = lowrank_tile(xu_ptr, yu_ptr, b64, i, j, M, N, KU, SXU, SYU, BM, BN, BK, PREC)
+        bm = lowrank_tile(xm_ptr, ym_ptr, b64, i, j, M, N, KM, SXM, SYM, BM, BN, BK, PREC)
+    r = m.to(tl.float32) - bm  # == (-bm) + m, the twin's spelling, bit for bit (signed zeros included)
+    t = tl.minimum(ia * ib, fi, propagate_nan=tl.PropagateNan.ALL)
+    u = u + (r * t) * scale
     if not APPLY:
         store_tile(out_ptr + off, u, mask, EVEN)
     elif R == 0:  # fp32 weights
@@ -571,45 +558,6 @@ def _complement_tile(
         nb, nr = master_update(w, rho.to(tl.float32), u, c, lr, R, False)  # (the long form: see its docstring)
         store_tile(wp, nb, mask, EVEN)
         store_tile(rho_ptr + off, nr.to(rho_ptr.dtype.element_ty), mask, EVEN)
-
-
-@triton.jit
-def _complement_update_kernel(
-    out_ptr, m_ptr, xu_ptr, yu_ptr, xm_ptr, ym_ptr, ia_ptr, ib_ptr, fi_ptr, scale_ptr,
-    rho_ptr, hp_ptr, wtab_ptr, M, N, KU, KM, SXU, SYU, SXM, SYM, LDW, ntm, ntn, c, lr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
-    APPLY: tl.constexpr, R: tl.constexpr, HP_DEV: tl.constexpr, EVEN: tl.constexpr, SHARED_Y: tl.constexpr,
-    WTAB: tl.constexpr, SEQ: tl.constexpr, NT, PERSIST: tl.constexpr, FLATTEN: tl.constexpr,
-):  # fmt: skip
-    """Tile (tm, tn) of block b:
-    U = X_u Y_u^T + ((m - X_m Y_m^T) min(ia_i ib_j, fi_b)) scale_b,
-    stored in ``out`` (APPLY false) or applied to the weights ``out`` (and bits ``rho`` for R > 0).
-    ``ia``, ``ib``, ``fi``: :func:`.reference.complement_reciprocals`, formed by :func:`_complement_prep_kernel`
-    (forming them here per tile cost the kernel 0.15 ms a step at 405M, ``session_yj``). ``HP_DEV``: ``c``
-    and ``lr`` loaded from ``hp_ptr``; nothing written when its gate is shut.
-    ``EVEN``: the tiles divide the block (no masks). ``SHARED_Y``: ``Y_u`` is ``Y_m`` (``ym_ptr``, ``SYM``
-    unused; :func:`lowrank_pair`). ``WTAB``: block b's weights start at the
-    address ``wtab_ptr[b]``, rows ``LDW`` apart (:class:`.reference.WeightBlocks`; ``out_ptr`` gives their type).
-    ``SEQ``: :data:`COMPLEMENT_SEQUENTIAL`. ``PERSIST``: each program takes tiles ``pid, pid + P, ...`` of the ``NT``
-    (``P`` programs; :data:`COMPLEMENT_PERSIST`), in one loop Triton flattens with the rank loop when ``FLATTEN``."""
-    if HP_DEV:  # (a shut gate: nothing written)
-        if gate_shut(hp_ptr):
-            return
-        c = tl.load(hp_ptr + HP_C)
-        lr = tl.load(hp_ptr + HP_LR)
-    if PERSIST:
-        for tile in tl.range(tl.program_id(0), NT, tl.num_programs(0), flatten=FLATTEN):
-            _complement_tile(
-                tile, out_ptr, m_ptr, xu_ptr, yu_ptr, xm_ptr, ym_ptr, ia_ptr, ib_ptr, fi_ptr, scale_ptr, rho_ptr,
-                wtab_ptr, M, N, KU, KM, SXU, SYU, SXM, SYM, LDW, ntm, ntn, c, lr, BM, BN, BK, PREC, APPLY, R,
-                EVEN, SHARED_Y, WTAB, SEQ,
-            )  # fmt: skip
-    else:
-        _complement_tile(
-            tl.program_id(0), out_ptr, m_ptr, xu_ptr, yu_ptr, xm_ptr, ym_ptr, ia_ptr, ib_ptr, fi_ptr, scale_ptr,
-            rho_ptr, wtab_ptr, M, N, KU, KM, SXU, SYU, SXM, SYM, LDW, ntm, ntn, c, lr, BM, BN, BK, PREC, APPLY, R,
-            EVEN, SHARED_Y, WTAB, SEQ,
-        )  # fmt: skip
 
 
 PREP_BLOCK = 1024
@@ -866,17 +814,13 @@ def complement_update(
         else:
             xm_k, sxm, ym_k, sym, km = _operands(m, xm, ym)
         bk = COMPLEMENT_BK_BF16 if all(t.dtype == torch.bfloat16 for t in (xu_k, yu_k, xm_k, ym_k)) else COMPLEMENT_BK
-        nt = B * ntm * ntn
-        persist = COMPLEMENT_PERSIST > 0
-        grid = min(nt, COMPLEMENT_PERSIST * _sm_count(dev)) if persist else nt
-        _complement_update_kernel[(grid,)](
+        _complement_update_kernel[(B * ntm * ntn,)](
             bf16_bits(out) if R else out, m.contiguous(), xu_k, yu_k, xm_k, ym_k,
             ia, ib, fi, scale.reshape(B).contiguous(), rbuf if R else fi, fi if hyper is None else hp,
             w.table if blocks else fi, M, N, ku, km, sxu, syu, sxm, sym, w.ld if blocks else N, ntm, ntn,
             1.0 - lr * wd, float(lr),
             BM=BM, BN=BN, BK=bk, PREC=precision(), APPLY=w is not None, R=R,
             HP_DEV=hyper is not None, EVEN=_even(M, N, BM, BN), SHARED_Y=shared, WTAB=blocks,
-            SEQ=COMPLEMENT_SEQUENTIAL, NT=nt, PERSIST=persist, FLATTEN=COMPLEMENT_FLATTEN,
             **{**LAUNCH, "num_warps": COMPLEMENT_WARPS[w is not None]},
             **({"num_stages": COMPLEMENT_STAGES} if COMPLEMENT_STAGES else {}),
             **({"maxnreg": COMPLEMENT_MAXNREG} if COMPLEMENT_MAXNREG else {}),
