@@ -22,8 +22,8 @@ Per block of a :class:`KronGroup` (G is the m x n gradient block). A *dense* sid
     F^T L F <- bs F^T L F + (1-bs) G_F G_F^T      (dense sides: the factor in its own frame)
     P <- bs P + (1-bs) G_F G_F^T Qh                (stream sides: a sketch of the factor)
 
-Without a dense side, a bf16 gradient stays bf16 (``KronGroup.grad_dtype``): it only meets bf16
-stream bases, and bf16 x bf16 products are exact in fp32.
+A bf16 gradient stays bf16 (``KronGroup.grad_dtype``): it only meets bf16 stream bases or a dense side's
+stored bf16 frame, and bf16 x bf16 products are exact in fp32.
 
 With complete bases this is SOAP: holding M in the eigenbasis frame and turning it with the
 frame at a refresh is SOAP's rotated momentum. Holding it there matters for int8 storage:
@@ -509,16 +509,18 @@ class KronGroup(RefreshMixin, _Group):
         kl, kr = (s.K for s in self.sides)
         self.vp.alloc(self.t, (self.B, kl, kr), device)
         # bf16 gradients stay bf16 where every product that reads them has bf16 bases as its other
-        # operand (no dense frame, bf16 stream bases): bf16 x bf16 products are exact in fp32, so
-        # the results are those of the fp32 gradient (up to summation order) at half the bytes
+        # operand (bf16 stream bases, or the stored bf16 frame of a dense side: :meth:`to_frame`):
+        # bf16 x bf16 products are exact in fp32, so the results are those of the fp32 gradient (up to
+        # summation order) at half the bytes
         modes = [side.mode for side in self.sides]
         self.grad_dtype = (
             torch.bfloat16
-            if self.bf16 and self.bdt == torch.bfloat16 and "dense" not in modes and "stream" in modes
+            if self.bf16 and self.bdt == torch.bfloat16 and ("dense" in modes or "stream" in modes)
             else torch.float32
         )
-        # the first moment as the step's products read it: bf16 with the bf16 gradient (_rotate_moment)
-        self.m_dtype = self.grad_dtype
+        # the first moment as the step's products read it: bf16 with the bf16 gradient when no dense frame
+        # turns G_F into an fp32 product (_rotate_moment)
+        self.m_dtype = torch.bfloat16 if self.grad_dtype == torch.bfloat16 and "dense" not in modes else torch.float32
         # the update's coefficient factor in the complement, against a stored bf16 basis: bf16 as well
         # (_complement_factors)
         self.u_dtype = torch.bfloat16 if self.bdt == torch.bfloat16 else torch.float32
@@ -537,6 +539,19 @@ class KronGroup(RefreshMixin, _Group):
         quantization), probes last (original coordinates); its first ``K`` columns are the truncated
         basis ``Q``."""
         return s[f"{side.name}.qh"] if side.mode == "stream" else None
+
+    def to_frame(self, g: Tensor, s: dict[str, Tensor], fl: Tensor | None, fr: Tensor | None) -> Tensor:
+        """``G_F = F_L^T G F_R`` (:meth:`rotate` with the fp32 frames ``fl``, ``fr``). A bf16 ``G``
+        (:attr:`grad_dtype`) meets the first dense side's frame as stored, in bf16: its values are the fp32
+        frame's, so that product is exact in either dtype and only its summation order differs, at half the
+        bytes and twice the tensor-core rate; a second product takes that fp32 result and ``fr``."""
+        if g.dtype != torch.bfloat16 or (fl is None and fr is None):
+            return self.rotate(g, fl, fr)
+        left, right = (s[f"{side.name}.q"] if side.mode == "dense" else None for side in self.sides)
+        if left is not None:
+            x = matmul_f32(left.mT, g)
+            return x @ fr if fr is not None else x
+        return matmul_f32(g, right)
 
     def rotate(self, x: Tensor, ql: Tensor | None, qr: Tensor | None) -> Tensor:
         """``Q_L^T x Q_R`` (a ``None`` side is the identity)."""
@@ -653,7 +668,7 @@ class KronGroup(RefreshMixin, _Group):
         kl, kr = (side.K for side in self.sides)
         qls, qrs = (q[..., :k] if q is not None else None for q, k in zip(stored, (kl, kr)))
 
-        gf = self.rotate(g, fl, fr)
+        gf = self.to_frame(g, s, fl, fr)
         del g
         if gf.dtype == torch.bfloat16:  # bf16 G_F (grad_dtype) meets the bases as stored, in bf16
             halves = self._stream_halves(gf, *stored)

@@ -1,10 +1,10 @@
-"""bf16 gradients of frame-less groups stay bf16 through the step (``KronGroup.grad_dtype``).
+"""bf16 gradients stay bf16 through the step (``KronGroup.grad_dtype``).
 
-Every product that reads such a gradient has bf16 bases as its other operand, so it is exact in
-fp32 whatever the operands' storage: the updates must equal those of the fp32-gradient path bit
-for bit (on CPU both run the same fp32 products). Only the sketch update rounds ``Qh^T G`` to bf16
-before its second product; the sketch is stored in bf16 (a relative error of about 2^-9 each
-step either way), so the two paths' sketches agree within that, in norm.
+Every product that reads such a gradient has bf16 bases (stream sides) or a dense side's stored bf16 frame as
+its other operand, so it is exact in fp32 whatever the operands' storage: the updates must equal those of the
+fp32-gradient path bit for bit (on CPU both run the same fp32 products). Only the sketch update of a frame-less
+group rounds ``Qh^T G`` to bf16 before its second product; the sketch is stored in bf16 (a relative error of
+about 2^-9 each step either way), so the two paths' sketches agree within that, in norm.
 
 The first moment of such a group is handed to the step's products in bf16 too (``KronGroup.m_dtype``):
 that one rounds (2^-9 relative, under the int8 code's own error), so it is checked against fp32 ``M``
@@ -19,6 +19,24 @@ from scao_dist import SCAO
 from scao_dist.groups import KronGroup
 
 
+def _setup(shape: tuple[int, int], **kw) -> tuple[torch.nn.Parameter, SCAO, KronGroup]:
+    """A bf16 weight of ``shape`` and SCAO on it (sides over 32 stream, rank 16 + 4 probes); its group."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(*shape).bfloat16())
+    opt = SCAO([w], lr=1e-2, refresh_lag=0, full_factor_dim=32, rank_max=16, oversample=4, **kw)
+    return w, opt, next(g for g in opt.groups if isinstance(g, KronGroup))
+
+
+def _train(w: torch.nn.Parameter, opt: SCAO, steps: int) -> torch.Tensor:
+    """``steps`` steps on rank-8 bf16 gradients (the same ones every call); the weights after them."""
+    gen = torch.Generator().manual_seed(1)
+    m, n = w.shape
+    for _ in range(steps):
+        w.grad = (torch.randn(m, 8, generator=gen) @ torch.randn(8, n, generator=gen)).bfloat16()
+        opt.step()
+    return w.detach().clone()
+
+
 def _run(
     bf16_path: bool,
     steps: int,
@@ -28,11 +46,7 @@ def _run(
     shape: tuple[int, int] = (96, 80),
     **kw,
 ) -> tuple[torch.Tensor, KronGroup]:
-    torch.manual_seed(0)
-    m, n = shape
-    w = torch.nn.Parameter(torch.randn(m, n).bfloat16())
-    opt = SCAO([w], lr=1e-2, refresh_lag=0, full_factor_dim=32, rank_max=16, oversample=4, **kw)
-    grp = next(g for g in opt.groups if isinstance(g, KronGroup))
+    w, opt, grp = _setup(shape, **kw)
     assert grp.grad_dtype == torch.bfloat16  # stream sides on both ends, bf16 weights and bases
     assert grp.m_dtype == torch.bfloat16
     grp.m_dtype = m_dtype
@@ -42,11 +56,7 @@ def _run(
     grp.p_dtype = p_dtype
     if not bf16_path:
         grp.grad_dtype = torch.float32
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(steps):
-        w.grad = (torch.randn(m, 8, generator=gen) @ torch.randn(8, n, generator=gen)).bfloat16()
-        opt.step()
-    return w.detach().clone(), grp
+    return _train(w, opt, steps), grp
 
 
 @pytest.mark.parametrize("shape", [(96, 80), (80, 96)])  # the core's second product on Q_R / on Q_L
@@ -117,13 +127,30 @@ def test_bf16_left_products_stay_close_to_tf32_ones(monkeypatch) -> None:
         assert 0 < diff < 2**-5 * moved, (float(diff), float(moved))
 
 
-def test_frames_keep_fp32_gradients() -> None:
-    """A dense side rotates G by an fp32 frame first: that group gathers fp32 gradients."""
-    w = torch.nn.Parameter(torch.randn(24, 80).bfloat16())
-    opt = SCAO([w], lr=1e-2, full_factor_dim=32, rank_max=16, oversample=4)
-    grp = next(g for g in opt.groups if isinstance(g, KronGroup))
-    assert [s.mode for s in grp.sides] == ["dense", "stream"]
-    assert grp.grad_dtype == torch.float32 and grp.m_dtype == torch.float32
+def _run_framed(bf16_path: bool, shape: tuple[int, int], steps: int) -> tuple[torch.Tensor, KronGroup]:
+    """A bf16 weight whose group has a dense side (``full_factor_dim`` 32), refreshed every third step."""
+    w, opt, grp = _setup(shape, precond_freq=3)
+    assert grp.grad_dtype == torch.bfloat16 and grp.m_dtype == torch.float32
+    if not bf16_path:
+        grp.grad_dtype = torch.float32
+    return _train(w, opt, steps), grp
+
+
+@pytest.mark.parametrize("shape", [(24, 80), (80, 24), (24, 20)])
+def test_frames_take_bf16_gradients_bit_for_bit(shape: tuple[int, int]) -> None:
+    """A dense side's frame is stored in bf16, so ``F_L^T G`` (or ``G F_R``) is exact with the bf16 gradient as
+    with its fp32 copy (``KronGroup.to_frame``): the group gathers bf16 gradients, and weights and every state
+    equal those of the fp32-gradient path bit for bit on CPU, refreshes included (the first moment stays fp32:
+    ``G_F`` is an fp32 product there). Shapes: dense-stream, stream-dense, dense on both sides."""
+    w16, g16 = _run_framed(True, shape, 10)
+    w32, g32 = _run_framed(False, shape, 10)
+    assert [s.mode for s in g16.sides] == {(24, 80): ["dense", "stream"], (80, 24): ["stream", "dense"],
+                                           (24, 20): ["dense", "dense"]}[shape]  # fmt: skip
+    assert not torch.equal(w16, _run_framed(True, shape, 0)[0])  # the steps moved the weights
+    assert torch.equal(w16, w32)
+    assert g16.t.keys() == g32.t.keys()
+    for k in g16.t:
+        assert torch.equal(g16.t[k], g32.t[k]), k
 
 
 def test_matmul_f32_falls_back_without_bmm_out_dtype(monkeypatch) -> None:
