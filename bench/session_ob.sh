@@ -3,11 +3,5 @@
 # kernels are the nineteenth session's plus common.row_tile's review mend, never run on a GPU before) — every kernel
 # verified against its twin on the H200 and timed (the whole bench.kernels table with the division and square-root
 # checks), then the captured step bit for bit against the eager one (43M with a basis widened at step 8 and a NaN at
-# 11; 405M with a NaN at 16). As session_pd.sh.
-NAME=ob
-. bench/session_lib.sh
-kernels all . 330
-grep -E "GB/s \(|verif|division" "$W/kernels_all.log" | head -60
-capture_grow
-capture
-pack
+# 11; 405M with a NaN at 16). The same call as session_pd.sh.
+NAME=ob exec bash "$(dirname "$0")/session_pd.sh"
