@@ -3,6 +3,8 @@
 # taking bf16 gradients (KronGroup.to_frame: the first frame product in bf16, exact as before; no widening copies)
 # against ab_old/ = 5967b3c (fp32 gradients for every group with a dense side), two processes a side, alternating;
 # then capture_check on the 43M GPT (a basis widened at step 8, a NaN at 11) and where the step's GPU time goes now.
+# Before the call, here: mkdir ab_old && git archive 5967b3c scao_dist bench launch pyproject.toml | tar -x -C ab_old \
+#   --exclude=bench/results   (untracked, so it travels with the tree; remove it after).
 NAME=oe
 . bench/session_lib.sh
 export SIZE=small
